@@ -1,0 +1,160 @@
+//! Codecs: pure functions from a raw block to a payload and back, behind one small trait.
+//!
+//! Invariants:
+//! - A `CodecId` is persisted in every stored block; ids are never reused or renumbered.
+//! - `decode` depends only on the payload, the stored params and the raw length (never on the
+//!   current policy or configuration) and returns `Err` on malformed input; it never panics.
+//! - Codecs know nothing of the store, the engine or FUSE.
+
+mod raw;
+mod zstd;
+
+pub use self::raw::Raw;
+pub use self::zstd::Zstd;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Stable, persisted codec identifier.
+pub type CodecId = u16;
+
+/// Identity: bytes stored as they are.
+pub const RAW: CodecId = 0;
+/// zstd, any level; the level is recorded in the block params.
+pub const ZSTD: CodecId = 1;
+
+/// What a codec may be asked to do when encoding.
+#[derive(Clone, Debug)]
+pub struct EncodeParams {
+    /// Codec-specific effort (zstd level).
+    pub level: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// Output would not be smaller than the input: the caller falls back to the next candidate.
+    #[error("encoding does not pay")]
+    NotWorthIt,
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    #[error("decoded length {got} differs from the recorded {want}")]
+    Length { got: usize, want: usize },
+    #[error("unknown codec id {0}")]
+    Unknown(CodecId),
+    #[error("codec failure: {0}")]
+    Failed(String),
+}
+
+/// One compression method. Implementations are stateless or internally synchronized.
+pub trait Codec: Send + Sync {
+    fn id(&self) -> CodecId;
+    fn name(&self) -> &'static str;
+    /// Lossy codecs may only be chosen where a policy allows them.
+    fn is_lossless(&self) -> bool {
+        true
+    }
+    /// Encode `raw` into `out` (cleared first); returns the params to store with the block.
+    fn encode(
+        &self,
+        raw: &[u8],
+        params: &EncodeParams,
+        out: &mut Vec<u8>,
+    ) -> Result<u32, CodecError>;
+    /// Decode `payload` into `out` (cleared first); `out.len()` must equal `raw_len` on success.
+    fn decode(
+        &self,
+        payload: &[u8],
+        params: u32,
+        raw_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError>;
+}
+
+/// All codecs this build knows, by id.
+#[derive(Clone)]
+pub struct Registry {
+    by_id: HashMap<CodecId, Arc<dyn Codec>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        let mut r = Registry {
+            by_id: HashMap::new(),
+        };
+        r.add(Arc::new(Raw));
+        r.add(Arc::new(Zstd));
+        r
+    }
+}
+
+impl Registry {
+    pub fn add(&mut self, c: Arc<dyn Codec>) {
+        self.by_id.insert(c.id(), c);
+    }
+
+    pub fn get(&self, id: CodecId) -> Result<&Arc<dyn Codec>, CodecError> {
+        self.by_id.get(&id).ok_or(CodecError::Unknown(id))
+    }
+
+    /// Human name of a codec id, also for ids this build does not know.
+    pub fn name(&self, id: CodecId) -> String {
+        match self.by_id.get(&id) {
+            Some(c) => c.name().to_string(),
+            None => format!("codec-{id}"),
+        }
+    }
+
+    /// Decode and check the length.
+    pub fn decode(
+        &self,
+        id: CodecId,
+        payload: &[u8],
+        params: u32,
+        raw_len: usize,
+    ) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(raw_len);
+        self.get(id)?.decode(payload, params, raw_len, &mut out)?;
+        if out.len() != raw_len {
+            return Err(CodecError::Length {
+                got: out.len(),
+                want: raw_len,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_roundtrips_every_codec() {
+        let r = Registry::default();
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 1000) as u8)
+            .collect();
+        for id in [RAW, ZSTD] {
+            let c = r.get(id).unwrap_or_else(|e| panic!("{e}"));
+            let mut out = Vec::new();
+            let params = c
+                .encode(&data, &EncodeParams { level: 3 }, &mut out)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let back = r
+                .decode(id, &out, params, data.len())
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back, data);
+        }
+        assert!(matches!(r.get(999), Err(CodecError::Unknown(999))));
+    }
+
+    #[test]
+    fn garbage_decodes_to_error_not_panic() {
+        let r = Registry::default();
+        for len in [0usize, 1, 7, 100, 5000] {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            assert!(r.decode(ZSTD, &junk, 3, 131072).is_err());
+            assert!(r.decode(RAW, &junk, 0, len + 1).is_err());
+        }
+    }
+}

@@ -1,0 +1,810 @@
+//! File contents: the per-inode write buffer, sealing blocks into the compression pool,
+//! committing them, the read path and truncation.
+//!
+//! Invariants:
+//! - A file's `FileState` exists while it is open or holds uncommitted data; while it exists,
+//!   its `attr` is the authoritative inode (size and mtime run ahead of the index).
+//! - `inflight[idx]` holds the newest sealed version of a block; a worker commits a version
+//!   only if it is still the newest, so an older version never overwrites a newer one.
+//! - A detached state is dead: every path that finds one retries with a fresh state.
+
+use super::layout::{blocks_for, spans, BlockSpan, BLOCK, BLOCK_U64, MAX_FILE_SIZE};
+use super::{Attr, Engine, Job};
+use crate::classify::{classify_block, ContentClass};
+use crate::codec::{EncodeParams, RAW, ZSTD};
+use crate::error::{Error, Result};
+use crate::meta::{BlockRef, Ino, Inode, Kind, Op, Ts};
+use crate::store::{raw_hash, BlockHeader};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct FileState {
+    pub ino: Ino,
+    inner: Mutex<FileInner>,
+    cv: Condvar,
+}
+
+pub(super) struct FileInner {
+    pub attr: Inode,
+    /// `attr` differs from the logged inode.
+    pub attr_dirty: bool,
+    /// Blocks being filled, not yet sealed.
+    pub dirty: BTreeMap<u64, Vec<u8>>,
+    /// Sealed blocks on their way to the journal: idx -> (generation, data).
+    pub inflight: HashMap<u64, (u64, Arc<Vec<u8>>)>,
+    pub gen: u64,
+    pub opens: u32,
+    /// First write-back error since the last flush/fsync reported one.
+    pub err: Option<i32>,
+    pub last_write: Instant,
+    pub dirty_since: Option<Instant>,
+    pub detached: bool,
+}
+
+impl FileState {
+    fn is_clean(g: &FileInner) -> bool {
+        g.dirty.is_empty() && g.inflight.is_empty() && !g.attr_dirty
+    }
+
+    pub(super) fn inner_attr(&self) -> Option<Inode> {
+        let g = self.inner.lock();
+        (!g.detached).then(|| g.attr.clone())
+    }
+
+    /// Mirror what namespace operations change (link count, ctime, parent).
+    pub(super) fn set_ns_fields(&self, i: &Inode) {
+        let mut g = self.inner.lock();
+        if !g.detached {
+            g.attr.nlink = i.nlink;
+            g.attr.ctime = i.ctime;
+            g.attr.parent = i.parent;
+        }
+    }
+
+    pub(super) fn opens(&self) -> u32 {
+        self.inner.lock().opens
+    }
+
+    /// Change the live inode with `f` (which also logs it). False when the state is dead.
+    pub(super) fn update_attr(&self, f: impl FnOnce(&mut Inode) -> Result<()>) -> Result<bool> {
+        let mut g = self.inner.lock();
+        if g.detached {
+            return Ok(false);
+        }
+        let mut a = g.attr.clone();
+        f(&mut a)?;
+        g.attr = a;
+        g.attr_dirty = !(g.dirty.is_empty() && g.inflight.is_empty());
+        Ok(true)
+    }
+
+    /// Whether the background syncer should flush this file now.
+    pub(super) fn wants_drain(&self, idle: Duration, max_age: Duration) -> bool {
+        let g = self.inner.lock();
+        if g.detached || (g.dirty.is_empty() && !g.attr_dirty) {
+            return false;
+        }
+        g.last_write.elapsed() >= idle || g.dirty_since.is_some_and(|t| t.elapsed() >= max_age)
+    }
+}
+
+/// A block after the codec decision.
+pub(super) struct Encoded {
+    hole: bool,
+    header: BlockHeader,
+    payload: Vec<u8>,
+    #[allow(dead_code)]
+    class: ContentClass,
+}
+
+fn copy_span(src: &[u8], s: &BlockSpan, out: &mut [u8]) {
+    let avail = src.len().saturating_sub(s.skip).min(s.len);
+    if avail > 0 {
+        out[s.buf_off..s.buf_off + avail].copy_from_slice(&src[s.skip..s.skip + avail]);
+    }
+}
+
+impl Engine {
+    /// The live state of a regular file, created on first use.
+    pub(super) fn state(&self, ino: Ino) -> Result<Arc<FileState>> {
+        let mut files = self.files.lock();
+        if let Some(st) = files.get(&ino) {
+            return Ok(st.clone());
+        }
+        let attr = self.j.index.inode(ino)?.ok_or(Error::NotFound)?;
+        match attr.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(Error::IsDir),
+            _ => return Err(Error::Invalid("not a regular file")),
+        }
+        let st = Arc::new(FileState {
+            ino,
+            inner: Mutex::new(FileInner {
+                attr,
+                attr_dirty: false,
+                dirty: BTreeMap::new(),
+                inflight: HashMap::new(),
+                gen: 0,
+                opens: 0,
+                err: None,
+                last_write: Instant::now(),
+                dirty_since: None,
+                detached: false,
+            }),
+            cv: Condvar::new(),
+        });
+        files.insert(ino, st.clone());
+        Ok(st)
+    }
+
+    /// Run `f` on a file's live state under its lock, retrying past states detached meanwhile.
+    fn with_live<T>(
+        &self,
+        ino: Ino,
+        f: impl FnOnce(&Arc<FileState>, &mut FileInner) -> Result<T>,
+    ) -> Result<T> {
+        let mut f = Some(f);
+        loop {
+            let st = self.state(ino)?;
+            let mut g = st.inner.lock();
+            if g.detached {
+                continue;
+            }
+            let f = f.take().ok_or(Error::Invalid("state callback reused"))?;
+            return f(&st, &mut g);
+        }
+    }
+
+    /// Forget a clean, closed file's state.
+    pub(super) fn try_detach(&self, st: &Arc<FileState>) {
+        let mut files = self.files.lock();
+        let mut g = st.inner.lock();
+        if !g.detached && g.opens == 0 && FileState::is_clean(&g) {
+            g.detached = true;
+            files.remove(&st.ino);
+        }
+    }
+
+    /// Drop a file's state and its uncommitted data (the inode is being deleted).
+    pub(super) fn kill_state(&self, ino: Ino) {
+        let st = self.files.lock().remove(&ino);
+        if let Some(st) = st {
+            let mut g = st.inner.lock();
+            g.detached = true;
+            g.dirty.clear();
+            g.inflight.clear();
+            g.attr_dirty = false;
+            st.cv.notify_all();
+        }
+    }
+
+    /// Current attributes of any inode.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let st = self.files.lock().get(&ino).cloned();
+        let (inode, extra) = match st {
+            Some(st) => {
+                let g = st.inner.lock();
+                (g.attr.clone(), g.dirty.len() as u64)
+            }
+            None => (self.j.index.inode(ino)?.ok_or(Error::NotFound)?, 0),
+        };
+        let blocks = if inode.kind == Kind::File {
+            (self.j.index.block_count(ino)? + extra) * (BLOCK_U64 / 512)
+        } else {
+            1
+        };
+        Ok(Attr { inode, blocks })
+    }
+
+    pub(super) fn encode_block(&self, data: &[u8]) -> Encoded {
+        let class = classify_block(data);
+        let raw_len = data.len() as u32;
+        let mk = |codec, params, payload: Vec<u8>, hole| Encoded {
+            hole,
+            header: BlockHeader {
+                codec,
+                params,
+                raw_len,
+                raw_hash: if hole { [0; 16] } else { raw_hash(data) },
+            },
+            payload,
+            class,
+        };
+        match class {
+            ContentClass::Zero => mk(RAW, 0, Vec::new(), true),
+            ContentClass::Incompressible => mk(RAW, 0, data.to_vec(), false),
+            _ => {
+                let mut out = Vec::new();
+                let zstd = self.codecs.get(ZSTD).map(|c| {
+                    c.encode(
+                        data,
+                        &EncodeParams {
+                            level: self.opts.zstd_level,
+                        },
+                        &mut out,
+                    )
+                });
+                match zstd {
+                    // Keep compression only when it saves at least 1/32: decoding costs CPU.
+                    Ok(Ok(params)) if out.len() < data.len() - data.len() / 32 => {
+                        mk(ZSTD, params, out, false)
+                    }
+                    _ => mk(RAW, 0, data.to_vec(), false),
+                }
+            }
+        }
+    }
+
+    /// Commit a sealed block if it is still the newest version of that block.
+    pub(super) fn commit_block(
+        &self,
+        st: &Arc<FileState>,
+        idx: u64,
+        gen: u64,
+        data: &Arc<Vec<u8>>,
+        enc: Encoded,
+    ) {
+        let mut g = st.inner.lock();
+        if g.detached || !matches!(g.inflight.get(&idx), Some((g2, _)) if *g2 == gen) {
+            return;
+        }
+        let res = if enc.hole {
+            match self.j.index.block(st.ino, idx) {
+                Ok(Some(_)) => self
+                    .j
+                    .commit(
+                        &[Op::DelBlocks {
+                            ino: st.ino,
+                            from: idx,
+                            to: idx + 1,
+                        }],
+                        None,
+                    )
+                    .map(|_| ()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            self.j
+                .commit(
+                    &[Op::PutBlock { ino: st.ino, idx }],
+                    Some((&enc.header, &enc.payload)),
+                )
+                .map(|_| ())
+        };
+        g.inflight.remove(&idx);
+        if let Err(e) = res {
+            tracing::error!(ino = st.ino, block = idx, "cannot store block: {e}");
+            g.err.get_or_insert(e.errno());
+            // Keep the data: a later flush retries.
+            if !g.dirty.contains_key(&idx) {
+                g.dirty.insert(idx, data.as_ref().clone());
+            }
+        }
+        st.cv.notify_all();
+    }
+
+    /// Move a filled block from the write buffer to the compression pool. Returns the job
+    /// when the pool is gone (shutdown), for the caller to run inline.
+    fn seal(&self, st: &Arc<FileState>, g: &mut FileInner, idx: u64) -> Option<Job> {
+        let data = Arc::new(g.dirty.remove(&idx)?);
+        g.gen += 1;
+        let gen = g.gen;
+        g.inflight.insert(idx, (gen, data.clone()));
+        self.add_dirty(data.len());
+        let job = Job {
+            st: st.clone(),
+            idx,
+            gen,
+            data,
+        };
+        match self.jobs.lock().as_ref() {
+            Some(tx) => match tx.try_send(job) {
+                Ok(()) => None,
+                Err(e) => Some(e.into_inner()),
+            },
+            None => Some(job),
+        }
+    }
+
+    fn run_inline(&self, job: Job) {
+        let enc = self.encode_block(&job.data);
+        self.commit_block(&job.st, job.idx, job.gen, &job.data, enc);
+        self.release_dirty(job.data.len());
+    }
+
+    /// Decoded data of a mapped block (cached).
+    pub(super) fn block_data(&self, ino: Ino, idx: u64, b: &BlockRef) -> Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.cache.get(&b.loc) {
+            return Ok(d);
+        }
+        let res = self.j.read_block(b.loc).and_then(|(h, payload)| {
+            let raw = self
+                .codecs
+                .decode(h.codec, &payload, h.params, h.raw_len as usize)?;
+            if raw_hash(&raw) != h.raw_hash {
+                return Err(Error::Corrupt(
+                    "block checksum mismatch after decoding".into(),
+                ));
+            }
+            Ok(raw)
+        });
+        match res {
+            Ok(raw) => {
+                let raw = Arc::new(raw);
+                self.cache.insert(b.loc, raw.clone());
+                Ok(raw)
+            }
+            Err(e) => {
+                self.corrupt_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = self.path_of(ino);
+                tracing::error!(ino, block = idx, pack = b.loc.pack, offset = b.loc.off, %path, "unreadable block: {e}");
+                Err(match e {
+                    Error::Io(io) => Error::Io(io),
+                    other => Error::Corrupt(other.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Look a block up in the index and load it, safe against concurrent compaction.
+    fn mapped_block(&self, ino: Ino, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let _gc = self.gc.read();
+        match self.j.index.block(ino, idx)? {
+            Some(b) => Ok(Some(self.block_data(ino, idx, &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn read(&self, ino: Ino, off: u64, size: u32) -> Result<Vec<u8>> {
+        let st = self.files.lock().get(&ino).cloned();
+        let mut need = Vec::new();
+        let mut out;
+        let locked = st.as_ref().map(|s| s.inner.lock()).filter(|g| !g.detached);
+        match locked {
+            Some(g) => {
+                if g.attr.kind != Kind::File {
+                    return Err(Error::IsDir);
+                }
+                let fsize = g.attr.size;
+                if off >= fsize {
+                    return Ok(Vec::new());
+                }
+                let len = (size as u64).min(fsize - off) as usize;
+                out = vec![0u8; len];
+                for s in spans(off, len) {
+                    if let Some(d) = g.dirty.get(&s.idx) {
+                        copy_span(d, &s, &mut out);
+                    } else if let Some((_, d)) = g.inflight.get(&s.idx) {
+                        copy_span(d, &s, &mut out);
+                    } else {
+                        need.push(s);
+                    }
+                }
+            }
+            None => {
+                let inode = self.j.index.inode(ino)?.ok_or(Error::NotFound)?;
+                if inode.kind != Kind::File {
+                    return Err(Error::IsDir);
+                }
+                if off >= inode.size {
+                    return Ok(Vec::new());
+                }
+                let len = (size as u64).min(inode.size - off) as usize;
+                out = vec![0u8; len];
+                need.extend(spans(off, len));
+            }
+        }
+        for s in &need {
+            if let Some(d) = self.mapped_block(ino, s.idx)? {
+                copy_span(&d, s, &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The write buffer for block `s.idx`, loaded from the newest version when the write
+    /// does not cover the whole block. Caller holds the file lock.
+    fn dirty_block<'g>(
+        &self,
+        ino: Ino,
+        g: &'g mut FileInner,
+        s: &BlockSpan,
+    ) -> Result<&'g mut Vec<u8>> {
+        if !g.dirty.contains_key(&s.idx) {
+            let mut base = Vec::with_capacity(BLOCK);
+            if !s.covers_block() {
+                let start = s.idx * BLOCK_U64;
+                if let Some((_, d)) = g.inflight.get(&s.idx) {
+                    base.extend_from_slice(d);
+                } else if start < g.attr.size {
+                    if let Some(d) = self.mapped_block(ino, s.idx)? {
+                        let keep = (d.len() as u64).min(g.attr.size - start) as usize;
+                        base.extend_from_slice(&d[..keep]);
+                    }
+                }
+            }
+            g.dirty.insert(s.idx, base);
+        }
+        g.dirty
+            .get_mut(&s.idx)
+            .ok_or(Error::Invalid("write buffer vanished"))
+    }
+
+    pub fn write(&self, ino: Ino, off: u64, data: &[u8]) -> Result<u32> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = off
+            .checked_add(data.len() as u64)
+            .ok_or(Error::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Error::FileTooBig);
+        }
+        self.wait_budget();
+        let inline = self.with_live(ino, |st, g| {
+            let mut inline = Vec::new();
+            for s in spans(off, data.len()) {
+                let buf = self.dirty_block(ino, g, &s)?;
+                if buf.len() < s.skip + s.len {
+                    buf.resize(s.skip + s.len, 0);
+                }
+                buf[s.skip..s.skip + s.len].copy_from_slice(&data[s.buf_off..s.buf_off + s.len]);
+                if buf.len() == BLOCK {
+                    inline.extend(self.seal(st, g, s.idx));
+                }
+            }
+            if end > g.attr.size {
+                g.attr.size = end;
+            }
+            let now = Ts::now();
+            g.attr.mtime = now;
+            g.attr.ctime = now;
+            g.attr_dirty = true;
+            g.last_write = Instant::now();
+            g.dirty_since.get_or_insert_with(Instant::now);
+            Ok(inline)
+        })?;
+        for job in inline {
+            self.run_inline(job);
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Commit every buffered block of a file and then its inode. Returns (and clears) the
+    /// first write-back error since the last report.
+    pub(super) fn drain(&self, st: &Arc<FileState>) -> Result<()> {
+        loop {
+            let mut g = st.inner.lock();
+            if g.detached {
+                return Ok(());
+            }
+            if let Some(errno) = g.err.take() {
+                return Err(Error::Io(std::io::Error::from_raw_os_error(errno)));
+            }
+            if g.dirty.is_empty() && g.inflight.is_empty() {
+                if g.attr_dirty {
+                    self.j.commit(&[Op::PutInode(g.attr.clone())], None)?;
+                    g.attr_dirty = false;
+                }
+                g.dirty_since = None;
+                return Ok(());
+            }
+            let idxs: Vec<u64> = g.dirty.keys().copied().collect();
+            if idxs.is_empty() {
+                st.cv.wait_for(&mut g, Duration::from_millis(50));
+                continue;
+            }
+            let mut jobs = Vec::new();
+            for idx in idxs {
+                let data = match g.dirty.remove(&idx) {
+                    Some(d) => Arc::new(d),
+                    None => continue,
+                };
+                g.gen += 1;
+                let gen = g.gen;
+                g.inflight.insert(idx, (gen, data.clone()));
+                self.add_dirty(data.len());
+                jobs.push(Job {
+                    st: st.clone(),
+                    idx,
+                    gen,
+                    data,
+                });
+            }
+            drop(g);
+            // The caller waits anyway: compress here rather than hand off to the pool.
+            for job in jobs {
+                self.run_inline(job);
+            }
+        }
+    }
+
+    /// Trim what a crash left past a file's logged size (blocks committed before the size).
+    pub(super) fn fix_size(&self, ino: Ino) -> Result<()> {
+        let Some(inode) = self.j.index.inode(ino)? else {
+            return Ok(());
+        };
+        let mut ops = Vec::new();
+        let last = blocks_for(inode.size);
+        if !self.j.index.blocks_from(ino, last, 1)?.is_empty() {
+            ops.push(Op::DelBlocks {
+                ino,
+                from: last,
+                to: u64::MAX,
+            });
+        }
+        let tail = (inode.size % BLOCK_U64) as usize;
+        let mut enc = None;
+        if tail != 0 {
+            if let Some(b) = self.j.index.block(ino, inode.size / BLOCK_U64)? {
+                if b.raw_len as usize > tail {
+                    let d = self.block_data(ino, inode.size / BLOCK_U64, &b)?;
+                    let e = self.encode_block(&d[..tail]);
+                    if e.hole {
+                        ops.push(Op::DelBlocks {
+                            ino,
+                            from: inode.size / BLOCK_U64,
+                            to: inode.size / BLOCK_U64 + 1,
+                        });
+                    } else {
+                        ops.insert(
+                            0,
+                            Op::PutBlock {
+                                ino,
+                                idx: inode.size / BLOCK_U64,
+                            },
+                        );
+                        enc = Some(e);
+                    }
+                }
+            }
+        }
+        if !ops.is_empty() {
+            tracing::info!(
+                ino,
+                size = inode.size,
+                "trimming blocks written past the logged size before a crash"
+            );
+        }
+        ops.push(Op::PutInode(inode));
+        self.j.commit(
+            &ops,
+            enc.as_ref().map(|e| (&e.header, e.payload.as_slice())),
+        )?;
+        Ok(())
+    }
+
+    /// Change a file's size. Caller holds the namespace lock.
+    pub(super) fn truncate(&self, ino: Ino, new: u64, mtime: bool) -> Result<()> {
+        if new > MAX_FILE_SIZE {
+            return Err(Error::FileTooBig);
+        }
+        let st = self.state(ino)?;
+        self.drain(&st)?;
+        self.with_live(ino, |_st, g| {
+            let old = g.attr.size;
+            let mut ops = Vec::new();
+            let mut enc = None;
+            if new < old {
+                let last = blocks_for(new);
+                g.dirty.retain(|i, _| *i < last);
+                g.inflight.retain(|i, _| *i < last);
+                let tail = (new % BLOCK_U64) as usize;
+                if tail != 0 {
+                    let t = new / BLOCK_U64;
+                    let cur: Option<Vec<u8>> = if let Some(d) = g.dirty.remove(&t) {
+                        Some(d)
+                    } else if let Some((_, d)) = g.inflight.remove(&t) {
+                        Some(d.as_ref().clone())
+                    } else {
+                        self.mapped_block(ino, t)?.map(|d| d.as_ref().clone())
+                    };
+                    if let Some(mut d) = cur {
+                        if d.len() > tail {
+                            d.truncate(tail);
+                            let e = self.encode_block(&d);
+                            if e.hole {
+                                ops.push(Op::DelBlocks {
+                                    ino,
+                                    from: t,
+                                    to: t + 1,
+                                });
+                            } else {
+                                ops.push(Op::PutBlock { ino, idx: t });
+                                enc = Some(e);
+                            }
+                        } else {
+                            g.dirty.insert(t, d);
+                        }
+                    }
+                }
+                if !self.j.index.blocks_from(ino, last, 1)?.is_empty() {
+                    ops.push(Op::DelBlocks {
+                        ino,
+                        from: last,
+                        to: u64::MAX,
+                    });
+                }
+            }
+            g.attr.size = new;
+            let now = Ts::now();
+            if mtime {
+                g.attr.mtime = now;
+            }
+            g.attr.ctime = now;
+            if g.dirty.is_empty() && g.inflight.is_empty() {
+                ops.push(Op::PutInode(g.attr.clone()));
+                self.j.commit(
+                    &ops,
+                    enc.as_ref().map(|e| (&e.header, e.payload.as_slice())),
+                )?;
+                g.attr_dirty = false;
+            } else {
+                // A racing writer dirtied blocks meanwhile: log the data now, the inode at the
+                // next drain.
+                if !ops.is_empty() {
+                    self.j.commit(
+                        &ops,
+                        enc.as_ref().map(|e| (&e.header, e.payload.as_slice())),
+                    )?;
+                }
+                g.attr_dirty = true;
+            }
+            Ok(())
+        })
+    }
+
+    /// Zero `off..off+len` inside the file (punch hole): whole blocks become holes.
+    pub(super) fn zero_range(&self, ino: Ino, off: u64, len: u64) -> Result<()> {
+        let (st, size) = self.with_live(ino, |st, g| Ok((st.clone(), g.attr.size)))?;
+        let end = off.saturating_add(len).min(size);
+        if off >= end {
+            return Ok(());
+        }
+        let first_full = off.div_ceil(BLOCK_U64);
+        let last_full = end / BLOCK_U64; // exclusive
+                                         // Partial edges: write zeros through the normal path (keeps size unchanged).
+        let head_end = (first_full * BLOCK_U64).min(end);
+        if off < head_end {
+            self.write(ino, off, &vec![0u8; (head_end - off) as usize])?;
+        }
+        let tail_start = (last_full * BLOCK_U64).max(off);
+        if last_full >= first_full && tail_start < end {
+            self.write(ino, tail_start, &vec![0u8; (end - tail_start) as usize])?;
+        }
+        if last_full > first_full {
+            let mut g = st.inner.lock();
+            if g.detached {
+                return Err(Error::NotFound);
+            }
+            g.dirty.retain(|i, _| *i < first_full || *i >= last_full);
+            g.inflight.retain(|i, _| *i < first_full || *i >= last_full);
+            self.j.commit(
+                &[Op::DelBlocks {
+                    ino,
+                    from: first_full,
+                    to: last_full,
+                }],
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE at block granularity.
+    pub fn lseek(&self, ino: Ino, off: u64, whence: i32) -> Result<u64> {
+        self.with_live(ino, |_st, g| self.seek_in(ino, g, off, whence))
+    }
+
+    fn seek_in(&self, ino: Ino, g: &FileInner, off: u64, whence: i32) -> Result<u64> {
+        let size = g.attr.size;
+        if off >= size {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENXIO)));
+        }
+        let has = |idx: u64| -> Result<bool> {
+            Ok(g.dirty.contains_key(&idx)
+                || g.inflight.contains_key(&idx)
+                || self.j.index.block(ino, idx)?.is_some())
+        };
+        let mut idx = off / BLOCK_U64;
+        let last = blocks_for(size);
+        match whence {
+            libc::SEEK_DATA => {
+                while idx < last {
+                    if has(idx)? {
+                        return Ok((idx * BLOCK_U64).max(off));
+                    }
+                    // Skip ahead to the next mapped block in one index lookup.
+                    let next = self
+                        .j
+                        .index
+                        .blocks_from(ino, idx + 1, 1)?
+                        .first()
+                        .map(|(i, _)| *i);
+                    let next_mem = g
+                        .dirty
+                        .keys()
+                        .chain(g.inflight.keys())
+                        .copied()
+                        .filter(|&i| i > idx)
+                        .min();
+                    idx = match (next, next_mem) {
+                        (Some(a), Some(b)) => a.min(b),
+                        (Some(a), None) | (None, Some(a)) => a,
+                        (None, None) => last,
+                    };
+                }
+                Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENXIO)))
+            }
+            libc::SEEK_HOLE => {
+                while idx < last && has(idx)? {
+                    idx += 1;
+                }
+                Ok((idx * BLOCK_U64).max(off).min(size))
+            }
+            _ => Err(Error::Invalid("lseek whence")),
+        }
+    }
+
+    /// open(2) of a regular file.
+    pub fn open_file(&self, ino: Ino) -> Result<()> {
+        let _ns = self.ns.lock();
+        self.with_live(ino, |_st, g| {
+            g.opens += 1;
+            Ok(())
+        })
+    }
+
+    /// close(): commit buffered data and report write-back errors.
+    pub fn flush(&self, ino: Ino) -> Result<()> {
+        let st = self.files.lock().get(&ino).cloned();
+        match st {
+            Some(st) => self.drain(&st),
+            None => Ok(()),
+        }
+    }
+
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
+        let st = self.files.lock().get(&ino).cloned();
+        if let Some(st) = st {
+            self.drain(&st)?;
+        }
+        self.j.sync()
+    }
+
+    /// Sync the journal (directories: their entries are committed as they change).
+    pub fn fsync_dir(&self) -> Result<()> {
+        self.j.sync()
+    }
+
+    /// Last close of a file handle.
+    pub fn release(&self, ino: Ino) -> Result<()> {
+        let Some(st) = self.files.lock().get(&ino).cloned() else {
+            return Ok(());
+        };
+        let (last, orphan) = {
+            let mut g = st.inner.lock();
+            g.opens = g.opens.saturating_sub(1);
+            (g.opens == 0 && !g.detached, g.attr.nlink == 0)
+        };
+        if !last {
+            return Ok(());
+        }
+        if orphan {
+            let _ns = self.ns.lock();
+            let still = st.inner.lock().opens == 0;
+            if still {
+                self.kill_state(ino);
+                self.j.commit(&[Op::DelInode { ino }], None)?;
+            }
+            return Ok(());
+        }
+        let res = self.drain(&st);
+        self.try_detach(&st);
+        res
+    }
+}

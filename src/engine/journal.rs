@@ -1,0 +1,332 @@
+//! The journal: the pack log is the source of truth, the sled index a replayable cache of it.
+//!
+//! `commit` appends one record (metadata ops plus at most one block payload) and applies it to
+//! the index under one lock, so index order equals log order. Recovery replays the records
+//! after the index's `applied` position; `rebuild` recreates the index from the packs alone,
+//! starting at the newest complete checkpoint.
+//!
+//! Invariants:
+//! - Every change to the index goes through `commit` (or replay of committed records).
+//! - A record is appended before it is applied; when applying fails after the append, the
+//!   journal is poisoned (read-only) because index and log disagree until the next mount.
+//! - Packs are only deleted when every record in them is older than the newest checkpoint and
+//!   the index has been flushed past them.
+
+use crate::error::{Error, Result};
+use crate::meta::{dec, enc, Index, Op};
+use crate::store::{
+    encode_record, BlockHeader, Loc, LocalDir, PackBackend, PackLog, Record, ScanEnd,
+};
+use parking_lot::Mutex;
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct Journal {
+    pub log: PackLog,
+    pub index: Index,
+    /// Next sequence number; the lock is the commit lock.
+    next_seq: Mutex<u64>,
+    poisoned: Mutex<Option<String>>,
+}
+
+/// What recovery did at open.
+#[derive(Debug, Default, Clone)]
+pub struct Recovery {
+    pub replayed: u64,
+    pub torn_tail: Option<(u32, u64, String)>,
+    pub rebuilt: bool,
+}
+
+pub const PACK_MAX: u64 = 256 << 20;
+
+impl Journal {
+    /// Open the store's packs and index, replaying what the index misses. A missing index is
+    /// rebuilt from the packs; an index that is ahead of the packs (lost pack data) is rebuilt.
+    pub fn open(store: &Path, index_cache: u64) -> Result<(Journal, Recovery)> {
+        let backend: Arc<dyn PackBackend> = Arc::new(LocalDir::open(&store.join("packs"))?);
+        let log = PackLog::open(backend, PACK_MAX)?;
+        let index_path = store.join("index");
+        let fresh = !index_path.exists();
+        let index = Index::open(&index_path, index_cache).map_err(|e| {
+            Error::Corrupt(format!(
+                "cannot open the metadata index at {}: {e}; run `idcfs fsck --rebuild {}` to rebuild it from the pack files",
+                index_path.display(),
+                store.display()
+            ))
+        })?;
+        let j = Journal {
+            log,
+            index,
+            next_seq: Mutex::new(1),
+            poisoned: Mutex::new(None),
+        };
+        let has_packs = j
+            .log
+            .backend()
+            .list()?
+            .iter()
+            .any(|&p| j.log.backend().len(p).unwrap_or(0) > 0);
+        let rec = if fresh && has_packs {
+            tracing::warn!("metadata index missing: rebuilding it from the pack files");
+            j.rebuild()?
+        } else {
+            match j.replay() {
+                Ok(r) => r,
+                Err(Error::Corrupt(why)) if why.starts_with("index ahead") => {
+                    tracing::warn!("{why}: rebuilding the index from the pack files");
+                    j.rebuild()?
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok((j, rec))
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &*self.poisoned.lock() {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Append and apply one record. Returns its location.
+    pub fn commit(&self, ops: &[Op], block: Option<(&BlockHeader, &[u8])>) -> Result<Loc> {
+        let meta = enc(&ops)?;
+        let mut seq = self.next_seq.lock();
+        self.check_poison()?;
+        let rec = encode_record(*seq, &meta, block)?;
+        let loc = self.log.append(&rec)?;
+        let applied = self
+            .index
+            .apply(*seq, loc, ops, block.map(|(h, p)| (h, p.len() as u32)));
+        *seq += 1;
+        if let Err(e) = applied {
+            let why = format!("index update failed after a journal append: {e}");
+            tracing::error!("{why}; the mount is now read-only, remount to recover");
+            *self.poisoned.lock() = Some(why);
+            return Err(e);
+        }
+        Ok(loc)
+    }
+
+    /// Make every committed record durable.
+    pub fn sync(&self) -> Result<()> {
+        self.log.sync()?;
+        Ok(())
+    }
+
+    /// Make the index durable too (cheapens the next recovery; not needed for safety).
+    pub fn checkpoint_index(&self) -> Result<()> {
+        self.log.sync()?;
+        self.index.flush()
+    }
+
+    /// Read the block payload of the record at `loc`.
+    pub fn read_block(&self, loc: Loc) -> Result<(BlockHeader, Vec<u8>)> {
+        let rec = self.log.read(loc)?;
+        rec.block
+            .ok_or_else(|| Error::Corrupt(format!("record {loc:?} has no block payload")))
+    }
+
+    fn apply_record(&self, loc: Loc, rec: &Record) -> Result<()> {
+        let ops: Vec<Op> = dec(&rec.meta)?;
+        self.index.apply(
+            rec.seq,
+            loc,
+            &ops,
+            rec.block.as_ref().map(|(h, p)| (h, p.len() as u32)),
+        )
+    }
+
+    /// Replay records after the index's applied position.
+    fn replay(&self) -> Result<Recovery> {
+        let applied = self.index.applied()?;
+        let packs = self.log.backend().list()?;
+        let mut rec = Recovery::default();
+        let mut last_seq = applied.seq;
+        if applied.seq > 0 {
+            let exists = packs.contains(&applied.pack);
+            let len = if exists {
+                self.log.backend().len(applied.pack)?
+            } else {
+                0
+            };
+            let newer = packs.iter().any(|&p| p > applied.pack);
+            if (!exists && !newer) || (exists && len < applied.off) {
+                return Err(Error::Corrupt(format!(
+                    "index ahead of the pack files (index at pack {} offset {}, pack length {len})",
+                    applied.pack, applied.off
+                )));
+            }
+        }
+        let last_pack = packs.last().copied();
+        for &p in packs
+            .iter()
+            .filter(|&&p| applied.seq == 0 || p >= applied.pack)
+        {
+            let from = if applied.seq > 0 && p == applied.pack {
+                applied.off
+            } else {
+                0
+            };
+            let end = self.log.scan(p, from, |loc, r| {
+                if r.seq <= last_seq {
+                    return Err(Error::Corrupt(format!(
+                        "sequence went backwards at {loc:?}"
+                    )));
+                }
+                self.apply_record(loc, &r)?;
+                last_seq = r.seq;
+                rec.replayed += 1;
+                Ok(())
+            })?;
+            if let ScanEnd::Torn { off, end, reason } = end {
+                if Some(p) == last_pack {
+                    tracing::warn!(pack = p, off, end, %reason, "cutting a torn record at the end of the journal (interrupted write)");
+                    self.log.truncate_active(off)?;
+                    rec.torn_tail = Some((p, off, reason));
+                } else {
+                    return Err(Error::Corrupt(format!(
+                        "pack {p} is damaged at offset {off} ({reason}); run `idcfs fsck --rebuild` to recover what can be"
+                    )));
+                }
+            }
+        }
+        *self.next_seq.lock() = last_seq + 1;
+        if rec.replayed > 0 {
+            tracing::info!(
+                records = rec.replayed,
+                "replayed journal records the index had not yet stored"
+            );
+        }
+        Ok(rec)
+    }
+
+    /// Recreate the index from the pack files alone.
+    pub fn rebuild(&self) -> Result<Recovery> {
+        self.index.clear()?;
+        let packs = self.log.backend().list()?;
+        // Pass 1: the newest complete checkpoint.
+        let mut open_cp: Option<u64> = None;
+        let mut done_cp: Option<u64> = None;
+        for &p in &packs {
+            self.log.scan(p, 0, |_, r| {
+                if let Ok(ops) = dec::<Vec<Op>>(&r.meta) {
+                    for op in &ops {
+                        match op {
+                            Op::CheckpointBegin => open_cp = Some(r.seq),
+                            Op::CheckpointEnd { begin_seq } if open_cp == Some(*begin_seq) => {
+                                done_cp = Some(*begin_seq)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let start = done_cp.unwrap_or(0);
+        let mut rec = Recovery {
+            rebuilt: true,
+            ..Default::default()
+        };
+        let mut last_seq = 0;
+        let last_pack = packs.last().copied();
+        for &p in &packs {
+            let end = self.log.scan(p, 0, |loc, r| {
+                if r.seq < start || r.seq <= last_seq {
+                    return Ok(());
+                }
+                if let Err(e) = self.apply_record(loc, &r) {
+                    tracing::error!(?loc, "skipping a record that cannot be applied: {e}");
+                    return Ok(());
+                }
+                last_seq = r.seq;
+                rec.replayed += 1;
+                Ok(())
+            })?;
+            if let ScanEnd::Torn { off, reason, .. } = end {
+                if Some(p) == last_pack {
+                    self.log.truncate_active(off)?;
+                    rec.torn_tail = Some((p, off, reason));
+                } else {
+                    tracing::error!(pack = p, off, %reason, "damaged pack: records after this point are lost");
+                }
+            }
+        }
+        // Blocks committed past a logged size may exist anywhere: check every file.
+        let inos: Vec<u64> = self
+            .index
+            .all_inodes()
+            .filter_map(|i| i.ok())
+            .map(|i| i.ino)
+            .collect();
+        for ino in inos {
+            if self.index.block_count(ino)? > 0 {
+                self.index.mark_unsized(ino)?;
+            }
+        }
+        *self.next_seq.lock() = last_seq + 1;
+        self.index.flush()?;
+        tracing::info!(
+            records = rec.replayed,
+            from_checkpoint = start,
+            "index rebuilt from the pack files"
+        );
+        Ok(rec)
+    }
+
+    /// Write a full snapshot of the index into the log so that older packs are no longer
+    /// needed to rebuild it. Holds the commit lock for the duration.
+    pub fn checkpoint(&self) -> Result<u64> {
+        let mut seq = self.next_seq.lock();
+        self.check_poison()?;
+        let begin = *seq;
+        let emit = |ops: &[Op], seq: &mut u64| -> Result<()> {
+            let rec = encode_record(*seq, &enc(&ops)?, None)?;
+            let loc = self.log.append(&rec)?;
+            // Snapshot ops restate the current state: only the applied position moves.
+            self.index.apply(*seq, loc, &[], None)?;
+            *seq += 1;
+            Ok(())
+        };
+        emit(&[Op::CheckpointBegin], &mut seq)?;
+        let mut chunk: Vec<Op> = Vec::new();
+        const CHUNK: usize = 2000;
+        for i in self.index.all_inodes() {
+            chunk.push(Op::PutInode(i?));
+            if chunk.len() >= CHUNK {
+                emit(&std::mem::take(&mut chunk), &mut seq)?;
+            }
+        }
+        for d in self.index.all_dirents() {
+            let (parent, name, ent) = d?;
+            chunk.push(Op::PutDirent { parent, name, ent });
+            if chunk.len() >= CHUNK {
+                emit(&std::mem::take(&mut chunk), &mut seq)?;
+            }
+        }
+        for x in self.index.all_xattrs() {
+            let (ino, name, value) = x?;
+            chunk.push(Op::SetXattr { ino, name, value });
+            if chunk.len() >= CHUNK {
+                emit(&std::mem::take(&mut chunk), &mut seq)?;
+            }
+        }
+        for b in self.index.all_blocks() {
+            let (ino, idx, bref) = b?;
+            chunk.push(Op::SnapBlock { ino, idx, bref });
+            if chunk.len() >= CHUNK {
+                emit(&std::mem::take(&mut chunk), &mut seq)?;
+            }
+        }
+        for ino in self.index.marked(b'O')? {
+            chunk.push(Op::Orphan { ino, on: true });
+        }
+        if !chunk.is_empty() {
+            emit(&chunk, &mut seq)?;
+        }
+        emit(&[Op::CheckpointEnd { begin_seq: begin }], &mut seq)?;
+        Ok(begin)
+    }
+}

@@ -1,0 +1,493 @@
+//! The engine: a POSIX-shaped filesystem API in plain Rust over the journal, the index, the
+//! codecs and the caches. It knows nothing of FUSE; `fuse/` translates kernel requests into
+//! calls here, and tests drive it directly.
+//!
+//! Lock order (never taken in the other direction):
+//! `ns` (namespace mutations) → `files` (open-file table) → a file's `inner` → journal commit.
+//! Compression workers take only a file's `inner` and then the journal.
+//!
+//! Durability invariants:
+//! - A file's size is logged (`PutInode`) only after every block below it that was written
+//!   before has been committed, so after a crash no file shows bytes that were never written.
+//! - Stored blocks never hold data past the file size (truncate crops; recovery trims blocks
+//!   committed past a logged size), so extending a file always exposes zeros.
+//! - `fsync` returns after the file's blocks and inode are committed and the journal synced.
+
+mod cache;
+mod compact;
+mod data;
+pub mod fsck;
+pub mod journal;
+pub mod layout;
+mod namespace;
+
+use self::cache::BlockCache;
+use self::journal::{Journal, Recovery};
+use crate::codec::Registry;
+use crate::error::{Error, Result};
+use crate::meta::{Ino, Inode, Kind, Op, Ts, ROOT_INO};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use self::compact::CompactReport;
+pub use self::data::FileState;
+pub use self::fsck::FsckReport;
+pub use self::namespace::{Caller, SetAttr, Statfs, TimeSet, VIRTUAL_PREFIX};
+
+/// Tunables of one mounted store.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// zstd level used on the write path.
+    pub zstd_level: i32,
+    /// Decoded-block cache size.
+    pub cache_bytes: usize,
+    /// Dirty data held in memory before writers wait for compression to catch up.
+    pub dirty_limit: usize,
+    /// Compression worker threads.
+    pub workers: usize,
+    /// sled page cache.
+    pub index_cache: u64,
+    /// Run the background syncer and compactor threads.
+    pub background: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Options {
+            zstd_level: 3,
+            cache_bytes: 64 << 20,
+            dirty_limit: 64 << 20,
+            workers: cpus,
+            index_cache: 32 << 20,
+            background: true,
+        }
+    }
+}
+
+/// Attributes as the kernel sees them.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    pub inode: Inode,
+    /// 512-byte units allocated (mapped blocks; holes cost nothing).
+    pub blocks: u64,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub name: Vec<u8>,
+    /// Position to resume after this entry.
+    pub offset: u64,
+}
+
+/// What `idcfs stats` reports.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Stats {
+    pub store: String,
+    /// Raw bytes of all stored blocks (what the files hold, holes excluded).
+    pub logical_bytes: u64,
+    /// Bytes the store occupies on disk: pack files plus the metadata index.
+    pub stored_bytes: u64,
+    pub saved_bytes: i64,
+    /// logical / stored.
+    pub ratio: f64,
+    pub pack_bytes: u64,
+    pub index_bytes: u64,
+    /// Pack bytes not referenced by any block: the metadata journal plus space that
+    /// compaction will reclaim.
+    pub unreferenced_bytes: u64,
+    pub files: u64,
+    pub corrupt_reads: u64,
+    pub uptime_secs: u64,
+    pub cache_bytes: u64,
+    pub codecs: Vec<CodecRow>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct CodecRow {
+    pub codec: String,
+    pub blocks: u64,
+    pub logical_bytes: u64,
+    /// Record bytes on disk for this codec's blocks (payload plus headers).
+    pub stored_bytes: u64,
+}
+
+struct Job {
+    st: Arc<FileState>,
+    idx: u64,
+    gen: u64,
+    data: Arc<Vec<u8>>,
+}
+
+pub struct Engine {
+    j: Journal,
+    codecs: Registry,
+    opts: Options,
+    store_dir: PathBuf,
+    _lock: File,
+    files: Mutex<HashMap<Ino, Arc<FileState>>>,
+    ns: Mutex<()>,
+    /// Readers hold it shared across an index lookup and the pack read it leads to, so
+    /// compaction (exclusive) never deletes a pack under a reader.
+    gc: RwLock<()>,
+    next_ino: AtomicU64,
+    next_cookie: AtomicU64,
+    cache: BlockCache,
+    jobs: Mutex<Option<Sender<Job>>>,
+    dirty: Mutex<usize>,
+    dirty_cv: Condvar,
+    stop: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    started: Instant,
+    corrupt_reads: AtomicU64,
+    pub recovery: Recovery,
+}
+
+/// Take the store's exclusive lock, or say who holds it.
+fn lock_store(dir: &Path) -> Result<File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    // SAFETY-free: flock through libc on a valid fd.
+    let rc = unsafe_flock(f.as_raw_fd());
+    if rc != 0 {
+        let mut s = String::new();
+        let _ = f.read_to_string(&mut s);
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "store {} is in use by another idcfs process (pid {}); unmount it first",
+                dir.display(),
+                s.trim()
+            ),
+        )));
+    }
+    f.set_len(0)?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+#[allow(unsafe_code)]
+fn unsafe_flock(fd: i32) -> i32 {
+    // SAFETY: flock only reads the fd number; a bad fd yields an error code.
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }
+}
+
+impl Engine {
+    /// Open (or create) the store in `dir` and recover it.
+    pub fn open(dir: &Path, opts: Options) -> Result<Arc<Engine>> {
+        std::fs::create_dir_all(dir)?;
+        let lock = lock_store(dir)?;
+        let (j, recovery) = Journal::open(dir, opts.index_cache)?;
+        let next_ino = j.index.max_ino()? + 1;
+        let next_cookie = (j.index.max_cookie()? + 1).max(3);
+        let e = Arc::new(Engine {
+            j,
+            codecs: Registry::default(),
+            cache: BlockCache::new(opts.cache_bytes),
+            opts,
+            store_dir: dir.to_path_buf(),
+            _lock: lock,
+            files: Mutex::new(HashMap::new()),
+            ns: Mutex::new(()),
+            gc: RwLock::new(()),
+            next_ino: AtomicU64::new(next_ino),
+            next_cookie: AtomicU64::new(next_cookie),
+            jobs: Mutex::new(None),
+            dirty: Mutex::new(0),
+            dirty_cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            corrupt_reads: AtomicU64::new(0),
+            recovery,
+        });
+        e.ensure_root()?;
+        e.recover_marks()?;
+        e.start_threads()?;
+        Ok(e)
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    fn ensure_root(&self) -> Result<()> {
+        if self.j.index.inode(ROOT_INO)?.is_some() {
+            return Ok(());
+        }
+        let now = Ts::now();
+        let root = Inode {
+            ino: ROOT_INO,
+            kind: Kind::Dir,
+            perm: 0o755,
+            uid: current_uid(),
+            gid: current_gid(),
+            nlink: 2,
+            size: 0,
+            rdev: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            parent: ROOT_INO,
+            target: Vec::new(),
+            flags: 0,
+        };
+        self.j.commit(&[Op::PutInode(root)], None)?;
+        self.j.sync()
+    }
+
+    /// Finish what a crash interrupted: reclaim unlinked-while-open inodes and trim blocks
+    /// committed past a logged size.
+    fn recover_marks(&self) -> Result<()> {
+        for ino in self.j.index.marked(b'O')? {
+            tracing::info!(ino, "reclaiming a file that was unlinked while open");
+            self.j.commit(&[Op::DelInode { ino }], None)?;
+        }
+        for ino in self.j.index.marked(b'U')? {
+            self.fix_size(ino)?;
+        }
+        Ok(())
+    }
+
+    fn start_threads(self: &Arc<Self>) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(1024);
+        *self.jobs.lock() = Some(tx);
+        let mut threads = self.threads.lock();
+        for i in 0..self.opts.workers.max(1) {
+            let e = self.clone();
+            let rx: Receiver<Job> = rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("idcfs-zip{i}"))
+                    .spawn(move || e.worker(rx))?,
+            );
+        }
+        if self.opts.background {
+            let e = self.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("idcfs-sync".into())
+                    .spawn(move || e.syncer())?,
+            );
+        }
+        Ok(())
+    }
+
+    fn worker(&self, rx: Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            let enc = self.encode_block(&job.data);
+            self.commit_block(&job.st, job.idx, job.gen, &job.data, enc);
+            self.release_dirty(job.data.len());
+        }
+    }
+
+    /// Background: drain idle dirty files, sync the journal and the index, compact.
+    fn syncer(&self) {
+        let mut last_flush = Instant::now();
+        let mut last_compact = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let states: Vec<Arc<FileState>> = self.files.lock().values().cloned().collect();
+            for st in states {
+                if st.wants_drain(Duration::from_secs(1), Duration::from_secs(10)) {
+                    if let Err(e) = self.drain(&st) {
+                        tracing::warn!(ino = st.ino, "background flush failed: {e}");
+                    }
+                }
+                self.try_detach(&st);
+            }
+            if last_flush.elapsed() >= Duration::from_secs(5) {
+                if let Err(e) = self.j.checkpoint_index() {
+                    tracing::warn!("periodic sync failed: {e}");
+                }
+                last_flush = Instant::now();
+            }
+            if last_compact.elapsed() >= Duration::from_secs(60) {
+                if let Err(e) = self.compact(false) {
+                    tracing::warn!("background compaction failed: {e}");
+                }
+                last_compact = Instant::now();
+            }
+        }
+    }
+
+    fn add_dirty(&self, n: usize) {
+        *self.dirty.lock() += n;
+    }
+
+    fn release_dirty(&self, n: usize) {
+        let mut d = self.dirty.lock();
+        *d = d.saturating_sub(n);
+        self.dirty_cv.notify_all();
+    }
+
+    /// Block a writer while too much data waits for compression (bounded memory).
+    fn wait_budget(&self) {
+        let mut d = self.dirty.lock();
+        while *d > self.opts.dirty_limit {
+            self.dirty_cv.wait_for(&mut d, Duration::from_millis(100));
+        }
+    }
+
+    /// Commit everything, make it durable and stop background threads. Idempotent.
+    pub fn shutdown(&self) -> Result<()> {
+        self.sync_all()?;
+        self.stop.store(true, Ordering::Relaxed);
+        self.jobs.lock().take();
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        self.j.checkpoint_index()?;
+        tracing::info!("store {} flushed", self.store_dir.display());
+        Ok(())
+    }
+
+    /// Drain every file and make the journal and the index durable.
+    pub fn sync_all(&self) -> Result<()> {
+        let states: Vec<Arc<FileState>> = self.files.lock().values().cloned().collect();
+        let mut first_err = None;
+        for st in states {
+            if let Err(e) = self.drain(&st) {
+                tracing::error!(ino = st.ino, "flush failed: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        self.j.checkpoint_index()?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let cs = self.j.index.codec_stats();
+        let backend = self.j.log.backend();
+        let mut pack_bytes = 0;
+        for p in backend.list()? {
+            pack_bytes += backend.len(p).unwrap_or(0);
+        }
+        let index_bytes = dir_size(&self.store_dir.join("index"));
+        let logical: u64 = cs.values().map(|c| c.logical).sum();
+        let records: u64 = cs.values().map(|c| c.records).sum();
+        let stored = pack_bytes + index_bytes;
+        let codecs = cs
+            .iter()
+            .filter(|(_, c)| c.blocks > 0)
+            .map(|(id, c)| CodecRow {
+                codec: self.codecs.name(*id),
+                blocks: c.blocks,
+                logical_bytes: c.logical,
+                stored_bytes: c.records,
+            })
+            .collect();
+        Ok(Stats {
+            store: self.store_dir.display().to_string(),
+            logical_bytes: logical,
+            stored_bytes: stored,
+            saved_bytes: logical as i64 - stored as i64,
+            ratio: if stored > 0 {
+                logical as f64 / stored as f64
+            } else {
+                0.0
+            },
+            pack_bytes,
+            index_bytes,
+            unreferenced_bytes: pack_bytes.saturating_sub(records),
+            files: self.next_ino.load(Ordering::Relaxed).saturating_sub(1),
+            corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
+            uptime_secs: self.started.elapsed().as_secs(),
+            cache_bytes: self.cache.bytes() as u64,
+            codecs,
+        })
+    }
+
+    /// A path of `ino` for log messages (a scan: only used on errors).
+    pub fn path_of(&self, ino: Ino) -> String {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        for _ in 0..4096 {
+            if cur == ROOT_INO {
+                break;
+            }
+            let found = self
+                .j
+                .index
+                .all_dirents()
+                .filter_map(|d| d.ok())
+                .find(|(_, _, d)| d.ino == cur);
+            match found {
+                Some((parent, name, _)) => {
+                    parts.push(String::from_utf8_lossy(&name).into_owned());
+                    cur = parent;
+                }
+                None => return format!("<unlinked inode {ino}>"),
+            }
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+}
+
+/// Total size of the regular files below `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+pub fn current_uid() -> u32 {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions.
+    unsafe {
+        libc::geteuid()
+    }
+}
+
+pub fn current_gid() -> u32 {
+    #[allow(unsafe_code)]
+    // SAFETY: getegid has no preconditions.
+    unsafe {
+        libc::getegid()
+    }
+}
+
+/// Reject names the kernel should never send but a direct caller might.
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(Error::Invalid("bad file name"));
+    }
+    if name.len() > 255 {
+        return Err(Error::NameTooLong);
+    }
+    Ok(())
+}

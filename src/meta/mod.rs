@@ -1,0 +1,569 @@
+//! The metadata index: inodes, directory entries, block maps, xattrs and accounting in `sled`.
+//!
+//! The index is a cache of the journal in the pack files: every change arrives as a list of
+//! `Op`s from one journal record and is applied in one atomic sled batch, together with the
+//! record's sequence number and end position, so after a crash the index names exactly the
+//! prefix of the journal it holds and recovery replays the rest.
+//!
+//! ## Key layout (one sled tree, `idx`; integers big-endian so ranges sort numerically)
+//! ```text
+//! 'M' name                  -> meta values ("applied": seq u64, pack u32, off u64;
+//!                              "ino", "cookie": highest ids used)
+//! 'I' ino                   -> Inode (postcard)
+//! 'D' parent name           -> Dirent
+//! 'C' parent cookie         -> name            (readdir order)
+//! 'B' ino idx               -> BlockRef
+//! 'N' ino                   -> number of mapped blocks (u64)
+//! 'X' ino name              -> xattr value
+//! 'O' ino                   -> ()              (unlinked while open)
+//! 'U' ino                   -> ()              (blocks committed past the logged size)
+//! 'S' codec                 -> CodecStats
+//! 'P' pack                  -> PackStats
+//! ```
+//! Invariants: only `apply` (called under the journal's commit lock) writes to the tree; a
+//! `B` entry always names a record that exists; the `S` and `P` entries equal what a scan of
+//! the `B` entries gives.
+
+mod types;
+
+pub use self::types::*;
+
+use crate::error::{Error, Result};
+use crate::store::{BlockHeader, Loc, PackId};
+use parking_lot::Mutex;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub struct Index {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// In-memory mirrors of the 'S' and 'P' accounting, updated after each applied batch.
+    codec_stats: Mutex<BTreeMap<u16, CodecStats>>,
+    pack_stats: Mutex<BTreeMap<PackId, PackStats>>,
+}
+
+/// Position of the last record the index holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Applied {
+    pub seq: u64,
+    pub pack: PackId,
+    pub off: u64,
+}
+
+pub fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(v).map_err(|e| Error::Corrupt(format!("encode: {e}")))
+}
+
+pub fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    postcard::from_bytes(b).map_err(|e| Error::Corrupt(format!("index value: {e}")))
+}
+
+pub fn key_ino(tag: u8, ino: Ino) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag);
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+fn key_ino_u64(tag: u8, ino: Ino, n: u64) -> Vec<u8> {
+    let mut k = key_ino(tag, ino);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn key_ino_name(tag: u8, ino: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = key_ino(tag, ino);
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn key_block(ino: Ino, idx: u64) -> Vec<u8> {
+    key_ino_u64(b'B', ino, idx)
+}
+
+fn key_meta(name: &str) -> Vec<u8> {
+    let mut k = vec![b'M'];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn u64_of(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[8 - n..].copy_from_slice(&b[b.len() - n..]);
+    u64::from_be_bytes(a)
+}
+
+/// A batch under construction, with reads that see its own pending writes.
+struct View<'a> {
+    tree: &'a sled::Tree,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    codec_delta: BTreeMap<u16, (i64, i64, i64, i64)>,
+    pack_delta: BTreeMap<PackId, (i64, i64)>,
+}
+
+impl<'a> View<'a> {
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.pending.get(k) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
+    }
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.pending.insert(k, Some(v));
+    }
+    fn del(&mut self, k: Vec<u8>) {
+        self.pending.insert(k, None);
+    }
+    /// Keys (with values) under `prefix`, as the batch would leave them.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut end = prefix.to_vec();
+        // Prefixes here are a tag plus a big-endian id: bumping the id gives the range end.
+        let id = u64_of(&end[1..9]).saturating_add(1);
+        end.truncate(1);
+        end.extend_from_slice(&id.to_be_bytes());
+        self.scan_range(prefix.to_vec(), end)
+    }
+
+    /// Keys (with values) in `start..end`, as the batch would leave them.
+    fn scan_range(&self, start: Vec<u8>, end: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut m: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for kv in self.tree.range(start.clone()..end.clone()) {
+            let (k, v) = kv?;
+            m.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in self.pending.range(start..end) {
+            match v {
+                Some(v) => m.insert(k.clone(), v.clone()),
+                None => m.remove(k),
+            };
+        }
+        Ok(m.into_iter().collect())
+    }
+
+    fn unmap_block(&mut self, ino: Ino, key: Vec<u8>, old: &[u8]) -> Result<()> {
+        let b: BlockRef = dec(old)?;
+        self.account(&b, -1);
+        self.del(key);
+        self.bump_count(ino, -1)
+    }
+
+    fn account(&mut self, b: &BlockRef, sign: i64) {
+        let c = self.codec_delta.entry(b.codec).or_default();
+        c.0 += sign;
+        c.1 += sign * b.raw_len as i64;
+        c.2 += sign * b.stored as i64;
+        c.3 += sign * b.loc.len as i64;
+        let p = self.pack_delta.entry(b.loc.pack).or_default();
+        p.0 += sign * b.loc.len as i64;
+        p.1 += sign;
+    }
+
+    fn bump_count(&mut self, ino: Ino, d: i64) -> Result<()> {
+        let k = key_ino(b'N', ino);
+        let n = self.get(&k)?.map_or(0, |v| u64_of(&v)) as i64 + d;
+        if n <= 0 {
+            self.del(k);
+        } else {
+            self.put(k, (n as u64).to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    fn raise_meta(&mut self, name: &str, v: u64) -> Result<()> {
+        let k = key_meta(name);
+        if self.get(&k)?.map_or(0, |b| u64_of(&b)) < v {
+            self.put(k, v.to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+}
+
+impl Index {
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Index> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        Self::from_db(db)
+    }
+
+    #[cfg(test)]
+    pub fn temporary() -> Result<Index> {
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Index> {
+        let tree = db.open_tree("idx")?;
+        let ix = Index {
+            db,
+            tree,
+            codec_stats: Mutex::new(BTreeMap::new()),
+            pack_stats: Mutex::new(BTreeMap::new()),
+        };
+        ix.load_mirrors()?;
+        Ok(ix)
+    }
+
+    fn load_mirrors(&self) -> Result<()> {
+        let mut cs = BTreeMap::new();
+        for kv in self.tree.scan_prefix([b'S']) {
+            let (k, v) = kv?;
+            if k.len() == 3 {
+                cs.insert(u16::from_be_bytes([k[1], k[2]]), dec(&v)?);
+            }
+        }
+        let mut ps = BTreeMap::new();
+        for kv in self.tree.scan_prefix([b'P']) {
+            let (k, v) = kv?;
+            if k.len() == 5 {
+                ps.insert(u32::from_be_bytes([k[1], k[2], k[3], k[4]]), dec(&v)?);
+            }
+        }
+        *self.codec_stats.lock() = cs;
+        *self.pack_stats.lock() = ps;
+        Ok(())
+    }
+
+    /// Remove everything (used by rebuild).
+    pub fn clear(&self) -> Result<()> {
+        self.tree.clear()?;
+        self.load_mirrors()
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the index occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    pub fn applied(&self) -> Result<Applied> {
+        Ok(match self.tree.get(key_meta("applied"))? {
+            Some(v) => dec(&v)?,
+            None => Applied::default(),
+        })
+    }
+
+    pub fn max_ino(&self) -> Result<Ino> {
+        Ok(self
+            .tree
+            .get(key_meta("ino"))?
+            .map_or(ROOT_INO, |v| u64_of(&v)))
+    }
+
+    pub fn max_cookie(&self) -> Result<u64> {
+        Ok(self.tree.get(key_meta("cookie"))?.map_or(0, |v| u64_of(&v)))
+    }
+
+    pub fn inode(&self, ino: Ino) -> Result<Option<Inode>> {
+        match self.tree.get(key_ino(b'I', ino))? {
+            Some(v) => Ok(Some(dec(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn dirent(&self, parent: Ino, name: &[u8]) -> Result<Option<Dirent>> {
+        match self.tree.get(key_ino_name(b'D', parent, name))? {
+            Some(v) => Ok(Some(dec(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Directory entries with cookie > `after`, in cookie order, at most `limit`.
+    pub fn readdir(
+        &self,
+        dir: Ino,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>, Dirent)>> {
+        let start = key_ino_u64(b'C', dir, after.saturating_add(1));
+        let end = key_ino(b'C', dir.saturating_add(1));
+        let mut out = Vec::new();
+        for kv in self.tree.range(start..end) {
+            let (k, name) = kv?;
+            let cookie = u64_of(&k[9..17]);
+            if let Some(d) = self.dirent(dir, &name)? {
+                out.push((cookie, name.to_vec(), d));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {
+        Ok(self.tree.scan_prefix(key_ino(b'D', dir)).next().is_none())
+    }
+
+    pub fn block(&self, ino: Ino, idx: u64) -> Result<Option<BlockRef>> {
+        match self.tree.get(key_block(ino, idx))? {
+            Some(v) => Ok(Some(dec(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Mapped blocks of `ino` with index >= `from`, ascending, at most `limit`.
+    pub fn blocks_from(&self, ino: Ino, from: u64, limit: usize) -> Result<Vec<(u64, BlockRef)>> {
+        let start = key_block(ino, from);
+        let end = key_ino(b'B', ino.saturating_add(1));
+        let mut out = Vec::new();
+        for kv in self.tree.range(start..end) {
+            let (k, v) = kv?;
+            out.push((u64_of(&k[9..17]), dec(&v)?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn block_count(&self, ino: Ino) -> Result<u64> {
+        Ok(self.tree.get(key_ino(b'N', ino))?.map_or(0, |v| u64_of(&v)))
+    }
+
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(key_ino_name(b'X', ino, name))?
+            .map(|v| v.to_vec()))
+    }
+
+    pub fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(key_ino(b'X', ino)) {
+            let (k, _) = kv?;
+            out.push(k[9..].to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Inodes carrying a mark ('O' orphan, 'U' unsized).
+    pub fn marked(&self, tag: u8) -> Result<Vec<Ino>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([tag]) {
+            let (k, _) = kv?;
+            if k.len() == 9 {
+                out.push(u64_of(&k[1..9]));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flag `ino` for the post-recovery size check (offline rebuild only).
+    pub fn mark_unsized(&self, ino: Ino) -> Result<()> {
+        self.tree.insert(key_ino(b'U', ino), Vec::new())?;
+        Ok(())
+    }
+
+    pub fn codec_stats(&self) -> BTreeMap<u16, CodecStats> {
+        self.codec_stats.lock().clone()
+    }
+
+    pub fn pack_stats(&self) -> BTreeMap<PackId, PackStats> {
+        self.pack_stats.lock().clone()
+    }
+
+    /// Every inode (fsck, checkpoint).
+    pub fn all_inodes(&self) -> impl Iterator<Item = Result<Inode>> + '_ {
+        self.tree.scan_prefix([b'I']).map(|kv| dec(&kv?.1))
+    }
+
+    /// Every directory entry as (parent, name, dirent).
+    pub fn all_dirents(&self) -> impl Iterator<Item = Result<(Ino, Vec<u8>, Dirent)>> + '_ {
+        self.tree.scan_prefix([b'D']).map(|kv| {
+            let (k, v) = kv?;
+            Ok((u64_of(&k[1..9]), k[9..].to_vec(), dec(&v)?))
+        })
+    }
+
+    /// Every block map entry as (ino, idx, ref).
+    pub fn all_blocks(&self) -> impl Iterator<Item = Result<(Ino, u64, BlockRef)>> + '_ {
+        self.tree.scan_prefix([b'B']).map(|kv| {
+            let (k, v) = kv?;
+            Ok((u64_of(&k[1..9]), u64_of(&k[9..17]), dec(&v)?))
+        })
+    }
+
+    /// Every xattr as (ino, name, value).
+    pub fn all_xattrs(&self) -> impl Iterator<Item = Result<(Ino, Vec<u8>, Vec<u8>)>> + '_ {
+        self.tree.scan_prefix([b'X']).map(|kv| {
+            let (k, v) = kv?;
+            Ok((u64_of(&k[1..9]), k[9..].to_vec(), v.to_vec()))
+        })
+    }
+
+    /// Apply one journal record: `ops` from the record at `loc` with sequence `seq`; `block`
+    /// describes the record's payload when it has one. Caller holds the commit lock.
+    pub fn apply(
+        &self,
+        seq: u64,
+        loc: Loc,
+        ops: &[Op],
+        block: Option<(&BlockHeader, u32)>,
+    ) -> Result<()> {
+        let mut v = View {
+            tree: &self.tree,
+            pending: BTreeMap::new(),
+            codec_delta: BTreeMap::new(),
+            pack_delta: BTreeMap::new(),
+        };
+        let new_ref = block.map(|(h, stored)| BlockRef {
+            loc,
+            codec: h.codec,
+            raw_len: h.raw_len,
+            stored,
+        });
+        for op in ops {
+            self.apply_op(&mut v, op, new_ref)?;
+        }
+        v.put(
+            key_meta("applied"),
+            enc(&Applied {
+                seq,
+                pack: loc.pack,
+                off: loc.off + loc.len as u64,
+            })?,
+        );
+        // Fold accounting deltas into the persisted counters in the same batch.
+        let mut cs = self.codec_stats.lock();
+        let mut ps = self.pack_stats.lock();
+        let mut new_cs = Vec::new();
+        for (codec, (b, l, s, r)) in &v.codec_delta {
+            let mut c = cs.get(codec).copied().unwrap_or_default();
+            c.blocks = (c.blocks as i64 + b).max(0) as u64;
+            c.logical = (c.logical as i64 + l).max(0) as u64;
+            c.payload = (c.payload as i64 + s).max(0) as u64;
+            c.records = (c.records as i64 + r).max(0) as u64;
+            new_cs.push((*codec, c));
+        }
+        let mut new_ps = Vec::new();
+        for (pack, (bytes, n)) in &v.pack_delta {
+            let mut p = ps.get(pack).copied().unwrap_or_default();
+            p.live_bytes = (p.live_bytes as i64 + bytes).max(0) as u64;
+            p.live_blocks = (p.live_blocks as i64 + n).max(0) as u64;
+            new_ps.push((*pack, p));
+        }
+        let mut batch = sled::Batch::default();
+        for (k, val) in std::mem::take(&mut v.pending) {
+            match val {
+                Some(val) => batch.insert(k, val),
+                None => batch.remove(k),
+            }
+        }
+        for (codec, c) in &new_cs {
+            let mut k = vec![b'S'];
+            k.extend_from_slice(&codec.to_be_bytes());
+            batch.insert(k, enc(c)?);
+        }
+        for (pack, p) in &new_ps {
+            let mut k = vec![b'P'];
+            k.extend_from_slice(&pack.to_be_bytes());
+            batch.insert(k, enc(p)?);
+        }
+        self.tree.apply_batch(batch)?;
+        cs.extend(new_cs);
+        ps.extend(new_ps);
+        Ok(())
+    }
+
+    fn apply_op(&self, v: &mut View<'_>, op: &Op, new_ref: Option<BlockRef>) -> Result<()> {
+        match op {
+            Op::PutInode(inode) => {
+                v.put(key_ino(b'I', inode.ino), enc(inode)?);
+                // A logged inode is written only after its dirty blocks are committed.
+                v.del(key_ino(b'U', inode.ino));
+                v.raise_meta("ino", inode.ino)?;
+            }
+            Op::DelInode { ino } => {
+                for (k, old) in v.scan(&key_ino(b'B', *ino))? {
+                    v.unmap_block(*ino, k, &old)?;
+                }
+                for (k, _) in v.scan(&key_ino(b'X', *ino))? {
+                    v.del(k);
+                }
+                for tag in [b'I', b'O', b'U', b'N'] {
+                    v.del(key_ino(tag, *ino));
+                }
+            }
+            Op::PutDirent { parent, name, ent } => {
+                let dk = key_ino_name(b'D', *parent, name);
+                if let Some(old) = v.get(&dk)? {
+                    let old: Dirent = dec(&old)?;
+                    v.del(key_ino_u64(b'C', *parent, old.cookie));
+                }
+                v.put(dk, enc(ent)?);
+                v.put(key_ino_u64(b'C', *parent, ent.cookie), name.clone());
+                v.raise_meta("cookie", ent.cookie)?;
+            }
+            Op::DelDirent { parent, name } => {
+                let dk = key_ino_name(b'D', *parent, name);
+                if let Some(old) = v.get(&dk)? {
+                    let old: Dirent = dec(&old)?;
+                    v.del(key_ino_u64(b'C', *parent, old.cookie));
+                }
+                v.del(dk);
+            }
+            Op::PutBlock { ino, idx } => {
+                let b = new_ref.ok_or_else(|| Error::Corrupt("PutBlock without payload".into()))?;
+                self.map_block(v, *ino, *idx, b)?;
+                v.put(key_ino(b'U', *ino), Vec::new());
+            }
+            Op::SnapBlock { ino, idx, bref } => self.map_block(v, *ino, *idx, *bref)?,
+            Op::MoveBlock { ino, idx, from } => {
+                let b =
+                    new_ref.ok_or_else(|| Error::Corrupt("MoveBlock without payload".into()))?;
+                let k = key_block(*ino, *idx);
+                if let Some(old) = v.get(&k)? {
+                    let old: BlockRef = dec(&old)?;
+                    if old.loc == *from {
+                        self.map_block(v, *ino, *idx, BlockRef { loc: b.loc, ..old })?;
+                    }
+                }
+            }
+            Op::DelBlocks { ino, from, to } => {
+                let end = if *to == u64::MAX {
+                    key_ino(b'B', ino.saturating_add(1))
+                } else {
+                    key_block(*ino, *to)
+                };
+                for (k, old) in v.scan_range(key_block(*ino, *from), end)? {
+                    v.unmap_block(*ino, k, &old)?;
+                }
+            }
+            Op::SetXattr { ino, name, value } => {
+                v.put(key_ino_name(b'X', *ino, name), value.clone())
+            }
+            Op::DelXattr { ino, name } => v.del(key_ino_name(b'X', *ino, name)),
+            Op::Orphan { ino, on } => {
+                if *on {
+                    v.put(key_ino(b'O', *ino), Vec::new());
+                } else {
+                    v.del(key_ino(b'O', *ino));
+                }
+            }
+            Op::CheckpointBegin | Op::CheckpointEnd { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn map_block(&self, v: &mut View<'_>, ino: Ino, idx: u64, b: BlockRef) -> Result<()> {
+        let k = key_block(ino, idx);
+        match v.get(&k)? {
+            Some(old) => {
+                let old: BlockRef = dec(&old)?;
+                v.account(&old, -1);
+            }
+            None => v.bump_count(ino, 1)?,
+        }
+        v.account(&b, 1);
+        v.put(k, enc(&b)?);
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! Metadata value types and the operations a journal record commits.
+
+use crate::store::Loc;
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    /// The S_IFMT bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+            Kind::CharDev => libc::S_IFCHR,
+            Kind::BlockDev => libc::S_IFBLK,
+        }
+    }
+
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return None,
+        })
+    }
+}
+
+/// A timestamp with nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Ts {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Ts {
+    pub fn now() -> Ts {
+        Ts::from_system(SystemTime::now())
+    }
+    pub fn from_system(t: SystemTime) -> Ts {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Ts {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                if d.subsec_nanos() == 0 {
+                    Ts {
+                        sec: -(d.as_secs() as i64),
+                        nsec: 0,
+                    }
+                } else {
+                    Ts {
+                        sec: -(d.as_secs() as i64) - 1,
+                        nsec: 1_000_000_000 - d.subsec_nanos(),
+                    }
+                }
+            }
+        }
+    }
+    pub fn to_system(self) -> SystemTime {
+        let d = std::time::Duration::new(self.sec.unsigned_abs(), 0);
+        let base = if self.sec >= 0 {
+            UNIX_EPOCH + d
+        } else {
+            UNIX_EPOCH - d
+        };
+        base + std::time::Duration::from_nanos(self.nsec as u64)
+    }
+}
+
+/// An inode as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub ino: Ino,
+    pub kind: Kind,
+    /// Permission bits including setuid/setgid/sticky (mode & 0o7777).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub rdev: u32,
+    pub atime: Ts,
+    pub mtime: Ts,
+    pub ctime: Ts,
+    pub crtime: Ts,
+    /// For directories: the parent directory (".."). Unused for other kinds.
+    pub parent: Ino,
+    /// For symlinks: the target.
+    pub target: Vec<u8>,
+    /// Reserved for per-inode flags (policy, encryption) in later format revisions.
+    pub flags: u32,
+}
+
+/// A directory entry value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dirent {
+    pub ino: Ino,
+    pub kind: Kind,
+    /// Stable readdir position: unique, increasing with creation.
+    pub cookie: u64,
+}
+
+/// Where a logical block's data lives and how it is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRef {
+    pub loc: Loc,
+    pub codec: u16,
+    pub raw_len: u32,
+    /// Payload bytes (what the codec produced), for statistics.
+    pub stored: u32,
+}
+
+/// Per-codec accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodecStats {
+    pub blocks: u64,
+    /// Raw bytes of the mapped blocks.
+    pub logical: u64,
+    /// Bytes the codec produced.
+    pub payload: u64,
+    /// Whole record bytes (payload plus record header and metadata).
+    pub records: u64,
+}
+
+/// Per-pack accounting: record bytes still referenced by the block map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackStats {
+    pub live_bytes: u64,
+    pub live_blocks: u64,
+}
+
+/// One metadata change. A journal record carries a list of these and is applied atomically.
+/// Every op states its full result (no deltas), so replaying a record twice is harmless.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    PutInode(Inode),
+    /// Remove an inode with its blocks, xattrs and marks.
+    DelInode {
+        ino: Ino,
+    },
+    PutDirent {
+        parent: Ino,
+        name: Vec<u8>,
+        ent: Dirent,
+    },
+    DelDirent {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    /// Map block `idx` of `ino` to the block payload of this very record.
+    PutBlock {
+        ino: Ino,
+        idx: u64,
+    },
+    /// Unmap blocks `from..to` of `ino` (holes).
+    DelBlocks {
+        ino: Ino,
+        from: u64,
+        to: u64,
+    },
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+    },
+    DelXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
+    /// Mark or clear an unlinked-but-open inode, reclaimed at the next mount if still marked.
+    Orphan {
+        ino: Ino,
+        on: bool,
+    },
+    /// Compaction: remap block `idx` of `ino` from `from` to this record's payload, if it
+    /// still points at `from`.
+    MoveBlock {
+        ino: Ino,
+        idx: u64,
+        from: Loc,
+    },
+    /// A full snapshot of the index follows (records until `CheckpointEnd`).
+    CheckpointBegin,
+    /// Snapshot entry: a block map entry as it was at the checkpoint.
+    SnapBlock {
+        ino: Ino,
+        idx: u64,
+        bref: BlockRef,
+    },
+    CheckpointEnd {
+        begin_seq: u64,
+    },
+}
