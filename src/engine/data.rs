@@ -279,9 +279,7 @@ impl Engine {
             tracing::error!(ino = st.ino, block = idx, "cannot store block: {e}");
             g.err.get_or_insert(e.errno());
             // Keep the data: a later flush retries.
-            if !g.dirty.contains_key(&idx) {
-                g.dirty.insert(idx, data.as_ref().clone());
-            }
+            g.dirty.entry(idx).or_insert_with(|| data.as_ref().clone());
         }
         st.cv.notify_all();
     }
@@ -693,61 +691,6 @@ impl Engine {
             )?;
         }
         Ok(())
-    }
-
-    /// SEEK_DATA / SEEK_HOLE at block granularity.
-    pub fn lseek(&self, ino: Ino, off: u64, whence: i32) -> Result<u64> {
-        self.with_live(ino, |_st, g| self.seek_in(ino, g, off, whence))
-    }
-
-    fn seek_in(&self, ino: Ino, g: &FileInner, off: u64, whence: i32) -> Result<u64> {
-        let size = g.attr.size;
-        if off >= size {
-            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENXIO)));
-        }
-        let has = |idx: u64| -> Result<bool> {
-            Ok(g.dirty.contains_key(&idx)
-                || g.inflight.contains_key(&idx)
-                || self.j.index.block(ino, idx)?.is_some())
-        };
-        let mut idx = off / BLOCK_U64;
-        let last = blocks_for(size);
-        match whence {
-            libc::SEEK_DATA => {
-                while idx < last {
-                    if has(idx)? {
-                        return Ok((idx * BLOCK_U64).max(off));
-                    }
-                    // Skip ahead to the next mapped block in one index lookup.
-                    let next = self
-                        .j
-                        .index
-                        .blocks_from(ino, idx + 1, 1)?
-                        .first()
-                        .map(|(i, _)| *i);
-                    let next_mem = g
-                        .dirty
-                        .keys()
-                        .chain(g.inflight.keys())
-                        .copied()
-                        .filter(|&i| i > idx)
-                        .min();
-                    idx = match (next, next_mem) {
-                        (Some(a), Some(b)) => a.min(b),
-                        (Some(a), None) | (None, Some(a)) => a,
-                        (None, None) => last,
-                    };
-                }
-                Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENXIO)))
-            }
-            libc::SEEK_HOLE => {
-                while idx < last && has(idx)? {
-                    idx += 1;
-                }
-                Ok((idx * BLOCK_U64).max(off).min(size))
-            }
-            _ => Err(Error::Invalid("lseek whence")),
-        }
     }
 
     /// open(2) of a regular file.

@@ -795,9 +795,9 @@ fn nix_statvfs(path: &std::path::Path) -> Result<(u64, u64, u64, u32)> {
     // SAFETY: statvfs succeeded and filled the struct.
     let s = unsafe { s.assume_init() };
     Ok((
-        s.f_blocks as u64,
-        s.f_bfree as u64,
-        s.f_bavail as u64,
+        s.f_blocks,
+        s.f_bfree,
+        s.f_bavail,
         s.f_frsize as u32,
     ))
 }

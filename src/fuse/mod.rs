@@ -12,8 +12,8 @@ use crate::meta::Kind;
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -453,24 +453,9 @@ impl Filesystem for IdcFuse {
             Err(e) => reply.error(errno(&e)),
         }
     }
-
-    fn lseek(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        if offset < 0 {
-            return reply.error(Errno::EINVAL);
-        }
-        match self.engine.lseek(ino.0, offset as u64, whence) {
-            Ok(o) => reply.offset(o as i64),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
+    // lseek is left to the kernel (ENOSYS → generic: the whole file is data): with the
+    // write-back cache the kernel may hold dirty pages we have not seen, so our SEEK_HOLE
+    // answer could be stale.
 }
 
 fn caller(uid: u32, gid: u32) -> Caller {

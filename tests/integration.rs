@@ -1,0 +1,10 @@
+//! The integration test binary: real FUSE mounts driven by std::fs, libc and ordinary tools.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+mod crash;
+mod model;
+mod posix;
+mod tools;

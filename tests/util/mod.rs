@@ -1,0 +1,288 @@
+//! Test helpers: a real FUSE mount of the built `idcfs` binary in a temp dir, with readable
+//! failures (the daemon log is printed when a test panics).
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_idcfs");
+
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub store: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+/// Whether `mp` is in the mount table.
+pub fn is_mounted(mp: &Path) -> bool {
+    let mut s = String::new();
+    if std::fs::File::open("/proc/self/mountinfo")
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .is_err()
+    {
+        return false;
+    }
+    let want = mp.to_string_lossy().replace(' ', "\\040");
+    s.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+impl Mounted {
+    pub fn new() -> Mounted {
+        Self::with_args(&[])
+    }
+
+    pub fn with_args(extra: &[&str]) -> Mounted {
+        let dir = tempfile::Builder::new()
+            .prefix("idcfs-test")
+            .tempdir_in("/var/tmp")
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mnt = dir.path().join("mnt");
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
+        let log = dir.path().join("daemon.log");
+        let mut m = Mounted {
+            dir,
+            mnt,
+            store,
+            log,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        m.mount();
+        m
+    }
+
+    /// Start the daemon in the foreground as a child and wait until the mount is live.
+    pub fn mount(&mut self) {
+        assert!(self.child.is_none(), "already mounted");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let log2 = log.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let mut child = Command::new(BIN)
+            .arg("mount")
+            .arg("--foreground")
+            .arg("--store")
+            .arg(&self.store)
+            .args(&self.extra)
+            .arg(&self.mnt)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn idcfs: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_mounted(&self.mnt) {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("daemon exited ({st}) before mounting:\n{}", self.log_text());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("mount did not come up in 60 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child);
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Clean unmount through the CLI; asserts the daemon exits successfully.
+    pub fn unmount(&mut self) {
+        let out = Command::new(BIN)
+            .arg("umount")
+            .arg(&self.mnt)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "umount failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        if let Some(mut c) = self.child.take() {
+            let st = wait_timeout(&mut c, Duration::from_secs(120));
+            assert!(
+                st.is_some_and(|s| s.success()),
+                "daemon did not exit cleanly ({st:?}):\n{}",
+                self.log_text()
+            );
+        }
+        assert!(!is_mounted(&self.mnt), "still mounted after umount");
+    }
+
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    /// SIGKILL the daemon (a crash) and clear the dead mount.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mnt)
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_mounted(&self.mnt) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!is_mounted(&self.mnt), "dead mount could not be cleared");
+    }
+
+    /// Run `idcfs ARGS` and return its output.
+    pub fn idcfs(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// fsck the (unmounted) store; returns (exit code, stdout).
+    pub fn fsck(&self) -> (i32, String) {
+        let out = Command::new(BIN)
+            .arg("fsck")
+            .arg(&self.store)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    pub fn stats_json(&self) -> serde_json::Value {
+        let out = self.idcfs(&["stats", "--json", self.mnt.to_str().unwrap_or_default()]);
+        assert!(
+            out.status.success(),
+            "stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stats json: {e}"))
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- daemon log ({}) ----\n{}",
+                self.log.display(),
+                tail(&self.log_text(), 60)
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .status();
+            if wait_timeout(&mut c, Duration::from_secs(60)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mnt)
+                    .status();
+            }
+        }
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Ok(Some(st)) = c.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run a shell command in `dir`, asserting success; returns stdout.
+pub fn sh(dir: &Path, cmd: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "command failed ({}): {cmd}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        tail(&String::from_utf8_lossy(&out.stdout), 40),
+        tail(&String::from_utf8_lossy(&out.stderr), 40)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), mixed with text so they compress somewhat.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let words: [&[u8]; 8] = [
+        b"alpha ",
+        b"beta ",
+        b"gamma ",
+        b"delta\n",
+        b"epsilon ",
+        b"zeta ",
+        b"eta ",
+        b"theta\n",
+    ];
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x.is_multiple_of(4) {
+            v.push(x as u8);
+        } else {
+            v.extend_from_slice(words[(x >> 8) as usize % 8]);
+        }
+    }
+    v.truncate(len);
+    v
+}
+
+/// sha256 of a file through the system tool.
+pub fn sha(p: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
