@@ -794,10 +794,5 @@ fn nix_statvfs(path: &std::path::Path) -> Result<(u64, u64, u64, u32)> {
     #[allow(unsafe_code)]
     // SAFETY: statvfs succeeded and filled the struct.
     let s = unsafe { s.assume_init() };
-    Ok((
-        s.f_blocks,
-        s.f_bfree,
-        s.f_bavail,
-        s.f_frsize as u32,
-    ))
+    Ok((s.f_blocks, s.f_bfree, s.f_bavail, s.f_frsize as u32))
 }

@@ -194,8 +194,7 @@ mod tests {
         let log = PackLog::open(backend.clone(), 300).unwrap_or_else(|e| panic!("{e}"));
         let mut locs = Vec::new();
         for seq in 1..=10u64 {
-            let rec =
-                encode_record(seq, &[seq as u8; 50], None).unwrap_or_else(|e| panic!("{e}"));
+            let rec = encode_record(seq, &[seq as u8; 50], None).unwrap_or_else(|e| panic!("{e}"));
             locs.push(log.append(&rec).unwrap_or_else(|e| panic!("{e}")));
         }
         assert!(
