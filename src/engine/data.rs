@@ -237,51 +237,83 @@ impl Engine {
         }
     }
 
-    /// Commit a sealed block if it is still the newest version of that block.
-    pub(super) fn commit_block(
-        &self,
-        st: &Arc<FileState>,
-        idx: u64,
-        gen: u64,
-        data: &Arc<Vec<u8>>,
-        enc: Encoded,
-    ) {
-        let mut g = st.inner.lock();
-        if g.detached || !matches!(g.inflight.get(&idx), Some((g2, _)) if *g2 == gen) {
-            return;
-        }
-        let res = if enc.hole {
-            match self.j.index.block(st.ino, idx) {
-                Ok(Some(_)) => self
-                    .j
-                    .commit(
-                        &[Op::DelBlocks {
-                            ino: st.ino,
-                            from: idx,
-                            to: idx + 1,
-                        }],
-                        None,
-                    )
-                    .map(|_| ()),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
+    /// Compress and commit sealed blocks as one group (one index batch), each only if it
+    /// is still the newest version of its block.
+    pub(super) fn run_jobs(&self, jobs: Vec<Job>) {
+        let mut work: Vec<(Job, Encoded)> = jobs
+            .into_iter()
+            .map(|j| {
+                let e = self.encode_block(&j.data);
+                (j, e)
+            })
+            .collect();
+        // Lock each file once, in inode order (the only place holding several file locks).
+        work.sort_by_key(|(j, _)| (j.st.ino, j.idx));
+        let mut states: Vec<Arc<FileState>> = Vec::new();
+        for (j, _) in &work {
+            if states.last().is_none_or(|s| !Arc::ptr_eq(s, &j.st)) {
+                states.push(j.st.clone());
             }
-        } else {
-            self.j
-                .commit(
-                    &[Op::PutBlock { ino: st.ino, idx }],
-                    Some((&enc.header, &enc.payload)),
-                )
-                .map(|_| ())
-        };
-        g.inflight.remove(&idx);
-        if let Err(e) = res {
-            tracing::error!(ino = st.ino, block = idx, "cannot store block: {e}");
-            g.err.get_or_insert(e.errno());
-            // Keep the data: a later flush retries.
-            g.dirty.entry(idx).or_insert_with(|| data.as_ref().clone());
         }
-        st.cv.notify_all();
+        let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
+        let guard_of =
+            |st: &Arc<FileState>| states.iter().position(|s| Arc::ptr_eq(s, st)).unwrap_or(0);
+        let mut recs: Vec<super::journal::NewRecord<'_>> = Vec::new();
+        let mut live = Vec::new();
+        for (k, (j, e)) in work.iter().enumerate() {
+            let g = &guards[guard_of(&j.st)];
+            if g.detached || !matches!(g.inflight.get(&j.idx), Some((g2, _)) if *g2 == j.gen) {
+                continue;
+            }
+            live.push(k);
+            if e.hole {
+                // Zeros: unmap the block (if it was mapped) instead of storing it.
+                if matches!(self.j.index.block(j.st.ino, j.idx), Ok(None)) {
+                    continue;
+                }
+                recs.push((
+                    vec![Op::DelBlocks {
+                        ino: j.st.ino,
+                        from: j.idx,
+                        to: j.idx + 1,
+                    }],
+                    None,
+                ));
+            } else {
+                recs.push((
+                    vec![Op::PutBlock {
+                        ino: j.st.ino,
+                        idx: j.idx,
+                    }],
+                    Some((&e.header, e.payload.as_slice())),
+                ));
+            }
+        }
+        let res = if recs.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.j.commit_many(&recs)
+        };
+        for k in live {
+            let (j, _) = &work[k];
+            let g = &mut guards[guard_of(&j.st)];
+            g.inflight.remove(&j.idx);
+            if let Err(e) = &res {
+                tracing::error!(ino = j.st.ino, block = j.idx, "cannot store block: {e}");
+                g.err.get_or_insert(e.errno());
+                // Keep the data: a later flush retries.
+                g.dirty
+                    .entry(j.idx)
+                    .or_insert_with(|| j.data.as_ref().clone());
+            }
+        }
+        drop(guards);
+        for st in &states {
+            st.cv.notify_all();
+        }
+        for (j, _) in &work {
+            self.release_dirty(j.data.len());
+        }
     }
 
     /// Move a filled block from the write buffer to the compression pool. Returns the job
@@ -305,12 +337,6 @@ impl Engine {
             },
             None => Some(job),
         }
-    }
-
-    fn run_inline(&self, job: Job) {
-        let enc = self.encode_block(&job.data);
-        self.commit_block(&job.st, job.idx, job.gen, &job.data, enc);
-        self.release_dirty(job.data.len());
     }
 
     /// Decoded data of a mapped block (cached).
@@ -349,7 +375,7 @@ impl Engine {
     }
 
     /// Look a block up in the index and load it, safe against concurrent compaction.
-    fn mapped_block(&self, ino: Ino, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
+    pub(super) fn mapped_block(&self, ino: Ino, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
         let _gc = self.gc.read();
         match self.j.index.block(ino, idx)? {
             Some(b) => Ok(Some(self.block_data(ino, idx, &b)?)),
@@ -396,12 +422,46 @@ impl Engine {
                 need.extend(spans(off, len));
             }
         }
+        self.read_ahead(ino, off, out.len());
         for s in &need {
             if let Some(d) = self.mapped_block(ino, s.idx)? {
                 copy_span(&d, s, &mut out);
             }
         }
         Ok(out)
+    }
+
+    /// Blocks decoded ahead of a sequential reader, so decoding overlaps the kernel's
+    /// requests and uses every core.
+    const READ_AHEAD_BLOCKS: u64 = 16;
+
+    fn read_ahead(&self, ino: Ino, off: u64, len: usize) {
+        let end = off + len as u64;
+        let next_blk = blocks_for(end);
+        let (from, to) = {
+            let mut streams = self.streams.lock();
+            if streams.len() > 1024 {
+                streams.clear();
+            }
+            let e = streams.entry(ino).or_insert((u64::MAX, 0));
+            let sequential = e.0 == off || off == 0;
+            e.0 = end;
+            if !sequential {
+                e.1 = next_blk;
+                return;
+            }
+            let from = e.1.max(next_blk);
+            let to = next_blk + Self::READ_AHEAD_BLOCKS;
+            e.1 = e.1.max(to);
+            (from, to)
+        };
+        if let Some(tx) = self.prefetch.lock().as_ref() {
+            for idx in from..to {
+                if tx.try_send((ino, idx)).is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     /// The write buffer for block `s.idx`, loaded from the newest version when the write
@@ -466,8 +526,8 @@ impl Engine {
             g.dirty_since.get_or_insert_with(Instant::now);
             Ok(inline)
         })?;
-        for job in inline {
-            self.run_inline(job);
+        if !inline.is_empty() {
+            self.run_jobs(inline);
         }
         Ok(data.len() as u32)
     }
@@ -515,9 +575,7 @@ impl Engine {
             }
             drop(g);
             // The caller waits anyway: compress here rather than hand off to the pool.
-            for job in jobs {
-                self.run_inline(job);
-            }
+            self.run_jobs(jobs);
         }
     }
 

@@ -13,7 +13,7 @@
 //!   the index has been flushed past them.
 
 use crate::error::{Error, Result};
-use crate::meta::{dec, enc, Index, Op};
+use crate::meta::{dec, enc, Applying, Index, Op};
 use crate::store::{
     encode_record, BlockHeader, Loc, LocalDir, PackBackend, PackLog, Record, ScanEnd,
 };
@@ -36,6 +36,9 @@ pub struct Recovery {
     pub torn_tail: Option<(u32, u64, String)>,
     pub rebuilt: bool,
 }
+
+/// A record to commit: its metadata ops and, optionally, a block (header and payload).
+pub type NewRecord<'a> = (Vec<Op>, Option<(&'a BlockHeader, &'a [u8])>);
 
 pub const PACK_MAX: u64 = 256 << 20;
 
@@ -109,6 +112,62 @@ impl Journal {
         Ok(loc)
     }
 
+    /// Append and apply several records with one index batch (group commit). The records
+    /// are consecutive in the log and become visible together.
+    pub fn commit_many(&self, recs: &[NewRecord<'_>]) -> Result<Vec<Loc>> {
+        let metas: Vec<Vec<u8>> = recs
+            .iter()
+            .map(|(ops, _)| enc(ops))
+            .collect::<Result<_>>()?;
+        let mut seq = self.next_seq.lock();
+        self.check_poison()?;
+        let first = *seq;
+        let mut locs = Vec::with_capacity(recs.len());
+        for (i, ((_, block), meta)) in recs.iter().zip(&metas).enumerate() {
+            let rec = encode_record(first + i as u64, meta, *block)?;
+            match self.log.append(&rec) {
+                Ok(loc) => locs.push(loc),
+                Err(e) => {
+                    // Records already appended are valid journal entries: apply them so the
+                    // index and the log stay in step, then report the failure.
+                    self.apply_appended(first, recs, &locs, &mut seq)?;
+                    return Err(e.into());
+                }
+            }
+        }
+        self.apply_appended(first, recs, &locs, &mut seq)?;
+        Ok(locs)
+    }
+
+    fn apply_appended(
+        &self,
+        first: u64,
+        recs: &[NewRecord<'_>],
+        locs: &[Loc],
+        seq: &mut u64,
+    ) -> Result<()> {
+        let applying: Vec<Applying<'_>> = locs
+            .iter()
+            .zip(recs)
+            .enumerate()
+            .map(|(i, (loc, (ops, block)))| Applying {
+                seq: first + i as u64,
+                loc: *loc,
+                ops,
+                block: block.map(|(h, p)| (h, p.len() as u32)),
+            })
+            .collect();
+        let res = self.index.apply_many(&applying);
+        *seq = first + locs.len() as u64;
+        if let Err(e) = res {
+            let why = format!("index update failed after a journal append: {e}");
+            tracing::error!("{why}; the mount is now read-only, remount to recover");
+            *self.poisoned.lock() = Some(why);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Make every committed record durable.
     pub fn sync(&self) -> Result<()> {
         self.log.sync()?;
@@ -136,6 +195,27 @@ impl Journal {
             &ops,
             rec.block.as_ref().map(|(h, p)| (h, p.len() as u32)),
         )
+    }
+
+    /// Apply a run of consecutive records in one index batch.
+    fn apply_records(&self, pending: &mut Vec<(Loc, Record)>) -> Result<()> {
+        let ops: Vec<Vec<Op>> = pending
+            .iter()
+            .map(|(_, r)| dec(&r.meta))
+            .collect::<Result<_>>()?;
+        let applying: Vec<Applying<'_>> = pending
+            .iter()
+            .zip(&ops)
+            .map(|((loc, r), ops)| Applying {
+                seq: r.seq,
+                loc: *loc,
+                ops,
+                block: r.block.as_ref().map(|(h, p)| (h, p.len() as u32)),
+            })
+            .collect();
+        self.index.apply_many(&applying)?;
+        pending.clear();
+        Ok(())
     }
 
     /// Replay records after the index's applied position.
@@ -169,17 +249,22 @@ impl Journal {
             } else {
                 0
             };
+            let mut pending: Vec<(Loc, Record)> = Vec::new();
             let end = self.log.scan(p, from, |loc, r| {
                 if r.seq <= last_seq {
                     return Err(Error::Corrupt(format!(
                         "sequence went backwards at {loc:?}"
                     )));
                 }
-                self.apply_record(loc, &r)?;
                 last_seq = r.seq;
                 rec.replayed += 1;
+                pending.push((loc, r));
+                if pending.len() >= 256 {
+                    self.apply_records(&mut pending)?;
+                }
                 Ok(())
             })?;
+            self.apply_records(&mut pending)?;
             if let ScanEnd::Torn { off, end, reason } = end {
                 if Some(p) == last_pack {
                     tracing::warn!(pack = p, off, end, %reason, "cutting a torn record at the end of the journal (interrupted write)");

@@ -145,6 +145,10 @@ pub struct Engine {
     next_cookie: AtomicU64,
     cache: BlockCache,
     jobs: Mutex<Option<Sender<Job>>>,
+    /// Read-ahead: blocks to decode into the cache before they are asked for.
+    prefetch: Mutex<Option<Sender<(Ino, u64)>>>,
+    /// Per inode: (offset the next sequential read starts at, first block not yet queued).
+    streams: Mutex<HashMap<Ino, (u64, u64)>>,
     dirty: Mutex<usize>,
     dirty_cv: Condvar,
     stop: AtomicBool,
@@ -212,6 +216,8 @@ impl Engine {
             next_ino: AtomicU64::new(next_ino),
             next_cookie: AtomicU64::new(next_cookie),
             jobs: Mutex::new(None),
+            prefetch: Mutex::new(None),
+            streams: Mutex::new(HashMap::new()),
             dirty: Mutex::new(0),
             dirty_cv: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -282,6 +288,22 @@ impl Engine {
                     .spawn(move || e.worker(rx))?,
             );
         }
+        let (ptx, prx) = crossbeam_channel::bounded::<(Ino, u64)>(256);
+        *self.prefetch.lock() = Some(ptx);
+        for i in 0..self.opts.workers.max(1) {
+            let e = self.clone();
+            let prx = prx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("idcfs-ra{i}"))
+                    .spawn(move || {
+                        while let Ok((ino, idx)) = prx.recv() {
+                            // Errors surface when the block is actually read.
+                            let _ = e.mapped_block(ino, idx);
+                        }
+                    })?,
+            );
+        }
         if self.opts.background {
             let e = self.clone();
             threads.push(
@@ -294,10 +316,16 @@ impl Engine {
     }
 
     fn worker(&self, rx: Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
-            let enc = self.encode_block(&job.data);
-            self.commit_block(&job.st, job.idx, job.gen, &job.data, enc);
-            self.release_dirty(job.data.len());
+        while let Ok(first) = rx.recv() {
+            // Take what else is queued so one index batch covers several blocks.
+            let mut jobs = vec![first];
+            while jobs.len() < 16 {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.run_jobs(jobs);
         }
     }
 
@@ -337,8 +365,12 @@ impl Engine {
 
     fn release_dirty(&self, n: usize) {
         let mut d = self.dirty.lock();
+        let was = *d;
         *d = d.saturating_sub(n);
-        self.dirty_cv.notify_all();
+        // Wake waiting writers only when crossing back under the limit (no thundering herd).
+        if was > self.opts.dirty_limit && *d <= self.opts.dirty_limit {
+            self.dirty_cv.notify_all();
+        }
     }
 
     /// Block a writer while too much data waits for compression (bounded memory).
@@ -354,6 +386,7 @@ impl Engine {
         self.sync_all()?;
         self.stop.store(true, Ordering::Relaxed);
         self.jobs.lock().take();
+        self.prefetch.lock().take();
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         for t in threads {
             let _ = t.join();

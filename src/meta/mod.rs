@@ -43,6 +43,15 @@ pub struct Index {
     pack_stats: Mutex<BTreeMap<PackId, PackStats>>,
 }
 
+/// One journal record to apply.
+pub struct Applying<'a> {
+    pub seq: u64,
+    pub loc: Loc,
+    pub ops: &'a [Op],
+    /// The record's block header and payload length, when it carries a block.
+    pub block: Option<(&'a BlockHeader, u32)>,
+}
+
 /// Position of the last record the index holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
@@ -185,7 +194,7 @@ impl Index {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
+            .flush_every_ms(None)
             .open()?;
         Self::from_db(db)
     }
@@ -408,27 +417,43 @@ impl Index {
         ops: &[Op],
         block: Option<(&BlockHeader, u32)>,
     ) -> Result<()> {
+        self.apply_many(&[Applying {
+            seq,
+            loc,
+            ops,
+            block,
+        }])
+    }
+
+    /// Apply consecutive journal records in one atomic sled batch (group commit: a sled
+    /// batch has a fixed cost far above that of its keys). Caller holds the commit lock.
+    pub fn apply_many(&self, recs: &[Applying<'_>]) -> Result<()> {
+        let Some(last) = recs.last() else {
+            return Ok(());
+        };
         let mut v = View {
             tree: &self.tree,
             pending: BTreeMap::new(),
             codec_delta: BTreeMap::new(),
             pack_delta: BTreeMap::new(),
         };
-        let new_ref = block.map(|(h, stored)| BlockRef {
-            loc,
-            codec: h.codec,
-            raw_len: h.raw_len,
-            stored,
-        });
-        for op in ops {
-            self.apply_op(&mut v, op, new_ref)?;
+        for r in recs {
+            let new_ref = r.block.map(|(h, stored)| BlockRef {
+                loc: r.loc,
+                codec: h.codec,
+                raw_len: h.raw_len,
+                stored,
+            });
+            for op in r.ops {
+                self.apply_op(&mut v, op, new_ref)?;
+            }
         }
         v.put(
             key_meta("applied"),
             enc(&Applied {
-                seq,
-                pack: loc.pack,
-                off: loc.off + loc.len as u64,
+                seq: last.seq,
+                pack: last.loc.pack,
+                off: last.loc.off + last.loc.len as u64,
             })?,
         );
         // Fold accounting deltas into the persisted counters in the same batch.
@@ -513,7 +538,10 @@ impl Index {
             Op::PutBlock { ino, idx } => {
                 let b = new_ref.ok_or_else(|| Error::Corrupt("PutBlock without payload".into()))?;
                 self.map_block(v, *ino, *idx, b)?;
-                v.put(key_ino(b'U', *ino), Vec::new());
+                let u = key_ino(b'U', *ino);
+                if v.get(&u)?.is_none() {
+                    v.put(u, Vec::new());
+                }
             }
             Op::SnapBlock { ino, idx, bref } => self.map_block(v, *ino, *idx, *bref)?,
             Op::MoveBlock { ino, idx, from } => {
