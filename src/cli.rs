@@ -46,6 +46,9 @@ pub enum Cmd {
         /// Dirty data held before writers wait, in MiB.
         #[arg(long, default_value_t = 64)]
         dirty_mib: usize,
+        /// Size at which pack files are sealed, in MiB (compaction works on sealed packs).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        pack_mib: u64,
     },
     /// Flush and unmount; returns after the daemon has written everything.
     #[command(alias = "unmount")]
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             zstd_level,
             cache_mib,
             dirty_mib,
+            pack_mib,
         } => {
             let mp = std::fs::canonicalize(&mountpoint)
                 .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
@@ -91,6 +95,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     zstd_level,
                     cache_bytes: cache_mib << 20,
                     dirty_limit: dirty_mib << 20,
+                    pack_max: pack_mib << 20,
                     ..Options::default()
                 };
                 daemon::run_foreground(&mp, &store, opts)?;
@@ -99,6 +104,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     format!("--zstd-level={zstd_level}"),
                     format!("--cache-mib={cache_mib}"),
                     format!("--dirty-mib={dirty_mib}"),
+                    format!("--pack-mib={pack_mib}"),
                 ];
                 daemon::spawn_background(&mp, &store, &extra)?;
             }

@@ -40,14 +40,15 @@ pub struct Recovery {
 /// A record to commit: its metadata ops and, optionally, a block (header and payload).
 pub type NewRecord<'a> = (Vec<Op>, Option<(&'a BlockHeader, &'a [u8])>);
 
+/// Default size at which the active pack is sealed and a new one started.
 pub const PACK_MAX: u64 = 256 << 20;
 
 impl Journal {
     /// Open the store's packs and index, replaying what the index misses. A missing index is
     /// rebuilt from the packs; an index that is ahead of the packs (lost pack data) is rebuilt.
-    pub fn open(store: &Path, index_cache: u64) -> Result<(Journal, Recovery)> {
+    pub fn open(store: &Path, index_cache: u64, pack_max: u64) -> Result<(Journal, Recovery)> {
         let backend: Arc<dyn PackBackend> = Arc::new(LocalDir::open(&store.join("packs"))?);
-        let log = PackLog::open(backend, PACK_MAX)?;
+        let log = PackLog::open(backend, pack_max)?;
         let index_path = store.join("index");
         let fresh = !index_path.exists();
         let index = Index::open(&index_path, index_cache).map_err(|e| {

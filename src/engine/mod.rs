@@ -55,6 +55,8 @@ pub struct Options {
     pub workers: usize,
     /// sled page cache.
     pub index_cache: u64,
+    /// Size at which a pack file is sealed.
+    pub pack_max: u64,
     /// Run the background syncer and compactor threads.
     pub background: bool,
 }
@@ -68,6 +70,7 @@ impl Default for Options {
             dirty_limit: 64 << 20,
             workers: cpus,
             index_cache: 32 << 20,
+            pack_max: journal::PACK_MAX,
             background: true,
         }
     }
@@ -200,7 +203,7 @@ impl Engine {
     pub fn open(dir: &Path, opts: Options) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(dir)?;
         let lock = lock_store(dir)?;
-        let (j, recovery) = Journal::open(dir, opts.index_cache)?;
+        let (j, recovery) = Journal::open(dir, opts.index_cache, opts.pack_max)?;
         let next_ino = j.index.max_ino()? + 1;
         let next_cookie = (j.index.max_cookie()? + 1).max(3);
         let e = Arc::new(Engine {
