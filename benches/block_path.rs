@@ -49,10 +49,7 @@ fn random_block() -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let reg = Registry::default();
-    let zstd = reg
-        .get(ZSTD)
-        .map(|c| c.clone())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let zstd = reg.get(ZSTD).cloned().unwrap_or_else(|e| panic!("{e}"));
     for (name, data) in [("text", text_block()), ("random", random_block())] {
         let mut g = c.benchmark_group(format!("block/{name}"));
         g.throughput(Throughput::Bytes(BLOCK as u64));
