@@ -204,6 +204,10 @@ impl Engine {
         std::fs::create_dir_all(dir)?;
         let lock = lock_store(dir)?;
         let (j, recovery) = Journal::open(dir, opts.index_cache, opts.pack_max)?;
+        if !j.index.take_clean()? {
+            // Derived counters may be off after an unclean stop: recount them.
+            j.index.recount()?;
+        }
         let next_ino = j.index.max_ino()? + 1;
         let next_cookie = (j.index.max_cookie()? + 1).max(3);
         let e = Arc::new(Engine {
@@ -395,6 +399,7 @@ impl Engine {
             let _ = t.join();
         }
         self.j.checkpoint_index()?;
+        self.j.index.mark_clean()?;
         tracing::info!("store {} flushed", self.store_dir.display());
         Ok(())
     }
