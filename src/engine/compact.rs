@@ -13,7 +13,7 @@ use crate::store::PackId;
 /// A sealed pack is compacted when less than this share of it is live.
 const LIVE_THRESHOLD: f64 = 0.5;
 /// Background compaction waits until at least this much space can be reclaimed.
-const MIN_RECLAIM: u64 = 64 << 20;
+const MIN_RECLAIM: u64 = 16 << 20;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct CompactReport {
@@ -26,16 +26,18 @@ impl Engine {
     /// Compact sealed packs that are mostly garbage. `force` ignores the minimum gain.
     pub fn compact(&self, force: bool) -> Result<CompactReport> {
         let backend = self.j.log.backend().clone();
-        let (active, _) = self.j.log.active();
         let stats = self.j.index.pack_stats();
+        let live_of = |p: PackId| stats.get(&p).map_or(0, |s| s.live_bytes);
+        let (active, active_len) = self.j.log.active();
         let mut victims: Vec<(PackId, u64)> = Vec::new();
         let mut reclaim = 0;
         for p in backend.list()? {
-            if p == active {
-                continue;
-            }
-            let len = backend.len(p)?;
-            let live = stats.get(&p).map_or(0, |s| s.live_bytes);
+            let len = if p == active {
+                active_len
+            } else {
+                backend.len(p)?
+            };
+            let live = live_of(p);
             if len > 0 && (live as f64) < LIVE_THRESHOLD * len as f64 {
                 victims.push((p, len));
                 reclaim += len - live;
@@ -44,6 +46,10 @@ impl Engine {
         let mut report = CompactReport::default();
         if victims.is_empty() || (!force && reclaim < MIN_RECLAIM) {
             return Ok(report);
+        }
+        if victims.iter().any(|&(p, _)| p == active) {
+            // Only sealed packs are compacted: seal the active one (a new one starts).
+            self.j.log.seal_active()?;
         }
         tracing::info!(packs = victims.len(), reclaim, "compacting pack files");
         for &(p, _) in &victims {

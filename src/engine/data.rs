@@ -67,17 +67,17 @@ impl FileState {
         self.inner.lock().opens
     }
 
-    /// Change the live inode with `f` (which also logs it). False when the state is dead.
-    pub(super) fn update_attr(&self, f: impl FnOnce(&mut Inode) -> Result<()>) -> Result<bool> {
+    /// Change the live inode in memory and mark it for the next drain. False when dead.
+    pub(super) fn defer_attr(&self, f: impl FnOnce(&mut Inode)) -> bool {
         let mut g = self.inner.lock();
         if g.detached {
-            return Ok(false);
+            return false;
         }
-        let mut a = g.attr.clone();
-        f(&mut a)?;
-        g.attr = a;
-        g.attr_dirty = !(g.dirty.is_empty() && g.inflight.is_empty());
-        Ok(true)
+        f(&mut g.attr);
+        g.attr_dirty = true;
+        g.last_write = Instant::now();
+        g.dirty_since.get_or_insert_with(Instant::now);
+        true
     }
 
     /// Whether the background syncer should flush this file now.
@@ -240,6 +240,13 @@ impl Engine {
     /// Compress and commit sealed blocks as one group (one index batch), each only if it
     /// is still the newest version of its block.
     pub(super) fn run_jobs(&self, jobs: Vec<Job>) {
+        self.run_jobs_with(jobs, false)
+    }
+
+    /// `attach_inode`: the jobs are one file's last buffered blocks (a drain); when nothing
+    /// else of that file is pending, its inode rides in the same record as its last block
+    /// (one record fewer per small file).
+    fn run_jobs_with(&self, jobs: Vec<Job>, attach_inode: bool) {
         let mut work: Vec<(Job, Encoded)> = jobs
             .into_iter()
             .map(|j| {
@@ -289,11 +296,25 @@ impl Engine {
                 ));
             }
         }
+        let mut attached = false;
+        if attach_inode && states.len() == 1 && !recs.is_empty() {
+            let g = &guards[0];
+            let ours = live.len();
+            if !g.detached && g.dirty.is_empty() && g.inflight.len() == ours && g.attr_dirty {
+                if let Some(last) = recs.last_mut() {
+                    last.0.push(Op::PutInode(g.attr.clone()));
+                    attached = true;
+                }
+            }
+        }
         let res = if recs.is_empty() {
             Ok(Vec::new())
         } else {
             self.j.commit_many(&recs)
         };
+        if attached && res.is_ok() {
+            guards[0].attr_dirty = false;
+        }
         for k in live {
             let (j, _) = &work[k];
             let g = &mut guards[guard_of(&j.st)];
@@ -573,9 +594,10 @@ impl Engine {
                     data,
                 });
             }
+            let alone = g.inflight.len() == jobs.len();
             drop(g);
             // The caller waits anyway: compress here rather than hand off to the pool.
-            self.run_jobs(jobs);
+            self.run_jobs_with(jobs, alone);
         }
     }
 

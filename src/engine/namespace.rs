@@ -610,15 +610,11 @@ impl Engine {
                 }
                 i.ctime = sa.ctime.unwrap_or(now);
             };
+            // A live file keeps the change in memory with its other pending attributes; it
+            // is journaled with the file's next flush (at close, fsync or within seconds).
             let st = self.files.lock().get(&ino).cloned();
             let done = match st {
-                Some(st) => {
-                    self.drain(&st)?;
-                    st.update_attr(|i| {
-                        apply(i);
-                        self.j.commit(&[Op::PutInode(i.clone())], None).map(|_| ())
-                    })?
-                }
+                Some(st) => st.defer_attr(apply),
                 None => false,
             };
             if !done {
