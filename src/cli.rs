@@ -46,6 +46,9 @@ pub enum Cmd {
         /// Dirty data held before writers wait, in MiB.
         #[arg(long, default_value_t = 64)]
         dirty_mib: usize,
+        /// Configuration file (TOML; default /etc/idcfs/config.toml when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Size at which pack files are sealed, in MiB (compaction works on sealed packs).
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
         pack_mib: u64,
@@ -69,8 +72,32 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Reclaim space of overwritten and deleted data now (PATH: a mount or a store).
+    /// Re-encode every file below PATH (on a mount) with the strongest choice its policy
+    /// allows now, then reclaim pack space; with a progress line and a summary. PATH may
+    /// also be an unmounted store (pack compaction only).
     Compact { path: PathBuf },
+    /// Apply the current policies to existing files below PATH (re-encode them now).
+    Recompress { path: PathBuf },
+    /// Per-directory policies: set, unset, show.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// List idcfs mounts with their store, uptime, caches and background queue.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Set keys on a directory: level=off|fast|balanced|max|archive, lossy=none|image:q=N|image:psnr=N|audio:q=N[,…], dedup=on|off.
+    Set { dir: PathBuf, pairs: Vec<String> },
+    /// Remove keys from a directory's policy (they inherit again).
+    Unset { dir: PathBuf, keys: Vec<String> },
+    /// The effective policy of PATH, each key with the directory it comes from.
+    Show { path: PathBuf },
 }
 
 pub fn run(cli: Cli) -> Result<u8, String> {
@@ -83,7 +110,9 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             cache_mib,
             dirty_mib,
             pack_mib,
+            config,
         } => {
+            let conf = crate::config::load(config.as_deref())?;
             let mp = std::fs::canonicalize(&mountpoint)
                 .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
             let store = match store {
@@ -96,6 +125,8 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     cache_bytes: cache_mib << 20,
                     dirty_limit: dirty_mib << 20,
                     pack_max: pack_mib << 20,
+                    default_policy: conf.policy.clone(),
+                    idle_secs: conf.idle_secs.unwrap_or(60),
                     ..Options::default()
                 };
                 daemon::run_foreground(&mp, &store, opts)?;
@@ -106,6 +137,10 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     format!("--dirty-mib={dirty_mib}"),
                     format!("--pack-mib={pack_mib}"),
                 ];
+                let mut extra = extra;
+                if let Some(c) = &config {
+                    extra.push(format!("--config={}", absolute(c)?.display()));
+                }
                 daemon::spawn_background(&mp, &store, &extra)?;
             }
             Ok(EXIT_OK)
@@ -184,23 +219,232 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             })
         }
         Cmd::Compact { path } => {
-            match daemon::control_set(&path, "compact") {
-                Ok(()) => println!("compacted"),
-                Err(_) => {
-                    let e = daemon::open_offline(&path)?;
-                    let r = e.compact(true).map_err(|e| e.to_string())?;
-                    e.shutdown().map_err(|e| e.to_string())?;
-                    println!(
-                        "removed {} pack(s), moved {} block(s), reclaimed {}",
-                        r.packs_removed,
-                        r.blocks_moved,
-                        human(r.bytes_reclaimed)
-                    );
+            if daemon::control_get(&path, "pid").is_ok() {
+                recompress_with_progress(&path)?;
+                daemon::control_set(&path, "compact")
+                    .map_err(|e| format!("compaction failed: {e}"))?;
+                let st: Stats = serde_json::from_slice(
+                    &daemon::control_get(&path, "stats").map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                println!(
+                    "store now {} for {} of data ({:.2}x)",
+                    human(st.stored_bytes),
+                    human(st.logical_bytes),
+                    st.ratio
+                );
+            } else {
+                let e = daemon::open_offline(&path)?;
+                let r = e.compact(true).map_err(|e| e.to_string())?;
+                e.shutdown().map_err(|e| e.to_string())?;
+                println!(
+                    "removed {} pack(s), moved {} block(s), reclaimed {}",
+                    r.packs_removed,
+                    r.blocks_moved,
+                    human(r.bytes_reclaimed)
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Recompress { path } => {
+            recompress_with_progress(&path)?;
+            Ok(EXIT_OK)
+        }
+        Cmd::Policy { cmd } => policy_cmd(cmd),
+        Cmd::Status { json } => {
+            let mut rows = Vec::new();
+            for mp in idcfs_mounts() {
+                match daemon::control_get(&mp, "status")
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<crate::engine::Status>(&b).ok())
+                {
+                    Some(st) => rows.push((mp, Some(st))),
+                    None => rows.push((mp, None)),
+                }
+            }
+            if json {
+                let v: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(mp, st)| serde_json::json!({"mountpoint": mp, "status": st}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+                );
+            } else if rows.is_empty() {
+                println!("no idcfs mounts");
+            } else {
+                for (mp, st) in rows {
+                    match st {
+                        Some(s) => println!(
+                            "{}  store {}  pid {}  up {}s  cache {}/{}  dirty {}/{}  live files {}  recompress queue {}",
+                            mp.display(),
+                            s.store,
+                            s.pid,
+                            s.uptime_secs,
+                            human(s.cache_bytes),
+                            human(s.cache_limit),
+                            human(s.dirty_bytes),
+                            human(s.dirty_limit),
+                            s.live_files,
+                            s.recompress_queue
+                        ),
+                        None => println!("{}  (not answering: daemon gone? `idcfs umount` clears it)", mp.display()),
+                    }
                 }
             }
             Ok(EXIT_OK)
         }
     }
+}
+
+/// Mount points of idcfs filesystems (source `idcfs:STORE`).
+fn idcfs_mounts() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let source = post.split(' ').nth(1)?;
+            if !source.starts_with("idcfs:") {
+                return None;
+            }
+            Some(PathBuf::from(pre.split(' ').nth(4)?.replace("\\040", " ")))
+        })
+        .collect()
+}
+
+fn policy_cmd(cmd: PolicyCmd) -> Result<u8, String> {
+    use crate::policy::parse_policy;
+    const NAME: &str = "user.idcfs.policy";
+    let current = |dir: &Path| -> Result<crate::policy::Policy, String> {
+        match daemon::get_xattr(dir, NAME) {
+            Ok(v) => parse_policy(&String::from_utf8_lossy(&v)).map_err(|e| e.to_string()),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(Default::default()),
+            Err(e) => Err(format!(
+                "{}: {e} (is it a directory on an idcfs mount?)",
+                dir.display()
+            )),
+        }
+    };
+    match cmd {
+        PolicyCmd::Set { dir, pairs } => {
+            let new = parse_policy(&pairs.join(" ")).map_err(|e| format!("policy refused: {e}"))?;
+            if new.is_empty() {
+                return Err(
+                    "nothing to set (example: idcfs policy set /data/logs level=max)".into(),
+                );
+            }
+            let mut p = current(&dir)?;
+            p.merge(&new);
+            daemon::set_xattr(&dir, NAME, p.to_string().as_bytes())
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            println!("{}: {p}", dir.display());
+        }
+        PolicyCmd::Unset { dir, keys } => {
+            let mut p = current(&dir)?;
+            for k in &keys {
+                p.unset(k).map_err(|e| e.to_string())?;
+            }
+            daemon::set_xattr(&dir, NAME, p.to_string().as_bytes())
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            println!(
+                "{}: {}",
+                dir.display(),
+                if p.is_empty() {
+                    "(inherits everything)".to_string()
+                } else {
+                    p.to_string()
+                }
+            );
+        }
+        PolicyCmd::Show { path } => {
+            let v = daemon::control_get(&path, "effective")
+                .map_err(|e| format!("{}: {e} (not on an idcfs mount?)", path.display()))?;
+            print!("{}", String::from_utf8_lossy(&v));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Re-encode every regular file below `root` through the daemon, one file at a time, with a
+/// progress line (files, bytes, ratio so far, time left) and a summary.
+fn recompress_with_progress(root: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p)
+                .map_err(|e| format!("{}: {e}", p.display()))?
+                .flatten()
+            {
+                stack.push(e.path());
+            }
+        } else if md.is_file() {
+            files.push((p, md.len()));
+        }
+    }
+    let total: u64 = files.iter().map(|(_, n)| n).sum();
+    let start = std::time::Instant::now();
+    let (mut done, mut logical, mut before, mut after) = (0u64, 0u64, 0u64, 0u64);
+    let info = |p: &Path| -> Option<crate::engine::FileInfo> {
+        serde_json::from_slice(&daemon::control_get(p, "fileinfo").ok()?).ok()
+    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    for (i, (p, size)) in files.iter().enumerate() {
+        let b = info(p);
+        daemon::control_set(p, "recompress_now").map_err(|e| format!("{}: {e}", p.display()))?;
+        let a = info(p);
+        if let (Some(b), Some(a)) = (b, a) {
+            before += b.stored;
+            after += a.stored;
+            logical += a.logical;
+        }
+        done += size;
+        let secs = start.elapsed().as_secs_f64();
+        let left = if done > 0 {
+            secs * (total - done) as f64 / done as f64
+        } else {
+            0.0
+        };
+        let ratio = if after > 0 {
+            logical as f64 / after as f64
+        } else {
+            0.0
+        };
+        if tty || i + 1 == files.len() || i % 100 == 0 {
+            eprint!(
+                "{}[files {}/{}] {} / {}  ratio {:.2}x  {:.0}s left   {}",
+                if tty { "\r" } else { "" },
+                i + 1,
+                files.len(),
+                human(done),
+                human(total),
+                ratio,
+                left,
+                if tty { "" } else { "\n" }
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "recompressed {} files ({}): stored {} -> {} ({:.2}x of the data) in {:.1}s",
+        files.len(),
+        human(total),
+        human(before),
+        human(after),
+        if after > 0 {
+            logical as f64 / after as f64
+        } else {
+            0.0
+        },
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, String> {

@@ -257,9 +257,13 @@ fn cpath(p: &Path) -> io::Result<CString> {
 
 /// Read a control attribute of a running mount.
 pub fn control_get(path: &Path, key: &str) -> io::Result<Vec<u8>> {
+    get_xattr(path, &format!("user.idcfs.{key}"))
+}
+
+/// Read an extended attribute (any size).
+pub fn get_xattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
     let p = cpath(path)?;
-    let name = CString::new(format!("user.idcfs.{key}"))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         #[allow(unsafe_code)]
@@ -287,12 +291,24 @@ pub fn control_get(path: &Path, key: &str) -> io::Result<Vec<u8>> {
 
 /// Trigger a control action of a running mount.
 pub fn control_set(path: &Path, key: &str) -> io::Result<()> {
+    set_xattr(path, &format!("user.idcfs.{key}"), b"")
+}
+
+/// Set an extended attribute.
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let p = cpath(path)?;
-    let name = CString::new(format!("user.idcfs.{key}"))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     #[allow(unsafe_code)]
-    // SAFETY: valid C strings; a zero-length value.
-    let rc = unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), std::ptr::null(), 0, 0) };
+    // SAFETY: valid C strings and a readable value buffer of the given length.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {

@@ -14,9 +14,11 @@
 pub mod classify;
 pub mod cli;
 pub mod codec;
+pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod fuse;
 pub mod meta;
+pub mod policy;
 pub mod store;

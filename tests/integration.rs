@@ -6,5 +6,6 @@ mod util;
 
 mod crash;
 mod model;
+mod policy;
 mod posix;
 mod tools;

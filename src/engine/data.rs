@@ -41,6 +41,8 @@ pub(super) struct FileInner {
     pub last_write: Instant,
     pub dirty_since: Option<Instant>,
     pub detached: bool,
+    /// Data changed while this state lived (the file becomes a recompression candidate).
+    pub written: bool,
 }
 
 impl FileState {
@@ -78,6 +80,12 @@ impl FileState {
         g.last_write = Instant::now();
         g.dirty_since.get_or_insert_with(Instant::now);
         true
+    }
+
+    /// No buffered data and no write for `idle`.
+    pub(super) fn quiet_for(&self, idle: Duration) -> bool {
+        let g = self.inner.lock();
+        g.dirty.is_empty() && g.inflight.is_empty() && g.last_write.elapsed() >= idle
     }
 
     /// Whether the background syncer should flush this file now.
@@ -132,6 +140,7 @@ impl Engine {
                 last_write: Instant::now(),
                 dirty_since: None,
                 detached: false,
+                written: false,
             }),
             cv: Condvar::new(),
         });
@@ -164,6 +173,9 @@ impl Engine {
         if !g.detached && g.opens == 0 && FileState::is_clean(&g) {
             g.detached = true;
             files.remove(&st.ino);
+            if g.written {
+                self.note_modified(st.ino);
+            }
         }
     }
 
@@ -198,7 +210,8 @@ impl Engine {
         Ok(Attr { inode, blocks })
     }
 
-    pub(super) fn encode_block(&self, data: &[u8]) -> Encoded {
+    /// Encode one block for the write path: `zstd_level` None stores it raw (policy off).
+    pub(super) fn encode_block(&self, data: &[u8], zstd_level: Option<i32>) -> Encoded {
         let class = classify_block(data);
         let raw_len = data.len() as u32;
         let mk = |codec, params, payload: Vec<u8>, hole| Encoded {
@@ -212,20 +225,15 @@ impl Engine {
             payload,
             class,
         };
-        match class {
-            ContentClass::Zero => mk(RAW, 0, Vec::new(), true),
-            ContentClass::Incompressible => mk(RAW, 0, data.to_vec(), false),
-            _ => {
+        match (class, zstd_level) {
+            (ContentClass::Zero, _) => mk(RAW, 0, Vec::new(), true),
+            (ContentClass::Incompressible, _) | (_, None) => mk(RAW, 0, data.to_vec(), false),
+            (_, Some(level)) => {
                 let mut out = Vec::new();
-                let zstd = self.codecs.get(ZSTD).map(|c| {
-                    c.encode(
-                        data,
-                        &EncodeParams {
-                            level: self.opts.zstd_level,
-                        },
-                        &mut out,
-                    )
-                });
+                let zstd = self
+                    .codecs
+                    .get(ZSTD)
+                    .map(|c| c.encode(data, &EncodeParams { level }, &mut out));
                 match zstd {
                     // Keep compression only when it saves at least 1/32: decoding costs CPU.
                     Ok(Ok(params)) if out.len() < data.len() - data.len() / 32 => {
@@ -250,7 +258,7 @@ impl Engine {
         let mut work: Vec<(Job, Encoded)> = jobs
             .into_iter()
             .map(|j| {
-                let e = self.encode_block(&j.data);
+                let e = self.encode_block(&j.data, j.zlevel);
                 (j, e)
             })
             .collect();
@@ -350,6 +358,7 @@ impl Engine {
             idx,
             gen,
             data,
+            zlevel: self.zlevel_for(g.attr.parent),
         };
         match self.jobs.lock().as_ref() {
             Some(tx) => match tx.try_send(job) {
@@ -444,6 +453,7 @@ impl Engine {
             }
         }
         self.read_ahead(ino, off, out.len());
+        self.touch_io();
         for s in &need {
             if let Some(d) = self.mapped_block(ino, s.idx)? {
                 copy_span(&d, s, &mut out);
@@ -524,6 +534,7 @@ impl Engine {
             return Err(Error::FileTooBig);
         }
         self.wait_budget();
+        self.touch_io();
         let inline = self.with_live(ino, |st, g| {
             let mut inline = Vec::new();
             for s in spans(off, data.len()) {
@@ -543,6 +554,7 @@ impl Engine {
             g.attr.mtime = now;
             g.attr.ctime = now;
             g.attr_dirty = true;
+            g.written = true;
             g.last_write = Instant::now();
             g.dirty_since.get_or_insert_with(Instant::now);
             Ok(inline)
@@ -592,6 +604,7 @@ impl Engine {
                     idx,
                     gen,
                     data,
+                    zlevel: self.zlevel_for(g.attr.parent),
                 });
             }
             let alone = g.inflight.len() == jobs.len();
@@ -621,7 +634,7 @@ impl Engine {
             if let Some(b) = self.j.index.block(ino, inode.size / BLOCK_U64)? {
                 if b.raw_len as usize > tail {
                     let d = self.block_data(ino, inode.size / BLOCK_U64, &b)?;
-                    let e = self.encode_block(&d[..tail]);
+                    let e = self.encode_block(&d[..tail], self.zlevel_for(inode.parent));
                     if e.hole {
                         ops.push(Op::DelBlocks {
                             ino,
@@ -684,7 +697,7 @@ impl Engine {
                     if let Some(mut d) = cur {
                         if d.len() > tail {
                             d.truncate(tail);
-                            let e = self.encode_block(&d);
+                            let e = self.encode_block(&d, self.zlevel_for(g.attr.parent));
                             if e.hole {
                                 ops.push(Op::DelBlocks {
                                     ino,
@@ -709,6 +722,7 @@ impl Engine {
                 }
             }
             g.attr.size = new;
+            g.written = true;
             let now = Ts::now();
             if mtime {
                 g.attr.mtime = now;

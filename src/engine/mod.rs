@@ -20,6 +20,8 @@ pub mod fsck;
 pub mod journal;
 pub mod layout;
 mod namespace;
+mod policy;
+mod recompress;
 
 use self::cache::BlockCache;
 use self::journal::{Journal, Recovery};
@@ -41,6 +43,7 @@ pub use self::compact::CompactReport;
 pub use self::data::FileState;
 pub use self::fsck::FsckReport;
 pub use self::namespace::{Caller, SetAttr, Statfs, TimeSet, VIRTUAL_PREFIX};
+pub use self::recompress::{FileInfo, RecompressReport};
 
 /// Tunables of one mounted store.
 #[derive(Clone, Debug)]
@@ -59,6 +62,10 @@ pub struct Options {
     pub pack_max: u64,
     /// Run the background syncer and compactor threads.
     pub background: bool,
+    /// Mount-wide default policy (from the config file).
+    pub default_policy: crate::policy::Policy,
+    /// Closed files untouched this long are recompressed in the background.
+    pub idle_secs: u64,
 }
 
 impl Default for Options {
@@ -72,6 +79,8 @@ impl Default for Options {
             index_cache: 32 << 20,
             pack_max: journal::PACK_MAX,
             background: true,
+            default_policy: crate::policy::Policy::default(),
+            idle_secs: 60,
         }
     }
 }
@@ -82,6 +91,20 @@ pub struct Attr {
     pub inode: Inode,
     /// 512-byte units allocated (mapped blocks; holes cost nothing).
     pub blocks: u64,
+}
+
+/// What `idcfs status` reports for a mount.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Status {
+    pub store: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub cache_bytes: u64,
+    pub cache_limit: u64,
+    pub dirty_bytes: u64,
+    pub dirty_limit: u64,
+    pub live_files: u64,
+    pub recompress_queue: u64,
 }
 
 /// One entry of a directory listing.
@@ -131,6 +154,8 @@ struct Job {
     idx: u64,
     gen: u64,
     data: Arc<Vec<u8>>,
+    /// Write-path zstd level from the file's policy (None: store raw).
+    zlevel: Option<i32>,
 }
 
 pub struct Engine {
@@ -159,6 +184,13 @@ pub struct Engine {
     started: Instant,
     corrupt_reads: AtomicU64,
     pub recovery: Recovery,
+    /// Bumped whenever a policy or the directory tree changes; invalidates `policy_cache`.
+    policy_gen: AtomicU64,
+    policy_cache: Mutex<HashMap<Ino, (u64, crate::policy::Effective)>>,
+    /// Files modified since their last recompression, with when they were last touched.
+    recompress_q: Mutex<std::collections::BTreeMap<Ino, Instant>>,
+    /// Milliseconds since start of the last foreground read or write.
+    last_io: AtomicU64,
 }
 
 /// Take the store's exclusive lock, or say who holds it.
@@ -232,6 +264,10 @@ impl Engine {
             started: Instant::now(),
             corrupt_reads: AtomicU64::new(0),
             recovery,
+            policy_gen: AtomicU64::new(0),
+            policy_cache: Mutex::new(HashMap::new()),
+            recompress_q: Mutex::new(std::collections::BTreeMap::new()),
+            last_io: AtomicU64::new(0),
         });
         e.ensure_root()?;
         e.recover_marks()?;
@@ -312,6 +348,17 @@ impl Engine {
             );
         }
         if self.opts.background {
+            let e = self.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("idcfs-recompress".into())
+                    .spawn(move || {
+                        while !e.stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(500));
+                            e.recompress_idle();
+                        }
+                    })?,
+            );
             let e = self.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -461,6 +508,20 @@ impl Engine {
             cache_bytes: self.cache.bytes() as u64,
             codecs,
         })
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            store: self.store_dir.display().to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            cache_bytes: self.cache.bytes() as u64,
+            cache_limit: self.opts.cache_bytes as u64,
+            dirty_bytes: *self.dirty.lock() as u64,
+            dirty_limit: self.opts.dirty_limit as u64,
+            live_files: self.files.lock().len() as u64,
+            recompress_queue: self.recompress_q.lock().len() as u64,
+        }
     }
 
     /// A path of `ino` for log messages (a scan: only used on errors).

@@ -8,6 +8,7 @@ use super::layout::MAX_FILE_SIZE;
 use super::{check_name, Attr, DirEntry, Engine};
 use crate::error::{Error, Result};
 use crate::meta::{Dirent, Ino, Inode, Kind, Op, Ts, ROOT_INO};
+use crate::policy::POLICY_XATTR;
 use std::sync::atomic::Ordering;
 
 /// Largest xattr name and value (the kernel's limits).
@@ -421,8 +422,10 @@ impl Engine {
         });
         let mut si = self.load_inode(src.ino)?;
         si.ctime = now;
+        // Files remember the directory they live in too: their policy comes from it.
+        si.parent = newparent;
         if src.kind == Kind::Dir {
-            si.parent = newparent;
+            self.policy_changed();
         }
         ops.push(Op::PutInode(si.clone()));
         live.push(si);
@@ -505,12 +508,9 @@ impl Engine {
         ai.ctime = now;
         bi.ctime = now;
         if p1 != p2 {
-            if ai.kind == Kind::Dir {
-                ai.parent = p2;
-            }
-            if bi.kind == Kind::Dir {
-                bi.parent = p1;
-            }
+            ai.parent = p2;
+            bi.parent = p1;
+            self.policy_changed();
             let mut d1 = self.dir_inode(p1)?;
             let mut d2 = self.dir_inode(p2)?;
             let (da, db) = (
@@ -653,7 +653,7 @@ impl Engine {
     }
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        if let Some(v) = self.virtual_xattr(name)? {
+        if let Some(v) = self.virtual_xattr(ino, name)? {
             return Ok(v);
         }
         self.j.index.inode(ino)?.ok_or(Error::NotFound)?;
@@ -680,8 +680,28 @@ impl Engine {
         if value.len() > XATTR_SIZE_MAX {
             return Err(Error::TooBig("attribute values are limited to 64 KiB"));
         }
-        if name.starts_with(VIRTUAL_PREFIX) {
-            return self.virtual_setxattr(name);
+        let mut value = value.to_vec();
+        let is_policy = name == POLICY_XATTR;
+        if is_policy {
+            // Validated and stored in canonical form; an empty policy removes the attribute.
+            let p = self.set_policy(ino, &value)?.unwrap_or_default();
+            if p.is_empty() {
+                let _ns = self.ns.lock();
+                if self.j.index.xattr(ino, name)?.is_some() {
+                    self.change_with_ctime(
+                        ino,
+                        Op::DelXattr {
+                            ino,
+                            name: name.to_vec(),
+                        },
+                    )?;
+                }
+                self.policy_changed();
+                return Ok(());
+            }
+            value = p.to_string().into_bytes();
+        } else if name.starts_with(VIRTUAL_PREFIX) {
+            return self.virtual_setxattr(ino, name);
         }
         let _ns = self.ns.lock();
         let exists = self.j.index.xattr(ino, name)?.is_some();
@@ -696,9 +716,13 @@ impl Engine {
             Op::SetXattr {
                 ino,
                 name: name.to_vec(),
-                value: value.to_vec(),
+                value,
             },
-        )
+        )?;
+        if is_policy {
+            self.policy_changed();
+        }
+        Ok(())
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
@@ -712,7 +736,11 @@ impl Engine {
                 ino,
                 name: name.to_vec(),
             },
-        )
+        )?;
+        if name == POLICY_XATTR {
+            self.policy_changed();
+        }
+        Ok(())
     }
 
     /// Commit `op` together with the inode's new ctime.
@@ -724,8 +752,8 @@ impl Engine {
         Ok(())
     }
 
-    fn virtual_xattr(&self, name: &[u8]) -> Result<Option<Vec<u8>>> {
-        if !name.starts_with(VIRTUAL_PREFIX) {
+    fn virtual_xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        if !name.starts_with(VIRTUAL_PREFIX) || name == POLICY_XATTR {
             return Ok(None);
         }
         let v = match &name[VIRTUAL_PREFIX.len()..] {
@@ -734,15 +762,23 @@ impl Engine {
             }
             b"pid" => std::process::id().to_string().into_bytes(),
             b"store" => self.store_dir.display().to_string().into_bytes(),
+            b"effective" => self.effective_policy_of(ino)?.to_string().into_bytes(),
+            b"fileinfo" => serde_json::to_vec(&self.file_info(ino)?)
+                .map_err(|e| Error::Corrupt(e.to_string()))?,
+            b"status" => {
+                serde_json::to_vec(&self.status()).map_err(|e| Error::Corrupt(e.to_string()))?
+            }
             _ => return Err(Error::NoAttr),
         };
         Ok(Some(v))
     }
 
-    fn virtual_setxattr(&self, name: &[u8]) -> Result<()> {
+    fn virtual_setxattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         match &name[VIRTUAL_PREFIX.len()..] {
             b"sync" => self.sync_all(),
             b"compact" => self.compact(true).map(|_| ()),
+            b"recompress" => self.recompress_tree(ino, false),
+            b"recompress_now" => self.recompress_tree(ino, true),
             _ => Err(Error::NotPermitted(
                 "the user.idcfs. attribute namespace is reserved",
             )),

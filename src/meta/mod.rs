@@ -503,6 +503,7 @@ impl Index {
             let new_ref = r.block.map(|(h, stored)| BlockRef {
                 loc: r.loc,
                 codec: h.codec,
+                params: h.params,
                 raw_len: h.raw_len,
                 stored,
             });
@@ -612,8 +613,10 @@ impl Index {
                 let k = key_block(*ino, *idx);
                 if let Some(old) = v.get(&k)? {
                     let old: BlockRef = dec(&old)?;
+                    // Compare-and-swap: a block rewritten since the copy was made keeps the
+                    // newer data. The new record may hold a different encoding (recompression).
                     if old.loc == *from {
-                        self.map_block(v, *ino, *idx, BlockRef { loc: b.loc, ..old })?;
+                        self.map_block(v, *ino, *idx, b)?;
                     }
                 }
             }

@@ -128,6 +128,8 @@ pub struct Dirent {
 pub struct BlockRef {
     pub loc: Loc,
     pub codec: u16,
+    /// Codec params of the encoding (the zstd level for zstd).
+    pub params: u32,
     pub raw_len: u32,
     /// Payload bytes (what the codec produced), for statistics.
     pub stored: u32,
@@ -195,8 +197,8 @@ pub enum Op {
         ino: Ino,
         on: bool,
     },
-    /// Compaction: remap block `idx` of `ino` from `from` to this record's payload, if it
-    /// still points at `from`.
+    /// Compaction or recompression: remap block `idx` of `ino` from `from` to this record's
+    /// payload (which may be encoded differently), if it still points at `from`.
     MoveBlock {
         ino: Ino,
         idx: u64,

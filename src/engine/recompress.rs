@@ -1,0 +1,246 @@
+//! Background recompression: closed, idle files are re-encoded with the strongest choice
+//! their policy allows and swapped in block by block.
+//!
+//! Each re-encoded block is verified (decoded and compared) and committed as a `MoveBlock`
+//! record, a compare-and-swap on the block's old location: a block written meanwhile keeps
+//! the new data, readers see either encoding (never a mix inside a block), and a crash leaves
+//! either the old or the new encoding. The work yields to foreground I/O.
+
+use super::Engine;
+use crate::codec::{EncodeParams, RAW, ZSTD};
+use crate::error::{Error, Result};
+use crate::meta::{Ino, Kind, Op};
+use crate::store::{raw_hash, BlockHeader};
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// What recompressing one file did.
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+pub struct RecompressReport {
+    pub blocks: u64,
+    pub recoded: u64,
+    pub stored_before: u64,
+    pub stored_after: u64,
+}
+
+/// Blocks re-encoded per journal group.
+const GROUP: usize = 16;
+
+impl Engine {
+    /// Remember that `ino` changed; it becomes a candidate once idle.
+    pub(super) fn note_modified(&self, ino: Ino) {
+        self.recompress_q.lock().insert(ino, Instant::now());
+    }
+
+    /// Whether foreground I/O is going on (recompression then waits).
+    fn busy(&self) -> bool {
+        let last = self.last_io.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        *self.dirty.lock() > 0 || now.saturating_sub(last) < 200
+    }
+
+    pub(super) fn touch_io(&self) {
+        self.last_io
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Background loop body: recompress files idle for `idle_secs`.
+    pub(super) fn recompress_idle(&self) {
+        let idle = Duration::from_secs(self.opts.idle_secs);
+        let due: Vec<Ino> = {
+            let q = self.recompress_q.lock();
+            q.iter()
+                .filter(|(_, t)| t.elapsed() >= idle)
+                .map(|(i, _)| *i)
+                .take(64)
+                .collect()
+        };
+        for ino in due {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let live = self.files.lock().get(&ino).cloned();
+            if live.is_some_and(|st| !st.quiet_for(idle)) {
+                // Being written: try again after it settles (readers do not hold it back).
+                self.recompress_q.lock().insert(ino, Instant::now());
+                continue;
+            }
+            self.recompress_q.lock().remove(&ino);
+            match self.recompress_file(ino, true) {
+                Ok(r) if r.recoded > 0 => {
+                    tracing::debug!(
+                        ino,
+                        recoded = r.recoded,
+                        before = r.stored_before,
+                        after = r.stored_after,
+                        "recompressed"
+                    )
+                }
+                Ok(_) | Err(Error::NotFound) => {}
+                Err(e) => tracing::warn!(ino, "background recompression failed: {e}"),
+            }
+        }
+    }
+
+    /// Queue (or, with `now`, run) recompression of a file or of every file below a directory.
+    pub(super) fn recompress_tree(&self, ino: Ino, now: bool) -> Result<()> {
+        let mut stack = vec![ino];
+        while let Some(cur) = stack.pop() {
+            let i = self.getattr(cur)?.inode;
+            match i.kind {
+                Kind::File if now => {
+                    self.recompress_file(cur, false)?;
+                }
+                Kind::File => {
+                    // Due immediately.
+                    let t = Instant::now()
+                        .checked_sub(Duration::from_secs(self.opts.idle_secs))
+                        .unwrap_or_else(Instant::now);
+                    self.recompress_q.lock().insert(cur, t);
+                }
+                Kind::Dir => {
+                    let mut off = 2;
+                    loop {
+                        let ents = self.j.index.readdir(cur, off, 1024)?;
+                        let Some(last) = ents.last() else { break };
+                        off = last.0;
+                        stack.extend(
+                            ents.iter()
+                                .filter(|(_, _, d)| matches!(d.kind, Kind::File | Kind::Dir))
+                                .map(|(_, _, d)| d.ino),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-encode a file's blocks with its policy's recompression level. `polite` waits while
+    /// foreground I/O is going on.
+    pub fn recompress_file(&self, ino: Ino, polite: bool) -> Result<RecompressReport> {
+        let inode = self.j.index.inode(ino)?.ok_or(Error::NotFound)?;
+        let mut rep = RecompressReport::default();
+        if inode.kind != Kind::File {
+            return Ok(rep);
+        }
+        let eff = self.effective_policy(inode.parent).unwrap_or_default();
+        let Some(target) = eff.level.recompress_zstd() else {
+            return Ok(rep);
+        };
+        let zstd = self.codecs.get(ZSTD)?.clone();
+        let mut from = 0;
+        loop {
+            let blocks = self.j.index.blocks_from(ino, from, GROUP)?;
+            let Some(&(last, _)) = blocks.last() else {
+                break;
+            };
+            from = last + 1;
+            let mut encoded = Vec::new();
+            for (idx, b) in blocks {
+                rep.blocks += 1;
+                rep.stored_before += b.stored as u64;
+                if b.codec == RAW
+                    || (b.codec == ZSTD && b.stored > 0 && (target as u32) <= b.params)
+                {
+                    rep.stored_after += b.stored as u64;
+                    continue;
+                }
+                let data = {
+                    let _gc = self.gc.read();
+                    match self.j.index.block(ino, idx)? {
+                        Some(cur) if cur.loc == b.loc => self.block_data(ino, idx, &b)?,
+                        _ => continue,
+                    }
+                };
+                let mut out = Vec::new();
+                let params = match zstd.encode(&data, &EncodeParams { level: target }, &mut out) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        rep.stored_after += b.stored as u64;
+                        continue;
+                    }
+                };
+                // Keep the new encoding only if it is smaller and decodes to the same bytes.
+                let verified = self
+                    .codecs
+                    .decode(ZSTD, &out, params, data.len())
+                    .is_ok_and(|d| d == *data);
+                if !verified || out.len() >= b.stored as usize {
+                    rep.stored_after += b.stored as u64;
+                    continue;
+                }
+                rep.stored_after += out.len() as u64;
+                let h = BlockHeader {
+                    codec: ZSTD,
+                    params,
+                    raw_len: data.len() as u32,
+                    raw_hash: raw_hash(&data),
+                };
+                encoded.push((idx, b.loc, h, out));
+            }
+            if !encoded.is_empty() {
+                let recs: Vec<super::journal::NewRecord<'_>> = encoded
+                    .iter()
+                    .map(|(idx, from, h, p)| {
+                        (
+                            vec![Op::MoveBlock {
+                                ino,
+                                idx: *idx,
+                                from: *from,
+                            }],
+                            Some((h, p.as_slice())),
+                        )
+                    })
+                    .collect();
+                self.j.commit_many(&recs)?;
+                rep.recoded += encoded.len() as u64;
+            }
+            while polite && self.busy() && !self.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(rep)
+    }
+
+    /// How a file is stored: per-encoding block counts and bytes.
+    pub fn file_info(&self, ino: Ino) -> Result<FileInfo> {
+        let inode = self.getattr(ino)?.inode;
+        let mut fi = FileInfo {
+            size: inode.size,
+            ..Default::default()
+        };
+        let mut from = 0;
+        loop {
+            let blocks = self.j.index.blocks_from(ino, from, 1024)?;
+            let Some(&(last, _)) = blocks.last() else {
+                break;
+            };
+            from = last + 1;
+            for (_, b) in blocks {
+                fi.blocks += 1;
+                fi.logical += b.raw_len as u64;
+                fi.stored += b.stored as u64;
+                let name = match b.codec {
+                    ZSTD => format!("zstd:{}", b.params),
+                    c => self.codecs.name(c),
+                };
+                *fi.encodings.entry(name).or_default() += 1;
+            }
+        }
+        Ok(fi)
+    }
+}
+
+/// What `user.idcfs.fileinfo` reports.
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+pub struct FileInfo {
+    pub size: u64,
+    pub blocks: u64,
+    pub logical: u64,
+    pub stored: u64,
+    /// encoding ("zstd:19", "raw", …) -> blocks
+    pub encodings: std::collections::BTreeMap<String, u64>,
+}
