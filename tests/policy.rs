@@ -2,6 +2,7 @@
 
 use crate::util::{data, sh, Mounted};
 use std::fs::{self, File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -366,4 +367,74 @@ fn status_and_compact_report() {
         out.contains("recompressed 1 files") && out.contains("store now"),
         "{out}"
     );
+}
+
+#[test]
+fn dedup_stores_copies_once() {
+    let mut m = Mounted::new();
+    fs::create_dir_all(m.path("d/sub")).unwrap();
+    fs::create_dir(m.path("nodedup")).unwrap();
+    idcfs_ok(
+        &m,
+        &["policy", "set", m.path("d").to_str().unwrap(), "dedup=on"],
+    );
+    // Incompressible data: only deduplication can save space.
+    let mut x = vec![0u8; 8 << 20];
+    File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut x)
+        .unwrap();
+    fs::write(m.path("d/a"), &x).unwrap();
+    sh(m.dir.path(), "sync");
+    let s1 = m.stats_json()["stored_bytes"].as_u64().unwrap();
+    fs::write(m.path("d/sub/b"), &x).unwrap();
+    fs::write(m.path("d/c"), &x).unwrap();
+    sh(m.dir.path(), "sync");
+    let s2 = m.stats_json()["stored_bytes"].as_u64().unwrap();
+    assert!(
+        s2 - s1 < (1 << 20),
+        "two more copies of 8 MiB grew the store by {} bytes",
+        s2 - s1
+    );
+    // Without dedup the copy costs its size.
+    fs::write(m.path("nodedup/e"), &x).unwrap();
+    sh(m.dir.path(), "sync");
+    let s3 = m.stats_json()["stored_bytes"].as_u64().unwrap();
+    assert!(
+        s3 - s2 > (7 << 20),
+        "dedup=off must store the copy: {}",
+        s3 - s2
+    );
+    // Modifying one copy leaves the others intact; deleting leaves the rest readable.
+    OpenOptions::new()
+        .write(true)
+        .open(m.path("d/c"))
+        .unwrap()
+        .write_all_at(b"changed", 4_000_000)
+        .unwrap();
+    fs::remove_file(m.path("d/a")).unwrap();
+    let mut y = x.clone();
+    y[4_000_000..4_000_007].copy_from_slice(b"changed");
+    assert!(fs::read(m.path("d/sub/b")).unwrap() == x);
+    assert!(fs::read(m.path("d/c")).unwrap() == y);
+    m.unmount();
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "{out}");
+    // Compaction and a rebuild from the packs keep the shared records consistent.
+    let out = m.idcfs(&["compact", m.store.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::remove_dir_all(m.store.join("index")).unwrap();
+    m.mount();
+    assert!(fs::read(m.path("d/sub/b")).unwrap() == x);
+    assert!(fs::read(m.path("d/c")).unwrap() == y);
+    assert!(fs::read(m.path("nodedup/e")).unwrap() == x);
+    fs::remove_file(m.path("d/sub/b")).unwrap();
+    fs::remove_file(m.path("d/c")).unwrap();
+    m.unmount();
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "after deleting every copy: {out}");
 }

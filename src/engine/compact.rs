@@ -54,31 +54,43 @@ impl Engine {
         tracing::info!(packs = victims.len(), reclaim, "compacting pack files");
         for &(p, _) in &victims {
             // Find the records of this pack that the block map still points at.
-            let mut live = Vec::new();
+            // Records the block map still points at, with every reference to each (a record
+            // shared by deduplication has several).
+            let mut live: Vec<(crate::store::Loc, Vec<(crate::meta::Ino, u64)>)> = Vec::new();
             self.j.log.scan(p, 0, |loc, rec| {
                 if rec.block.is_none() {
                     return Ok(());
                 }
-                for op in dec::<Vec<Op>>(&rec.meta)? {
-                    if let Op::PutBlock { ino, idx } | Op::MoveBlock { ino, idx, .. } = op {
-                        if self.j.index.block(ino, idx)?.is_some_and(|b| b.loc == loc) {
-                            live.push((ino, idx, loc));
+                let mut refs = self.j.index.shared_refs(&loc)?;
+                if refs.is_empty() {
+                    for op in dec::<Vec<Op>>(&rec.meta)? {
+                        if let Op::PutBlock { ino, idx }
+                        | Op::PutBlockShared { ino, idx }
+                        | Op::MoveBlock { ino, idx, .. } = op
+                        {
+                            if self.j.index.block(ino, idx)?.is_some_and(|b| b.loc == loc) {
+                                refs.push((ino, idx));
+                            }
                         }
                     }
                 }
+                if !refs.is_empty() {
+                    live.push((loc, refs));
+                }
                 Ok(())
             })?;
-            for (ino, idx, loc) in live {
+            for (loc, refs) in live {
                 let (h, payload) = self.j.read_block(loc)?;
-                self.j.commit(
-                    &[Op::MoveBlock {
+                let ops: Vec<Op> = refs
+                    .iter()
+                    .map(|&(ino, idx)| Op::MoveBlock {
                         ino,
                         idx,
                         from: loc,
-                    }],
-                    Some((&h, &payload)),
-                )?;
-                report.blocks_moved += 1;
+                    })
+                    .collect();
+                self.j.commit(&ops, Some((&h, &payload)))?;
+                report.blocks_moved += refs.len() as u64;
             }
         }
         self.j.checkpoint()?;

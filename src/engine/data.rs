@@ -295,13 +295,13 @@ impl Engine {
                     None,
                 ));
             } else {
-                recs.push((
-                    vec![Op::PutBlock {
-                        ino: j.st.ino,
-                        idx: j.idx,
-                    }],
-                    Some((&e.header, e.payload.as_slice())),
-                ));
+                let ino = j.st.ino;
+                let op = if j.dedup {
+                    Op::PutBlockShared { ino, idx: j.idx }
+                } else {
+                    Op::PutBlock { ino, idx: j.idx }
+                };
+                recs.push((vec![op], Some((&e.header, e.payload.as_slice()))));
             }
         }
         let mut attached = false;
@@ -349,6 +349,7 @@ impl Engine {
     /// when the pool is gone (shutdown), for the caller to run inline.
     fn seal(&self, st: &Arc<FileState>, g: &mut FileInner, idx: u64) -> Option<Job> {
         let data = Arc::new(g.dirty.remove(&idx)?);
+        let (zlevel, dedup) = self.write_policy(g.attr.parent);
         g.gen += 1;
         let gen = g.gen;
         g.inflight.insert(idx, (gen, data.clone()));
@@ -358,7 +359,8 @@ impl Engine {
             idx,
             gen,
             data,
-            zlevel: self.zlevel_for(g.attr.parent),
+            zlevel,
+            dedup,
         };
         match self.jobs.lock().as_ref() {
             Some(tx) => match tx.try_send(job) {
@@ -590,6 +592,7 @@ impl Engine {
                 continue;
             }
             let mut jobs = Vec::new();
+            let (zlevel, dedup) = self.write_policy(g.attr.parent);
             for idx in idxs {
                 let data = match g.dirty.remove(&idx) {
                     Some(d) => Arc::new(d),
@@ -604,7 +607,8 @@ impl Engine {
                     idx,
                     gen,
                     data,
-                    zlevel: self.zlevel_for(g.attr.parent),
+                    zlevel,
+                    dedup,
                 });
             }
             let alone = g.inflight.len() == jobs.len();

@@ -156,6 +156,22 @@ impl Engine {
                 )),
             }
         }
+        // Shared (deduplicated) records: the reference count equals the entries using them.
+        let mut uses: HashMap<crate::store::Loc, u64> = HashMap::new();
+        for b in ix.all_blocks() {
+            let (_, _, bref) = b?;
+            *uses.entry(bref.loc).or_default() += 1;
+        }
+        for sh in ix.all_shared() {
+            let sh = sh?;
+            let n = uses.get(&sh.bref.loc).copied().unwrap_or(0);
+            if n != sh.refs {
+                r.problems.push(format!(
+                    "shared record at {:?}: reference count {} but {n} block(s) use it",
+                    sh.bref.loc, sh.refs
+                ));
+            }
+        }
         let stored: BTreeMap<u16, CodecStats> = ix
             .codec_stats()
             .into_iter()

@@ -116,12 +116,36 @@ impl Journal {
     /// Append and apply several records with one index batch (group commit). The records
     /// are consecutive in the log and become visible together.
     pub fn commit_many(&self, recs: &[NewRecord<'_>]) -> Result<Vec<Loc>> {
+        let mut seq = self.next_seq.lock();
+        self.check_poison()?;
+        // Deduplication is decided under the commit lock, so the shared record a `RefBlock`
+        // names cannot disappear before the reference is applied.
+        let mut owned: Vec<NewRecord<'_>> = Vec::with_capacity(recs.len());
+        for (ops, block) in recs {
+            if let ([Op::PutBlockShared { ino, idx }], Some((h, _))) = (ops.as_slice(), block) {
+                if self
+                    .index
+                    .shared(&h.raw_hash)?
+                    .is_some_and(|sh| sh.bref.raw_len == h.raw_len)
+                {
+                    owned.push((
+                        vec![Op::RefBlock {
+                            ino: *ino,
+                            idx: *idx,
+                            hash: h.raw_hash,
+                        }],
+                        None,
+                    ));
+                    continue;
+                }
+            }
+            owned.push((ops.clone(), *block));
+        }
+        let recs = &owned[..];
         let metas: Vec<Vec<u8>> = recs
             .iter()
             .map(|(ops, _)| enc(ops))
             .collect::<Result<_>>()?;
-        let mut seq = self.next_seq.lock();
-        self.check_poison()?;
         let first = *seq;
         let mut locs = Vec::with_capacity(recs.len());
         for (i, ((_, block), meta)) in recs.iter().zip(&metas).enumerate() {
@@ -395,6 +419,16 @@ impl Journal {
         for x in self.index.all_xattrs() {
             let (ino, name, value) = x?;
             chunk.push(Op::SetXattr { ino, name, value });
+            if chunk.len() >= CHUNK {
+                emit(&std::mem::take(&mut chunk), &mut seq)?;
+            }
+        }
+        for sh in self.index.all_shared() {
+            let sh = sh?;
+            chunk.push(Op::SnapShared {
+                hash: sh.hash,
+                bref: sh.bref,
+            });
             if chunk.len() >= CHUNK {
                 emit(&std::mem::take(&mut chunk), &mut seq)?;
             }

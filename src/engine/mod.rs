@@ -156,6 +156,8 @@ struct Job {
     data: Arc<Vec<u8>>,
     /// Write-path zstd level from the file's policy (None: store raw).
     zlevel: Option<i32>,
+    /// The file's policy asks for deduplication.
+    dedup: bool,
 }
 
 pub struct Engine {

@@ -65,15 +65,18 @@ impl Engine {
 
     /// Write-path zstd level for files in `dir` (None: store raw).
     pub(super) fn zlevel_for(&self, dir: Ino) -> Option<i32> {
-        let level = self
-            .effective_policy(dir)
-            .map(|e| e.level)
-            .unwrap_or(Level::Balanced);
-        match level {
+        self.write_policy(dir).0
+    }
+
+    /// (write-path zstd level, dedup) for files in `dir`.
+    pub(super) fn write_policy(&self, dir: Ino) -> (Option<i32>, bool) {
+        let e = self.effective_policy(dir).unwrap_or_default();
+        let z = match e.level {
             Level::Off => None,
             Level::Fast => Some(1),
             _ => Some(self.opts.zstd_level),
-        }
+        };
+        (z, e.dedup)
     }
 
     /// Validate and store a directory's policy (`user.idcfs.policy`). Bad text is refused

@@ -142,7 +142,9 @@ impl Engine {
             for (idx, b) in blocks {
                 rep.blocks += 1;
                 rep.stored_before += b.stored as u64;
-                if b.codec == RAW
+                // Shared (deduplicated) blocks keep their one copy.
+                if !self.j.index.shared_refs(&b.loc)?.is_empty()
+                    || b.codec == RAW
                     || (b.codec == ZSTD && b.stored > 0 && (target as u32) <= b.params)
                 {
                     rep.stored_after += b.stored as u64;

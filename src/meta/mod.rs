@@ -18,6 +18,9 @@
 //! 'X' ino name              -> xattr value
 //! 'O' ino                   -> ()              (unlinked while open)
 //! 'U' ino                   -> ()              (blocks committed past the logged size)
+//! 'H' hash16                -> Loc of the shared record holding that data (dedup)
+//! 'R' pack off              -> Shared (hash, reference count, block ref)
+//! 'Q' pack off ino idx      -> ()              (references of a shared record)
 //! 'S' codec                 -> CodecStats
 //! 'P' pack                  -> PackStats
 //! ```
@@ -88,6 +91,26 @@ fn key_ino_name(tag: u8, ino: Ino, name: &[u8]) -> Vec<u8> {
     k
 }
 
+fn key_loc(tag: u8, loc: &Loc) -> Vec<u8> {
+    let mut k = vec![tag];
+    k.extend_from_slice(&loc.pack.to_be_bytes());
+    k.extend_from_slice(&loc.off.to_be_bytes());
+    k
+}
+
+fn key_ref(loc: &Loc, ino: Ino, idx: u64) -> Vec<u8> {
+    let mut k = key_loc(b'Q', loc);
+    k.extend_from_slice(&ino.to_be_bytes());
+    k.extend_from_slice(&idx.to_be_bytes());
+    k
+}
+
+fn key_hash(h: &[u8; 16]) -> Vec<u8> {
+    let mut k = vec![b'H'];
+    k.extend_from_slice(h);
+    k
+}
+
 pub fn key_block(ino: Ino, idx: u64) -> Vec<u8> {
     key_ino_u64(b'B', ino, idx)
 }
@@ -154,9 +177,62 @@ impl<'a> View<'a> {
 
     fn unmap_block(&mut self, ino: Ino, key: Vec<u8>, old: &[u8]) -> Result<()> {
         let b: BlockRef = dec(old)?;
+        let idx = u64_of(&key[9..17]);
         self.account(&b, -1);
+        self.deref(&b.loc, ino, idx)?;
         self.del(key);
         self.bump_count(ino, -1)
+    }
+
+    /// Drop one reference to a shared record (no-op for unshared ones).
+    fn deref(&mut self, loc: &Loc, ino: Ino, idx: u64) -> Result<()> {
+        let rk = key_loc(b'R', loc);
+        let Some(v) = self.get(&rk)? else {
+            return Ok(());
+        };
+        let mut sh: Shared = dec(&v)?;
+        self.del(key_ref(loc, ino, idx));
+        sh.refs = sh.refs.saturating_sub(1);
+        if sh.refs == 0 {
+            self.del(rk);
+            let hk = key_hash(&sh.hash);
+            if self
+                .get(&hk)?
+                .is_some_and(|h| dec::<Loc>(&h).is_ok_and(|l| l == *loc))
+            {
+                self.del(hk);
+            }
+        } else {
+            self.put(rk, enc(&sh)?);
+        }
+        Ok(())
+    }
+
+    /// Add a reference to `b`'s record if it is shared, or share it now when `offer` holds
+    /// its raw-data hash.
+    fn addref(&mut self, b: &BlockRef, ino: Ino, idx: u64, offer: Option<[u8; 16]>) -> Result<()> {
+        let rk = key_loc(b'R', &b.loc);
+        let sh = match self.get(&rk)? {
+            Some(v) => {
+                let mut sh: Shared = dec(&v)?;
+                sh.refs += 1;
+                sh
+            }
+            None => match offer {
+                Some(hash) => {
+                    self.put(key_hash(&hash), enc(&b.loc)?);
+                    Shared {
+                        hash,
+                        refs: 1,
+                        bref: *b,
+                    }
+                }
+                None => return Ok(()),
+            },
+        };
+        self.put(rk, enc(&sh)?);
+        self.put(key_ref(&b.loc, ino, idx), Vec::new());
+        Ok(())
     }
 
     fn account(&mut self, b: &BlockRef, sign: i64) {
@@ -380,7 +456,8 @@ impl Index {
         Ok(was)
     }
 
-    /// Recompute the derived counters ('S', 'P', 'N') from the block map. After an unclean
+    /// Recompute the derived counters ('S', 'P', 'N', and the 'R'/'Q' reference counts of
+    /// shared records) from the block map. After an unclean
     /// stop they may be off: a record's keys are not applied atomically.
     pub fn recount(&self) -> Result<()> {
         let mut cs: BTreeMap<u16, CodecStats> = BTreeMap::new();
@@ -398,7 +475,21 @@ impl Index {
             p.live_blocks += 1;
             *counts.entry(ino).or_default() += 1;
         }
-        for tag in [b'S', b'P', b'N'] {
+        // Shared records: their reference counts and reverse references, from the block map.
+        let mut shared: BTreeMap<Loc, Shared> = BTreeMap::new();
+        for sh in self.all_shared() {
+            let sh = sh?;
+            shared.insert(sh.bref.loc, Shared { refs: 0, ..sh });
+        }
+        let mut qrefs: Vec<(Loc, Ino, u64)> = Vec::new();
+        for b in self.all_blocks() {
+            let (ino, idx, r) = b?;
+            if let Some(sh) = shared.get_mut(&r.loc) {
+                sh.refs += 1;
+                qrefs.push((r.loc, ino, idx));
+            }
+        }
+        for tag in [b'S', b'P', b'N', b'R', b'Q'] {
             let keys: Vec<sled::IVec> = self
                 .tree
                 .scan_prefix([tag])
@@ -421,6 +512,23 @@ impl Index {
         for (ino, n) in &counts {
             self.tree
                 .insert(key_ino(b'N', *ino), n.to_be_bytes().to_vec())?;
+        }
+        for (loc, sh) in &shared {
+            if sh.refs == 0 {
+                let hk = key_hash(&sh.hash);
+                if self
+                    .tree
+                    .get(&hk)?
+                    .is_some_and(|h| dec::<Loc>(&h).is_ok_and(|l| l == *loc))
+                {
+                    self.tree.remove(hk)?;
+                }
+            } else {
+                self.tree.insert(key_loc(b'R', loc), enc(sh)?)?;
+            }
+        }
+        for (loc, ino, idx) in &qrefs {
+            self.tree.insert(key_ref(loc, *ino, *idx), Vec::new())?;
         }
         *self.codec_stats.lock() = cs;
         *self.pack_stats.lock() = ps;
@@ -507,8 +615,9 @@ impl Index {
                 raw_len: h.raw_len,
                 stored,
             });
+            let hash = r.block.map(|(h, _)| h.raw_hash);
             for op in r.ops {
-                self.apply_op(&mut v, op, new_ref)?;
+                self.apply_op(&mut v, op, new_ref, hash)?;
             }
         }
         let applied = enc(&Applied {
@@ -561,7 +670,13 @@ impl Index {
         Ok(())
     }
 
-    fn apply_op(&self, v: &mut View<'_>, op: &Op, new_ref: Option<BlockRef>) -> Result<()> {
+    fn apply_op(
+        &self,
+        v: &mut View<'_>,
+        op: &Op,
+        new_ref: Option<BlockRef>,
+        hash: Option<[u8; 16]>,
+    ) -> Result<()> {
         match op {
             Op::PutInode(inode) => {
                 v.put(key_ino(b'I', inode.ino), enc(inode)?);
@@ -598,15 +713,46 @@ impl Index {
                 }
                 v.del(dk);
             }
-            Op::PutBlock { ino, idx } => {
+            Op::PutBlock { ino, idx } | Op::PutBlockShared { ino, idx } => {
                 let b = new_ref.ok_or_else(|| Error::Corrupt("PutBlock without payload".into()))?;
-                self.map_block(v, *ino, *idx, b)?;
+                let offer = if matches!(op, Op::PutBlockShared { .. }) {
+                    hash
+                } else {
+                    None
+                };
+                self.map_block(v, *ino, *idx, b, offer)?;
                 let u = key_ino(b'U', *ino);
                 if v.get(&u)?.is_none() {
                     v.put(u, Vec::new());
                 }
             }
-            Op::SnapBlock { ino, idx, bref } => self.map_block(v, *ino, *idx, *bref)?,
+            Op::RefBlock { ino, idx, hash } => {
+                let l = v
+                    .get(&key_hash(hash))?
+                    .ok_or_else(|| Error::Corrupt("RefBlock names no shared record".into()))?;
+                let loc: Loc = dec(&l)?;
+                let sh: Shared = dec(&v
+                    .get(&key_loc(b'R', &loc))?
+                    .ok_or_else(|| Error::Corrupt("shared record without refcount".into()))?)?;
+                self.map_block(v, *ino, *idx, sh.bref, None)?;
+                let u = key_ino(b'U', *ino);
+                if v.get(&u)?.is_none() {
+                    v.put(u, Vec::new());
+                }
+            }
+            Op::SnapShared { hash, bref } => {
+                // References follow as SnapBlocks and count themselves in.
+                v.put(key_hash(hash), enc(&bref.loc)?);
+                v.put(
+                    key_loc(b'R', &bref.loc),
+                    enc(&Shared {
+                        hash: *hash,
+                        refs: 0,
+                        bref: *bref,
+                    })?,
+                );
+            }
+            Op::SnapBlock { ino, idx, bref } => self.map_block(v, *ino, *idx, *bref, None)?,
             Op::MoveBlock { ino, idx, from } => {
                 let b =
                     new_ref.ok_or_else(|| Error::Corrupt("MoveBlock without payload".into()))?;
@@ -616,7 +762,12 @@ impl Index {
                     // Compare-and-swap: a block rewritten since the copy was made keeps the
                     // newer data. The new record may hold a different encoding (recompression).
                     if old.loc == *from {
-                        self.map_block(v, *ino, *idx, b)?;
+                        // A shared record stays shared at its new place.
+                        let offer = match v.get(&key_loc(b'R', from))? {
+                            Some(r) => Some(dec::<Shared>(&r)?.hash),
+                            None => None,
+                        };
+                        self.map_block(v, *ino, *idx, b, offer)?;
                     }
                 }
             }
@@ -646,17 +797,57 @@ impl Index {
         Ok(())
     }
 
-    fn map_block(&self, v: &mut View<'_>, ino: Ino, idx: u64, b: BlockRef) -> Result<()> {
+    fn map_block(
+        &self,
+        v: &mut View<'_>,
+        ino: Ino,
+        idx: u64,
+        b: BlockRef,
+        offer: Option<[u8; 16]>,
+    ) -> Result<()> {
         let k = key_block(ino, idx);
         match v.get(&k)? {
             Some(old) => {
                 let old: BlockRef = dec(&old)?;
+                if old == b {
+                    // Replay of an op already applied: nothing changes.
+                    return Ok(());
+                }
                 v.account(&old, -1);
+                v.deref(&old.loc, ino, idx)?;
             }
             None => v.bump_count(ino, 1)?,
         }
         v.account(&b, 1);
+        v.addref(&b, ino, idx, offer)?;
         v.put(k, enc(&b)?);
         Ok(())
+    }
+
+    /// The shared record holding data with this hash, if any.
+    pub fn shared(&self, hash: &[u8; 16]) -> Result<Option<Shared>> {
+        let Some(l) = self.tree.get(key_hash(hash))? else {
+            return Ok(None);
+        };
+        let loc: Loc = dec(&l)?;
+        match self.tree.get(key_loc(b'R', &loc))? {
+            Some(v) => Ok(Some(dec(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// References (ino, idx) of the shared record at `loc`; empty when it is not shared.
+    pub fn shared_refs(&self, loc: &Loc) -> Result<Vec<(Ino, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(key_loc(b'Q', loc)) {
+            let (k, _) = kv?;
+            out.push((u64_of(&k[13..21]), u64_of(&k[21..29])));
+        }
+        Ok(out)
+    }
+
+    /// Every shared record (checkpoints).
+    pub fn all_shared(&self) -> impl Iterator<Item = Result<Shared>> + '_ {
+        self.tree.scan_prefix([b'R']).map(|kv| dec(&kv?.1))
     }
 }

@@ -147,6 +147,14 @@ pub struct CodecStats {
     pub records: u64,
 }
 
+/// A record shared by deduplication: its hash and how many block map entries use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shared {
+    pub hash: [u8; 16],
+    pub refs: u64,
+    pub bref: BlockRef,
+}
+
 /// Per-pack accounting: record bytes still referenced by the block map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackStats {
@@ -176,6 +184,22 @@ pub enum Op {
     PutBlock {
         ino: Ino,
         idx: u64,
+    },
+    /// Like `PutBlock`, and offer the payload for deduplication (by its raw-data hash).
+    PutBlockShared {
+        ino: Ino,
+        idx: u64,
+    },
+    /// Map block `idx` of `ino` to the existing shared record holding data with this hash.
+    RefBlock {
+        ino: Ino,
+        idx: u64,
+        hash: [u8; 16],
+    },
+    /// Snapshot entry: a shared record (its references follow as `SnapBlock`s).
+    SnapShared {
+        hash: [u8; 16],
+        bref: BlockRef,
     },
     /// Unmap blocks `from..to` of `ino` (holes).
     DelBlocks {
