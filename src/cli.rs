@@ -154,7 +154,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 Ok(bytes) => serde_json::from_slice(&bytes)
                     .map_err(|e| format!("bad stats from the daemon: {e}"))?,
                 Err(_) => daemon::open_offline(&path)?
-                    .stats()
+                    .stats_detailed()
                     .map_err(|e| e.to_string())?,
             };
             if json {
@@ -508,6 +508,30 @@ fn render_stats(s: &Stats) -> String {
             human(c.stored_bytes),
             r
         ));
+    }
+    for (title, rows) in [("class", &s.classes), ("directory", &s.top_dirs)] {
+        if rows.is_empty() {
+            continue;
+        }
+        o.push_str(&format!(
+            "\n{:<24} {:>8} {:>12} {:>12} {:>7}\n",
+            title, "files", "logical", "stored", "ratio"
+        ));
+        for r in rows.iter().take(20) {
+            let ratio = if r.stored_bytes > 0 {
+                r.logical_bytes as f64 / r.stored_bytes as f64
+            } else {
+                0.0
+            };
+            o.push_str(&format!(
+                "{:<24} {:>8} {:>12} {:>12} {:>6.2}x\n",
+                r.name,
+                r.files,
+                human(r.logical_bytes),
+                human(r.stored_bytes),
+                ratio
+            ));
+        }
     }
     o
 }

@@ -86,6 +86,27 @@ pub fn is_zero(data: &[u8]) -> bool {
     chunks.remainder().iter().all(|&b| b == 0)
 }
 
+/// The content class recorded in an inode's flags (low byte; 0 = not classified yet).
+pub fn class_name_of_flags(flags: u32) -> &'static str {
+    match flags & 0xff {
+        1 => ContentClass::Zero.name(),
+        2 => ContentClass::Text.name(),
+        3 => ContentClass::Binary.name(),
+        4 => ContentClass::Incompressible.name(),
+        _ => "unclassified",
+    }
+}
+
+/// The flags byte for a class (see `class_name_of_flags`).
+pub fn class_flag(c: ContentClass) -> u32 {
+    match c {
+        ContentClass::Zero => 1,
+        ContentClass::Text => 2,
+        ContentClass::Binary => 3,
+        ContentClass::Incompressible => 4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

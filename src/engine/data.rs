@@ -103,7 +103,6 @@ pub(super) struct Encoded {
     hole: bool,
     header: BlockHeader,
     payload: Vec<u8>,
-    #[allow(dead_code)]
     class: ContentClass,
 }
 
@@ -273,6 +272,33 @@ impl Engine {
         let mut guards: Vec<_> = states.iter().map(|s| s.inner.lock()).collect();
         let guard_of =
             |st: &Arc<FileState>| states.iter().position(|s| Arc::ptr_eq(s, st)).unwrap_or(0);
+        // Block 0 decides a file's content class (kept in the inode's flags for stats).
+        for (j, e) in &work {
+            if j.idx != 0 || e.hole {
+                continue;
+            }
+            let g = &mut guards[guard_of(&j.st)];
+            let flag = crate::classify::class_flag(e.class);
+            if !g.detached && g.attr.flags & 0xff != flag {
+                g.attr.flags = (g.attr.flags & !0xff) | flag;
+                g.attr_dirty = true;
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    tracing::debug!(
+                        path = %self.path_of(j.st.ino),
+                        class = e.class.name(),
+                        codec = self.codecs.name(e.header.codec),
+                        params = e.header.params,
+                        "codec choice: {}",
+                        match (e.class, e.header.codec) {
+                            (crate::classify::ContentClass::Incompressible, _) => "high-entropy content is stored as is".to_string(),
+                            (_, RAW) if j.zlevel.is_none() => "the directory's policy is level=off".to_string(),
+                            (_, RAW) => "compression saved less than 1/32".to_string(),
+                            _ => format!("policy write level zstd -{}", e.header.params),
+                        }
+                    );
+                }
+            }
+        }
         let mut recs: Vec<super::journal::NewRecord<'_>> = Vec::new();
         let mut live = Vec::new();
         for (k, (j, e)) in work.iter().enumerate() {

@@ -138,6 +138,22 @@ pub struct Stats {
     pub uptime_secs: u64,
     pub cache_bytes: u64,
     pub codecs: Vec<CodecRow>,
+    /// Per top-level entry of the mount (filled by `stats_detailed`).
+    #[serde(default)]
+    pub top_dirs: Vec<GroupRow>,
+    /// Per content class (filled by `stats_detailed`).
+    #[serde(default)]
+    pub classes: Vec<GroupRow>,
+}
+
+/// Logical and stored bytes of a group of files.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct GroupRow {
+    pub name: String,
+    pub files: u64,
+    pub logical_bytes: u64,
+    /// Bytes of the group's block records (payload and headers; shared records counted per use).
+    pub stored_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -509,7 +525,94 @@ impl Engine {
             uptime_secs: self.started.elapsed().as_secs(),
             cache_bytes: self.cache.bytes() as u64,
             codecs,
+            top_dirs: Vec::new(),
+            classes: Vec::new(),
         })
+    }
+
+    /// `stats` plus the breakdown by top-level directory and content class (one pass over
+    /// the block map).
+    pub fn stats_detailed(&self) -> Result<Stats> {
+        let mut st = self.stats()?;
+        let mut top_of: HashMap<Ino, String> = HashMap::new();
+        let mut inode_info: HashMap<Ino, (String, String)> = HashMap::new();
+        let mut tops: std::collections::BTreeMap<String, GroupRow> = Default::default();
+        let mut classes: std::collections::BTreeMap<String, GroupRow> = Default::default();
+        let mut last_ino = 0;
+        for b in self.j.index.all_blocks() {
+            let (ino, _, r) = b?;
+            let (top, class) = match inode_info.get(&ino) {
+                Some(x) => x.clone(),
+                None => {
+                    let Some(i) = self.j.index.inode(ino)? else {
+                        continue;
+                    };
+                    let x = (
+                        self.top_dir(i.parent, &mut top_of)?,
+                        crate::classify::class_name_of_flags(i.flags).to_string(),
+                    );
+                    inode_info.insert(ino, x.clone());
+                    x
+                }
+            };
+            for (map, key) in [(&mut tops, top), (&mut classes, class)] {
+                let row = map.entry(key.clone()).or_insert_with(|| GroupRow {
+                    name: key,
+                    ..Default::default()
+                });
+                if ino != last_ino {
+                    row.files += 1;
+                }
+                row.logical_bytes += r.raw_len as u64;
+                row.stored_bytes += r.loc.len as u64;
+            }
+            last_ino = ino;
+        }
+        st.top_dirs = tops.into_values().collect();
+        st.top_dirs
+            .sort_by(|a, b| b.stored_bytes.cmp(&a.stored_bytes));
+        st.classes = classes.into_values().collect();
+        st.classes
+            .sort_by(|a, b| b.stored_bytes.cmp(&a.stored_bytes));
+        Ok(st)
+    }
+
+    /// Name of the top-level entry that directory `dir` lies in ("/" for the root itself).
+    fn top_dir(&self, dir: Ino, memo: &mut HashMap<Ino, String>) -> Result<String> {
+        if dir == ROOT_INO {
+            return Ok("/".into());
+        }
+        if let Some(t) = memo.get(&dir) {
+            return Ok(t.clone());
+        }
+        let mut cur = dir;
+        let mut chain = vec![];
+        for _ in 0..4096 {
+            let i = self.j.index.inode(cur)?.ok_or(Error::NotFound)?;
+            chain.push(cur);
+            if i.parent == ROOT_INO {
+                break;
+            }
+            cur = i.parent;
+        }
+        // The top-level directory's own name, from the root's entries.
+        let mut name = format!("<inode {cur}>");
+        let mut off = 2;
+        'scan: loop {
+            let ents = self.j.index.readdir(ROOT_INO, off, 1024)?;
+            let Some(last) = ents.last() else { break };
+            off = last.0;
+            for (_, n, d) in &ents {
+                if d.ino == cur {
+                    name = format!("/{}", String::from_utf8_lossy(n));
+                    break 'scan;
+                }
+            }
+        }
+        for c in chain {
+            memo.insert(c, name.clone());
+        }
+        Ok(name)
     }
 
     pub fn status(&self) -> Status {

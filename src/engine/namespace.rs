@@ -757,12 +757,14 @@ impl Engine {
             return Ok(None);
         }
         let v = match &name[VIRTUAL_PREFIX.len()..] {
-            b"stats" => {
-                serde_json::to_vec(&self.stats()?).map_err(|e| Error::Corrupt(e.to_string()))?
-            }
+            b"stats" => serde_json::to_vec(&self.stats_detailed()?)
+                .map_err(|e| Error::Corrupt(e.to_string()))?,
             b"pid" => std::process::id().to_string().into_bytes(),
             b"store" => self.store_dir.display().to_string().into_bytes(),
             b"effective" => self.effective_policy_of(ino)?.to_string().into_bytes(),
+            b"class" => crate::classify::class_name_of_flags(self.getattr(ino)?.inode.flags)
+                .as_bytes()
+                .to_vec(),
             b"fileinfo" => serde_json::to_vec(&self.file_info(ino)?)
                 .map_err(|e| Error::Corrupt(e.to_string()))?,
             b"status" => {
