@@ -570,10 +570,10 @@ impl Engine {
         }
         st.top_dirs = tops.into_values().collect();
         st.top_dirs
-            .sort_by(|a, b| b.stored_bytes.cmp(&a.stored_bytes));
+            .sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
         st.classes = classes.into_values().collect();
         st.classes
-            .sort_by(|a, b| b.stored_bytes.cmp(&a.stored_bytes));
+            .sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
         Ok(st)
     }
 
