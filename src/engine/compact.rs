@@ -10,8 +10,10 @@ use crate::error::Result;
 use crate::meta::{dec, Op};
 use crate::store::PackId;
 
-/// A sealed pack is compacted when less than this share of it is live.
+/// In the background, a pack is compacted when less than this share of it is live.
 const LIVE_THRESHOLD: f64 = 0.5;
+/// On request (`idcfs compact`), any pack with more than a tenth of garbage is.
+const LIVE_THRESHOLD_FORCED: f64 = 0.9;
 /// Background compaction waits until at least this much space can be reclaimed.
 const MIN_RECLAIM: u64 = 16 << 20;
 
@@ -38,7 +40,8 @@ impl Engine {
                 backend.len(p)?
             };
             let live = live_of(p);
-            if len > 0 && (live as f64) < LIVE_THRESHOLD * len as f64 {
+            let threshold = if force { LIVE_THRESHOLD_FORCED } else { LIVE_THRESHOLD };
+            if len > 0 && (live as f64) < threshold * len as f64 {
                 victims.push((p, len));
                 reclaim += len - live;
             }
