@@ -1,30 +1,111 @@
 //! Content classification: decides, cheaply and from the bytes alone, what kind of data a block
-//! holds, so the codec selector can skip work that will not pay.
+//! or a file holds, so the codec selector can skip work that will not pay and pick a
+//! format-aware codec where one applies. Names are never consulted.
+//!
+//! - `classify_block` (this file): per block, by sampling: zero / text / binary / incompressible.
+//! - `classify_file` (`magic.rs`): per file, from its head: the format (magic numbers checked
+//!   against header structure), else a text flavour, else the block classes.
 //!
 //! Invariants: classification never fails and never allocates in proportion to its input; it
-//! samples, so its cost is bounded per block.
+//! samples or looks at a bounded head, so its cost is bounded per call.
 
-/// What a block (or file) looks like. Persisted only as statistics labels.
+mod magic;
+
+pub use self::magic::{classify_file, MAX_HEAD};
+
+/// What a block (or file) looks like. Persisted only as statistics labels. `classify_block`
+/// only ever returns the first four; the others come from `classify_file`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ContentClass {
     /// All zero bytes: stored as a hole, no data at all.
     Zero,
-    /// Mostly printable text (source, logs, markup).
+    /// Mostly printable text (prose, markup without a more specific class).
     Text,
     /// Anything else that looks compressible.
     Binary,
     /// High-entropy data (compressed, encrypted, random): stored raw.
     Incompressible,
+    /// Program source or scripts.
+    Source,
+    /// Lines that mostly start with timestamps.
+    Log,
+    Json,
+    /// Delimited records (comma, tab, semicolon or pipe).
+    Csv,
+    /// XML and other angle-bracket markup.
+    Xml,
+    Jpeg,
+    Png,
+    Gif,
+    Webp,
+    Gzip,
+    /// Zip and its kin: jar, wheel, apk, office documents.
+    Zip,
+    Pdf,
+    /// RIFF/WAVE audio (any encoding; the FLAC codec takes integer PCM only).
+    Wav,
+    Aiff,
+    Bmp,
+    /// Netpbm: PBM, PGM, PPM, PAM.
+    Pnm,
+    Tiff,
+    Elf,
+    /// Windows PE executables and DLLs.
+    Pe,
+    Sqlite,
+    Zstd,
+    Xz,
+    Bzip2,
+    /// ISO base media: MP4, MOV, M4A, HEIF.
+    Mp4,
+    /// Matroska / WebM (EBML).
+    Webm,
 }
 
 impl ContentClass {
     pub fn name(self) -> &'static str {
+        use ContentClass as C;
         match self {
-            ContentClass::Zero => "zero",
-            ContentClass::Text => "text",
-            ContentClass::Binary => "binary",
-            ContentClass::Incompressible => "incompressible",
+            C::Zero => "zero",
+            C::Text => "text",
+            C::Binary => "binary",
+            C::Incompressible => "incompressible",
+            C::Source => "source",
+            C::Log => "log",
+            C::Json => "json",
+            C::Csv => "csv",
+            C::Xml => "xml",
+            C::Jpeg => "jpeg",
+            C::Png => "png",
+            C::Gif => "gif",
+            C::Webp => "webp",
+            C::Gzip => "gzip",
+            C::Zip => "zip",
+            C::Pdf => "pdf",
+            C::Wav => "wav",
+            C::Aiff => "aiff",
+            C::Bmp => "bmp",
+            C::Pnm => "pnm",
+            C::Tiff => "tiff",
+            C::Elf => "elf",
+            C::Pe => "pe",
+            C::Sqlite => "sqlite",
+            C::Zstd => "zstd",
+            C::Xz => "xz",
+            C::Bzip2 => "bzip2",
+            C::Mp4 => "mp4",
+            C::Webm => "webm",
         }
+    }
+
+    /// Formats whose data is already entropy-coded (and that no codec here re-encodes): a
+    /// generic compressor will not gain on them.
+    pub fn is_compressed_media(self) -> bool {
+        use ContentClass as C;
+        matches!(
+            self,
+            C::Gif | C::Webp | C::Zstd | C::Xz | C::Bzip2 | C::Mp4 | C::Webm
+        )
     }
 }
 
