@@ -5,10 +5,23 @@
 //! - `decode` depends only on the payload, the stored params and the raw length (never on the
 //!   current policy or configuration) and returns `Err` on malformed input; it never panics.
 //! - Codecs know nothing of the store, the engine or FUSE.
+//! - A `Granularity::WholeFile` codec is only ever handed a complete file (never a block of
+//!   one); its `raw_len` is the file length, and it refuses (`Err`) inputs above `max_len`.
+//! - Lossless codecs verify their own round trip inside `encode`: an `Ok` from `encode` means
+//!   `decode` gives back the input bit for bit.
 
+mod audio;
+mod deflate;
+mod jpeg;
 mod raw;
+#[cfg(test)]
+pub(crate) mod testdata;
+mod wire;
 mod zstd;
 
+pub use self::audio::Flac;
+pub use self::deflate::Deflate;
+pub use self::jpeg::Jpeg;
 pub use self::raw::Raw;
 pub use self::zstd::Zstd;
 
@@ -22,6 +35,21 @@ pub type CodecId = u16;
 pub const RAW: CodecId = 0;
 /// zstd, any level; the level is recorded in the block params.
 pub const ZSTD: CodecId = 1;
+/// JPEG recompressed with lepton_jpeg (whole file).
+pub const JPEG: CodecId = 2;
+/// gzip / zip / PNG with their deflate streams re-encoded by preflate-rs, then zstd (whole file).
+pub const DEFLATE: CodecId = 3;
+/// PCM WAV with its samples FLAC-coded, header and trailing chunks verbatim (whole file).
+pub const FLAC: CodecId = 4;
+
+/// What unit of data a codec works on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Granularity {
+    /// Any block, independently of its neighbours.
+    Block,
+    /// A whole file in one call, up to `max_len` bytes (format parsers need the whole container).
+    WholeFile { max_len: usize },
+}
 
 /// What a codec may be asked to do when encoding.
 #[derive(Clone, Debug)]
@@ -53,6 +81,10 @@ pub trait Codec: Send + Sync {
     fn is_lossless(&self) -> bool {
         true
     }
+    /// What `encode` expects to be handed: a block, or a whole file.
+    fn granularity(&self) -> Granularity {
+        Granularity::Block
+    }
     /// Encode `raw` into `out` (cleared first); returns the params to store with the block.
     fn encode(
         &self,
@@ -83,6 +115,9 @@ impl Default for Registry {
         };
         r.add(Arc::new(Raw));
         r.add(Arc::new(Zstd));
+        r.add(Arc::new(Jpeg));
+        r.add(Arc::new(Deflate));
+        r.add(Arc::new(Flac));
         r
     }
 }

@@ -40,7 +40,11 @@ impl Engine {
                 backend.len(p)?
             };
             let live = live_of(p);
-            let threshold = if force { LIVE_THRESHOLD_FORCED } else { LIVE_THRESHOLD };
+            let threshold = if force {
+                LIVE_THRESHOLD_FORCED
+            } else {
+                LIVE_THRESHOLD
+            };
             if len > 0 && (live as f64) < threshold * len as f64 {
                 victims.push((p, len));
                 reclaim += len - live;

@@ -278,14 +278,16 @@ impl Engine {
                 continue;
             }
             let g = &mut guards[guard_of(&j.st)];
-            let flag = crate::classify::class_flag(e.class);
+            let head = &j.data[..j.data.len().min(crate::classify::MAX_HEAD)];
+            let class = crate::classify::classify_file(head, g.attr.size);
+            let flag = crate::classify::class_flag(class);
             if !g.detached && g.attr.flags & 0xff != flag {
                 g.attr.flags = (g.attr.flags & !0xff) | flag;
                 g.attr_dirty = true;
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     tracing::debug!(
                         path = %self.path_of(j.st.ino),
-                        class = e.class.name(),
+                        class = class.name(),
                         codec = self.codecs.name(e.header.codec),
                         params = e.header.params,
                         "codec choice: {}",

@@ -1,0 +1,237 @@
+//! Measures what the format-aware codecs buy over a directory of real files (default
+//! /var/tmp/corpus, built by ../shared/corpus/make-dev-corpus.sh), per content class as
+//! `classify_file` sees it (never by file name or directory):
+//!
+//! - `zstd3/128K`: every file cut into 128 KiB blocks, each zstd -3, kept raw when that does not
+//!   shrink it (what btrfs compress-force=zstd:3 does, before its 4 KiB sector rounding);
+//! - `best`: per file, the smallest of the format-aware codec for its class (lepton for JPEG,
+//!   preflate for gzip/zip/PNG, FLAC for PCM WAV) and zstd -19 with a long window, or raw;
+//! - encode MB/s over all candidates tried (what a recompression pass costs), decode MB/s of
+//!   the chosen form, both on one thread of the caller (lepton uses its own small pool).
+//!
+//! Every chosen form is decoded and compared with the file; a mismatch is reported and fails.
+//!
+//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion]`
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use idcfs::classify::{classify_file, ContentClass, MAX_HEAD};
+use idcfs::codec::{CodecId, EncodeParams, Registry, DEFLATE, FLAC, JPEG, RAW, ZSTD};
+
+const BLOCK: usize = 128 << 10;
+
+#[derive(Default)]
+struct Row {
+    files: usize,
+    bytes: u64,
+    zstd3: u64,
+    best: u64,
+    enc: Duration,
+    dec: Duration,
+    /// How many files each codec won.
+    wins: BTreeMap<&'static str, usize>,
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk(&e.path(), out)?;
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+fn zstd_blocks(data: &[u8], level: i32) -> std::io::Result<u64> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    let mut total = 0u64;
+    for b in data.chunks(BLOCK) {
+        let z = c.compress(b)?;
+        total += z.len().min(b.len()) as u64;
+    }
+    Ok(total)
+}
+
+/// zstd -19 with the window sized to the file (up to 128 MiB) and long-distance matching for
+/// big files: one frame any zstd decoder (and the ZSTD codec) reads.
+fn zstd19_long(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use zstd::zstd_safe::CParameter;
+    let mut c = zstd::bulk::Compressor::new(19)?;
+    let wlog = (usize::BITS - data.len().max(1 << 10).leading_zeros()).clamp(10, 27);
+    c.set_parameter(CParameter::WindowLog(wlog))?;
+    if data.len() > 8 << 20 {
+        c.set_parameter(CParameter::EnableLongDistanceMatching(true))?;
+    }
+    c.compress(data)
+}
+
+fn format_codec(class: ContentClass) -> Option<CodecId> {
+    match class {
+        ContentClass::Jpeg => Some(JPEG),
+        ContentClass::Png | ContentClass::Gzip | ContentClass::Zip => Some(DEFLATE),
+        ContentClass::Wav => Some(FLAC),
+        _ => None,
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let confusion = args.iter().any(|a| a == "--confusion");
+    let dir = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map_or_else(|| PathBuf::from("/var/tmp/corpus"), PathBuf::from);
+    let mut files = Vec::new();
+    walk(&dir, &mut files)?;
+    files.sort();
+    let reg = Registry::default();
+    let params = EncodeParams { level: 19 };
+    let mut rows: BTreeMap<ContentClass, Row> = BTreeMap::new();
+    let mut matrix: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
+    let mut mismatches = 0;
+    let mut refusals: BTreeMap<String, usize> = BTreeMap::new();
+
+    for path in &files {
+        let data = std::fs::read(path)?;
+        let class = classify_file(&data[..data.len().min(MAX_HEAD)], data.len() as u64);
+        if confusion {
+            let top = path
+                .strip_prefix(&dir)
+                .ok()
+                .and_then(|p| p.components().next())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            *matrix.entry((top, class.name())).or_default() += 1;
+        }
+        let row = rows.entry(class).or_default();
+        row.files += 1;
+        row.bytes += data.len() as u64;
+        row.zstd3 += zstd_blocks(&data, 3)?;
+
+        // Candidates: (codec, payload). Raw is always there.
+        let mut best: (CodecId, Vec<u8>) = (RAW, Vec::new());
+        let mut best_len = data.len();
+        let t = Instant::now();
+        if !data.is_empty() {
+            let z = zstd19_long(&data)?;
+            if z.len() < best_len {
+                best_len = z.len();
+                best = (ZSTD, z);
+            }
+        }
+        if let Some(id) = format_codec(class) {
+            let mut out = Vec::new();
+            match reg.get(id)?.encode(&data, &params, &mut out) {
+                Ok(_) if out.len() < best_len => {
+                    best_len = out.len();
+                    best = (id, out);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let key = format!("{}: {e}", reg.name(id));
+                    let key: String = key.chars().take(90).collect();
+                    *refusals.entry(key).or_default() += 1;
+                }
+            }
+        }
+        row.enc += t.elapsed();
+        let t = Instant::now();
+        let back = if best.0 == RAW {
+            data.clone()
+        } else {
+            reg.decode(best.0, &best.1, 0, data.len())?
+        };
+        row.dec += t.elapsed();
+        if back != data {
+            mismatches += 1;
+            eprintln!("MISMATCH {}: {}", reg.name(best.0), path.display());
+        }
+        row.best += best_len as u64;
+        *row.wins.entry(codec_label(best.0)).or_default() += 1;
+    }
+
+    println!("corpus: {} ({} files)\n", dir.display(), files.len());
+    println!(
+        "{:<15} {:>6} {:>12} {:>12} {:>12} {:>7} {:>8} {:>8} {:>8}  chosen",
+        "class",
+        "files",
+        "bytes",
+        "zstd3/128K",
+        "best",
+        "vs orig",
+        "vs zstd3",
+        "enc MB/s",
+        "dec MB/s"
+    );
+    let mut total = Row::default();
+    for (class, r) in &rows {
+        print_row(class.name(), r);
+        total.files += r.files;
+        total.bytes += r.bytes;
+        total.zstd3 += r.zstd3;
+        total.best += r.best;
+        total.enc += r.enc;
+        total.dec += r.dec;
+        for (k, v) in &r.wins {
+            *total.wins.entry(k).or_default() += v;
+        }
+    }
+    print_row("TOTAL", &total);
+    if !refusals.is_empty() {
+        println!("\nformat codec refusals (file falls back to zstd -19 or raw):");
+        for (k, v) in &refusals {
+            println!("  {v:5}  {k}");
+        }
+    }
+    if confusion {
+        println!("\ncorpus dir -> class:");
+        for ((dir, class), n) in &matrix {
+            println!("  {dir:<12} {class:<15} {n}");
+        }
+    }
+    if mismatches > 0 {
+        return Err(format!("{mismatches} files did not round-trip").into());
+    }
+    Ok(())
+}
+
+fn codec_label(id: CodecId) -> &'static str {
+    match id {
+        RAW => "raw",
+        ZSTD => "zstd19",
+        JPEG => "lepton",
+        DEFLATE => "preflate",
+        FLAC => "flac",
+        _ => "other",
+    }
+}
+
+fn print_row(name: &str, r: &Row) {
+    let pct = |a: u64, b: u64| {
+        if b == 0 {
+            0.0
+        } else {
+            100.0 * (1.0 - a as f64 / b as f64)
+        }
+    };
+    let mbs = |d: Duration| r.bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
+    let wins: Vec<String> = r.wins.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!(
+        "{:<15} {:>6} {:>12} {:>12} {:>12} {:>6.1}% {:>7.1}% {:>8.1} {:>8.1}  {}",
+        name,
+        r.files,
+        r.bytes,
+        r.zstd3,
+        r.best,
+        pct(r.best, r.bytes),
+        pct(r.best, r.zstd3),
+        mbs(r.enc),
+        mbs(r.dec),
+        wins.join(", ")
+    );
+}

@@ -1,0 +1,784 @@
+//! Re-encoding of deflate containers (gzip, zip and its kin, PNG), whole file: each raw deflate
+//! stream is replaced by its inflated bytes plus preflate-rs's reconstruction data, everything
+//! else is kept verbatim, and the result is compressed with zstd -19.
+//!
+//! Invariants:
+//! - `encode` returns `Ok` only after decoding its own payload and comparing it with the input
+//!   byte for byte; any mismatch or parser doubt becomes `Err`, so the caller keeps a generic
+//!   codec. The container parsers never need to understand a file fully: whatever they do not
+//!   recognise is simply carried verbatim.
+//! - `decode` checks every length against the payload and `raw_len` before using it, bounds the
+//!   memory it may allocate by `raw_len` (see `plain_limit`), and fences preflate-rs (which has
+//!   `unwrap`s inside) so that a corrupt payload gives `Err`, never a panic.
+//!
+//! Payload, format version 1 (varint = unsigned LEB128):
+//! ```text
+//! u8      version = 1
+//! ...     one zstd frame, with its content size set, holding the body:
+//! body:
+//!   varint  op count, then the ops, each a tag byte and its fields:
+//!     0 VERBATIM   varint n            emit the next n bytes of the verbatim area
+//!     1 DEFLATE    varint p, varint c  emit the raw deflate stream that preflate-rs recreates
+//!                                      from the next p bytes of the plain area and the next c
+//!                                      bytes of the corrections area
+//!     2 IDAT_BEGIN varint k, k x varint len
+//!                                      from here on ops emit into a group buffer instead
+//!     3 IDAT_END                       emit the group buffer as k PNG chunks of the lengths
+//!                                      given: u32 BE len, "IDAT", data, CRC-32 of type+data
+//!   varint  verbatim area length V, varint corrections length C, varint plain length P
+//!   V bytes verbatim area, C bytes corrections area, P bytes plain area
+//! ```
+//! Plain text from all streams sits together at the end so zstd sees it as one context. Every
+//! area must be consumed exactly and the output must be exactly `raw_len` long.
+//!
+//! Containers recognised (from content, never a name):
+//! - gzip: each member's header (RFC 1952 fields) and 8-byte trailer are verbatim, the deflate
+//!   stream is re-encoded; concatenated members are handled one by one; trailing bytes verbatim.
+//! - zip (also jar, wheel, docx/xlsx/odt, apk): local entries are walked from offset 0; each
+//!   unencrypted method-8 entry's data is re-encoded, headers, stored entries, data descriptors
+//!   and the central directory are verbatim. The walk stops (rest verbatim) at anything it
+//!   cannot size, e.g. a stored entry with a data descriptor.
+//! - PNG: the first run of IDAT chunks is joined; its 2-byte zlib header and the Adler-32 after
+//!   the stream are verbatim; chunk lengths are kept, CRCs are recomputed on decode (a PNG whose
+//!   IDAT CRCs are wrong is left alone).
+
+use preflate_rs::{preflate_whole_deflate_stream, recreate_whole_deflate_stream, PreflateConfig};
+
+use super::wire::{fence, malformed, put_varint, zstd_compress, zstd_decompress, Reader};
+use super::{Codec, CodecError, CodecId, EncodeParams, Granularity, DEFLATE};
+
+const VERSION: u8 = 1;
+const MAX_LEN: usize = 256 << 20;
+const ZSTD_LEVEL: i32 = 19;
+
+const OP_VERBATIM: u8 = 0;
+const OP_DEFLATE: u8 = 1;
+const OP_IDAT_BEGIN: u8 = 2;
+const OP_IDAT_END: u8 = 3;
+
+/// Most inflated bytes a file of `raw_len` bytes may expand to: enough for real archives
+/// (text deflates about 4-10x), small enough that a zip bomb or a corrupt payload cannot take
+/// the machine's memory. The decoder applies the same bound, so never lower it.
+fn plain_limit(raw_len: usize) -> usize {
+    raw_len
+        .saturating_mul(64)
+        .saturating_add(1 << 20)
+        .min(1 << 30)
+}
+
+/// Streams shorter than this are not worth preflate's fixed overhead (a few dozen bytes of
+/// parameters per stream).
+const MIN_STREAM: usize = 64;
+
+pub struct Deflate;
+
+impl Codec for Deflate {
+    fn id(&self) -> CodecId {
+        DEFLATE
+    }
+    fn name(&self) -> &'static str {
+        "deflate-preflate"
+    }
+    fn granularity(&self) -> Granularity {
+        Granularity::WholeFile { max_len: MAX_LEN }
+    }
+
+    fn encode(&self, raw: &[u8], _p: &EncodeParams, out: &mut Vec<u8>) -> Result<u32, CodecError> {
+        out.clear();
+        if raw.len() > MAX_LEN {
+            return Err(CodecError::Failed(format!(
+                "{} bytes exceeds the {MAX_LEN}-byte limit",
+                raw.len()
+            )));
+        }
+        let Some(kind) = Container::sniff(raw) else {
+            return Err(CodecError::Failed("not gzip, zip or PNG".into()));
+        };
+        // Fast path: skip preflate's own per-stream verification and check the whole file at
+        // the end instead. Only if that fails, redo with verification so that a stream
+        // preflate cannot rebuild falls back to verbatim instead of failing the file.
+        let mut last_err = None;
+        for verify in [false, true] {
+            let b = build(raw, kind, verify)?;
+            if b.streams == 0 {
+                return Err(CodecError::NotWorthIt);
+            }
+            let payload = b.finish()?;
+            if payload.len() >= raw.len() {
+                return Err(CodecError::NotWorthIt);
+            }
+            let mut check = Vec::new();
+            match self.decode(&payload, 0, raw.len(), &mut check) {
+                Ok(()) if check == raw => {
+                    *out = payload;
+                    return Ok(0);
+                }
+                Ok(()) => last_err = Some(CodecError::Failed("round trip differs".into())),
+                Err(e) => last_err = Some(CodecError::Failed(format!("round trip: {e}"))),
+            }
+        }
+        Err(last_err.unwrap_or(CodecError::NotWorthIt))
+    }
+
+    fn decode(
+        &self,
+        payload: &[u8],
+        _params: u32,
+        raw_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        out.clear();
+        if raw_len > MAX_LEN {
+            return Err(malformed("length above the codec limit"));
+        }
+        let (&version, frame) = payload
+            .split_first()
+            .ok_or_else(|| malformed("empty payload"))?;
+        if version != VERSION {
+            return Err(malformed("unknown deflate payload version"));
+        }
+        // Body = verbatim bytes (< raw_len) + corrections + plain; corrections never exceed
+        // the deflate data they describe (the encoder refuses such streams).
+        let body_limit = raw_len
+            .saturating_mul(2)
+            .saturating_add(plain_limit(raw_len))
+            .saturating_add(1 << 16);
+        let body = zstd_decompress(frame, body_limit)?;
+        *out = run(&body, raw_len)?;
+        if out.len() != raw_len {
+            return Err(CodecError::Length {
+                got: out.len(),
+                want: raw_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Executes the body's ops. Every length is checked against what is left before use.
+fn run(body: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
+    let mut r = Reader::new(body);
+    let n_ops = r.len(body.len())?;
+    // Ops are parsed up front so the area lengths (which follow them) are known.
+    let mut ops = Vec::with_capacity(n_ops.min(1 << 16));
+    for _ in 0..n_ops {
+        let op = match r.u8()? {
+            OP_VERBATIM => Op::Verbatim(r.len(raw_len)?),
+            OP_DEFLATE => Op::Deflate {
+                plain: r.len(body.len())?,
+                corr: r.len(body.len())?,
+            },
+            OP_IDAT_BEGIN => {
+                let k = r.len(raw_len / 12 + 1)?;
+                let mut lens = Vec::with_capacity(k.min(1 << 16));
+                for _ in 0..k {
+                    lens.push(r.len(raw_len)?);
+                }
+                Op::IdatBegin(lens)
+            }
+            OP_IDAT_END => Op::IdatEnd,
+            _ => return Err(malformed("unknown op")),
+        };
+        ops.push(op);
+    }
+    let v_len = r.len(body.len())?;
+    let c_len = r.len(body.len())?;
+    let p_len = r.len(body.len())?;
+    let mut verbatim = Reader::new(r.bytes(v_len)?);
+    let mut corr = Reader::new(r.bytes(c_len)?);
+    let mut plain = Reader::new(r.bytes(p_len)?);
+    if r.remaining() != 0 {
+        return Err(malformed("bytes after the plain area"));
+    }
+
+    let mut out = Vec::with_capacity(raw_len);
+    // While inside an IDAT group: the chunk lengths and the group buffer.
+    let mut group: Option<(Vec<usize>, Vec<u8>)> = None;
+    for op in ops {
+        match op {
+            Op::Verbatim(n) => {
+                let bytes = verbatim.bytes(n)?;
+                sink(&mut out, &mut group).extend_from_slice(bytes);
+            }
+            Op::Deflate { plain: p, corr: c } => {
+                let text = plain.bytes(p)?;
+                let corrections = corr.bytes(c)?;
+                let stream = fence("preflate recreate", || {
+                    recreate_whole_deflate_stream(text, corrections)
+                        .map_err(|e| CodecError::Malformed(format!("preflate: {e}")))
+                })?;
+                sink(&mut out, &mut group).extend_from_slice(&stream);
+            }
+            Op::IdatBegin(lens) => {
+                if group.is_some() {
+                    return Err(malformed("nested IDAT group"));
+                }
+                group = Some((lens, Vec::new()));
+            }
+            Op::IdatEnd => {
+                let (lens, data) = group
+                    .take()
+                    .ok_or_else(|| malformed("IDAT end without begin"))?;
+                let total: usize = lens.iter().sum();
+                if total != data.len() {
+                    return Err(malformed("IDAT group length mismatch"));
+                }
+                let mut off = 0;
+                for len in lens {
+                    let len32 = u32::try_from(len).map_err(|_| malformed("IDAT chunk too long"))?;
+                    let chunk = &data[off..off + len];
+                    off += len;
+                    out.extend_from_slice(&len32.to_be_bytes());
+                    let crc_start = out.len();
+                    out.extend_from_slice(b"IDAT");
+                    out.extend_from_slice(chunk);
+                    let crc = crc32(&out[crc_start..]);
+                    out.extend_from_slice(&crc.to_be_bytes());
+                }
+            }
+        }
+        // Checked after every op so a hostile payload cannot grow the output without bound.
+        let pending = group.as_ref().map_or(0, |g| g.1.len());
+        if out.len() + pending > raw_len {
+            return Err(malformed("output longer than recorded"));
+        }
+    }
+    if group.is_some() {
+        return Err(malformed("unterminated IDAT group"));
+    }
+    if verbatim.remaining() + corr.remaining() + plain.remaining() != 0 {
+        return Err(malformed("unused payload bytes"));
+    }
+    Ok(out)
+}
+
+fn sink<'a>(out: &'a mut Vec<u8>, group: &'a mut Option<(Vec<usize>, Vec<u8>)>) -> &'a mut Vec<u8> {
+    match group {
+        Some((_, buf)) => buf,
+        None => out,
+    }
+}
+
+enum Op {
+    Verbatim(usize),
+    Deflate { plain: usize, corr: usize },
+    IdatBegin(Vec<usize>),
+    IdatEnd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Container {
+    Gzip,
+    Zip,
+    Png,
+}
+
+impl Container {
+    fn sniff(d: &[u8]) -> Option<Container> {
+        if d.starts_with(&[0x1f, 0x8b, 0x08]) {
+            Some(Container::Gzip)
+        } else if d.starts_with(b"PK\x03\x04") {
+            Some(Container::Zip)
+        } else if d.starts_with(PNG_SIG) {
+            Some(Container::Png)
+        } else {
+            None
+        }
+    }
+}
+
+const PNG_SIG: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// Accumulates ops and areas while a container is walked.
+struct Builder {
+    ops: Vec<Op>,
+    verbatim: Vec<u8>,
+    corr: Vec<u8>,
+    plain: Vec<u8>,
+    /// Deflate streams re-encoded so far.
+    streams: usize,
+    /// Inflated bytes still allowed (`plain_limit`).
+    budget: usize,
+    verify: bool,
+}
+
+impl Builder {
+    fn verbatim(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.verbatim.extend_from_slice(bytes);
+        if let Some(Op::Verbatim(n)) = self.ops.last_mut() {
+            *n += bytes.len();
+        } else {
+            self.ops.push(Op::Verbatim(bytes.len()));
+        }
+    }
+
+    /// Tries to re-encode the raw deflate stream at the start of `data`. On success records it
+    /// and returns how many bytes of `data` it covers; on failure records nothing.
+    fn stream(&mut self, data: &[u8]) -> Option<usize> {
+        if data.len() < MIN_STREAM || self.budget == 0 {
+            return None;
+        }
+        let config = PreflateConfig {
+            max_chain_length: 4096,
+            plain_text_limit: self.budget,
+            verify_compression: self.verify,
+        };
+        let (res, plain) = fence("preflate", || {
+            preflate_whole_deflate_stream(data, &config)
+                .map_err(|e| CodecError::Failed(e.to_string()))
+        })
+        .ok()?;
+        let used = res.compressed_size;
+        let text = plain.text();
+        // Corrections this large mean the stream came from an encoder preflate does not model:
+        // verbatim is as good and cheaper to decode. It also keeps the decoder's body bound.
+        if used == 0 || used > data.len() || res.corrections.len() > used / 2 {
+            return None;
+        }
+        if text.len() > self.budget {
+            return None;
+        }
+        self.budget -= text.len();
+        self.ops.push(Op::Deflate {
+            plain: text.len(),
+            corr: res.corrections.len(),
+        });
+        self.corr.extend_from_slice(&res.corrections);
+        self.plain.extend_from_slice(text);
+        self.streams += 1;
+        Some(used)
+    }
+
+    fn finish(self) -> Result<Vec<u8>, CodecError> {
+        let mut body = Vec::with_capacity(
+            self.verbatim.len() + self.corr.len() + self.plain.len() + 16 * self.ops.len() + 32,
+        );
+        put_varint(&mut body, self.ops.len() as u64);
+        for op in &self.ops {
+            match op {
+                Op::Verbatim(n) => {
+                    body.push(OP_VERBATIM);
+                    put_varint(&mut body, *n as u64);
+                }
+                Op::Deflate { plain, corr } => {
+                    body.push(OP_DEFLATE);
+                    put_varint(&mut body, *plain as u64);
+                    put_varint(&mut body, *corr as u64);
+                }
+                Op::IdatBegin(lens) => {
+                    body.push(OP_IDAT_BEGIN);
+                    put_varint(&mut body, lens.len() as u64);
+                    for l in lens {
+                        put_varint(&mut body, *l as u64);
+                    }
+                }
+                Op::IdatEnd => body.push(OP_IDAT_END),
+            }
+        }
+        put_varint(&mut body, self.verbatim.len() as u64);
+        put_varint(&mut body, self.corr.len() as u64);
+        put_varint(&mut body, self.plain.len() as u64);
+        body.extend_from_slice(&self.verbatim);
+        body.extend_from_slice(&self.corr);
+        body.extend_from_slice(&self.plain);
+        let mut out = vec![VERSION];
+        out.extend_from_slice(&zstd_compress(&body, ZSTD_LEVEL)?);
+        Ok(out)
+    }
+}
+
+fn build(raw: &[u8], kind: Container, verify: bool) -> Result<Builder, CodecError> {
+    let mut b = Builder {
+        ops: Vec::new(),
+        verbatim: Vec::new(),
+        corr: Vec::new(),
+        plain: Vec::new(),
+        streams: 0,
+        budget: plain_limit(raw.len()),
+        verify,
+    };
+    let done = match kind {
+        Container::Gzip => walk_gzip(raw, &mut b),
+        Container::Zip => walk_zip(raw, &mut b),
+        Container::Png => walk_png(raw, &mut b),
+    };
+    b.verbatim(&raw[done..]);
+    Ok(b)
+}
+
+fn le16(d: &[u8], at: usize) -> Option<usize> {
+    Some(u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?) as usize)
+}
+fn le32(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+fn be32(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Length of the gzip member header at the start of `d` (RFC 1952 section 2.3), if valid.
+fn gzip_header_len(d: &[u8]) -> Option<usize> {
+    if !d.starts_with(&[0x1f, 0x8b, 0x08]) {
+        return None;
+    }
+    let flg = *d.get(3)?;
+    if flg & 0xe0 != 0 {
+        return None; // reserved bits set: not a gzip member we understand
+    }
+    let mut pos = 10;
+    if flg & 0x04 != 0 {
+        pos += 2 + le16(d, pos)?;
+    }
+    for bit in [0x08, 0x10] {
+        if flg & bit != 0 {
+            let nul = d.get(pos..)?.iter().position(|&c| c == 0)?;
+            pos += nul + 1;
+        }
+    }
+    if flg & 0x02 != 0 {
+        pos += 2;
+    }
+    (pos <= d.len()).then_some(pos)
+}
+
+/// Walks gzip members; returns the offset up to which `raw` has been recorded.
+fn walk_gzip(raw: &[u8], b: &mut Builder) -> usize {
+    let mut p = 0;
+    while let Some(h) = gzip_header_len(&raw[p..]) {
+        let Some(used) = b.stream(&raw[p + h..]) else {
+            break;
+        };
+        // The stream's ops were pushed after nothing: insert the header before them.
+        let deflate_op = b.ops.pop();
+        b.verbatim(&raw[p..p + h]);
+        b.ops.extend(deflate_op);
+        p += h + used;
+        let trailer = (raw.len() - p).min(8);
+        b.verbatim(&raw[p..p + trailer]);
+        p += trailer;
+    }
+    p
+}
+
+/// Walks zip local entries; returns the offset up to which `raw` has been recorded.
+fn walk_zip(raw: &[u8], b: &mut Builder) -> usize {
+    let mut p = 0;
+    while raw[p..].starts_with(b"PK\x03\x04") {
+        let (Some(flags), Some(method), Some(csize), Some(nlen), Some(xlen)) = (
+            le16(raw, p + 6),
+            le16(raw, p + 8),
+            le32(raw, p + 18),
+            le16(raw, p + 26),
+            le16(raw, p + 28),
+        ) else {
+            break;
+        };
+        let data = p + 30 + nlen + xlen;
+        if data > raw.len() {
+            break;
+        }
+        let encrypted = flags & 1 != 0;
+        // Sizes in the local header are unknown with a data descriptor (bit 3) or zip64.
+        let known = (flags & 8 == 0 && csize != u32::MAX)
+            .then_some(csize as usize)
+            .filter(|&n| n <= raw.len() - data);
+        let mut next = None;
+        if method == 8 && !encrypted {
+            let limit = known.map_or(raw.len(), |n| data + n);
+            let start_ops = b.ops.len();
+            if let Some(used) = b.stream(&raw[data..limit]) {
+                let deflate_op = b.ops.split_off(start_ops);
+                b.verbatim(&raw[p..data]);
+                b.ops.extend(deflate_op);
+                let end = data + used;
+                next = match known {
+                    Some(n) => {
+                        b.verbatim(&raw[end..data + n]);
+                        Some(data + n)
+                    }
+                    None => after_descriptor(raw, end).inspect(|&q| b.verbatim(&raw[end..q])),
+                };
+                if next.is_none() {
+                    return end;
+                }
+            }
+        }
+        let q = match next {
+            Some(q) => q,
+            None => {
+                let Some(n) = known else { break };
+                b.verbatim(&raw[p..data + n]);
+                data + n
+            }
+        };
+        p = q;
+    }
+    p
+}
+
+/// Where the next zip record starts after a deflate stream ending at `end` when sizes follow
+/// in a data descriptor: optionally signed, 32- or 64-bit sizes (12, 16, 20 or 24 bytes).
+fn after_descriptor(raw: &[u8], end: usize) -> Option<usize> {
+    [12usize, 16, 20, 24]
+        .into_iter()
+        .map(|n| end + n)
+        .find(|&q| {
+            let s = raw.get(q..q + 4);
+            s == Some(b"PK\x03\x04") || s == Some(b"PK\x01\x02") || s == Some(b"PK\x06\x06")
+        })
+}
+
+/// Joins the first run of IDAT chunks; returns the offset up to which `raw` has been recorded.
+fn walk_png(raw: &[u8], b: &mut Builder) -> usize {
+    let mut p = PNG_SIG.len();
+    let mut run: Vec<(usize, usize)> = Vec::new(); // (data offset, length) of each IDAT
+    while let (Some(len), Some(kind)) = (be32(raw, p), raw.get(p + 4..p + 8)) {
+        let len = len as usize;
+        let Some(crc) = be32(raw, p + 8 + len) else {
+            break;
+        };
+        if kind == b"IDAT" {
+            if crc32(&raw[p + 4..p + 8 + len]) != crc {
+                return 0; // we recompute IDAT CRCs, so a wrong one could not be rebuilt
+            }
+            run.push((p + 8, len));
+        } else if !run.is_empty() {
+            break;
+        }
+        if kind == b"IEND" {
+            break;
+        }
+        p += 12 + len;
+    }
+    let Some(&(first, _)) = run.first() else {
+        return 0;
+    };
+    let joined: Vec<u8> = run
+        .iter()
+        .flat_map(|&(o, l)| raw[o..o + l].iter().copied())
+        .collect();
+    // zlib header: deflate, no preset dictionary, check bits valid (RFC 1950).
+    let zlib_ok = joined.len() > 2
+        && joined[0] & 0x0f == 8
+        && joined[1] & 0x20 == 0
+        && (u16::from(joined[0]) << 8 | u16::from(joined[1])) % 31 == 0;
+    if !zlib_ok {
+        return 0;
+    }
+    let start_ops = b.ops.len();
+    let Some(used) = b.stream(&joined[2..]) else {
+        return 0;
+    };
+    let deflate_op = b.ops.split_off(start_ops);
+    b.verbatim(&raw[..first - 8]);
+    b.ops
+        .push(Op::IdatBegin(run.iter().map(|&(_, l)| l).collect()));
+    b.verbatim(&joined[..2]);
+    b.ops.extend(deflate_op);
+    b.verbatim(&joined[2 + used..]);
+    b.ops.push(Op::IdatEnd);
+    let (last, len) = run[run.len() - 1];
+    last + len + 4
+}
+
+/// CRC-32 (ISO-HDLC, as PNG and zip use), table-driven.
+fn crc32(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, e) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *e = c;
+        }
+        t
+    });
+    !data.iter().fold(!0u32, |c, &x| {
+        t[((c ^ u32::from(x)) & 0xff) as usize] ^ (c >> 8)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::testdata::{sample, samples};
+
+    fn p() -> EncodeParams {
+        EncodeParams { level: 0 }
+    }
+
+    fn roundtrip(class: &str) -> (usize, usize) {
+        let (mut raw_total, mut enc_total) = (0, 0);
+        for (name, raw) in samples(class) {
+            let mut enc = Vec::new();
+            let r = Deflate.encode(&raw, &p(), &mut enc);
+            eprintln!(
+                "{name}: {} -> {:?}",
+                raw.len(),
+                r.as_ref().map(|_| enc.len())
+            );
+            match r {
+                Ok(_) => {
+                    let mut dec = Vec::new();
+                    Deflate
+                        .decode(&enc, 0, raw.len(), &mut dec)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert!(dec == raw, "{name}: not bit exact");
+                    raw_total += raw.len();
+                    enc_total += enc.len();
+                }
+                Err(CodecError::NotWorthIt) => {}
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+        (raw_total, enc_total)
+    }
+
+    #[test]
+    fn crc32_known_value() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    }
+
+    #[test]
+    fn gzip_samples_roundtrip_and_shrink() {
+        let (raw, enc) = roundtrip("gzip");
+        assert!(raw > 0 && enc < raw, "{enc} !< {raw}");
+    }
+
+    #[test]
+    fn zip_sample_roundtrips_and_shrinks() {
+        let (raw, enc) = roundtrip("zip");
+        assert!(raw > 0 && enc < raw, "{enc} !< {raw}");
+    }
+
+    #[test]
+    fn png_samples_roundtrip() {
+        let (raw, enc) = roundtrip("png");
+        assert!(raw > 0 && enc < raw, "{enc} !< {raw}");
+    }
+
+    #[test]
+    fn concatenated_gzip_members_and_trailing_bytes_roundtrip() {
+        let mut raw = Vec::new();
+        for (_, g) in samples("gzip") {
+            raw.extend_from_slice(&g);
+        }
+        raw.extend_from_slice(b"\0\0junk after the last member");
+        let mut enc = Vec::new();
+        Deflate.encode(&raw, &p(), &mut enc).unwrap();
+        let mut dec = Vec::new();
+        Deflate.decode(&enc, 0, raw.len(), &mut dec).unwrap();
+        assert!(dec == raw);
+    }
+
+    #[test]
+    fn truncated_containers_roundtrip_or_refuse() {
+        // Truncations made here at run time: the walkers must stop cleanly, and an Ok must
+        // still be exact.
+        for class in ["gzip", "zip", "png"] {
+            let raw = sample(class);
+            for cut in [raw.len() / 3, raw.len() - 5, 40] {
+                let t = &raw[..cut];
+                let mut enc = Vec::new();
+                if Deflate.encode(t, &p(), &mut enc).is_ok() {
+                    let mut dec = Vec::new();
+                    Deflate.decode(&enc, 0, t.len(), &mut dec).unwrap();
+                    assert!(dec == t, "{class} cut at {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn png_with_bad_idat_crc_is_left_alone() {
+        let mut raw = sample("png");
+        let first_idat = raw.windows(4).position(|w| w == b"IDAT").unwrap();
+        let len = be32(&raw, first_idat - 4).unwrap() as usize;
+        raw[first_idat + 4 + len] ^= 1; // flip a CRC bit
+        let mut enc = Vec::new();
+        assert!(Deflate.encode(&raw, &p(), &mut enc).is_err());
+    }
+
+    #[test]
+    fn other_formats_are_refused() {
+        let mut enc = Vec::new();
+        for class in ["jpeg", "wav", "text", "elf"] {
+            assert!(
+                Deflate.encode(&sample(class), &p(), &mut enc).is_err(),
+                "{class}"
+            );
+        }
+        assert!(Deflate.encode(b"", &p(), &mut enc).is_err());
+    }
+
+    #[test]
+    fn corrupt_payloads_decode_to_err() {
+        let raw = sample("gzip");
+        let mut enc = Vec::new();
+        Deflate.encode(&raw, &p(), &mut enc).unwrap();
+        let mut dec = Vec::new();
+        assert!(Deflate.decode(&enc, 0, raw.len() - 1, &mut dec).is_err());
+        assert!(Deflate.decode(&enc, 0, raw.len() + 1, &mut dec).is_err());
+        for cut in [0, 1, 5, enc.len() / 2, enc.len() - 1] {
+            assert!(Deflate.decode(&enc[..cut], 0, raw.len(), &mut dec).is_err());
+        }
+        let mut bad = enc.clone();
+        bad[0] = 9;
+        assert!(Deflate.decode(&bad, 0, raw.len(), &mut dec).is_err());
+    }
+
+    #[test]
+    fn hostile_bodies_decode_to_err() {
+        // Hand-made bodies (valid zstd frames) that lie about lengths and structure.
+        let frame = |body: &[u8]| {
+            let mut v = vec![VERSION];
+            v.extend_from_slice(&zstd_compress(body, 1).unwrap());
+            v
+        };
+        let cases: Vec<Vec<u8>> = vec![
+            vec![],                                               // no op count
+            vec![1, OP_VERBATIM, 5, 5, 0, 0, 1, 2, 3],            // verbatim area too short
+            vec![1, 9, 0, 0, 0],                                  // unknown op
+            vec![1, OP_IDAT_END, 0, 0, 0],                        // end without begin
+            vec![1, OP_IDAT_BEGIN, 1, 4, 0, 0, 0],                // unterminated group
+            vec![1, OP_DEFLATE, 3, 3, 0, 3, 3, 1, 2, 3, 4, 5, 6], // garbage corrections
+            vec![0, 0, 0, 0, 7],                                  // trailing byte
+            vec![
+                1,
+                OP_VERBATIM,
+                0x80,
+                0x80,
+                0x80,
+                0x80,
+                0x80,
+                0x80,
+                0x80,
+                0x80,
+                0x80,
+                0x7f,
+            ],
+        ];
+        let mut dec = Vec::new();
+        for (i, body) in cases.iter().enumerate() {
+            assert!(
+                Deflate.decode(&frame(body), 0, 3, &mut dec).is_err(),
+                "case {i}"
+            );
+        }
+        // A valid body, declared as a longer file than it produces, and vice versa.
+        let ok = frame(&[1, OP_VERBATIM, 3, 3, 0, 0, b'a', b'b', b'c']);
+        Deflate.decode(&ok, 0, 3, &mut dec).unwrap();
+        assert_eq!(dec, b"abc");
+        assert!(Deflate.decode(&ok, 0, 4, &mut dec).is_err());
+        assert!(Deflate.decode(&ok, 0, 2, &mut dec).is_err());
+    }
+}
