@@ -5,6 +5,7 @@
 mod util;
 
 mod crash;
+mod formats;
 mod model;
 mod policy;
 mod posix;

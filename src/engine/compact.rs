@@ -71,6 +71,13 @@ impl Engine {
                 let mut refs = self.j.index.shared_refs(&loc)?;
                 if refs.is_empty() {
                     for op in dec::<Vec<Op>>(&rec.meta)? {
+                        if let Op::PutObject { ino, froms } = &op {
+                            for idx in 0..froms.len() as u64 {
+                                if self.j.index.block(*ino, idx)?.is_some_and(|b| b.loc == loc) {
+                                    refs.push((*ino, idx));
+                                }
+                            }
+                        }
                         if let Op::PutBlock { ino, idx }
                         | Op::PutBlockShared { ino, idx }
                         | Op::MoveBlock { ino, idx, .. } = op

@@ -401,6 +401,33 @@ impl Engine {
 
     /// Decoded data of a mapped block (cached).
     pub(super) fn block_data(&self, ino: Ino, idx: u64, b: &BlockRef) -> Result<Arc<Vec<u8>>> {
+        if b.object {
+            // A slice of a whole-file object (decoded once, then served from the cache).
+            let obj = self.decoded_record(ino, idx, b, true)?;
+            let start = (idx * BLOCK_U64).min(obj.len() as u64) as usize;
+            let end = (start + BLOCK).min(obj.len());
+            return Ok(Arc::new(obj[start..end].to_vec()));
+        }
+        self.decoded_record(ino, idx, b, false)
+    }
+
+    /// The decoded content of a record (a block, or a whole-file object), cached by location.
+    fn decoded_record(
+        &self,
+        ino: Ino,
+        idx: u64,
+        b: &BlockRef,
+        object: bool,
+    ) -> Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.cache.get(&b.loc) {
+            return Ok(d);
+        }
+        // One object decode at a time: read-ahead asks for many slices of the same object.
+        let _one = if object {
+            Some(self.object_decode.lock())
+        } else {
+            None
+        };
         if let Some(d) = self.cache.get(&b.loc) {
             return Ok(d);
         }

@@ -133,7 +133,7 @@ impl Engine {
             c.blocks += 1;
             c.logical += bref.raw_len as u64;
             c.payload += bref.stored as u64;
-            c.records += bref.loc.len as u64;
+            c.records += bref.record_share();
             let Some(i) = inodes.get(&ino) else {
                 r.problems
                     .push(format!("block {idx} belongs to missing inode {ino}"));

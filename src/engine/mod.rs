@@ -135,6 +135,9 @@ pub struct Stats {
     pub unreferenced_bytes: u64,
     pub files: u64,
     pub corrupt_reads: u64,
+    /// Whole-file (format-aware) encodings that failed verification, did not pay or timed out.
+    #[serde(default)]
+    pub format_fallbacks: u64,
     pub uptime_secs: u64,
     pub cache_bytes: u64,
     pub codecs: Vec<CodecRow>,
@@ -209,6 +212,10 @@ pub struct Engine {
     recompress_q: Mutex<std::collections::BTreeMap<Ino, Instant>>,
     /// Milliseconds since start of the last foreground read or write.
     last_io: AtomicU64,
+    /// Serializes whole-file object decodes (each is large; one at a time, then cached).
+    object_decode: Mutex<()>,
+    /// Whole-file encodings that failed, did not pay or timed out (the file kept its blocks).
+    format_fallbacks: AtomicU64,
 }
 
 /// Take the store's exclusive lock, or say who holds it.
@@ -286,6 +293,8 @@ impl Engine {
             policy_cache: Mutex::new(HashMap::new()),
             recompress_q: Mutex::new(std::collections::BTreeMap::new()),
             last_io: AtomicU64::new(0),
+            object_decode: Mutex::new(()),
+            format_fallbacks: AtomicU64::new(0),
         });
         e.ensure_root()?;
         e.recover_marks()?;
@@ -522,6 +531,7 @@ impl Engine {
             unreferenced_bytes: pack_bytes.saturating_sub(records),
             files: self.next_ino.load(Ordering::Relaxed).saturating_sub(1),
             corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
+            format_fallbacks: self.format_fallbacks.load(Ordering::Relaxed),
             uptime_secs: self.started.elapsed().as_secs(),
             cache_bytes: self.cache.bytes() as u64,
             codecs,
@@ -564,7 +574,7 @@ impl Engine {
                     row.files += 1;
                 }
                 row.logical_bytes += r.raw_len as u64;
-                row.stored_bytes += r.loc.len as u64;
+                row.stored_bytes += r.record_share();
             }
             last_ino = ino;
         }

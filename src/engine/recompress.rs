@@ -6,8 +6,9 @@
 //! the new data, readers see either encoding (never a mix inside a block), and a crash leaves
 //! either the old or the new encoding. The work yields to foreground I/O.
 
+use super::layout::{blocks_for, BLOCK_U64};
 use super::Engine;
-use crate::codec::{EncodeParams, RAW, ZSTD};
+use crate::codec::{EncodeParams, Granularity, DEFLATE, FLAC, JPEG, RAW, ZSTD};
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
 use crate::store::{raw_hash, BlockHeader};
@@ -23,6 +24,9 @@ pub struct RecompressReport {
     pub stored_before: u64,
     pub stored_after: u64,
 }
+
+/// Longest a whole-file encoding may take before the file keeps its generic blocks.
+const WHOLE_FILE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Blocks re-encoded per journal group.
 const GROUP: usize = 16;
@@ -130,6 +134,12 @@ impl Engine {
         let Some(target) = eff.level.recompress_zstd() else {
             return Ok(rep);
         };
+        // Format-aware whole-file codecs first (balanced and stronger).
+        match self.try_whole_file(ino, &inode) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
+        }
         let zstd = self.codecs.get(ZSTD)?.clone();
         let mut from = 0;
         loop {
@@ -205,6 +215,115 @@ impl Engine {
             }
         }
         Ok(rep)
+    }
+
+    /// Re-encode a whole file with the format-aware codec of its class (JPEG, deflate
+    /// containers, PCM audio) as one object. `None` when it does not apply or does not pay;
+    /// failures, mismatches and timeouts are logged and counted, and the file keeps its blocks.
+    fn try_whole_file(
+        &self,
+        ino: Ino,
+        inode: &crate::meta::Inode,
+    ) -> Result<Option<RecompressReport>> {
+        use crate::classify::{class_of_flags, ContentClass as C};
+        let codec_id = match class_of_flags(inode.flags) {
+            Some(C::Jpeg) => JPEG,
+            Some(C::Png | C::Gzip | C::Zip) => DEFLATE,
+            Some(C::Wav) => FLAC,
+            _ => return Ok(None),
+        };
+        let codec = self.codecs.get(codec_id)?.clone();
+        let max = match codec.granularity() {
+            // Objects are decoded whole and cached whole: keep them well inside the cache.
+            Granularity::WholeFile { max_len } => max_len.min(self.opts.cache_bytes / 2) as u64,
+            Granularity::Block => return Ok(None),
+        };
+        if inode.size == 0 || inode.size > max {
+            return Ok(None);
+        }
+        if let Some(st) = self.files.lock().get(&ino).cloned() {
+            if !st.quiet_for(Duration::ZERO) {
+                return Ok(None);
+            }
+        }
+        // Snapshot the block locations, then read exactly those blocks.
+        let n = blocks_for(inode.size);
+        let mut froms = Vec::with_capacity(n as usize);
+        let mut data = Vec::with_capacity(inode.size as usize);
+        let mut old_stored = 0u64;
+        {
+            let _gc = self.gc.read();
+            for idx in 0..n {
+                let want = (inode.size - idx * BLOCK_U64).min(BLOCK_U64) as usize;
+                let start = data.len();
+                match self.j.index.block(ino, idx)? {
+                    Some(b) if b.object => return Ok(None),
+                    Some(b) => {
+                        froms.push(Some(b.loc));
+                        old_stored += b.stored as u64;
+                        let d = self.block_data(ino, idx, &b)?;
+                        data.extend_from_slice(&d[..d.len().min(want)]);
+                    }
+                    None => froms.push(None),
+                }
+                data.resize(start + want, 0);
+            }
+        }
+        let data = std::sync::Arc::new(data);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        {
+            let (codec, data) = (codec.clone(), data.clone());
+            // On its own thread so a pathological input cannot stall recompression for good.
+            std::thread::Builder::new()
+                .name("idcfs-recode".into())
+                .spawn(move || {
+                    let mut out = Vec::new();
+                    let r = codec
+                        .encode(&data, &EncodeParams { level: 19 }, &mut out)
+                        .map(|p| (p, out));
+                    let _ = tx.send(r);
+                })?;
+        }
+        let path = || self.path_of(ino);
+        let (params, out) = match rx.recv_timeout(WHOLE_FILE_TIMEOUT) {
+            Ok(Ok(x)) => x,
+            Ok(Err(crate::codec::CodecError::NotWorthIt)) => return Ok(None),
+            Ok(Err(e)) => {
+                self.format_fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(path = %path(), codec = codec.name(), "format-aware codec refused the file, keeping generic blocks: {e}");
+                return Ok(None);
+            }
+            Err(_) => {
+                self.format_fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %path(), codec = codec.name(), "format-aware encoding timed out, keeping generic blocks");
+                return Ok(None);
+            }
+        };
+        // Verify independently of the codec's own check before anything is replaced.
+        let back = self.codecs.decode(codec_id, &out, params, data.len());
+        if !back.as_ref().is_ok_and(|b| b[..] == data[..]) {
+            self.format_fallbacks.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(path = %path(), codec = codec.name(), "format-aware round trip mismatch, keeping generic blocks");
+            return Ok(None);
+        }
+        if out.len() as u64 >= old_stored {
+            return Ok(None);
+        }
+        let h = BlockHeader {
+            codec: codec_id,
+            params,
+            raw_len: data.len() as u32,
+            raw_hash: raw_hash(&data),
+        };
+        self.j
+            .commit(&[Op::PutObject { ino, froms }], Some((&h, &out)))?;
+        tracing::debug!(path = %path(), codec = codec.name(), before = old_stored, after = out.len(), "whole-file recompression");
+        Ok(Some(RecompressReport {
+            blocks: n,
+            recoded: n,
+            stored_before: old_stored,
+            stored_after: out.len() as u64,
+        }))
     }
 
     /// How a file is stored: per-encoding block counts and bytes.

@@ -240,9 +240,11 @@ impl<'a> View<'a> {
         c.0 += sign;
         c.1 += sign * b.raw_len as i64;
         c.2 += sign * b.stored as i64;
-        c.3 += sign * b.loc.len as i64;
+        // Blocks of one object share its record: each counts its share.
+        let rec = b.record_share() as i64;
+        c.3 += sign * rec;
         let p = self.pack_delta.entry(b.loc.pack).or_default();
-        p.0 += sign * b.loc.len as i64;
+        p.0 += sign * rec;
         p.1 += sign;
     }
 
@@ -469,9 +471,9 @@ impl Index {
             c.blocks += 1;
             c.logical += r.raw_len as u64;
             c.payload += r.stored as u64;
-            c.records += r.loc.len as u64;
+            c.records += r.record_share();
             let p = ps.entry(r.loc.pack).or_default();
-            p.live_bytes += r.loc.len as u64;
+            p.live_bytes += r.record_share();
             p.live_blocks += 1;
             *counts.entry(ino).or_default() += 1;
         }
@@ -609,6 +611,7 @@ impl Index {
         };
         for r in recs {
             let new_ref = r.block.map(|(h, stored)| BlockRef {
+                object: false,
                 loc: r.loc,
                 codec: h.codec,
                 params: h.params,
@@ -761,13 +764,69 @@ impl Index {
                     let old: BlockRef = dec(&old)?;
                     // Compare-and-swap: a block rewritten since the copy was made keeps the
                     // newer data. The new record may hold a different encoding (recompression).
-                    if old.loc == *from {
+                    if old.loc == *from && old.object {
+                        // Compaction of an object: the block keeps its slice and share.
+                        self.map_block(v, *ino, *idx, BlockRef { loc: b.loc, ..old }, None)?;
+                    } else if old.loc == *from {
                         // A shared record stays shared at its new place.
                         let offer = match v.get(&key_loc(b'R', from))? {
                             Some(r) => Some(dec::<Shared>(&r)?.hash),
                             None => None,
                         };
                         self.map_block(v, *ino, *idx, b, offer)?;
+                    }
+                }
+            }
+            Op::PutObject { ino, froms } => {
+                let b =
+                    new_ref.ok_or_else(|| Error::Corrupt("PutObject without payload".into()))?;
+                let n = froms.len() as u64;
+                let mut same = true;
+                for (idx, want) in froms.iter().enumerate() {
+                    let cur = match v.get(&key_block(*ino, idx as u64))? {
+                        Some(c) => Some(dec::<BlockRef>(&c)?.loc),
+                        None => None,
+                    };
+                    if cur != *want {
+                        same = false;
+                        break;
+                    }
+                }
+                // Replayed after it was applied, the blocks already name this record.
+                let already = v
+                    .get(&key_block(*ino, 0))?
+                    .map(|c| dec::<BlockRef>(&c))
+                    .transpose()?
+                    .is_some_and(|c| c.loc == b.loc);
+                if same && !already && n > 0 {
+                    let total = b.raw_len as u64;
+                    let bs = crate::engine::layout::BLOCK_U64;
+                    let lens: Vec<u64> = (0..n)
+                        .map(|i| total.saturating_sub(i * bs).min(bs))
+                        .collect();
+                    // The payload is shared out by raw length; block 0 takes the remainder.
+                    let mut shares: Vec<u32> = lens
+                        .iter()
+                        .map(|l| (b.stored as u64 * l).checked_div(total).unwrap_or(0) as u32)
+                        .collect();
+                    let rest = b.stored.saturating_sub(shares.iter().sum());
+                    if let Some(s0) = shares.first_mut() {
+                        *s0 += rest;
+                    }
+                    for idx in 0..n {
+                        let (len, share) = (lens[idx as usize] as u32, shares[idx as usize]);
+                        self.map_block(
+                            v,
+                            *ino,
+                            idx,
+                            BlockRef {
+                                raw_len: len,
+                                stored: share,
+                                object: true,
+                                ..b
+                            },
+                            None,
+                        )?;
                     }
                 }
             }

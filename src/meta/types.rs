@@ -131,8 +131,24 @@ pub struct BlockRef {
     /// Codec params of the encoding (the zstd level for zstd).
     pub params: u32,
     pub raw_len: u32,
-    /// Payload bytes (what the codec produced), for statistics.
+    /// Payload bytes (what the codec produced), for statistics; for a block of a whole-file
+    /// object, its share of the object's payload.
     pub stored: u32,
+    /// The record holds a whole-file object; this block is the slice at `idx * BLOCK`.
+    #[serde(default)]
+    pub object: bool,
+}
+
+impl BlockRef {
+    /// Record bytes attributed to this block: the whole record, or for a slice of a shared
+    /// whole-file object, its share.
+    pub fn record_share(&self) -> u64 {
+        if self.object {
+            self.stored as u64
+        } else {
+            self.loc.len as u64
+        }
+    }
 }
 
 /// Per-codec accounting.
@@ -195,6 +211,12 @@ pub enum Op {
         ino: Ino,
         idx: u64,
         hash: [u8; 16],
+    },
+    /// Map blocks `0..froms.len()` of `ino` to slices of this record's whole-file object, if
+    /// every block still has the location in `froms` (None: a hole) — all or nothing.
+    PutObject {
+        ino: Ino,
+        froms: Vec<Option<Loc>>,
     },
     /// Snapshot entry: a shared record (its references follow as `SnapBlock`s).
     SnapShared {
