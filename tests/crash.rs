@@ -271,7 +271,10 @@ fn compaction_reclaims_space_and_keeps_data() {
         "compaction reclaimed too little: {before} -> {after}"
     );
     // The random part of `keep` (all but the compressible 300 kB patch) must remain.
-    assert!(after >= (3 << 20) - 300_000, "live data must remain: {after}");
+    assert!(
+        after >= (3 << 20) - 300_000,
+        "live data must remain: {after}"
+    );
     assert_eq!(fs::read(m.path("keep")).unwrap(), keep);
     m.unmount();
     let (code, out) = m.fsck();

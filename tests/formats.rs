@@ -93,6 +93,14 @@ fn every_class_round_trips_and_recompresses() {
             m.log_text()
         );
     }
+    // A second pass (recompress again, then compact the packs) must leave objects intact.
+    let out = m.idcfs(&["compact", m.mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(&m, "after compaction");
     m.remount();
     check(&m, "after remount");
     // A recoded file modified in place: the touched block falls back to a block codec.

@@ -95,14 +95,23 @@ impl Engine {
             })?;
             for (loc, refs) in live {
                 let (h, payload) = self.j.read_block(loc)?;
-                let ops: Vec<Op> = refs
-                    .iter()
-                    .map(|&(ino, idx)| Op::MoveBlock {
-                        ino,
-                        idx,
-                        from: loc,
-                    })
-                    .collect();
+                let mut ops = Vec::with_capacity(refs.len());
+                for &(ino, idx) in &refs {
+                    let object = self.j.index.block(ino, idx)?.is_some_and(|b| b.object);
+                    ops.push(if object {
+                        Op::MoveObject {
+                            ino,
+                            idx,
+                            from: loc,
+                        }
+                    } else {
+                        Op::MoveBlock {
+                            ino,
+                            idx,
+                            from: loc,
+                        }
+                    });
+                }
                 self.j.commit(&ops, Some((&h, &payload)))?;
                 report.blocks_moved += refs.len() as u64;
             }

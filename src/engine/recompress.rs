@@ -152,8 +152,10 @@ impl Engine {
             for (idx, b) in blocks {
                 rep.blocks += 1;
                 rep.stored_before += b.stored as u64;
-                // Shared (deduplicated) blocks keep their one copy.
-                if !self.j.index.shared_refs(&b.loc)?.is_empty()
+                // Shared (deduplicated) blocks keep their one copy; object slices belong to a
+                // whole-file encoding.
+                if b.object
+                    || !self.j.index.shared_refs(&b.loc)?.is_empty()
                     || b.codec == RAW
                     || (b.codec == ZSTD && b.stored > 0 && (target as u32) <= b.params)
                 {

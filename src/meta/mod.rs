@@ -764,16 +764,23 @@ impl Index {
                     let old: BlockRef = dec(&old)?;
                     // Compare-and-swap: a block rewritten since the copy was made keeps the
                     // newer data. The new record may hold a different encoding (recompression).
-                    if old.loc == *from && old.object {
-                        // Compaction of an object: the block keeps its slice and share.
-                        self.map_block(v, *ino, *idx, BlockRef { loc: b.loc, ..old }, None)?;
-                    } else if old.loc == *from {
+                    if old.loc == *from {
                         // A shared record stays shared at its new place.
                         let offer = match v.get(&key_loc(b'R', from))? {
                             Some(r) => Some(dec::<Shared>(&r)?.hash),
                             None => None,
                         };
                         self.map_block(v, *ino, *idx, b, offer)?;
+                    }
+                }
+            }
+            Op::MoveObject { ino, idx, from } => {
+                let b =
+                    new_ref.ok_or_else(|| Error::Corrupt("MoveObject without payload".into()))?;
+                if let Some(old) = v.get(&key_block(*ino, *idx))? {
+                    let old: BlockRef = dec(&old)?;
+                    if old.loc == *from && old.object {
+                        self.map_block(v, *ino, *idx, BlockRef { loc: b.loc, ..old }, None)?;
                     }
                 }
             }

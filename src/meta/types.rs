@@ -218,6 +218,13 @@ pub enum Op {
         ino: Ino,
         froms: Vec<Option<Loc>>,
     },
+    /// Compaction of a whole-file object: block `idx` of `ino` keeps its slice of the object,
+    /// now at this record, if it still points at `from`.
+    MoveObject {
+        ino: Ino,
+        idx: u64,
+        from: Loc,
+    },
     /// Snapshot entry: a shared record (its references follow as `SnapBlock`s).
     SnapShared {
         hash: [u8; 16],
