@@ -149,6 +149,7 @@ impl Engine {
             };
             from = last + 1;
             let mut encoded = Vec::new();
+            let mut candidates = Vec::new();
             for (idx, b) in blocks {
                 rep.blocks += 1;
                 rep.stored_before += b.stored as u64;
@@ -169,13 +170,39 @@ impl Engine {
                         _ => continue,
                     }
                 };
-                let mut out = Vec::new();
-                let params = match zstd.encode(&data, &EncodeParams { level: target }, &mut out) {
-                    Ok(p) => p,
-                    Err(_) => {
-                        rep.stored_after += b.stored as u64;
-                        continue;
-                    }
+                candidates.push((idx, b, data));
+            }
+            // Encode the group on every core when asked explicitly; one at a time in the
+            // background (it must not compete with foreground work).
+            let threads = if polite { 1 } else { self.opts.workers.max(1) };
+            let per = candidates.len().div_ceil(threads).max(1);
+            let results: Vec<Option<(u32, Vec<u8>)>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = candidates
+                    .chunks(per)
+                    .map(|chunk| {
+                        let zstd = &zstd;
+                        sc.spawn(move || {
+                            chunk
+                                .iter()
+                                .map(|(_, _, data)| {
+                                    let mut out = Vec::new();
+                                    zstd.encode(data, &EncodeParams { level: target }, &mut out)
+                                        .ok()
+                                        .map(|p| (p, out))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            for ((idx, b, data), res) in candidates.into_iter().zip(results) {
+                let Some((params, out)) = res else {
+                    rep.stored_after += b.stored as u64;
+                    continue;
                 };
                 // Keep the new encoding only if it is smaller and decodes to the same bytes.
                 let verified = self
