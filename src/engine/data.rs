@@ -209,6 +209,16 @@ impl Engine {
         Ok(Attr { inode, blocks })
     }
 
+    /// The level to compress at now: the policy's write level, or zstd -1 while compression
+    /// is falling behind the writers (a quarter of the dirty budget is waiting), so writers
+    /// are not throttled; background recompression upgrades those blocks later.
+    pub(super) fn adaptive_level(&self, want: Option<i32>) -> Option<i32> {
+        match want {
+            Some(l) if l > 1 && *self.dirty.lock() > self.opts.dirty_limit / 4 => Some(1),
+            other => other,
+        }
+    }
+
     /// Encode one block for the write path: `zstd_level` None stores it raw (policy off).
     pub(super) fn encode_block(&self, data: &[u8], zstd_level: Option<i32>) -> Encoded {
         let class = classify_block(data);
@@ -257,7 +267,7 @@ impl Engine {
         let mut work: Vec<(Job, Encoded)> = jobs
             .into_iter()
             .map(|j| {
-                let e = self.encode_block(&j.data, j.zlevel);
+                let e = self.encode_block(&j.data, self.adaptive_level(j.zlevel));
                 (j, e)
             })
             .collect();
