@@ -55,17 +55,19 @@ impl Filesystem for IdcFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.engine.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("lookup", || {
+            match self.engine.lookup(parent.0, name.as_bytes()) {
+                Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.engine.getattr(ino.0) {
+        guarded("getattr", || match self.engine.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &attr_of(&a)),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn setattr(
@@ -86,26 +88,28 @@ impl Filesystem for IdcFuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let sa = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(time_set),
-            mtime: mtime.map(time_set),
-            ctime: ctime.map(crate::meta::Ts::from_system),
-        };
-        match self.engine.setattr(ino.0, &sa) {
-            Ok(a) => reply.attr(&TTL, &attr_of(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("setattr", || {
+            let sa = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: atime.map(time_set),
+                mtime: mtime.map(time_set),
+                ctime: ctime.map(crate::meta::Ts::from_system),
+            };
+            match self.engine.setattr(ino.0, &sa) {
+                Ok(a) => reply.attr(&TTL, &attr_of(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.engine.readlink(ino.0) {
+        guarded("readlink", || match self.engine.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn mknod(
@@ -118,21 +122,23 @@ impl Filesystem for IdcFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let Some(kind) = Kind::from_mode(mode) else {
-            return reply.error(Errno::EINVAL);
-        };
-        match self.engine.mknod(
-            parent.0,
-            name.as_bytes(),
-            kind,
-            mode & !umask,
-            rdev,
-            &[],
-            caller(req.uid(), req.gid()),
-        ) {
-            Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("mknod", || {
+            let Some(kind) = Kind::from_mode(mode) else {
+                return reply.error(Errno::EINVAL);
+            };
+            match self.engine.mknod(
+                parent.0,
+                name.as_bytes(),
+                kind,
+                mode & !umask,
+                rdev,
+                &[],
+                caller(req.uid(), req.gid()),
+            ) {
+                Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn mkdir(
@@ -144,32 +150,38 @@ impl Filesystem for IdcFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.engine.mknod(
-            parent.0,
-            name.as_bytes(),
-            Kind::Dir,
-            mode & !umask,
-            0,
-            &[],
-            caller(req.uid(), req.gid()),
-        ) {
-            Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("mkdir", || {
+            match self.engine.mknod(
+                parent.0,
+                name.as_bytes(),
+                Kind::Dir,
+                mode & !umask,
+                0,
+                &[],
+                caller(req.uid(), req.gid()),
+            ) {
+                Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.engine.unlink(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("unlink", || {
+            match self.engine.unlink(parent.0, name.as_bytes()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.engine.rmdir(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("rmdir", || {
+            match self.engine.rmdir(parent.0, name.as_bytes()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn symlink(
@@ -180,19 +192,21 @@ impl Filesystem for IdcFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let t = target.as_os_str().as_bytes();
-        match self.engine.mknod(
-            parent.0,
-            link_name.as_bytes(),
-            Kind::Symlink,
-            0o777,
-            0,
-            t,
-            caller(req.uid(), req.gid()),
-        ) {
-            Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("symlink", || {
+            let t = target.as_os_str().as_bytes();
+            match self.engine.mknod(
+                parent.0,
+                link_name.as_bytes(),
+                Kind::Symlink,
+                0o777,
+                0,
+                t,
+                caller(req.uid(), req.gid()),
+            ) {
+                Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn rename(
@@ -205,16 +219,18 @@ impl Filesystem for IdcFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.engine.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.bits(),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("rename", || {
+            match self.engine.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.bits(),
+            ) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn link(
@@ -225,17 +241,19 @@ impl Filesystem for IdcFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.engine.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("link", || {
+            match self.engine.link(ino.0, newparent.0, newname.as_bytes()) {
+                Ok(a) => reply.entry(&TTL, &attr_of(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.engine.open_file(ino.0) {
+        guarded("open", || match self.engine.open_file(ino.0) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn read(
@@ -249,10 +267,10 @@ impl Filesystem for IdcFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.engine.read(ino.0, offset, size) {
+        guarded("read", || match self.engine.read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn write(
@@ -267,10 +285,10 @@ impl Filesystem for IdcFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.engine.write(ino.0, offset, data) {
+        guarded("write", || match self.engine.write(ino.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn flush(
@@ -281,10 +299,10 @@ impl Filesystem for IdcFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.engine.flush(ino.0) {
+        guarded("flush", || match self.engine.flush(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn release(
@@ -297,10 +315,10 @@ impl Filesystem for IdcFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.engine.release(ino.0) {
+        guarded("release", || match self.engine.release(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn fsync(
@@ -311,10 +329,10 @@ impl Filesystem for IdcFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.engine.fsync(ino.0) {
+        guarded("fsync", || match self.engine.fsync(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn readdir(
@@ -325,22 +343,24 @@ impl Filesystem for IdcFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.engine.readdir(ino.0, offset, 256) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(
-                        INodeNo(e.ino),
-                        e.offset,
-                        file_type(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    ) {
-                        break;
+        guarded("readdir", || {
+            match self.engine.readdir(ino.0, offset, 256) {
+                Ok(entries) => {
+                    for e in entries {
+                        if reply.add(
+                            INodeNo(e.ino),
+                            e.offset,
+                            file_type(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        ) {
+                            break;
+                        }
                     }
+                    reply.ok()
                 }
-                reply.ok()
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn fsyncdir(
@@ -351,19 +371,19 @@ impl Filesystem for IdcFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.engine.fsync_dir() {
+        guarded("fsyncdir", || match self.engine.fsync_dir() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.engine.statfs() {
+        guarded("statfs", || match self.engine.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize,
             ),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn setxattr(
@@ -376,39 +396,47 @@ impl Filesystem for IdcFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.engine.setxattr(ino.0, name.as_bytes(), value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("setxattr", || {
+            match self.engine.setxattr(ino.0, name.as_bytes(), value, flags) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.engine.getxattr(ino.0, name.as_bytes()) {
-            Ok(v) => xattr_reply(reply, &v, size),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("getxattr", || {
+            match self.engine.getxattr(ino.0, name.as_bytes()) {
+                Ok(v) => xattr_reply(reply, &v, size),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.engine.listxattr(ino.0) {
+        guarded("listxattr", || match self.engine.listxattr(ino.0) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.engine.removexattr(ino.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("removexattr", || {
+            match self.engine.removexattr(ino.0, name.as_bytes()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // Permission checks are the kernel's (default_permissions); only existence is ours.
-        match self.engine.getattr(ino.0) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("access", || {
+            // Permission checks are the kernel's (default_permissions); only existence is ours.
+            match self.engine.getattr(ino.0) {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn create(
@@ -421,21 +449,23 @@ impl Filesystem for IdcFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.engine.create(
-            parent.0,
-            name.as_bytes(),
-            mode & !umask,
-            caller(req.uid(), req.gid()),
-        ) {
-            Ok(a) => reply.created(
-                &TTL,
-                &attr_of(&a),
-                Generation(0),
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("create", || {
+            match self.engine.create(
+                parent.0,
+                name.as_bytes(),
+                mode & !umask,
+                caller(req.uid(), req.gid()),
+            ) {
+                Ok(a) => reply.created(
+                    &TTL,
+                    &attr_of(&a),
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn fallocate(
@@ -448,14 +478,32 @@ impl Filesystem for IdcFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.engine.fallocate(ino.0, offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("fallocate", || {
+            match self.engine.fallocate(ino.0, offset, length, mode) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
     // lseek is left to the kernel (ENOSYS → generic: the whole file is data): with the
     // write-back cache the kernel may hold dirty pages we have not seen, so our SEEK_HOLE
     // answer could be stale.
+}
+
+/// Run one request's handler; a panic (a bug) is logged and answered with EIO (the reply is
+/// dropped unanswered, which fuser turns into an error) instead of killing the worker thread.
+fn guarded(op: &'static str, f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(
+            op,
+            "internal error while handling a request (answered EIO): {msg}"
+        );
+    }
 }
 
 fn caller(uid: u32, gid: u32) -> Caller {
