@@ -98,6 +98,19 @@ impl FileState {
     }
 }
 
+/// Clears a single-flight decode mark (also on error or unwind).
+struct DecodeDone<'a> {
+    e: &'a Engine,
+    loc: crate::store::Loc,
+}
+
+impl Drop for DecodeDone<'_> {
+    fn drop(&mut self) {
+        self.e.decoding.lock().remove(&self.loc);
+        self.e.decoded_cv.notify_all();
+    }
+}
+
 /// A block after the codec decision.
 pub(super) struct Encoded {
     hole: bool,
@@ -429,18 +442,29 @@ impl Engine {
         b: &BlockRef,
         object: bool,
     ) -> Result<Arc<Vec<u8>>> {
-        if let Some(d) = self.cache.get(&b.loc) {
-            return Ok(d);
+        // Single flight: a reader and the read-ahead asking for the same record decode it
+        // once (objects are large: one object decode at a time on top).
+        loop {
+            if let Some(d) = self.cache.get(&b.loc) {
+                return Ok(d);
+            }
+            let mut busy = self.decoding.lock();
+            if !busy.contains(&b.loc) {
+                busy.insert(b.loc);
+                break;
+            }
+            self.decoded_cv
+                .wait_for(&mut busy, Duration::from_millis(100));
         }
-        // One object decode at a time: read-ahead asks for many slices of the same object.
+        let _done = DecodeDone {
+            e: self,
+            loc: b.loc,
+        };
         let _one = if object {
             Some(self.object_decode.lock())
         } else {
             None
         };
-        if let Some(d) = self.cache.get(&b.loc) {
-            return Ok(d);
-        }
         let res = self.j.read_block(b.loc).and_then(|(h, payload)| {
             let raw = self
                 .codecs
@@ -606,10 +630,16 @@ impl Engine {
             let mut inline = Vec::new();
             for s in spans(off, data.len()) {
                 let buf = self.dirty_block(ino, g, &s)?;
-                if buf.len() < s.skip + s.len {
-                    buf.resize(s.skip + s.len, 0);
+                let src = &data[s.buf_off..s.buf_off + s.len];
+                if buf.len() == s.skip {
+                    // Appending (the common case): no zero fill first.
+                    buf.extend_from_slice(src);
+                } else {
+                    if buf.len() < s.skip + s.len {
+                        buf.resize(s.skip + s.len, 0);
+                    }
+                    buf[s.skip..s.skip + s.len].copy_from_slice(src);
                 }
-                buf[s.skip..s.skip + s.len].copy_from_slice(&data[s.buf_off..s.buf_off + s.len]);
                 if buf.len() == BLOCK {
                     inline.extend(self.seal(st, g, s.idx));
                 }

@@ -214,6 +214,9 @@ pub struct Engine {
     last_io: AtomicU64,
     /// Serializes whole-file object decodes (each is large; one at a time, then cached).
     object_decode: Mutex<()>,
+    /// Records being decoded right now (single flight), and the signal that one finished.
+    decoding: Mutex<std::collections::HashSet<crate::store::Loc>>,
+    decoded_cv: Condvar,
     /// Whole-file encodings that failed, did not pay or timed out (the file kept its blocks).
     format_fallbacks: AtomicU64,
 }
@@ -294,6 +297,8 @@ impl Engine {
             recompress_q: Mutex::new(std::collections::BTreeMap::new()),
             last_io: AtomicU64::new(0),
             object_decode: Mutex::new(()),
+            decoding: Mutex::new(std::collections::HashSet::new()),
+            decoded_cv: Condvar::new(),
             format_fallbacks: AtomicU64::new(0),
         });
         e.ensure_root()?;
