@@ -18,12 +18,14 @@ mod raw;
 pub(crate) mod testdata;
 mod wire;
 mod zstd;
+mod zstd_long;
 
 pub use self::audio::Flac;
 pub use self::deflate::Deflate;
 pub use self::jpeg::Jpeg;
 pub use self::raw::Raw;
 pub use self::zstd::Zstd;
+pub use self::zstd_long::ZstdLong;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub const JPEG: CodecId = 2;
 pub const DEFLATE: CodecId = 3;
 /// PCM WAV with its samples FLAC-coded, header and trailing chunks verbatim (whole file).
 pub const FLAC: CodecId = 4;
+/// zstd over a whole file with a window the size of the file (text at max/archive levels).
+pub const ZSTD_LONG: CodecId = 5;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +122,7 @@ impl Default for Registry {
         r.add(Arc::new(Jpeg));
         r.add(Arc::new(Deflate));
         r.add(Arc::new(Flac));
+        r.add(Arc::new(ZstdLong));
         r
     }
 }

@@ -8,7 +8,7 @@
 
 use super::layout::{blocks_for, BLOCK_U64};
 use super::Engine;
-use crate::codec::{EncodeParams, Granularity, DEFLATE, FLAC, JPEG, RAW, ZSTD};
+use crate::codec::{EncodeParams, Granularity, DEFLATE, FLAC, JPEG, RAW, ZSTD, ZSTD_LONG};
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
 use crate::store::{raw_hash, BlockHeader};
@@ -135,7 +135,7 @@ impl Engine {
             return Ok(rep);
         };
         // Format-aware whole-file codecs first (balanced and stronger).
-        match self.try_whole_file(ino, &inode) {
+        match self.try_whole_file(ino, &inode, eff.level) {
             Ok(Some(r)) => return Ok(r),
             Ok(None) => {}
             Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
@@ -253,12 +253,19 @@ impl Engine {
         &self,
         ino: Ino,
         inode: &crate::meta::Inode,
+        level: crate::policy::Level,
     ) -> Result<Option<RecompressReport>> {
         use crate::classify::{class_of_flags, ContentClass as C};
         let codec_id = match class_of_flags(inode.flags) {
             Some(C::Jpeg) => JPEG,
             Some(C::Png | C::Gzip | C::Zip) => DEFLATE,
             Some(C::Wav) => FLAC,
+            // Text-like files at the strongest levels: one zstd frame over the whole file.
+            Some(C::Text | C::Source | C::Log | C::Json | C::Csv | C::Xml)
+                if level >= crate::policy::Level::Max =>
+            {
+                ZSTD_LONG
+            }
             _ => return Ok(None),
         };
         let codec = self.codecs.get(codec_id)?.clone();
