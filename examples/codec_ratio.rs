@@ -11,7 +11,7 @@
 //!
 //! Every chosen form is decoded and compared with the file; a mismatch is reported and fails.
 //!
-//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion]`
+//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion] [--verbose]`
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,6 +82,7 @@ fn format_codec(class: ContentClass) -> Option<CodecId> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let confusion = args.iter().any(|a| a == "--confusion");
+    let verbose = args.iter().any(|a| a == "--verbose");
     let dir = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -133,6 +134,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    if verbose {
+                        eprintln!("{}: {}: {e}", reg.name(id), path.display());
+                    }
                     let key = format!("{}: {e}", reg.name(id));
                     let key: String = key.chars().take(90).collect();
                     *refusals.entry(key).or_default() += 1;
