@@ -11,7 +11,7 @@
 //!
 //! Every chosen form is decoded and compared with the file; a mismatch is reported and fails.
 //!
-//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion] [--verbose]`
+//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion] [--verbose] [--classify-only]`
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let confusion = args.iter().any(|a| a == "--confusion");
     let verbose = args.iter().any(|a| a == "--verbose");
+    // Only classify (for checking the classifier against a labelled tree; implies --confusion).
+    let classify_only = args.iter().any(|a| a == "--classify-only");
+    let confusion = confusion || classify_only;
     let dir = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -108,6 +111,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .unwrap_or_default();
             *matrix.entry((top, class.name())).or_default() += 1;
+            if classify_only {
+                continue;
+            }
         }
         let row = rows.entry(class).or_default();
         row.files += 1;
