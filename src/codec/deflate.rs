@@ -153,11 +153,12 @@ impl Codec for Deflate {
         if version != VERSION {
             return Err(malformed("unknown deflate payload version"));
         }
-        // Body = verbatim bytes (< raw_len) + corrections + plain; corrections never exceed
-        // the deflate data they describe (the encoder refuses such streams).
+        // Body = verbatim + corrections + plain. Verbatim bytes come from the file or from
+        // nested inflated data, plain bytes are within plain_limit, and corrections are at most
+        // half the deflate data they describe (the encoder refuses larger), so this bounds it.
         let body_limit = raw_len
-            .saturating_mul(2)
             .saturating_add(plain_limit(raw_len))
+            .saturating_mul(2)
             .saturating_add(1 << 16);
         let body = zstd_decompress(frame, body_limit)?;
         *out = run(&body, raw_len)?;

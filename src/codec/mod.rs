@@ -204,7 +204,10 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{class}: {e}"));
             assert!(back == data, "{class}");
         }
-        assert_eq!(r.get(ZSTD).map(|c| c.granularity()).ok(), Some(Granularity::Block));
+        assert_eq!(
+            r.get(ZSTD).map(|c| c.granularity()).ok(),
+            Some(Granularity::Block)
+        );
     }
 
     #[test]
