@@ -11,7 +11,7 @@
 //!
 //! Every chosen form is decoded and compared with the file; a mismatch is reported and fails.
 //!
-//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion]`
+//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion] [--verbose] [--classify-only] [--dump-seeds=DIR]`
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,6 +82,16 @@ fn format_codec(class: ContentClass) -> Option<CodecId> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let confusion = args.iter().any(|a| a == "--confusion");
+    let verbose = args.iter().any(|a| a == "--verbose");
+    // Only classify (for checking the classifier against a labelled tree; implies --confusion).
+    let classify_only = args.iter().any(|a| a == "--classify-only");
+    let confusion = confusion || classify_only;
+    // Write each chosen format-codec payload as a fuzz seed: 3-byte LE raw length + payload
+    // (the input layout of the fuzz/ decode targets), in DIR/<codec name>/.
+    let dump = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--dump-seeds="))
+        .map(PathBuf::from);
     let dir = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -107,6 +117,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .unwrap_or_default();
             *matrix.entry((top, class.name())).or_default() += 1;
+            if classify_only {
+                continue;
+            }
         }
         let row = rows.entry(class).or_default();
         row.files += 1;
@@ -133,6 +146,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    if verbose {
+                        eprintln!("{}: {}: {e}", reg.name(id), path.display());
+                    }
                     let key = format!("{}: {e}", reg.name(id));
                     let key: String = key.chars().take(90).collect();
                     *refusals.entry(key).or_default() += 1;
@@ -150,6 +166,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if back != data {
             mismatches += 1;
             eprintln!("MISMATCH {}: {}", reg.name(best.0), path.display());
+        }
+        if let (Some(d), true) = (&dump, best.0 > ZSTD && data.len() < 1 << 24) {
+            let d = d.join(reg.name(best.0));
+            std::fs::create_dir_all(&d)?;
+            let mut seed = (data.len() as u32).to_le_bytes()[..3].to_vec();
+            seed.extend_from_slice(&best.1);
+            let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+            std::fs::write(d.join(name), seed)?;
         }
         row.best += best_len as u64;
         *row.wins.entry(codec_label(best.0)).or_default() += 1;

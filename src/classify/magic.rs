@@ -495,7 +495,40 @@ fn looks_source(t: &str, lines: &[&str]) -> bool {
                 || STARTS.iter().any(|k| s.starts_with(k))
         })
         .count();
-    codey * 100 >= lines.len() * 35
+    // Definitions and imports at column 0 are rare in prose (code examples in documents are
+    // indented) and common in code even when long docstrings or comments dominate.
+    let strong = lines.iter().filter(|l| is_definition(l)).count();
+    codey * 100 >= lines.len() * 35 || (strong >= 2 && strong * 100 >= lines.len() * 3)
+}
+
+fn is_definition(line: &str) -> bool {
+    // Only unindented lines count: callers pass raw lines.
+    if line.starts_with(char::is_whitespace) {
+        return false;
+    }
+    let words: Vec<&str> = line.split_whitespace().take(8).collect();
+    let ident = |w: Option<&&str>| {
+        w.is_some_and(|w| {
+            w.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        })
+    };
+    let call_like = |w: Option<&&str>| w.is_some_and(|w| w.contains('(') || w.ends_with(':'));
+    match words.first().copied() {
+        Some("import") => ident(words.get(1)) && words.len() <= 6 && !line.ends_with('.'),
+        Some("from") => words.get(2) == Some(&"import"),
+        Some("def" | "fn" | "func" | "function") => call_like(words.get(1)),
+        Some("class") => ident(words.get(1)) && (line.ends_with(':') || line.ends_with('{')),
+        Some("#include" | "#define" | "#ifndef" | "#pragma") => true,
+        Some("package") => words.len() == 2,
+        Some("use") => line.ends_with(';'),
+        Some("sub") => line.ends_with('{'),
+        Some("pub" | "impl" | "struct" | "enum" | "typedef" | "static" | "const") => {
+            line.ends_with('{') || line.ends_with(';')
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +570,13 @@ mod tests {
     fn this_crates_sources_are_source_and_its_manifest_text_or_source() {
         let me = include_bytes!("magic.rs");
         assert_eq!(class_of(me), C::Source);
+        // Python whose head is mostly docstring (made here: a real-looking module layout).
+        let py = format!(
+            "\"\"\"Filters.\n\n{}\"\"\"\n\nimport numpy as np\nfrom scipy import ndimage\n\n\
+             def gaussian(image, sigma=1.0):\n    return ndimage.gaussian_filter(image, sigma)\n",
+            "    sigma : scalar or sequence of scalars, optional, the deviation.\n".repeat(40)
+        );
+        assert_eq!(class_of(py.as_bytes()), C::Source);
         let readme = include_bytes!("../../tests/data/README.md");
         assert_eq!(class_of(readme), C::Text);
     }

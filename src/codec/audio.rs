@@ -165,7 +165,9 @@ impl Codec for Flac {
             stream
                 .write(&mut sink)
                 .map_err(|e| CodecError::Failed(format!("flacenc write: {e:?}")))?;
-            Ok(sink.into_inner())
+            let mut bytes = sink.into_inner();
+            fixed_block_streaminfo(&mut bytes);
+            Ok(bytes)
         })?;
         drop(samples);
         let (head, tail) = (&raw[..pcm.start], &raw[pcm.end..]);
@@ -227,6 +229,19 @@ impl Codec for Flac {
         })?;
         out.extend_from_slice(tail);
         Ok(())
+    }
+}
+
+/// flacenc records the true minimum block size in STREAMINFO, which is the short last block
+/// when the sample count is not a multiple of the block size; claxon (and the FLAC format for
+/// fixed-blocksize streams) wants min = max with only the last block allowed to be shorter, as
+/// libFLAC writes it. Sets min to max; nothing else in the stream depends on it.
+fn fixed_block_streaminfo(flac: &mut [u8]) {
+    // "fLaC", then a metadata block header whose low 7 bits of the first byte are the type
+    // (0 = STREAMINFO), then min block size (u16 BE) and max block size (u16 BE).
+    if flac.len() >= 12 && &flac[..4] == b"fLaC" && flac[4] & 0x7f == 0 {
+        let (min, max) = flac.split_at_mut(10);
+        min[8..10].copy_from_slice(&max[..2]);
     }
 }
 
@@ -323,7 +338,11 @@ mod tests {
         let mut odd = raw.clone();
         odd.push(7);
         let cut = raw[..raw.len() / 2 + 1].to_vec();
-        for v in [extra, odd, cut] {
+        // Cut so that the last FLAC block holds fewer than 16 samples (claxon refuses a
+        // STREAMINFO minimum below 16; see fixed_block_streaminfo).
+        let pcm = parse_wav(&raw).unwrap();
+        let short_last = raw[..pcm.start + 2 * (4096 + 5)].to_vec();
+        for v in [extra, odd, cut, short_last] {
             let mut enc = Vec::new();
             Flac.encode(&v, &p(), &mut enc).unwrap();
             let mut dec = Vec::new();

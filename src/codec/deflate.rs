@@ -23,11 +23,19 @@
 //!                                      bytes of the corrections area
 //!     2 IDAT_BEGIN varint k, k x varint len
 //!                                      from here on ops emit into a group buffer instead
-//!     3 IDAT_END                       emit the group buffer as k PNG chunks of the lengths
-//!                                      given: u32 BE len, "IDAT", data, CRC-32 of type+data
+//!     3 IDAT_END                       close the IDAT group: emit its buffer as k PNG chunks
+//!                                      of the lengths given: u32 BE len, "IDAT", data, CRC-32
+//!                                      of type and data
+//!     4 PUSH                           open a nested group: ops emit into its buffer
+//!     5 DEFLATE_POP varint c           close the nested group: emit the raw deflate stream
+//!                                      preflate-rs recreates from the group's bytes as plain
+//!                                      text and the next c bytes of the corrections area
 //!   varint  verbatim area length V, varint corrections length C, varint plain length P
 //!   V bytes verbatim area, C bytes corrections area, P bytes plain area
 //! ```
+//! Groups nest (innermost last; at most `MAX_DEPTH` open); emitting always goes to the innermost
+//! open group, or to the output. Nested groups let a container inside a stream (a .json.gz or
+//! .png inside a wheel) be re-encoded in turn instead of being stored as opaque plain text.
 //! Plain text from all streams sits together at the end so zstd sees it as one context. Every
 //! area must be consumed exactly and the output must be exactly `raw_len` long.
 //!
@@ -55,6 +63,14 @@ const OP_VERBATIM: u8 = 0;
 const OP_DEFLATE: u8 = 1;
 const OP_IDAT_BEGIN: u8 = 2;
 const OP_IDAT_END: u8 = 3;
+const OP_PUSH: u8 = 4;
+const OP_DEFLATE_POP: u8 = 5;
+
+/// Containers inside deflate streams are walked this deep (a .gz in a zip is depth 1).
+const MAX_NEST: usize = 2;
+/// Groups the decoder accepts open at once: each nesting level may add a nested group and an
+/// IDAT group.
+const MAX_DEPTH: usize = 2 * MAX_NEST + 2;
 
 /// Most inflated bytes a file of `raw_len` bytes may expand to: enough for real archives
 /// (text deflates about 4-10x), small enough that a zip bomb or a corrupt payload cannot take
@@ -99,7 +115,7 @@ impl Codec for Deflate {
         // preflate cannot rebuild falls back to verbatim instead of failing the file.
         let mut last_err = None;
         for verify in [false, true] {
-            let b = build(raw, kind, verify)?;
+            let b = build(raw, kind, verify);
             if b.streams == 0 {
                 return Err(CodecError::NotWorthIt);
             }
@@ -137,11 +153,12 @@ impl Codec for Deflate {
         if version != VERSION {
             return Err(malformed("unknown deflate payload version"));
         }
-        // Body = verbatim bytes (< raw_len) + corrections + plain; corrections never exceed
-        // the deflate data they describe (the encoder refuses such streams).
+        // Body = verbatim + corrections + plain. Verbatim bytes come from the file or from
+        // nested inflated data, plain bytes are within plain_limit, and corrections are at most
+        // half the deflate data they describe (the encoder refuses larger), so this bounds it.
         let body_limit = raw_len
-            .saturating_mul(2)
             .saturating_add(plain_limit(raw_len))
+            .saturating_mul(2)
             .saturating_add(1 << 16);
         let body = zstd_decompress(frame, body_limit)?;
         *out = run(&body, raw_len)?;
@@ -177,6 +194,10 @@ fn run(body: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
                 Op::IdatBegin(lens)
             }
             OP_IDAT_END => Op::IdatEnd,
+            OP_PUSH => Op::Push,
+            OP_DEFLATE_POP => Op::DeflatePop {
+                corr: r.len(body.len())?,
+            },
             _ => return Err(malformed("unknown op")),
         };
         ops.push(op);
@@ -192,59 +213,61 @@ fn run(body: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
     }
 
     let mut out = Vec::with_capacity(raw_len);
-    // While inside an IDAT group: the chunk lengths and the group buffer.
-    let mut group: Option<(Vec<usize>, Vec<u8>)> = None;
+    // Open groups, innermost last: IDAT groups (with their chunk lengths) and nested
+    // containers (whose bytes become the plain text of a deflate stream).
+    let mut stack: Vec<(Frame, Vec<u8>)> = Vec::new();
+    // Nested buffers hold inflated data, so they may exceed raw_len, but not plain_limit.
+    let nested_limit = plain_limit(raw_len).saturating_add(raw_len);
     for op in ops {
         match op {
             Op::Verbatim(n) => {
                 let bytes = verbatim.bytes(n)?;
-                sink(&mut out, &mut group).extend_from_slice(bytes);
+                sink(&mut out, &mut stack).extend_from_slice(bytes);
             }
             Op::Deflate { plain: p, corr: c } => {
-                let text = plain.bytes(p)?;
-                let corrections = corr.bytes(c)?;
-                let stream = fence("preflate recreate", || {
-                    recreate_whole_deflate_stream(text, corrections)
-                        .map_err(|e| CodecError::Malformed(format!("preflate: {e}")))
-                })?;
-                sink(&mut out, &mut group).extend_from_slice(&stream);
+                let stream = recreate(plain.bytes(p)?, corr.bytes(c)?)?;
+                sink(&mut out, &mut stack).extend_from_slice(&stream);
             }
-            Op::IdatBegin(lens) => {
-                if group.is_some() {
-                    return Err(malformed("nested IDAT group"));
-                }
-                group = Some((lens, Vec::new()));
+            Op::IdatBegin(lens) => push(&mut stack, Frame::Idat(lens))?,
+            Op::Push => push(&mut stack, Frame::Nested)?,
+            Op::DeflatePop { corr: c } => {
+                let Some((Frame::Nested, text)) = stack.pop() else {
+                    return Err(malformed("deflate pop without a nested group"));
+                };
+                let stream = recreate(&text, corr.bytes(c)?)?;
+                sink(&mut out, &mut stack).extend_from_slice(&stream);
             }
             Op::IdatEnd => {
-                let (lens, data) = group
-                    .take()
-                    .ok_or_else(|| malformed("IDAT end without begin"))?;
+                let Some((Frame::Idat(lens), data)) = stack.pop() else {
+                    return Err(malformed("IDAT end without begin"));
+                };
                 let total: usize = lens.iter().sum();
                 if total != data.len() {
                     return Err(malformed("IDAT group length mismatch"));
                 }
+                let dst = sink(&mut out, &mut stack);
                 let mut off = 0;
                 for len in lens {
                     let len32 = u32::try_from(len).map_err(|_| malformed("IDAT chunk too long"))?;
                     let chunk = &data[off..off + len];
                     off += len;
-                    out.extend_from_slice(&len32.to_be_bytes());
-                    let crc_start = out.len();
-                    out.extend_from_slice(b"IDAT");
-                    out.extend_from_slice(chunk);
-                    let crc = crc32(&out[crc_start..]);
-                    out.extend_from_slice(&crc.to_be_bytes());
+                    dst.extend_from_slice(&len32.to_be_bytes());
+                    let crc_start = dst.len();
+                    dst.extend_from_slice(b"IDAT");
+                    dst.extend_from_slice(chunk);
+                    let crc = crc32(&dst[crc_start..]);
+                    dst.extend_from_slice(&crc.to_be_bytes());
                 }
             }
         }
         // Checked after every op so a hostile payload cannot grow the output without bound.
-        let pending = group.as_ref().map_or(0, |g| g.1.len());
-        if out.len() + pending > raw_len {
+        let pending: usize = stack.iter().map(|f| f.1.len()).sum();
+        if out.len() > raw_len || pending > nested_limit {
             return Err(malformed("output longer than recorded"));
         }
     }
-    if group.is_some() {
-        return Err(malformed("unterminated IDAT group"));
+    if !stack.is_empty() {
+        return Err(malformed("unterminated group"));
     }
     if verbatim.remaining() + corr.remaining() + plain.remaining() != 0 {
         return Err(malformed("unused payload bytes"));
@@ -252,11 +275,31 @@ fn run(body: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
-fn sink<'a>(out: &'a mut Vec<u8>, group: &'a mut Option<(Vec<usize>, Vec<u8>)>) -> &'a mut Vec<u8> {
-    match group {
+fn recreate(text: &[u8], corrections: &[u8]) -> Result<Vec<u8>, CodecError> {
+    fence("preflate recreate", || {
+        recreate_whole_deflate_stream(text, corrections)
+            .map_err(|e| CodecError::Malformed(format!("preflate: {e}")))
+    })
+}
+
+fn push(stack: &mut Vec<(Frame, Vec<u8>)>, f: Frame) -> Result<(), CodecError> {
+    if stack.len() >= MAX_DEPTH {
+        return Err(malformed("groups nested too deep"));
+    }
+    stack.push((f, Vec::new()));
+    Ok(())
+}
+
+fn sink<'a>(out: &'a mut Vec<u8>, stack: &'a mut [(Frame, Vec<u8>)]) -> &'a mut Vec<u8> {
+    match stack.last_mut() {
         Some((_, buf)) => buf,
         None => out,
     }
+}
+
+enum Frame {
+    Idat(Vec<usize>),
+    Nested,
 }
 
 enum Op {
@@ -264,6 +307,8 @@ enum Op {
     Deflate { plain: usize, corr: usize },
     IdatBegin(Vec<usize>),
     IdatEnd,
+    Push,
+    DeflatePop { corr: usize },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,7 +347,45 @@ struct Builder {
     verify: bool,
 }
 
+/// Enough of a `Builder`'s state to undo everything recorded after it.
+struct Checkpoint {
+    ops: usize,
+    last_verbatim: Option<usize>,
+    verbatim: usize,
+    corr: usize,
+    plain: usize,
+    streams: usize,
+    budget: usize,
+}
+
 impl Builder {
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            ops: self.ops.len(),
+            last_verbatim: match self.ops.last() {
+                Some(Op::Verbatim(n)) => Some(*n),
+                _ => None,
+            },
+            verbatim: self.verbatim.len(),
+            corr: self.corr.len(),
+            plain: self.plain.len(),
+            streams: self.streams,
+            budget: self.budget,
+        }
+    }
+
+    fn rollback(&mut self, c: Checkpoint) {
+        self.ops.truncate(c.ops);
+        if let (Some(Op::Verbatim(n)), Some(was)) = (self.ops.last_mut(), c.last_verbatim) {
+            *n = was; // verbatim() may have grown the last op in place
+        }
+        self.verbatim.truncate(c.verbatim);
+        self.corr.truncate(c.corr);
+        self.plain.truncate(c.plain);
+        self.streams = c.streams;
+        self.budget = c.budget;
+    }
+
     fn verbatim(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
@@ -316,8 +399,10 @@ impl Builder {
     }
 
     /// Tries to re-encode the raw deflate stream at the start of `data`. On success records it
-    /// and returns how many bytes of `data` it covers; on failure records nothing.
-    fn stream(&mut self, data: &[u8]) -> Option<usize> {
+    /// and returns how many bytes of `data` it covers; on failure records nothing. When the
+    /// inflated data is itself a container (a .gz or .png inside a zip, say), that container
+    /// is walked too, up to `MAX_NEST` levels, so its own streams get re-encoded.
+    fn stream(&mut self, data: &[u8], depth: usize) -> Option<usize> {
         if data.len() < MIN_STREAM || self.budget == 0 {
             return None;
         }
@@ -342,6 +427,24 @@ impl Builder {
             return None;
         }
         self.budget -= text.len();
+        if depth < MAX_NEST {
+            if let Some(kind) = Container::sniff(text) {
+                let cp = self.checkpoint();
+                let before = self.streams;
+                self.ops.push(Op::Push);
+                let done = walk(kind, text, self, depth + 1);
+                self.verbatim(&text[done..]);
+                if self.streams > before {
+                    self.ops.push(Op::DeflatePop {
+                        corr: res.corrections.len(),
+                    });
+                    self.corr.extend_from_slice(&res.corrections);
+                    self.streams += 1;
+                    return Some(used);
+                }
+                self.rollback(cp);
+            }
+        }
         self.ops.push(Op::Deflate {
             plain: text.len(),
             corr: res.corrections.len(),
@@ -376,6 +479,11 @@ impl Builder {
                     }
                 }
                 Op::IdatEnd => body.push(OP_IDAT_END),
+                Op::Push => body.push(OP_PUSH),
+                Op::DeflatePop { corr } => {
+                    body.push(OP_DEFLATE_POP);
+                    put_varint(&mut body, *corr as u64);
+                }
             }
         }
         put_varint(&mut body, self.verbatim.len() as u64);
@@ -390,7 +498,7 @@ impl Builder {
     }
 }
 
-fn build(raw: &[u8], kind: Container, verify: bool) -> Result<Builder, CodecError> {
+fn build(raw: &[u8], kind: Container, verify: bool) -> Builder {
     let mut b = Builder {
         ops: Vec::new(),
         verbatim: Vec::new(),
@@ -400,13 +508,19 @@ fn build(raw: &[u8], kind: Container, verify: bool) -> Result<Builder, CodecErro
         budget: plain_limit(raw.len()),
         verify,
     };
-    let done = match kind {
-        Container::Gzip => walk_gzip(raw, &mut b),
-        Container::Zip => walk_zip(raw, &mut b),
-        Container::Png => walk_png(raw, &mut b),
-    };
+    let done = walk(kind, raw, &mut b, 0);
     b.verbatim(&raw[done..]);
-    Ok(b)
+    b
+}
+
+/// Records `raw` from its start: returns the offset up to which it has been recorded (the
+/// caller records the rest verbatim).
+fn walk(kind: Container, raw: &[u8], b: &mut Builder, depth: usize) -> usize {
+    match kind {
+        Container::Gzip => walk_gzip(raw, b, depth),
+        Container::Zip => walk_zip(raw, b, depth),
+        Container::Png => walk_png(raw, b, depth),
+    }
 }
 
 fn le16(d: &[u8], at: usize) -> Option<usize> {
@@ -444,18 +558,16 @@ fn gzip_header_len(d: &[u8]) -> Option<usize> {
     (pos <= d.len()).then_some(pos)
 }
 
-/// Walks gzip members; returns the offset up to which `raw` has been recorded.
-fn walk_gzip(raw: &[u8], b: &mut Builder) -> usize {
+/// Walks gzip members (header verbatim, stream, 8-byte trailer verbatim).
+fn walk_gzip(raw: &[u8], b: &mut Builder, depth: usize) -> usize {
     let mut p = 0;
     while let Some(h) = gzip_header_len(&raw[p..]) {
-        let Some(used) = b.stream(&raw[p + h..]) else {
+        b.verbatim(&raw[p..p + h]);
+        p += h;
+        let Some(used) = b.stream(&raw[p..], depth) else {
             break;
         };
-        // The stream's ops were pushed after nothing: insert the header before them.
-        let deflate_op = b.ops.pop();
-        b.verbatim(&raw[p..p + h]);
-        b.ops.extend(deflate_op);
-        p += h + used;
+        p += used;
         let trailer = (raw.len() - p).min(8);
         b.verbatim(&raw[p..p + trailer]);
         p += trailer;
@@ -463,8 +575,8 @@ fn walk_gzip(raw: &[u8], b: &mut Builder) -> usize {
     p
 }
 
-/// Walks zip local entries; returns the offset up to which `raw` has been recorded.
-fn walk_zip(raw: &[u8], b: &mut Builder) -> usize {
+/// Walks zip local entries from offset 0 until something it cannot size.
+fn walk_zip(raw: &[u8], b: &mut Builder, depth: usize) -> usize {
     let mut p = 0;
     while raw[p..].starts_with(b"PK\x03\x04") {
         let (Some(flags), Some(method), Some(csize), Some(nlen), Some(xlen)) = (
@@ -485,36 +597,33 @@ fn walk_zip(raw: &[u8], b: &mut Builder) -> usize {
         let known = (flags & 8 == 0 && csize != u32::MAX)
             .then_some(csize as usize)
             .filter(|&n| n <= raw.len() - data);
-        let mut next = None;
         if method == 8 && !encrypted {
+            b.verbatim(&raw[p..data]);
             let limit = known.map_or(raw.len(), |n| data + n);
-            let start_ops = b.ops.len();
-            if let Some(used) = b.stream(&raw[data..limit]) {
-                let deflate_op = b.ops.split_off(start_ops);
-                b.verbatim(&raw[p..data]);
-                b.ops.extend(deflate_op);
-                let end = data + used;
-                next = match known {
-                    Some(n) => {
-                        b.verbatim(&raw[end..data + n]);
-                        Some(data + n)
-                    }
-                    None => after_descriptor(raw, end).inspect(|&q| b.verbatim(&raw[end..q])),
-                };
-                if next.is_none() {
-                    return end;
+            match (b.stream(&raw[data..limit], depth), known) {
+                (Some(used), Some(n)) => {
+                    b.verbatim(&raw[data + used..data + n]);
+                    p = data + n;
                 }
+                (Some(used), None) => {
+                    let end = data + used;
+                    let Some(q) = after_descriptor(raw, end) else {
+                        return end;
+                    };
+                    b.verbatim(&raw[end..q]);
+                    p = q;
+                }
+                (None, Some(n)) => {
+                    b.verbatim(&raw[data..data + n]);
+                    p = data + n;
+                }
+                (None, None) => return data,
             }
+        } else {
+            let Some(n) = known else { break };
+            b.verbatim(&raw[p..data + n]);
+            p = data + n;
         }
-        let q = match next {
-            Some(q) => q,
-            None => {
-                let Some(n) = known else { break };
-                b.verbatim(&raw[p..data + n]);
-                data + n
-            }
-        };
-        p = q;
     }
     p
 }
@@ -531,8 +640,8 @@ fn after_descriptor(raw: &[u8], end: usize) -> Option<usize> {
         })
 }
 
-/// Joins the first run of IDAT chunks; returns the offset up to which `raw` has been recorded.
-fn walk_png(raw: &[u8], b: &mut Builder) -> usize {
+/// Joins the first run of IDAT chunks and re-encodes its zlib stream.
+fn walk_png(raw: &[u8], b: &mut Builder, depth: usize) -> usize {
     let mut p = PNG_SIG.len();
     let mut run: Vec<(usize, usize)> = Vec::new(); // (data offset, length) of each IDAT
     while let (Some(len), Some(kind)) = (be32(raw, p), raw.get(p + 4..p + 8)) {
@@ -568,16 +677,15 @@ fn walk_png(raw: &[u8], b: &mut Builder) -> usize {
     if !zlib_ok {
         return 0;
     }
-    let start_ops = b.ops.len();
-    let Some(used) = b.stream(&joined[2..]) else {
-        return 0;
-    };
-    let deflate_op = b.ops.split_off(start_ops);
+    let cp = b.checkpoint();
     b.verbatim(&raw[..first - 8]);
     b.ops
         .push(Op::IdatBegin(run.iter().map(|&(_, l)| l).collect()));
     b.verbatim(&joined[..2]);
-    b.ops.extend(deflate_op);
+    let Some(used) = b.stream(&joined[2..], depth) else {
+        b.rollback(cp);
+        return 0;
+    };
     b.verbatim(&joined[2 + used..]);
     b.ops.push(Op::IdatEnd);
     let (last, len) = run[run.len() - 1];
@@ -678,6 +786,47 @@ mod tests {
         let mut dec = Vec::new();
         Deflate.decode(&enc, 0, raw.len(), &mut dec).unwrap();
         assert!(dec == raw);
+    }
+
+    /// A gzip member made here at run time around a real .gz file, its deflate stream being
+    /// stored blocks (RFC 1951 BTYPE 00, which need no compressor): a container in a container.
+    fn gzip_of_stored(inner: &[u8]) -> Vec<u8> {
+        let mut g = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        let chunks: Vec<&[u8]> = inner.chunks(65535).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            g.push(u8::from(i + 1 == chunks.len()));
+            let n = c.len() as u16;
+            g.extend_from_slice(&n.to_le_bytes());
+            g.extend_from_slice(&(!n).to_le_bytes());
+            g.extend_from_slice(c);
+        }
+        g.extend_from_slice(&crc32(inner).to_le_bytes());
+        g.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+        g
+    }
+
+    #[test]
+    fn container_inside_a_stream_is_walked_too() {
+        let (_, inner) = samples("gzip")
+            .into_iter()
+            .max_by_key(|(_, b)| b.len())
+            .unwrap();
+        let outer = gzip_of_stored(&inner);
+        let b = build(&outer, Container::Gzip, true);
+        assert!(
+            b.ops.iter().any(|o| matches!(o, Op::Push)),
+            "nested walk not used"
+        );
+        assert_eq!(b.streams, 2);
+        let mut enc = Vec::new();
+        Deflate.encode(&outer, &p(), &mut enc).unwrap();
+        let mut dec = Vec::new();
+        Deflate.decode(&enc, 0, outer.len(), &mut dec).unwrap();
+        assert!(dec == outer);
+        // Nesting pays: the inner stream is re-encoded instead of kept as opaque plain text.
+        let mut flat = Vec::new();
+        Deflate.encode(&inner, &p(), &mut flat).unwrap();
+        assert!(enc.len() < inner.len() && enc.len() <= flat.len() + 64);
     }
 
     #[test]

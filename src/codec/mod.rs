@@ -7,8 +7,12 @@
 //! - Codecs know nothing of the store, the engine or FUSE.
 //! - A `Granularity::WholeFile` codec is only ever handed a complete file (never a block of
 //!   one); its `raw_len` is the file length, and it refuses (`Err`) inputs above `max_len`.
-//! - Lossless codecs verify their own round trip inside `encode`: an `Ok` from `encode` means
-//!   `decode` gives back the input bit for bit.
+//! - The whole-file codecs (JPEG, DEFLATE, FLAC) verify their own round trip inside `encode`:
+//!   an `Ok` means `decode` gives back the input bit for bit. Their decoders wrap third-party
+//!   code in `catch_unwind` (`wire::fence`), so the build must keep `panic = "unwind"`.
+//! - Whole-file codecs refuse input that is not their format with `Err`; the caller then keeps
+//!   a block codec. They do not compare themselves with zstd: choosing the smallest is the
+//!   caller's job (see `examples/codec_ratio.rs`).
 
 mod audio;
 mod deflate;
@@ -189,12 +193,38 @@ mod tests {
     }
 
     #[test]
+    fn whole_file_codecs_are_registered_and_roundtrip_their_samples() {
+        let r = Registry::default();
+        for (id, class) in [(JPEG, "jpeg"), (DEFLATE, "zip"), (FLAC, "wav")] {
+            let c = r.get(id).unwrap_or_else(|e| panic!("{e}"));
+            assert!(matches!(c.granularity(), Granularity::WholeFile { .. }));
+            assert!(c.is_lossless());
+            let data = testdata::sample(class);
+            let mut out = Vec::new();
+            let params = c
+                .encode(&data, &EncodeParams { level: 19 }, &mut out)
+                .unwrap_or_else(|e| panic!("{class}: {e}"));
+            let back = r
+                .decode(id, &out, params, data.len())
+                .unwrap_or_else(|e| panic!("{class}: {e}"));
+            assert!(back == data, "{class}");
+        }
+        assert_eq!(
+            r.get(ZSTD).map(|c| c.granularity()).ok(),
+            Some(Granularity::Block)
+        );
+    }
+
+    #[test]
     fn garbage_decodes_to_error_not_panic() {
         let r = Registry::default();
         for len in [0usize, 1, 7, 100, 5000] {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             assert!(r.decode(ZSTD, &junk, 3, 131072).is_err());
             assert!(r.decode(RAW, &junk, 0, len + 1).is_err());
+            for id in [JPEG, DEFLATE, FLAC] {
+                assert!(r.decode(id, &junk, 0, 131072).is_err(), "{id} len {len}");
+            }
         }
     }
 }
