@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# corpus.sh - the dev corpus through a real idcfs mount, per content class: what idcfs stores
+# after recompression (level=balanced: format-aware codecs + zstd -9), against zstd -3 per
+# 128 KiB block (what btrfs compress-force=zstd:3 stores, from examples/codec_ratio) and against
+# the dedicated tools (cjxl --lossless_jpeg=1 for JPEG, flac -8 for WAV, xz -9 for text,
+# source and JSON), with throughput. Verifies every file against the corpus manifest.
+#
+# Usage (root): benches/corpus.sh     env: IDCFS, CORPUS (default /var/tmp/corpus; built with
+# ../shared/corpus/make-dev-corpus.sh when missing), WORK (default /var/tmp/idcfs-corpus-bench)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+IDCFS=${IDCFS:-target/release/idcfs}
+[[ $IDCFS == /* ]] || IDCFS=$PWD/$IDCFS
+CORPUS=${CORPUS:-/var/tmp/corpus}
+WORK=${WORK:-/var/tmp/idcfs-corpus-bench}
+[ -f "$CORPUS/MANIFEST.sha256" ] || bash ../shared/corpus/make-dev-corpus.sh "$CORPUS" >/dev/null
+MNT=$WORK/mnt
+cleanup() { mountpoint -q "$MNT" && "$IDCFS" umount "$MNT" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+cleanup; rm -rf "$WORK"; mkdir -p "$MNT" "$WORK/tools"
+printf '[policy]\nlevel = "balanced"\n[background]\nidle_secs = 3600\n' > "$WORK/config.toml"
+now() { date +%s.%N; }
+mb() { echo "scale=1; $1 / 1000000 / ($2)" | bc -l; }
+total=$(du -sb --exclude=MANIFEST.sha256 "$CORPUS" | cut -f1)
+
+"$IDCFS" mount "$MNT" --store "$WORK/store" --config "$WORK/config.toml" >/dev/null
+t0=$(now); cp -a "$CORPUS/." "$MNT/"; sync; t1=$(now)
+t2=$(now); "$IDCFS" recompress "$MNT" >/dev/null 2>&1; t3=$(now)
+"$IDCFS" stats "$MNT" --json > "$WORK/stats.json"
+"$IDCFS" umount "$MNT"
+"$IDCFS" mount "$MNT" --store "$WORK/store" --config "$WORK/config.toml" >/dev/null
+sync; echo 3 > /proc/sys/vm/drop_caches
+t4=$(now); (cd "$MNT" && sha256sum --quiet -c MANIFEST.sha256); t5=$(now)
+# JPEG reads after recompression (cold: remounted, caches dropped).
+"$IDCFS" umount "$MNT"; "$IDCFS" mount "$MNT" --store "$WORK/store" --config "$WORK/config.toml" >/dev/null
+sync; echo 3 > /proc/sys/vm/drop_caches
+jpeg_bytes=$(du -sb "$MNT/jpeg" | cut -f1)
+t6=$(now); cat "$MNT"/jpeg/* > /dev/null; t7=$(now)
+"$IDCFS" umount "$MNT"
+
+echo "## idcfs over the dev corpus ($(date -u +%F))"
+echo
+echo "Corpus: $(find "$CORPUS" -type f ! -name MANIFEST.sha256 | wc -l) files, $((total / 1048576)) MiB ($CORPUS). Every file verified after a remount (sha256)."
+echo "Write (cp -a + sync): $(mb "$total" "$t1 - $t0") MB/s; recompression (idcfs recompress, both cores): $(mb "$total" "$t3 - $t2") MB/s; cold read of everything with verification: $(mb "$total" "$t5 - $t4") MB/s; cold read of the recompressed JPEGs: $(mb "$jpeg_bytes" "$t7 - $t6") MB/s."
+echo
+python3 - "$WORK/stats.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"idcfs store: logical {s['logical_bytes']/2**20:.1f} MiB, stored {s['stored_bytes']/2**20:.1f} MiB (packs {s['pack_bytes']/2**20:.1f}, index {s['index_bytes']/2**20:.1f}; {s['unreferenced_bytes']/2**20:.1f} awaiting compaction), format-aware fallbacks {s.get('format_fallbacks', 0)}")
+print()
+print("| class (idcfs classifier) | files | logical MiB | idcfs stored MiB | saved |")
+print("|---|---:|---:|---:|---:|")
+for r in s["classes"]:
+    l, st = r["logical_bytes"], r["stored_bytes"]
+    print(f"| {r['name']} | {r['files']} | {l/2**20:.2f} | {st/2**20:.2f} | {100*(1-st/l) if l else 0:.1f}% |")
+print()
+print("| codec | blocks | logical MiB | stored MiB |")
+print("|---|---:|---:|---:|")
+for c in s["codecs"]:
+    print(f"| {c['codec']} | {c['blocks']} | {c['logical_bytes']/2**20:.2f} | {c['stored_bytes']/2**20:.2f} |")
+PY
+echo
+echo "### Dedicated tools on the same files (one thread each)"
+echo
+echo "| corpus dir | tool | original MiB | tool output MiB | encode MB/s | decode MB/s |"
+echo "|---|---|---:|---:|---:|---:|"
+tool() { # dir name encode-cmd decode-cmd ext
+  local dir=$1 name=$2 enc=$3 dec=$4 ext=$5 orig=0 out=0 te=0 td=0
+  rm -rf "$WORK/tools"; mkdir -p "$WORK/tools"
+  orig=$(du -sb "$CORPUS/$dir" | cut -f1)
+  local a b
+  a=$(now)
+  for f in "$CORPUS/$dir"/*; do eval "$enc" >/dev/null 2>&1 || true; done
+  b=$(now); te=$(echo "$b - $a" | bc -l)
+  out=$(du -sb "$WORK/tools" | cut -f1)
+  a=$(now)
+  for g in "$WORK/tools"/*."$ext"; do eval "$dec" >/dev/null 2>&1 || true; done
+  b=$(now); td=$(echo "$b - $a" | bc -l)
+  printf '| %s | %s | %.2f | %.2f | %s | %s |\n' "$dir" "$name" "$(echo "$orig/1048576" | bc -l)" "$(echo "$out/1048576" | bc -l)" "$(mb "$orig" "$te")" "$(mb "$orig" "$td")"
+}
+tool jpeg "cjxl --lossless_jpeg=1" 'cjxl --quiet --lossless_jpeg=1 "$f" "$WORK/tools/$(basename "$f").jxl"' 'djxl --quiet "$g" /dev/null' jxl
+tool wav "flac -8" 'flac -s -8 -o "$WORK/tools/$(basename "$f").flac" "$f"' 'flac -s -d -c "$g" > /dev/null' flac
+for d in text source json; do
+  tool "$d" "xz -9" 'xz -9 -c "$f" > "$WORK/tools/$(basename "$f").xz"' 'xz -d -c "$g" > /dev/null' xz
+done
+echo
+echo "### zstd -3 per 128 KiB block (what btrfs stores) and the best single codec per file (examples/codec_ratio)"
+echo
+cargo run -q --release --example codec_ratio -- "$CORPUS" 2>/dev/null | sed 's/^/    /'
