@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # corpus.sh - the dev corpus through a real idcfs mount, per content class: what idcfs stores
-# after recompression (level=balanced: format-aware codecs + zstd -9), against zstd -3 per
+# after recompression and compaction (idcfs compact), against zstd -3 per
 # 128 KiB block (what btrfs compress-force=zstd:3 stores, from examples/codec_ratio) and against
 # the dedicated tools (cjxl --lossless_jpeg=1 for JPEG, flac -8 for WAV, xz -9 for text,
 # source and JSON), with throughput. Verifies every file against the corpus manifest.
+# LEVEL (default max) is the mount's policy level; deflate rebuilding only runs at max/archive.
 #
 # Usage (root): benches/corpus.sh     env: IDCFS, CORPUS (default /var/tmp/corpus; built with
 # ../shared/corpus/make-dev-corpus.sh when missing), WORK (default /var/tmp/idcfs-corpus-bench)
@@ -18,14 +19,14 @@ MNT=$WORK/mnt
 cleanup() { mountpoint -q "$MNT" && "$IDCFS" umount "$MNT" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 cleanup; rm -rf "$WORK"; mkdir -p "$MNT" "$WORK/tools"
-printf '[policy]\nlevel = "balanced"\n[background]\nidle_secs = 3600\n' > "$WORK/config.toml"
+printf '[policy]\nlevel = "%s"\n[background]\nidle_secs = 3600\n' "${LEVEL:-max}" > "$WORK/config.toml"
 now() { date +%s.%N; }
 mb() { echo "scale=1; $1 / 1000000 / ($2)" | bc -l; }
 total=$(du -sb --exclude=MANIFEST.sha256 "$CORPUS" | cut -f1)
 
 "$IDCFS" mount "$MNT" --store "$WORK/store" --config "$WORK/config.toml" >/dev/null
 t0=$(now); cp -a "$CORPUS/." "$MNT/"; sync; t1=$(now)
-t2=$(now); "$IDCFS" recompress "$MNT" >/dev/null 2>&1; t3=$(now)
+t2=$(now); "$IDCFS" compact "$MNT" >/dev/null 2>&1; t3=$(now)
 "$IDCFS" stats "$MNT" --json > "$WORK/stats.json"
 "$IDCFS" umount "$MNT"
 "$IDCFS" mount "$MNT" --store "$WORK/store" --config "$WORK/config.toml" >/dev/null
@@ -41,7 +42,7 @@ t6=$(now); cat "$MNT"/jpeg/* > /dev/null; t7=$(now)
 echo "## idcfs over the dev corpus ($(date -u +%F))"
 echo
 echo "Corpus: $(find "$CORPUS" -type f ! -name MANIFEST.sha256 | wc -l) files, $((total / 1048576)) MiB ($CORPUS). Every file verified after a remount (sha256)."
-echo "Write (cp -a + sync): $(mb "$total" "$t1 - $t0") MB/s; recompression (idcfs recompress, both cores): $(mb "$total" "$t3 - $t2") MB/s; cold read of everything with verification: $(mb "$total" "$t5 - $t4") MB/s; cold read of the recompressed JPEGs: $(mb "$jpeg_bytes" "$t7 - $t6") MB/s."
+echo "Level: ${LEVEL:-max}. Write (cp -a + sync): $(mb "$total" "$t1 - $t0") MB/s; recompression and compaction (idcfs compact, both cores): $(mb "$total" "$t3 - $t2") MB/s; cold read of everything with verification: $(mb "$total" "$t5 - $t4") MB/s; cold read of the recompressed JPEGs: $(mb "$jpeg_bytes" "$t7 - $t6") MB/s."
 echo
 python3 - "$WORK/stats.json" <<'PY'
 import json, sys
@@ -86,4 +87,4 @@ done
 echo
 echo "### zstd -3 per 128 KiB block (what btrfs stores) and the best single codec per file (examples/codec_ratio)"
 echo
-cargo run -q --release --example codec_ratio -- "$CORPUS" 2>/dev/null | sed 's/^/    /'
+cargo run -q --release --example codec_ratio -- "$CORPUS" 2>&1 | sed 's/^/    /'

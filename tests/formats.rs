@@ -32,6 +32,15 @@ fn xattr(m: &Mounted, p: &std::path::Path, name: &str) -> String {
 #[test]
 fn every_class_round_trips_and_recompresses() {
     let mut m = Mounted::new();
+    // level=max: every format-aware codec applies (deflate rebuilding is for cold data).
+    sh(
+        m.dir.path(),
+        &format!(
+            "{} policy set {} level=max",
+            crate::util::BIN,
+            m.mnt.display()
+        ),
+    );
     let files = samples();
     for (class, src) in &files {
         let dir = m.path(class);
