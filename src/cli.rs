@@ -141,6 +141,9 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 if let Some(c) = &config {
                     extra.push(format!("--config={}", absolute(c)?.display()));
                 }
+                if cli.verbose {
+                    extra.push("--verbose".into());
+                }
                 daemon::spawn_background(&mp, &store, &extra)?;
             }
             Ok(EXIT_OK)
