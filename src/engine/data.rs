@@ -98,6 +98,31 @@ impl FileState {
     }
 }
 
+/// One of the `workers` slots for decoding a whole-file object (different objects decode in
+/// parallel on every core; memory stays bounded).
+struct ObjectSlot<'a> {
+    e: &'a Engine,
+}
+
+impl<'a> ObjectSlot<'a> {
+    fn take(e: &'a Engine) -> ObjectSlot<'a> {
+        let mut n = e.object_decodes.lock();
+        while *n >= e.opts.workers.max(1) {
+            e.object_cv.wait(&mut n);
+        }
+        *n += 1;
+        ObjectSlot { e }
+    }
+}
+
+impl Drop for ObjectSlot<'_> {
+    fn drop(&mut self) {
+        let mut n = self.e.object_decodes.lock();
+        *n = n.saturating_sub(1);
+        self.e.object_cv.notify_one();
+    }
+}
+
 /// Clears a single-flight decode mark (also on error or unwind).
 struct DecodeDone<'a> {
     e: &'a Engine,
@@ -460,8 +485,8 @@ impl Engine {
             e: self,
             loc: b.loc,
         };
-        let _one = if object {
-            Some(self.object_decode.lock())
+        let _slot = if object {
+            Some(ObjectSlot::take(self))
         } else {
             None
         };

@@ -212,8 +212,9 @@ pub struct Engine {
     recompress_q: Mutex<std::collections::BTreeMap<Ino, Instant>>,
     /// Milliseconds since start of the last foreground read or write.
     last_io: AtomicU64,
-    /// Serializes whole-file object decodes (each is large; one at a time, then cached).
-    object_decode: Mutex<()>,
+    /// Whole-file object decodes running now; at most one per worker (each is large).
+    object_decodes: Mutex<usize>,
+    object_cv: Condvar,
     /// Records being decoded right now (single flight), and the signal that one finished.
     decoding: Mutex<std::collections::HashSet<crate::store::Loc>>,
     decoded_cv: Condvar,
@@ -296,7 +297,8 @@ impl Engine {
             policy_cache: Mutex::new(HashMap::new()),
             recompress_q: Mutex::new(std::collections::BTreeMap::new()),
             last_io: AtomicU64::new(0),
-            object_decode: Mutex::new(()),
+            object_decodes: Mutex::new(0),
+            object_cv: Condvar::new(),
             decoding: Mutex::new(std::collections::HashSet::new()),
             decoded_cv: Condvar::new(),
             format_fallbacks: AtomicU64::new(0),
