@@ -141,12 +141,7 @@ impl Codec for Flac {
 
     fn encode(&self, raw: &[u8], _p: &EncodeParams, out: &mut Vec<u8>) -> Result<u32, CodecError> {
         out.clear();
-        if raw.len() > MAX_LEN {
-            return Err(CodecError::Failed(format!(
-                "{} bytes exceeds the {MAX_LEN}-byte WAV limit",
-                raw.len()
-            )));
-        }
+        super::check_whole_len(raw, MAX_LEN, "WAV ")?;
         let pcm = parse_wav(raw).map_err(|e| CodecError::Failed(e.to_string()))?;
         let samples = to_samples(&raw[pcm.start..pcm.end], pcm.bits);
         let flac = fence("flacenc", || {

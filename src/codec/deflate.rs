@@ -101,12 +101,7 @@ impl Codec for Deflate {
 
     fn encode(&self, raw: &[u8], _p: &EncodeParams, out: &mut Vec<u8>) -> Result<u32, CodecError> {
         out.clear();
-        if raw.len() > MAX_LEN {
-            return Err(CodecError::Failed(format!(
-                "{} bytes exceeds the {MAX_LEN}-byte limit",
-                raw.len()
-            )));
-        }
+        super::check_whole_len(raw, MAX_LEN, "")?;
         let Some(kind) = Container::sniff(raw) else {
             return Err(CodecError::Failed("not gzip, zip or PNG".into()));
         };

@@ -36,12 +36,7 @@ impl Codec for Jpeg {
     fn encode(&self, raw: &[u8], _p: &EncodeParams, out: &mut Vec<u8>) -> Result<u32, CodecError> {
         out.clear();
         // Cheap refusals first: lepton would refuse these too, after more work.
-        if raw.len() > MAX_LEN {
-            return Err(CodecError::Failed(format!(
-                "{} bytes exceeds the {MAX_LEN}-byte JPEG limit",
-                raw.len()
-            )));
-        }
+        super::check_whole_len(raw, MAX_LEN, "JPEG ")?;
         if !raw.starts_with(&[0xff, 0xd8, 0xff]) {
             return Err(CodecError::Failed("not a JPEG (no SOI marker)".into()));
         }

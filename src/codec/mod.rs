@@ -81,6 +81,17 @@ pub enum CodecError {
     Failed(String),
 }
 
+/// Refuse a whole-file input above a codec's size limit (`what` names the format).
+pub(crate) fn check_whole_len(raw: &[u8], max: usize, what: &str) -> Result<(), CodecError> {
+    if raw.len() > max {
+        return Err(CodecError::Failed(format!(
+            "{} bytes exceeds the {max}-byte {what}limit",
+            raw.len()
+        )));
+    }
+    Ok(())
+}
+
 /// One compression method. Implementations are stateless or internally synchronized.
 pub trait Codec: Send + Sync {
     fn id(&self) -> CodecId;

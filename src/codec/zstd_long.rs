@@ -21,12 +21,7 @@ impl Codec for ZstdLong {
         Granularity::WholeFile { max_len: MAX_LEN }
     }
     fn encode(&self, raw: &[u8], p: &EncodeParams, out: &mut Vec<u8>) -> Result<u32, CodecError> {
-        if raw.len() > MAX_LEN {
-            return Err(CodecError::Failed(format!(
-                "file of {} bytes exceeds {MAX_LEN}",
-                raw.len()
-            )));
-        }
+        super::check_whole_len(raw, MAX_LEN, "zstd-long ")?;
         let level = p.level.clamp(1, 22);
         let z = zstd_compress(raw, level)?;
         if z.len() >= raw.len() {
