@@ -61,13 +61,13 @@ fn bench(c: &mut Criterion) {
                 &level,
                 |b, &level| {
                     let mut out = Vec::new();
-                    b.iter(|| zstd.encode(&data, &EncodeParams { level }, &mut out))
+                    b.iter(|| zstd.encode(&data, &EncodeParams::level(level), &mut out))
                 },
             );
         }
         let mut payload = Vec::new();
         if zstd
-            .encode(&data, &EncodeParams { level: 3 }, &mut payload)
+            .encode(&data, &EncodeParams::level(3), &mut payload)
             .is_ok()
         {
             g.bench_function("zstd_decode", |b| {

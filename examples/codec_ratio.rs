@@ -100,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     walk(&dir, &mut files)?;
     files.sort();
     let reg = Registry::default();
-    let params = EncodeParams { level: 19 };
+    let params = EncodeParams::level(19);
     let mut rows: BTreeMap<ContentClass, Row> = BTreeMap::new();
     let mut matrix: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
     let mut mismatches = 0;

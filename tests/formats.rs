@@ -71,6 +71,7 @@ fn every_class_round_trips_and_recompresses() {
         ("wav", "wav"),
         ("elf", "elf"),
         ("json", "json"),
+        ("source", "source"),
     ];
     for (dir, want) in expect {
         for (class, src) in files.iter().filter(|(c, _)| c == dir) {
@@ -95,7 +96,13 @@ fn every_class_round_trips_and_recompresses() {
             used.insert(k.clone());
         }
     }
-    for codec in ["jpeg-lepton", "deflate-preflate", "wav-flac"] {
+    for codec in [
+        "jpeg-lepton",
+        "deflate-preflate",
+        "wav-flac",
+        "lzma2-bcj",
+        "zstd-dict",
+    ] {
         assert!(
             used.contains(codec),
             "no file stored with {codec}: {used:?}\n{}",

@@ -498,7 +498,11 @@ fn looks_source(t: &str, lines: &[&str]) -> bool {
     // Definitions and imports at column 0 are rare in prose (code examples in documents are
     // indented) and common in code even when long docstrings or comments dominate.
     let strong = lines.iter().filter(|l| is_definition(l)).count();
-    codey * 100 >= lines.len() * 35 || (strong >= 2 && strong * 100 >= lines.len() * 3)
+    // A file that opens with a definition (imports, #include) is code however much
+    // documentation follows; a document opens with a title or prose.
+    let opens_with_code = lines.first().is_some_and(|l| is_definition(l));
+    codey * 100 >= lines.len() * 35
+        || (strong >= 2 && (opens_with_code || strong * 100 >= lines.len() * 3))
 }
 
 fn is_definition(line: &str) -> bool {
@@ -551,6 +555,7 @@ mod tests {
             ("wav", C::Wav),
             ("elf", C::Elf),
             ("json", C::Json),
+            ("source", C::Source),
             ("text", C::Text),
         ] {
             for (name, b) in samples(dir) {

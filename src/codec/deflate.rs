@@ -716,7 +716,7 @@ mod tests {
     use crate::codec::testdata::{sample, samples};
 
     fn p() -> EncodeParams {
-        EncodeParams { level: 0 }
+        EncodeParams::level(0)
     }
 
     fn roundtrip(class: &str) -> (usize, usize) {

@@ -120,7 +120,7 @@ mod tests {
     use crate::codec::testdata::{sample, samples};
 
     fn p() -> EncodeParams {
-        EncodeParams { level: 0 }
+        EncodeParams::level(0)
     }
 
     #[test]

@@ -16,19 +16,23 @@
 
 mod audio;
 mod deflate;
+mod exec;
 mod jpeg;
 mod raw;
 #[cfg(test)]
 pub(crate) mod testdata;
 mod wire;
 mod zstd;
+mod zstd_dict;
 mod zstd_long;
 
 pub use self::audio::Flac;
 pub use self::deflate::Deflate;
+pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
 pub use self::raw::Raw;
 pub use self::zstd::Zstd;
+pub use self::zstd_dict::{ZstdDict, DICT_JSON, DICT_SOURCE, DICT_TEXT};
 pub use self::zstd_long::ZstdLong;
 
 use std::collections::HashMap;
@@ -49,6 +53,10 @@ pub const DEFLATE: CodecId = 3;
 pub const FLAC: CodecId = 4;
 /// zstd over a whole file with a window the size of the file (text at max/archive levels).
 pub const ZSTD_LONG: CodecId = 5;
+/// zstd with a trained dictionary compiled into the binary; params name the dictionary.
+pub const ZSTD_DICT: CodecId = 6;
+/// ELF/PE executables: LZMA2 behind a branch/call/jump filter for their machine (whole file).
+pub const EXEC: CodecId = 7;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +72,17 @@ pub enum Granularity {
 pub struct EncodeParams {
     /// Codec-specific effort (zstd level).
     pub level: i32,
+    /// Which trained model (dictionary, network) to use, for codecs that have several; 0 is
+    /// the codec's default. A codec records the model it used in the block params, so decoding
+    /// never depends on what the caller asked for.
+    pub model: u32,
+}
+
+impl EncodeParams {
+    /// Effort `level` with the codec's default model.
+    pub fn level(level: i32) -> Self {
+        EncodeParams { level, model: 0 }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +157,8 @@ impl Default for Registry {
         r.add(Arc::new(Deflate));
         r.add(Arc::new(Flac));
         r.add(Arc::new(ZstdLong));
+        r.add(Arc::new(ZstdDict));
+        r.add(Arc::new(Exec));
         r
     }
 }
@@ -193,7 +214,7 @@ mod tests {
             let c = r.get(id).unwrap_or_else(|e| panic!("{e}"));
             let mut out = Vec::new();
             let params = c
-                .encode(&data, &EncodeParams { level: 3 }, &mut out)
+                .encode(&data, &EncodeParams::level(3), &mut out)
                 .unwrap_or_else(|e| panic!("{e}"));
             let back = r
                 .decode(id, &out, params, data.len())
@@ -213,7 +234,7 @@ mod tests {
             let data = testdata::sample(class);
             let mut out = Vec::new();
             let params = c
-                .encode(&data, &EncodeParams { level: 19 }, &mut out)
+                .encode(&data, &EncodeParams::level(19), &mut out)
                 .unwrap_or_else(|e| panic!("{class}: {e}"));
             let back = r
                 .decode(id, &out, params, data.len())

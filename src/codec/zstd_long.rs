@@ -64,7 +64,7 @@ mod tests {
             .collect();
         let mut out = Vec::new();
         let p = ZstdLong
-            .encode(&text, &EncodeParams { level: 9 }, &mut out)
+            .encode(&text, &EncodeParams::level(9), &mut out)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(out.len() < text.len() / 10);
         let mut back = Vec::new();

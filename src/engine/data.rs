@@ -280,7 +280,7 @@ impl Engine {
                 let zstd = self
                     .codecs
                     .get(ZSTD)
-                    .map(|c| c.encode(data, &EncodeParams { level }, &mut out));
+                    .map(|c| c.encode(data, &EncodeParams::level(level), &mut out));
                 match zstd {
                     // Keep compression only when it saves at least 1/32: decoding costs CPU.
                     Ok(Ok(params)) if out.len() < data.len() - data.len() / 32 => {

@@ -8,7 +8,25 @@
 
 use super::layout::{blocks_for, BLOCK_U64};
 use super::Engine;
-use crate::codec::{EncodeParams, Granularity, DEFLATE, FLAC, JPEG, RAW, ZSTD, ZSTD_LONG};
+use crate::classify::{class_of_flags, ContentClass};
+use crate::codec::{
+    CodecId, EncodeParams, Granularity, DEFLATE, DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC,
+    JPEG, RAW, ZSTD, ZSTD_DICT, ZSTD_LONG,
+};
+
+/// The trained zstd dictionary for a small file of this class, if one was measured to help
+/// (see models/dicts/train.sh and BENCHMARKS.md).
+fn dict_for(class: Option<ContentClass>, size: u64) -> Option<u32> {
+    if size > BLOCK_U64 {
+        return None;
+    }
+    match class? {
+        ContentClass::Text | ContentClass::Log => Some(DICT_TEXT),
+        ContentClass::Source => Some(DICT_SOURCE),
+        ContentClass::Json => Some(DICT_JSON),
+        _ => None,
+    }
+}
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
 use crate::store::{raw_hash, BlockHeader};
@@ -141,6 +159,8 @@ impl Engine {
             Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
         }
         let zstd = self.codecs.get(ZSTD)?.clone();
+        let zdict = self.codecs.get(ZSTD_DICT)?.clone();
+        let dict = dict_for(class_of_flags(inode.flags), inode.size);
         let mut from = 0;
         loop {
             let blocks = self.j.index.blocks_from(ino, from, GROUP)?;
@@ -158,7 +178,11 @@ impl Engine {
                 if b.object
                     || !self.j.index.shared_refs(&b.loc)?.is_empty()
                     || b.codec == RAW
-                    || (b.codec == ZSTD && b.stored > 0 && (target as u32) <= b.params)
+                    || b.codec == ZSTD_DICT
+                    || (b.codec == ZSTD
+                        && b.stored > 0
+                        && (target as u32) <= b.params
+                        && dict.is_none())
                 {
                     rep.stored_after += b.stored as u64;
                     continue;
@@ -176,19 +200,36 @@ impl Engine {
             // background (it must not compete with foreground work).
             let threads = if polite { 1 } else { self.opts.workers.max(1) };
             let per = candidates.len().div_ceil(threads).max(1);
-            let results: Vec<Option<(u32, Vec<u8>)>> = std::thread::scope(|sc| {
+            let results: Vec<Option<(CodecId, u32, Vec<u8>)>> = std::thread::scope(|sc| {
                 let handles: Vec<_> = candidates
                     .chunks(per)
                     .map(|chunk| {
-                        let zstd = &zstd;
+                        let (zstd, zdict) = (&zstd, &zdict);
                         sc.spawn(move || {
                             chunk
                                 .iter()
                                 .map(|(_, _, data)| {
                                     let mut out = Vec::new();
-                                    zstd.encode(data, &EncodeParams { level: target }, &mut out)
+                                    let plain = zstd
+                                        .encode(data, &EncodeParams::level(target), &mut out)
                                         .ok()
-                                        .map(|p| (p, out))
+                                        .map(|p| (ZSTD, p, out));
+                                    // With a dictionary for the class: the smaller of the two.
+                                    let Some(model) = dict else { return plain };
+                                    let mut out = Vec::new();
+                                    let p = EncodeParams {
+                                        level: target,
+                                        model,
+                                    };
+                                    let with = zdict
+                                        .encode(data, &p, &mut out)
+                                        .ok()
+                                        .map(|p| (ZSTD_DICT, p, out));
+                                    match (plain, with) {
+                                        (Some(a), Some(b)) if b.2.len() < a.2.len() => Some(b),
+                                        (Some(a), _) => Some(a),
+                                        (None, b) => b,
+                                    }
                                 })
                                 .collect::<Vec<_>>()
                         })
@@ -200,14 +241,14 @@ impl Engine {
                     .collect()
             });
             for ((idx, b, data), res) in candidates.into_iter().zip(results) {
-                let Some((params, out)) = res else {
+                let Some((codec, params, out)) = res else {
                     rep.stored_after += b.stored as u64;
                     continue;
                 };
                 // Keep the new encoding only if it is smaller and decodes to the same bytes.
                 let verified = self
                     .codecs
-                    .decode(ZSTD, &out, params, data.len())
+                    .decode(codec, &out, params, data.len())
                     .is_ok_and(|d| d == *data);
                 if !verified || out.len() >= b.stored as usize {
                     rep.stored_after += b.stored as u64;
@@ -215,7 +256,7 @@ impl Engine {
                 }
                 rep.stored_after += out.len() as u64;
                 let h = BlockHeader {
-                    codec: ZSTD,
+                    codec,
                     params,
                     raw_len: data.len() as u32,
                     raw_hash: raw_hash(&data),
@@ -255,19 +296,24 @@ impl Engine {
         inode: &crate::meta::Inode,
         level: crate::policy::Level,
     ) -> Result<Option<RecompressReport>> {
-        use crate::classify::{class_of_flags, ContentClass as C};
-        let codec_id = match class_of_flags(inode.flags) {
+        use crate::classify::ContentClass as C;
+        let class = class_of_flags(inode.flags);
+        let codec_id = match class {
             Some(C::Jpeg) => JPEG,
             // Rebuilding a deflate stream runs at ~1 MB/s, inline in the first read after a
             // cache miss: only for data declared cold (max, archive).
             Some(C::Png | C::Gzip | C::Zip) if level >= crate::policy::Level::Max => DEFLATE,
             Some(C::Wav) => FLAC,
             // Text-like files at the strongest levels: one zstd frame over the whole file.
+            // Small files with a trained dictionary for their class do better with it, per block.
             Some(C::Text | C::Source | C::Log | C::Json | C::Csv | C::Xml)
-                if level >= crate::policy::Level::Max =>
+                if level >= crate::policy::Level::Max && dict_for(class, inode.size).is_none() =>
             {
                 ZSTD_LONG
             }
+            // Executables are cold at these levels: LZMA2 behind a branch filter decodes at
+            // ~90 MB/s, slower than zstd.
+            Some(C::Elf | C::Pe) if level >= crate::policy::Level::Max => EXEC,
             _ => return Ok(None),
         };
         let codec = self.codecs.get(codec_id)?.clone();
@@ -317,7 +363,7 @@ impl Engine {
                 .spawn(move || {
                     let mut out = Vec::new();
                     let r = codec
-                        .encode(&data, &EncodeParams { level: 19 }, &mut out)
+                        .encode(&data, &EncodeParams::level(19), &mut out)
                         .map(|p| (p, out));
                     let _ = tx.send(r);
                 })?;
