@@ -4,8 +4,10 @@
 //!
 //! - `zstd3/128K`: every file cut into 128 KiB blocks, each zstd -3, kept raw when that does not
 //!   shrink it (what btrfs compress-force=zstd:3 does, before its 4 KiB sector rounding);
-//! - `best`: per file, the smallest of the format-aware codec for its class (lepton for JPEG,
-//!   preflate for gzip/zip/PNG, FLAC for PCM WAV) and zstd -19 with a long window, or raw;
+//! - `best`: per file, the smallest of what idcfs tries at level max (`engine::choice`): the
+//!   whole-file codec for its class (lepton for JPEG, preflate for gzip/zip/PNG, FLAC for PCM
+//!   WAV, LZMA2+BCJ for executables), the trained dictionary for small text/source/JSON, and
+//!   zstd -19 with a long window, or raw;
 //! - encode MB/s over all candidates tried (what a recompression pass costs), decode MB/s of
 //!   the chosen form, both on one thread of the caller (lepton uses its own small pool).
 //!
@@ -18,7 +20,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use idcfs::classify::{classify_file, ContentClass, MAX_HEAD};
-use idcfs::codec::{CodecId, EncodeParams, Registry, DEFLATE, FLAC, JPEG, RAW, ZSTD};
+use idcfs::codec::{
+    CodecId, EncodeParams, Registry, DEFLATE, EXEC, FLAC, JPEG, RAW, ZSTD, ZSTD_DICT, ZSTD_LONG,
+};
+use idcfs::engine::choice::{dict_for, whole_file_codec};
+use idcfs::policy::Level;
 
 const BLOCK: usize = 128 << 10;
 
@@ -70,15 +76,6 @@ fn zstd19_long(data: &[u8]) -> std::io::Result<Vec<u8>> {
     c.compress(data)
 }
 
-fn format_codec(class: ContentClass) -> Option<CodecId> {
-    match class {
-        ContentClass::Jpeg => Some(JPEG),
-        ContentClass::Png | ContentClass::Gzip | ContentClass::Zip => Some(DEFLATE),
-        ContentClass::Wav => Some(FLAC),
-        _ => None,
-    }
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let confusion = args.iter().any(|a| a == "--confusion");
@@ -100,7 +97,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     walk(&dir, &mut files)?;
     files.sort();
     let reg = Registry::default();
-    let params = EncodeParams::level(19);
     let mut rows: BTreeMap<ContentClass, Row> = BTreeMap::new();
     let mut matrix: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
     let mut mismatches = 0;
@@ -126,25 +122,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         row.bytes += data.len() as u64;
         row.zstd3 += zstd_blocks(&data, 3)?;
 
-        // Candidates: (codec, payload). Raw is always there.
-        let mut best: (CodecId, Vec<u8>) = (RAW, Vec::new());
+        // Candidates: (codec, params, payload). Raw is always there. What the filesystem tries
+        // at level max: zstd -19 (long window), the class's whole-file codec, the class's
+        // dictionary for small files.
+        let mut best: (CodecId, u32, Vec<u8>) = (RAW, 0, Vec::new());
         let mut best_len = data.len();
         let t = Instant::now();
         if !data.is_empty() {
             let z = zstd19_long(&data)?;
             if z.len() < best_len {
                 best_len = z.len();
-                best = (ZSTD, z);
+                best = (ZSTD, 0, z);
             }
         }
-        if let Some(id) = format_codec(class) {
+        let size = data.len() as u64;
+        let tries = [
+            whole_file_codec(Some(class), size, Level::Max)
+                .filter(|&id| id != ZSTD_LONG)
+                .map(|id| (id, 0)),
+            dict_for(Some(class), size).map(|d| (ZSTD_DICT, d)),
+        ];
+        for (id, model) in tries.into_iter().flatten() {
             let mut out = Vec::new();
-            match reg.get(id)?.encode(&data, &params, &mut out) {
-                Ok(_) if out.len() < best_len => {
+            let p = EncodeParams { level: 19, model };
+            match reg.get(id)?.encode(&data, &p, &mut out) {
+                Ok(params) if out.len() < best_len => {
                     best_len = out.len();
-                    best = (id, out);
+                    best = (id, params, out);
                 }
-                Ok(_) => {}
+                Ok(_) | Err(idcfs::codec::CodecError::NotWorthIt) => {}
                 Err(e) => {
                     if verbose {
                         eprintln!("{}: {}: {e}", reg.name(id), path.display());
@@ -160,7 +166,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let back = if best.0 == RAW {
             data.clone()
         } else {
-            reg.decode(best.0, &best.1, 0, data.len())?
+            reg.decode(best.0, &best.2, best.1, data.len())?
         };
         row.dec += t.elapsed();
         if back != data {
@@ -170,8 +176,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let (Some(d), true) = (&dump, best.0 > ZSTD && data.len() < 1 << 24) {
             let d = d.join(reg.name(best.0));
             std::fs::create_dir_all(&d)?;
+            // The fuzz targets' input layout (fuzz/fuzz_targets/common.rs): 3-byte length,
+            // for codecs with params one byte that the target maps back to them, payload.
             let mut seed = (data.len() as u32).to_le_bytes()[..3].to_vec();
-            seed.extend_from_slice(&best.1);
+            match best.0 {
+                ZSTD_DICT => seed.push(best.1.saturating_sub(1) as u8),
+                EXEC => seed.push((best.1 & 0xff | ((best.1 >> 8).saturating_sub(11)) << 4) as u8),
+                _ => {}
+            }
+            seed.extend_from_slice(&best.2);
             let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
             std::fs::write(d.join(name), seed)?;
         }
@@ -231,6 +244,8 @@ fn codec_label(id: CodecId) -> &'static str {
         JPEG => "lepton",
         DEFLATE => "preflate",
         FLAC => "flac",
+        EXEC => "lzma2-bcj",
+        ZSTD_DICT => "zstd-dict",
         _ => "other",
     }
 }

@@ -7,6 +7,7 @@
 
 use idcfs::codec::{CodecId, Registry};
 
+#[allow(dead_code)] // each target uses one of the entry points
 pub fn decode(id: CodecId, data: &[u8]) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -17,9 +18,24 @@ pub fn decode(id: CodecId, data: &[u8]) {
     if data.len() < 3 {
         return;
     }
-    let raw_len = u32::from_le_bytes([data[0], data[1], data[2], 0]) as usize;
+    check(id, &data[3..], &data[..3], 0);
+}
+
+/// For codecs whose params matter: input = 3-byte raw length, 1 byte that `params` maps to
+/// the codec's params (into their valid range, so the fuzzer spends its time in the decoder),
+/// then the payload.
+#[allow(dead_code)]
+pub fn decode_with(id: CodecId, data: &[u8], params: fn(u8) -> u32) {
+    if data.len() < 4 {
+        return;
+    }
+    check(id, &data[4..], &data[..3], params(data[3]));
+}
+
+fn check(id: CodecId, payload: &[u8], len: &[u8], params: u32) {
+    let raw_len = u32::from_le_bytes([len[0], len[1], len[2], 0]) as usize;
     let reg = Registry::default();
-    if let Ok(out) = reg.decode(id, &data[3..], 0, raw_len) {
+    if let Ok(out) = reg.decode(id, payload, params, raw_len) {
         assert_eq!(out.len(), raw_len);
     }
 }

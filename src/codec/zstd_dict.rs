@@ -64,11 +64,27 @@ impl Codec for ZstdDict {
         let (_, bytes) = dict(p.model)
             .map_err(|_| CodecError::Failed(format!("no zstd dictionary with id {}", p.model)))?;
         let level = p.level.clamp(1, 22);
-        let mut c = zstd::bulk::Compressor::with_dictionary(level, bytes)
-            .map_err(|e| CodecError::Failed(e.to_string()))?;
+        // One context per thread, kept with its dictionary loaded: digesting a dictionary
+        // costs more than compressing a small file with it.
+        type Slot = Option<((u32, i32), zstd::bulk::Compressor<'static>)>;
+        thread_local! {
+            static CCTX: std::cell::RefCell<Slot> = const { std::cell::RefCell::new(None) };
+        }
         out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        c.compress_to_buffer(raw, out)
-            .map_err(|e| CodecError::Failed(e.to_string()))?;
+        CCTX.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            let key = (p.model, level);
+            if slot.as_ref().is_none_or(|(k, _)| *k != key) {
+                let c = zstd::bulk::Compressor::with_dictionary(level, bytes)
+                    .map_err(|e| CodecError::Failed(e.to_string()))?;
+                *slot = Some((key, c));
+            }
+            let (_, c) = slot
+                .as_mut()
+                .ok_or_else(|| CodecError::Failed("no zstd context".into()))?;
+            c.compress_to_buffer(raw, out)
+                .map_err(|e| CodecError::Failed(e.to_string()))
+        })?;
         if out.len() >= raw.len() {
             return Err(CodecError::NotWorthIt);
         }

@@ -14,6 +14,7 @@
 //! - `fsync` returns after the file's blocks and inode are committed and the journal synced.
 
 mod cache;
+pub mod choice;
 mod compact;
 mod data;
 pub mod fsck;

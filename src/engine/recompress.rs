@@ -6,27 +6,11 @@
 //! the new data, readers see either encoding (never a mix inside a block), and a crash leaves
 //! either the old or the new encoding. The work yields to foreground I/O.
 
+use super::choice::{dict_for, whole_file_codec};
 use super::layout::{blocks_for, BLOCK_U64};
 use super::Engine;
-use crate::classify::{class_of_flags, ContentClass};
-use crate::codec::{
-    CodecId, EncodeParams, Granularity, DEFLATE, DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC,
-    JPEG, RAW, ZSTD, ZSTD_DICT, ZSTD_LONG,
-};
-
-/// The trained zstd dictionary for a small file of this class, if one was measured to help
-/// (see models/dicts/train.sh and BENCHMARKS.md).
-fn dict_for(class: Option<ContentClass>, size: u64) -> Option<u32> {
-    if size > BLOCK_U64 {
-        return None;
-    }
-    match class? {
-        ContentClass::Text | ContentClass::Log => Some(DICT_TEXT),
-        ContentClass::Source => Some(DICT_SOURCE),
-        ContentClass::Json => Some(DICT_JSON),
-        _ => None,
-    }
-}
+use crate::classify::class_of_flags;
+use crate::codec::{CodecId, EncodeParams, Granularity, RAW, ZSTD, ZSTD_DICT};
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
 use crate::store::{raw_hash, BlockHeader};
@@ -296,25 +280,9 @@ impl Engine {
         inode: &crate::meta::Inode,
         level: crate::policy::Level,
     ) -> Result<Option<RecompressReport>> {
-        use crate::classify::ContentClass as C;
-        let class = class_of_flags(inode.flags);
-        let codec_id = match class {
-            Some(C::Jpeg) => JPEG,
-            // Rebuilding a deflate stream runs at ~1 MB/s, inline in the first read after a
-            // cache miss: only for data declared cold (max, archive).
-            Some(C::Png | C::Gzip | C::Zip) if level >= crate::policy::Level::Max => DEFLATE,
-            Some(C::Wav) => FLAC,
-            // Text-like files at the strongest levels: one zstd frame over the whole file.
-            // Small files with a trained dictionary for their class do better with it, per block.
-            Some(C::Text | C::Source | C::Log | C::Json | C::Csv | C::Xml)
-                if level >= crate::policy::Level::Max && dict_for(class, inode.size).is_none() =>
-            {
-                ZSTD_LONG
-            }
-            // Executables are cold at these levels: LZMA2 behind a branch filter decodes at
-            // ~90 MB/s, slower than zstd.
-            Some(C::Elf | C::Pe) if level >= crate::policy::Level::Max => EXEC,
-            _ => return Ok(None),
+        let Some(codec_id) = whole_file_codec(class_of_flags(inode.flags), inode.size, level)
+        else {
+            return Ok(None);
         };
         let codec = self.codecs.get(codec_id)?.clone();
         let max = match codec.granularity() {
