@@ -180,7 +180,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // for codecs with params one byte that the target maps back to them, payload.
             let mut seed = (data.len() as u32).to_le_bytes()[..3].to_vec();
             match best.0 {
-                ZSTD_DICT => seed.push(best.1.saturating_sub(1) as u8),
+                ZSTD_DICT => seed.push((best.1 & 0xffff).saturating_sub(1) as u8),
                 EXEC => seed.push((best.1 & 0xff | ((best.1 >> 8).saturating_sub(11)) << 4) as u8),
                 _ => {}
             }

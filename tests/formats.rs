@@ -143,3 +143,87 @@ fn every_class_round_trips_and_recompresses() {
         assert!(fs::read(on_mount(&m, class, src)).unwrap() == fs::read(src).unwrap());
     }
 }
+
+/// Small text-like files are written with their class's trained dictionary from the start (at
+/// every compressing level), and recompression upgrades them in place; other content keeps
+/// plain zstd.
+#[test]
+fn small_text_files_are_written_with_dictionaries() {
+    let mut m = Mounted::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let small_json = samples()
+        .into_iter()
+        .filter(|(c, _)| c == "json")
+        .map(|(_, p)| p)
+        .min_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let source = root.join("source/measure_profile.py");
+    // Binary content has no dictionary.
+    let elf = root.join("elf/users");
+    let encodings = |m: &Mounted, p: &std::path::Path| -> Vec<String> {
+        let info: serde_json::Value =
+            serde_json::from_str(&xattr(m, p, "user.idcfs.fileinfo")).unwrap();
+        info["encodings"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    for level in ["fast", "balanced"] {
+        let dir = m.path(level);
+        fs::create_dir_all(&dir).unwrap();
+        sh(
+            m.dir.path(),
+            &format!(
+                "{} policy set {} level={level}",
+                crate::util::BIN,
+                dir.display()
+            ),
+        );
+        for src in [&small_json, &source, &elf] {
+            fs::copy(src, dir.join(src.file_name().unwrap())).unwrap();
+        }
+        sh(m.dir.path(), "sync");
+        for src in [&small_json, &source] {
+            let p = dir.join(src.file_name().unwrap());
+            assert_eq!(encodings(&m, &p), ["zstd-dict"], "{level}: {}", p.display());
+        }
+        let p = dir.join(elf.file_name().unwrap());
+        let e = encodings(&m, &p);
+        assert!(
+            e.len() == 1 && e[0].starts_with("zstd:"),
+            "{level}: {}: {e:?}",
+            p.display()
+        );
+    }
+    // Recompression (balanced: zstd -9) keeps the dictionary and raises the level; content
+    // is unchanged across it and a remount.
+    let dir = m.path("balanced");
+    let p = dir.join(small_json.file_name().unwrap());
+    let before: u64 =
+        serde_json::from_str::<serde_json::Value>(&xattr(&m, &p, "user.idcfs.fileinfo")).unwrap()
+            ["stored"]
+            .as_u64()
+            .unwrap();
+    let out = m.idcfs(&["recompress", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let info: serde_json::Value =
+        serde_json::from_str(&xattr(&m, &p, "user.idcfs.fileinfo")).unwrap();
+    assert_eq!(encodings(&m, &p), ["zstd-dict"]);
+    assert!(
+        info["stored"].as_u64().unwrap() <= before,
+        "{info} vs {before}"
+    );
+    m.remount();
+    for level in ["fast", "balanced"] {
+        for src in [&small_json, &source, &elf] {
+            let p = m.path(level).join(src.file_name().unwrap());
+            assert!(
+                fs::read(&p).unwrap() == fs::read(src).unwrap(),
+                "{}",
+                p.display()
+            );
+        }
+    }
+}

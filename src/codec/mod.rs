@@ -32,7 +32,9 @@ pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
 pub use self::raw::Raw;
 pub use self::zstd::Zstd;
-pub use self::zstd_dict::{ZstdDict, DICT_JSON, DICT_SOURCE, DICT_TEXT};
+pub use self::zstd_dict::{
+    level_of as zstd_dict_level, ZstdDict, DICT_JSON, DICT_SOURCE, DICT_TEXT,
+};
 pub use self::zstd_long::ZstdLong;
 
 use std::collections::HashMap;

@@ -4,8 +4,9 @@
 //! binary.
 //!
 //! Invariants:
-//! - The block params are the dictionary id (also written in every frame, so zstd itself
-//!   refuses a frame paired with the wrong dictionary).
+//! - The block params are the dictionary id in bits 0–15 (also written in every frame, so
+//!   zstd itself refuses a frame paired with the wrong dictionary) and the zstd level used in
+//!   bits 16–23 (informative: recompression skips blocks already at its level).
 //! - A shipped dictionary is never changed or removed, and its id is never reused: blocks
 //!   written by any earlier build must decode. A retrained dictionary gets a new id.
 //! - Decoding writes at most `raw_len` bytes.
@@ -23,7 +24,12 @@ pub const DICT_SOURCE: u32 = 2;
 /// JSON documents.
 pub const DICT_JSON: u32 = 3;
 
-/// Every dictionary this build can decode, by id.
+/// The zstd level recorded in a zstd-dict block's params.
+pub fn level_of(params: u32) -> u32 {
+    params >> 16 & 0xff
+}
+
+/// Every dictionary this build can decode, by id (ids fit in 16 bits).
 const DICTS: [(u32, &[u8]); 3] = [
     (DICT_TEXT, include_bytes!("../../models/dicts/text.zdict")),
     (
@@ -64,23 +70,30 @@ impl Codec for ZstdDict {
         let (_, bytes) = dict(p.model)
             .map_err(|_| CodecError::Failed(format!("no zstd dictionary with id {}", p.model)))?;
         let level = p.level.clamp(1, 22);
-        // One context per thread, kept with its dictionary loaded: digesting a dictionary
-        // costs more than compressing a small file with it.
-        type Slot = Option<((u32, i32), zstd::bulk::Compressor<'static>)>;
+        // A few contexts per thread, each kept with its dictionary loaded at its level:
+        // digesting a dictionary costs more than compressing a small file with it, and the
+        // write path alternates levels (1 when behind, the policy's otherwise) and classes.
+        type Ctx = ((u32, i32), zstd::bulk::Compressor<'static>);
+        const KEEP: usize = 4;
         thread_local! {
-            static CCTX: std::cell::RefCell<Slot> = const { std::cell::RefCell::new(None) };
+            static CCTX: std::cell::RefCell<Vec<Ctx>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        CCTX.with(|slot| {
-            let mut slot = slot.borrow_mut();
+        CCTX.with(|ctxs| {
+            let mut ctxs = ctxs.borrow_mut();
             let key = (p.model, level);
-            if slot.as_ref().is_none_or(|(k, _)| *k != key) {
-                let c = zstd::bulk::Compressor::with_dictionary(level, bytes)
-                    .map_err(|e| CodecError::Failed(e.to_string()))?;
-                *slot = Some((key, c));
+            match ctxs.iter().position(|(k, _)| *k == key) {
+                // Most recently used first.
+                Some(i) => ctxs[..=i].rotate_right(1),
+                None => {
+                    let c = zstd::bulk::Compressor::with_dictionary(level, bytes)
+                        .map_err(|e| CodecError::Failed(e.to_string()))?;
+                    ctxs.truncate(KEEP - 1);
+                    ctxs.insert(0, (key, c));
+                }
             }
-            let (_, c) = slot
-                .as_mut()
+            let (_, c) = ctxs
+                .first_mut()
                 .ok_or_else(|| CodecError::Failed("no zstd context".into()))?;
             c.compress_to_buffer(raw, out)
                 .map_err(|e| CodecError::Failed(e.to_string()))
@@ -88,7 +101,7 @@ impl Codec for ZstdDict {
         if out.len() >= raw.len() {
             return Err(CodecError::NotWorthIt);
         }
-        Ok(p.model)
+        Ok(p.model | (level as u32) << 16)
     }
     fn decode(
         &self,
@@ -98,7 +111,7 @@ impl Codec for ZstdDict {
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
         out.clear();
-        let dd = decoder_dict(params)?;
+        let dd = decoder_dict(params & 0xffff)?;
         let mut d = zstd::bulk::Decompressor::with_prepared_dictionary(dd)
             .map_err(|e| CodecError::Failed(e.to_string()))?;
         out.reserve(raw_len);
@@ -154,7 +167,7 @@ mod tests {
     fn small_json_round_trips_and_beats_plain_zstd() {
         let raw = small_json();
         let (params, out) = enc(&raw, 19, DICT_JSON).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(params, DICT_JSON);
+        assert_eq!((params & 0xffff, level_of(params)), (DICT_JSON, 19));
         let mut back = Vec::new();
         ZstdDict
             .decode(&out, params, raw.len(), &mut back)
@@ -172,17 +185,21 @@ mod tests {
     #[test]
     fn wrong_dictionary_or_length_is_an_error() {
         let raw = small_json();
-        let (_, out) = enc(&raw, 9, DICT_JSON).unwrap_or_else(|e| panic!("{e}"));
+        let (params, out) = enc(&raw, 9, DICT_JSON).unwrap_or_else(|e| panic!("{e}"));
         let mut back = Vec::new();
+        ZstdDict
+            .decode(&out, params, raw.len(), &mut back)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, raw);
         assert!(ZstdDict
             .decode(&out, DICT_SOURCE, raw.len(), &mut back)
             .is_err());
         assert!(ZstdDict.decode(&out, 99, raw.len(), &mut back).is_err());
         assert!(ZstdDict
-            .decode(&out, DICT_JSON, raw.len() - 1, &mut back)
+            .decode(&out, params, raw.len() - 1, &mut back)
             .is_err());
         assert!(ZstdDict
-            .decode(&out[..out.len() / 2], DICT_JSON, raw.len(), &mut back)
+            .decode(&out[..out.len() / 2], params, raw.len(), &mut back)
             .is_err());
         assert!(enc(&raw, 9, 0).is_err(), "model 0 names no dictionary");
     }

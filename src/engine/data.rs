@@ -11,7 +11,7 @@
 use super::layout::{blocks_for, spans, BlockSpan, BLOCK, BLOCK_U64, MAX_FILE_SIZE};
 use super::{Attr, Engine, Job};
 use crate::classify::{classify_block, ContentClass};
-use crate::codec::{EncodeParams, RAW, ZSTD};
+use crate::codec::{EncodeParams, RAW, ZSTD, ZSTD_DICT};
 use crate::error::{Error, Result};
 use crate::meta::{BlockRef, Ino, Inode, Kind, Op, Ts};
 use crate::store::{raw_hash, BlockHeader};
@@ -259,6 +259,16 @@ impl Engine {
 
     /// Encode one block for the write path: `zstd_level` None stores it raw (policy off).
     pub(super) fn encode_block(&self, data: &[u8], zstd_level: Option<i32>) -> Encoded {
+        self.encode_block_with(data, zstd_level, None)
+    }
+
+    /// `encode_block`, with the trained dictionary `dict` (see `choice::dict_for`) tried first.
+    fn encode_block_with(
+        &self,
+        data: &[u8],
+        zstd_level: Option<i32>,
+        dict: Option<u32>,
+    ) -> Encoded {
         let class = classify_block(data);
         let raw_len = data.len() as u32;
         let mk = |codec, params, payload: Vec<u8>, hole| Encoded {
@@ -277,6 +287,18 @@ impl Engine {
             (ContentClass::Incompressible, _) | (_, None) => mk(RAW, 0, data.to_vec(), false),
             (_, Some(level)) => {
                 let mut out = Vec::new();
+                if let Some(model) = dict {
+                    let p = EncodeParams { level, model };
+                    let r = self
+                        .codecs
+                        .get(ZSTD_DICT)
+                        .map(|c| c.encode(data, &p, &mut out));
+                    if let Ok(Ok(params)) = r {
+                        if out.len() < data.len() - data.len() / 32 {
+                            return mk(ZSTD_DICT, params, out, false);
+                        }
+                    }
+                }
                 let zstd = self
                     .codecs
                     .get(ZSTD)
@@ -302,17 +324,24 @@ impl Engine {
     /// else of that file is pending, its inode rides in the same record as its last block
     /// (one record fewer per small file).
     fn run_jobs_with(&self, jobs: Vec<Job>, attach_inode: bool) {
-        let mut work: Vec<(Job, Encoded)> = jobs
+        let mut work: Vec<(Job, Encoded, Option<ContentClass>)> = jobs
             .into_iter()
             .map(|j| {
-                let e = self.encode_block(&j.data, self.adaptive_level(j.zlevel));
-                (j, e)
+                // A whole file in one partial block: classify it now, so that a small text
+                // file is written with its class's dictionary from the start.
+                let class = (j.idx == 0 && j.data.len() < BLOCK).then(|| {
+                    let head = &j.data[..j.data.len().min(crate::classify::MAX_HEAD)];
+                    crate::classify::classify_file(head, j.data.len() as u64)
+                });
+                let dict = super::choice::dict_for(class, j.data.len() as u64);
+                let e = self.encode_block_with(&j.data, self.adaptive_level(j.zlevel), dict);
+                (j, e, class)
             })
             .collect();
         // Lock each file once, in inode order (the only place holding several file locks).
-        work.sort_by_key(|(j, _)| (j.st.ino, j.idx));
+        work.sort_by_key(|(j, _, _)| (j.st.ino, j.idx));
         let mut states: Vec<Arc<FileState>> = Vec::new();
-        for (j, _) in &work {
+        for (j, _, _) in &work {
             if states.last().is_none_or(|s| !Arc::ptr_eq(s, &j.st)) {
                 states.push(j.st.clone());
             }
@@ -321,13 +350,16 @@ impl Engine {
         let guard_of =
             |st: &Arc<FileState>| states.iter().position(|s| Arc::ptr_eq(s, st)).unwrap_or(0);
         // Block 0 decides a file's content class (kept in the inode's flags for stats).
-        for (j, e) in &work {
+        for (j, e, early) in &work {
             if j.idx != 0 || e.hole {
                 continue;
             }
             let g = &mut guards[guard_of(&j.st)];
             let head = &j.data[..j.data.len().min(crate::classify::MAX_HEAD)];
-            let class = crate::classify::classify_file(head, g.attr.size);
+            let class = match early {
+                Some(c) if g.attr.size == j.data.len() as u64 => *c,
+                _ => crate::classify::classify_file(head, g.attr.size),
+            };
             let flag = crate::classify::class_flag(class);
             if !g.detached && g.attr.flags & 0xff != flag {
                 g.attr.flags = (g.attr.flags & !0xff) | flag;
@@ -351,7 +383,7 @@ impl Engine {
         }
         let mut recs: Vec<super::journal::NewRecord<'_>> = Vec::new();
         let mut live = Vec::new();
-        for (k, (j, e)) in work.iter().enumerate() {
+        for (k, (j, e, _)) in work.iter().enumerate() {
             let g = &guards[guard_of(&j.st)];
             if g.detached || !matches!(g.inflight.get(&j.idx), Some((g2, _)) if *g2 == j.gen) {
                 continue;
@@ -400,7 +432,7 @@ impl Engine {
             guards[0].attr_dirty = false;
         }
         for k in live {
-            let (j, _) = &work[k];
+            let (j, _, _) = &work[k];
             let g = &mut guards[guard_of(&j.st)];
             g.inflight.remove(&j.idx);
             if let Err(e) = &res {
@@ -416,7 +448,7 @@ impl Engine {
         for st in &states {
             st.cv.notify_all();
         }
-        for (j, _) in &work {
+        for (j, _, _) in &work {
             self.release_dirty(j.data.len());
         }
     }

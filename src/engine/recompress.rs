@@ -10,7 +10,7 @@ use super::choice::{dict_for, whole_file_codec};
 use super::layout::{blocks_for, BLOCK_U64};
 use super::Engine;
 use crate::classify::class_of_flags;
-use crate::codec::{CodecId, EncodeParams, Granularity, RAW, ZSTD, ZSTD_DICT};
+use crate::codec::{zstd_dict_level, CodecId, EncodeParams, Granularity, RAW, ZSTD, ZSTD_DICT};
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
 use crate::store::{raw_hash, BlockHeader};
@@ -161,8 +161,10 @@ impl Engine {
                 // whole-file encoding.
                 if b.object
                     || !self.j.index.shared_refs(&b.loc)?.is_empty()
-                    || b.codec == RAW
-                    || b.codec == ZSTD_DICT
+                    // Raw blocks are incompressible, except small text-like ones a
+                    // dictionary may still shrink.
+                    || (b.codec == RAW && dict.is_none())
+                    || (b.codec == ZSTD_DICT && (target as u32) <= zstd_dict_level(b.params))
                     || (b.codec == ZSTD
                         && b.stored > 0
                         && (target as u32) <= b.params
