@@ -15,7 +15,7 @@ out=${1:-$here}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 cd "$work"
 debs="python3.11-doc=3.11.2-6+deb12u9 doc-debian libpython3.11-stdlib=3.11.2-6+deb12u9
-  linux-libc-dev libglib2.0-dev librust-syn-dev librust-serde-dev librust-regex-syntax-dev
+  libssl-dev libsqlite3-dev libglib2.0-dev librust-syn-dev librust-serde-dev librust-regex-syntax-dev
   libjs-jquery-ui node-babel7 npm webpack"
 # Pinned versions where the package is big enough to matter; the others are small and stable.
 if ! apt-get download $debs >/dev/null 2>&1; then
