@@ -6,7 +6,8 @@
 # Mixed data (real files, prepared once by mount_throughput.sh in $BENCH_DIR/inputs):
 #   the 20,000-file kernel tree (tree.tar), the first 256 MiB of text.bin as 4 files, and
 #   64 MiB of random bytes (incompressible).
-# Usage (root): benches/levels.sh     env: IDCFS, BENCH_DIR (default /var/tmp/idcfs-bench), RUNS (1)
+# Usage (root): benches/levels.sh     env: IDCFS, BENCH_DIR (default /var/tmp/idcfs-bench), RUNS (1),
+#   LEVELS (default "fast balanced max")
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 IDCFS=${IDCFS:-target/release/idcfs}
@@ -31,7 +32,7 @@ total=$(du -sb --exclude=.done "$STAGE" | cut -f1)
 now() { date +%s.%N; }
 stored() { "$IDCFS" stats "$MNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["stored_bytes"])'; }
 printf '| level | write MB/s (cp -a + sync) | stored after write (MiB) | recompress time (s) | stored after recompression (MiB) |\n|---|---:|---:|---:|---:|\n' > "$W/results.md"
-for level in fast balanced max; do
+for level in ${LEVELS:-fast balanced max}; do
   for run in $(seq 1 "$RUNS"); do
     cleanup; rm -rf "$W/store" "$MNT"; mkdir -p "$MNT"
     printf '[policy]\nlevel = "%s"\n[background]\nidle_secs = 3600\n' "$level" > "$W/config.toml"

@@ -33,7 +33,8 @@ pub use self::jpeg::Jpeg;
 pub use self::raw::Raw;
 pub use self::zstd::Zstd;
 pub use self::zstd_dict::{
-    level_of as zstd_dict_level, ZstdDict, DICT_JSON, DICT_SOURCE, DICT_TEXT,
+    describe as describe_zstd_dict, level_of as zstd_dict_level, ZstdDict, DICT_JSON, DICT_SOURCE,
+    DICT_TEXT,
 };
 pub use self::zstd_long::ZstdLong;
 

@@ -29,6 +29,17 @@ pub fn level_of(params: u32) -> u32 {
     params >> 16 & 0xff
 }
 
+/// How a zstd-dict block is shown to users: `zstd-dict:<dictionary>:<level>`.
+pub fn describe(params: u32) -> String {
+    let name = match params & 0xffff {
+        DICT_TEXT => "text".to_string(),
+        DICT_SOURCE => "source".to_string(),
+        DICT_JSON => "json".to_string(),
+        other => format!("dict{other}"),
+    };
+    format!("zstd-dict:{name}:{}", level_of(params))
+}
+
 /// Every dictionary this build can decode, by id (ids fit in 16 bits).
 const DICTS: [(u32, &[u8]); 3] = [
     (DICT_TEXT, include_bytes!("../../models/dicts/text.zdict")),

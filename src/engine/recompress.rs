@@ -182,50 +182,58 @@ impl Engine {
                 };
                 candidates.push((idx, b, data));
             }
+            let encode_one = |data: &[u8]| -> Option<(CodecId, u32, Vec<u8>)> {
+                let mut out = Vec::new();
+                let plain = zstd
+                    .encode(data, &EncodeParams::level(target), &mut out)
+                    .ok()
+                    .map(|p| (ZSTD, p, out));
+                // With a dictionary for the class: the smaller of the two.
+                let Some(model) = dict else { return plain };
+                let mut out = Vec::new();
+                let p = EncodeParams {
+                    level: target,
+                    model,
+                };
+                let with = zdict
+                    .encode(data, &p, &mut out)
+                    .ok()
+                    .map(|p| (ZSTD_DICT, p, out));
+                match (plain, with) {
+                    (Some(a), Some(b)) if b.2.len() < a.2.len() => Some(b),
+                    (Some(a), _) => Some(a),
+                    (None, b) => b,
+                }
+            };
             // Encode the group on every core when asked explicitly; one at a time in the
-            // background (it must not compete with foreground work).
+            // background (it must not compete with foreground work). A single block (every
+            // small file) is encoded here: this thread keeps its zstd contexts, and a
+            // dictionary context at a high level costs more to set up than the encode.
             let threads = if polite { 1 } else { self.opts.workers.max(1) };
-            let per = candidates.len().div_ceil(threads).max(1);
-            let results: Vec<Option<(CodecId, u32, Vec<u8>)>> = std::thread::scope(|sc| {
-                let handles: Vec<_> = candidates
-                    .chunks(per)
-                    .map(|chunk| {
-                        let (zstd, zdict) = (&zstd, &zdict);
-                        sc.spawn(move || {
-                            chunk
-                                .iter()
-                                .map(|(_, _, data)| {
-                                    let mut out = Vec::new();
-                                    let plain = zstd
-                                        .encode(data, &EncodeParams::level(target), &mut out)
-                                        .ok()
-                                        .map(|p| (ZSTD, p, out));
-                                    // With a dictionary for the class: the smaller of the two.
-                                    let Some(model) = dict else { return plain };
-                                    let mut out = Vec::new();
-                                    let p = EncodeParams {
-                                        level: target,
-                                        model,
-                                    };
-                                    let with = zdict
-                                        .encode(data, &p, &mut out)
-                                        .ok()
-                                        .map(|p| (ZSTD_DICT, p, out));
-                                    match (plain, with) {
-                                        (Some(a), Some(b)) if b.2.len() < a.2.len() => Some(b),
-                                        (Some(a), _) => Some(a),
-                                        (None, b) => b,
-                                    }
+            let results: Vec<Option<(CodecId, u32, Vec<u8>)>> =
+                if threads == 1 || candidates.len() < 2 {
+                    candidates.iter().map(|(_, _, d)| encode_one(d)).collect()
+                } else {
+                    let per = candidates.len().div_ceil(threads).max(1);
+                    std::thread::scope(|sc| {
+                        let handles: Vec<_> = candidates
+                            .chunks(per)
+                            .map(|chunk| {
+                                let encode_one = &encode_one;
+                                sc.spawn(move || {
+                                    chunk
+                                        .iter()
+                                        .map(|(_, _, d)| encode_one(d))
+                                        .collect::<Vec<_>>()
                                 })
-                                .collect::<Vec<_>>()
-                        })
+                            })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .flat_map(|h| h.join().unwrap_or_default())
+                            .collect()
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_default())
-                    .collect()
-            });
+                };
             for ((idx, b, data), res) in candidates.into_iter().zip(results) {
                 let Some((codec, params, out)) = res else {
                     rep.stored_after += b.stored as u64;
@@ -400,6 +408,7 @@ impl Engine {
                 fi.stored += b.stored as u64;
                 let name = match b.codec {
                     ZSTD => format!("zstd:{}", b.params),
+                    ZSTD_DICT => crate::codec::describe_zstd_dict(b.params),
                     c => self.codecs.name(c),
                 };
                 *fi.encodings.entry(name).or_default() += 1;
