@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Writes a small golden store with the idcfs binary BIN into OUT (OUT/store plus the lists a
+# later build checks it against: SHA256SUMS of every regular file and TREE of every path's
+# type, mode, size, link count, symlink target and xattrs).
+#
+# It exercises every journal op and every codec of the format that BIN writes: a populate
+# round, recompression at level max, compaction (moves and a checkpoint), then a second round
+# of creates, dedup references, truncates, renames, xattr removals, hard links and an unlink
+# of an open file, so the final store holds records of each kind.
+#
+# Usage: tests/golden/make-golden.sh BIN OUT   (as root; needs fusermount3, python3, attr)
+set -euo pipefail
+BIN=$(realpath "$1")
+OUT=$2
+DATA=$(realpath "$(dirname "$0")/../data")
+[ ! -e "$OUT" ] || { echo "$OUT exists" >&2; exit 1; }
+mkdir -p "$OUT"
+OUT=$(realpath "$OUT")
+MNT=$(mktemp -d /tmp/idcfs-golden-mnt.XXXXXX)
+trap 'fusermount3 -uz "$MNT" 2>/dev/null || true; rmdir "$MNT" 2>/dev/null || true' EXIT
+
+"$BIN" mount --store "$OUT/store" "$MNT"
+cd "$MNT"
+
+# Round 1: every content class the codecs know, under policies.
+mkdir -p max fast off dedup deep/a/b
+"$BIN" policy set max level=max
+"$BIN" policy set fast level=fast
+"$BIN" policy set off level=off
+"$BIN" policy set dedup dedup=on
+cp "$DATA"/text/*.pod max/perlsolaris.pod
+cp "$DATA"/json/*paginators-1.json max/small.json
+cp "$DATA"/source/*.py max/profile.py
+cp "$DATA"/jpeg/*sddm-preview.jpg max/preview.jpg
+cp "$DATA"/png/*logo-text-version-256.png max/logo.png
+cp "$DATA"/png/*progress_dot_off.png max/dot.png
+cp "$DATA"/gzip/man3_floor.3.gz max/floor.3.gz
+cp "$DATA"/zip/*.whl max/wheel.whl
+cp "$DATA"/wav/*Front_Center.wav max/front.wav
+cp "$DATA"/wav/*cembalo-3.wav max/cembalo.wav
+cp "$DATA"/elf/users max/users
+cp "$DATA"/text/*.pod fast/perlsolaris.pod
+cp "$DATA"/text/*.pod off/perlsolaris.pod
+head -c 70000 /dev/urandom > max/noise.bin
+# Sparse: data, a hole of several blocks, data; and an all-zero block (stored as a hole).
+python3 - <<'PY'
+import os
+with open("max/sparse.dat", "wb") as f:
+    f.write(b"head" * 1000)
+    f.seek(5 << 17)
+    f.write(b"tail" * 1000)
+with open("max/zeros.dat", "wb") as f:
+    f.write(bytes(300000))
+with open("deep/a/b/big.log", "w") as f:
+    for i in range(12000):
+        f.write(f"2026-11-30T11:{i % 60:02d}:00Z host app[{i}]: request {i} served in {i % 97} ms\n")
+PY
+cp "$DATA"/json/*examples-1.json dedup/one.json
+cp "$DATA"/json/*examples-1.json dedup/two.json
+ln -s ../max/perlsolaris.pod deep/link-to-pod
+ln max/profile.py deep/hardlink.py
+mkfifo deep/fifo
+setfattr -n user.color -v blue max/logo.png
+setfattr -n user.gone -v soon max/logo.png
+setfattr -n user.big -v "$(head -c 3000 /dev/zero | tr '\0' x)" deep
+touch -d '2001-02-03 04:05:06.123456789' max/users
+chmod 4755 max/users
+"$BIN" recompress "$MNT" >/dev/null
+"$BIN" compact "$MNT" >/dev/null
+
+# Round 2, after the checkpoint: the ops that must also appear in the live journal.
+cp "$DATA"/jpeg/*sddm-preview.jpg dedup/preview.jpg
+cp "$DATA"/json/*examples-1.json dedup/three.json
+cp "$DATA"/text/*.pod deep/a/doomed.pod
+rm deep/a/doomed.pod
+truncate -s 10000 fast/perlsolaris.pod
+truncate -s 200000 max/noise.bin
+mv deep/a/b deep/moved
+echo replaced > deep/victim && echo winner > deep/winner && mv deep/winner deep/victim
+setfattr -x user.gone max/logo.png
+ln deep/moved/big.log deep/big-link.log
+python3 - <<'PY'
+import os
+f = open("deep/orphan", "wb")
+f.write(b"open while unlinked " * 500)
+f.flush(); os.fsync(f.fileno())
+os.unlink("deep/orphan")
+f.write(b"more")
+f.close()
+PY
+printf 'appended\n' >> max/perlsolaris.pod
+"$BIN" recompress "$MNT/dedup" >/dev/null
+cd /
+"$BIN" umount "$MNT"
+
+# The lists a later build compares against (paths relative to the mount root).
+"$BIN" mount --store "$OUT/store" "$MNT"
+python3 - "$MNT" "$OUT" <<'PY'
+import hashlib, os, stat, sys
+mnt, out = sys.argv[1], sys.argv[2]
+sums, tree = [], []
+for root, dirs, files in os.walk(mnt):
+    dirs.sort()
+    for name in sorted(dirs + files):
+        p = os.path.join(root, name)
+        rel = os.path.relpath(p, mnt)
+        st = os.lstat(p)
+        kind = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p"}[stat.S_IFMT(st.st_mode)]
+        target = os.readlink(p) if kind == "l" else ""
+        xattrs = ""
+        if kind in "fd":
+            xattrs = ",".join(f"{k}={hashlib.sha256(os.getxattr(p, k)).hexdigest()[:16]}" for k in sorted(os.listxattr(p)) if not k.startswith("user.idcfs."))
+        tree.append(f"{rel}\t{kind}\t{stat.S_IMODE(st.st_mode):o}\t{st.st_size if kind != 'd' else 0}\t{st.st_nlink}\t{st.st_mtime_ns if kind != 'd' else 0}\t{target}\t{xattrs}")
+        if kind == "f":
+            with open(p, "rb") as f:
+                sums.append(f"{hashlib.sha256(f.read()).hexdigest()}  {rel}")
+open(os.path.join(out, "SHA256SUMS"), "w").write("\n".join(sums) + "\n")
+open(os.path.join(out, "TREE"), "w").write("\n".join(tree) + "\n")
+PY
+"$BIN" umount "$MNT"
+# Logs and the lock are not part of the format; the index is a cache the test rebuilds too.
+rm -f "$OUT/store/idcfs.log" "$OUT/store/lock"
+du -sh "$OUT/store"/* || true
