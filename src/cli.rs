@@ -83,6 +83,9 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Convert an unmounted store written by an older idcfs to the current on-disk format,
+    /// in place and crash-safely (interrupted, it is finished by running it again).
+    Upgrade { store: PathBuf },
     /// List idcfs mounts with their store, uptime, caches and background queue.
     Status {
         #[arg(long)]
@@ -119,6 +122,8 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 Some(s) => absolute(&s)?,
                 None => daemon::default_store(&mp),
             };
+            // Refuse a store of another format here, with the reason, before any daemon starts.
+            daemon::check_format(&store)?;
             if foreground {
                 let opts = Options {
                     zstd_level,
@@ -254,6 +259,12 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             Ok(EXIT_OK)
         }
         Cmd::Policy { cmd } => policy_cmd(cmd),
+        Cmd::Upgrade { store } => {
+            let store = absolute(&store)?;
+            let what = daemon::upgrade(&store)?;
+            println!("{what}");
+            Ok(EXIT_OK)
+        }
         Cmd::Status { json } => {
             let mut rows = Vec::new();
             for mp in idcfs_mounts() {

@@ -375,13 +375,54 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// Refuse a store this build cannot open as it is (an older format that needs `idcfs
+/// upgrade`, or a newer one), with the message saying why; a new or current store passes.
+pub fn check_format(store: &Path) -> Result<(), String> {
+    use crate::store::manifest::{inspect, Found, FORMAT};
+    match inspect(store) {
+        Ok(Found::Format(FORMAT) | Found::Empty | Found::Unfinished) => Ok(()),
+        Ok(_) => crate::store::manifest::open(store)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        // A store directory that cannot be read yet (e.g. created by the daemon as another
+        // user) is reported when the daemon opens it.
+        Err(_) => Ok(()),
+    }
+}
+
+/// `idcfs upgrade STORE`: convert in place under the store lock, then open the store once
+/// (replaying its journal) to show it reads.
+pub fn upgrade(store: &Path) -> Result<String, String> {
+    use crate::store::manifest::{upgrade, Upgraded, FORMAT};
+    let lock = crate::engine::lock_store(store).map_err(|e| e.to_string())?;
+    let what = upgrade(store).map_err(|e| format!("cannot upgrade {}: {e}", store.display()))?;
+    drop(lock);
+    let e = open_offline(store)?;
+    e.shutdown().map_err(|e| e.to_string())?;
+    Ok(match what {
+        Upgraded::From(v) => format!(
+            "store {} upgraded from on-disk format {v} to {FORMAT}",
+            store.display()
+        ),
+        Upgraded::AlreadyCurrent => format!(
+            "store {} is already in on-disk format {FORMAT}",
+            store.display()
+        ),
+    })
+}
+
 /// Open a store that is not mounted, for offline commands.
 pub fn open_offline(store: &Path) -> Result<Arc<Engine>, String> {
-    if !store.join("packs").is_dir() {
-        return Err(format!(
-            "{} is not an idcfs store (no packs/ directory)",
-            store.display()
-        ));
+    use crate::store::manifest::{inspect, Found};
+    match inspect(store) {
+        Ok(Found::Empty) => {
+            return Err(format!(
+                "{} is not an idcfs store (no MANIFEST, journal/ or packs/)",
+                store.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot read store {}: {e}", store.display())),
+        Ok(_) => check_format(store)?,
     }
     let opts = Options {
         workers: 1,

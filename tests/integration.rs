@@ -6,6 +6,7 @@ mod util;
 
 mod crash;
 mod formats;
+mod golden;
 mod model;
 mod policy;
 mod posix;

@@ -7,7 +7,7 @@
 
 use super::Engine;
 use crate::error::Result;
-use crate::meta::{dec, Op};
+use crate::meta::{decode_ops, Op};
 use crate::store::PackId;
 
 /// In the background, a pack is compacted when less than this share of it is live.
@@ -70,7 +70,7 @@ impl Engine {
                 }
                 let mut refs = self.j.index.shared_refs(&loc)?;
                 if refs.is_empty() {
-                    for op in dec::<Vec<Op>>(&rec.meta)? {
+                    for op in decode_ops(rec.version, &rec.meta)? {
                         if let Op::PutObject { ino, froms } = &op {
                             for idx in 0..froms.len() as u64 {
                                 if self.j.index.block(*ino, idx)?.is_some_and(|b| b.loc == loc) {

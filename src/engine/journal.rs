@@ -13,7 +13,7 @@
 //!   the index has been flushed past them.
 
 use crate::error::{Error, Result};
-use crate::meta::{dec, enc, Applying, Index, Op};
+use crate::meta::{decode_ops, encode_ops, Applied, Applying, Index, Op, INDEX_FORMAT};
 use crate::store::{
     encode_record, BlockHeader, Loc, LocalDir, PackBackend, PackLog, Record, ScanEnd,
 };
@@ -47,9 +47,22 @@ impl Journal {
     /// Open the store's packs and index, replaying what the index misses. A missing index is
     /// rebuilt from the packs; an index that is ahead of the packs (lost pack data) is rebuilt.
     pub fn open(store: &Path, index_cache: u64, pack_max: u64) -> Result<(Journal, Recovery)> {
-        let backend: Arc<dyn PackBackend> = Arc::new(LocalDir::open(&store.join("packs"))?);
+        let layout = crate::store::manifest::open(store)?;
+        let backend: Arc<dyn PackBackend> = Arc::new(LocalDir::open(&layout.packs)?);
+        Self::open_with(backend, &layout.index, store, index_cache, pack_max)
+    }
+
+    /// Open over an injected pack backend, with the index at `index_path` (`store` names the
+    /// store in messages).
+    pub fn open_with(
+        backend: Arc<dyn PackBackend>,
+        index_path: &Path,
+        store: &Path,
+        index_cache: u64,
+        pack_max: u64,
+    ) -> Result<(Journal, Recovery)> {
         let log = PackLog::open(backend, pack_max)?;
-        let index_path = store.join("index");
+        let index_path = index_path.to_path_buf();
         let fresh = !index_path.exists();
         let index = Index::open(&index_path, index_cache).map_err(|e| {
             Error::Corrupt(format!(
@@ -70,8 +83,14 @@ impl Journal {
             .list()?
             .iter()
             .any(|&p| j.log.backend().len(p).unwrap_or(0) > 0);
+        let other_layout = j.index.format()?.filter(|&f| f != INDEX_FORMAT);
         let rec = if fresh && has_packs {
             tracing::warn!("metadata index missing: rebuilding it from the pack files");
+            j.rebuild()?
+        } else if let Some(f) = other_layout {
+            tracing::warn!(
+                "metadata index has layout {f}, this build uses {INDEX_FORMAT}: rebuilding it from the pack files"
+            );
             j.rebuild()?
         } else {
             match j.replay() {
@@ -83,6 +102,7 @@ impl Journal {
                 Err(e) => return Err(e),
             }
         };
+        j.index.set_format(INDEX_FORMAT)?;
         Ok((j, rec))
     }
 
@@ -95,7 +115,7 @@ impl Journal {
 
     /// Append and apply one record. Returns its location.
     pub fn commit(&self, ops: &[Op], block: Option<(&BlockHeader, &[u8])>) -> Result<Loc> {
-        let meta = enc(&ops)?;
+        let meta = encode_ops(ops);
         let mut seq = self.next_seq.lock();
         self.check_poison()?;
         let rec = encode_record(*seq, &meta, block)?;
@@ -142,10 +162,7 @@ impl Journal {
             owned.push((ops.clone(), *block));
         }
         let recs = &owned[..];
-        let metas: Vec<Vec<u8>> = recs
-            .iter()
-            .map(|(ops, _)| enc(ops))
-            .collect::<Result<_>>()?;
+        let metas: Vec<Vec<u8>> = recs.iter().map(|(ops, _)| encode_ops(ops)).collect();
         let first = *seq;
         let mut locs = Vec::with_capacity(recs.len());
         for (i, ((_, block), meta)) in recs.iter().zip(&metas).enumerate() {
@@ -201,8 +218,34 @@ impl Journal {
 
     /// Make the index durable too (cheapens the next recovery; not needed for safety).
     pub fn checkpoint_index(&self) -> Result<()> {
+        // Under the commit lock, so the position noted as synced is one the sync covered.
+        let _seq = self.next_seq.lock();
         self.log.sync()?;
+        self.index.note_synced()?;
         self.index.flush()
+    }
+
+    /// Whether the journal still holds every record from `from` (a position known durable)
+    /// up to `to` (the index's applied position): after a power cut the index may have
+    /// reached the disk with records whose journal bytes did not.
+    fn journal_holds(&self, from: Applied, to: Applied) -> Result<bool> {
+        let mut reached = false;
+        for p in self.log.backend().list()? {
+            if p < from.pack || p > to.pack {
+                continue;
+            }
+            let start = if p == from.pack { from.off } else { 0 };
+            if start > self.log.backend().len(p)? {
+                return Ok(false);
+            }
+            self.log.scan(p, start, |loc, r| {
+                if loc.pack == to.pack && loc.off + loc.len as u64 == to.off && r.seq == to.seq {
+                    reached = true;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(reached)
     }
 
     /// Read the block payload of the record at `loc`.
@@ -213,7 +256,7 @@ impl Journal {
     }
 
     fn apply_record(&self, loc: Loc, rec: &Record) -> Result<()> {
-        let ops: Vec<Op> = dec(&rec.meta)?;
+        let ops = decode_ops(rec.version, &rec.meta)?;
         self.index.apply(
             rec.seq,
             loc,
@@ -226,7 +269,7 @@ impl Journal {
     fn apply_records(&self, pending: &mut Vec<(Loc, Record)>) -> Result<()> {
         let ops: Vec<Vec<Op>> = pending
             .iter()
-            .map(|(_, r)| dec(&r.meta))
+            .map(|(_, r)| decode_ops(r.version, &r.meta))
             .collect::<Result<_>>()?;
         let applying: Vec<Applying<'_>> = pending
             .iter()
@@ -249,6 +292,14 @@ impl Journal {
         let packs = self.log.backend().list()?;
         let mut rec = Recovery::default();
         let mut last_seq = applied.seq;
+        if let Some(synced) = self.index.synced()? {
+            if applied.seq > synced.seq && !self.journal_holds(synced, applied)? {
+                return Err(Error::Corrupt(format!(
+                    "index ahead of the pack files (records up to sequence {} were applied, the journal holds fewer)",
+                    applied.seq
+                )));
+            }
+        }
         if applied.seq > 0 {
             let exists = packs.contains(&applied.pack);
             let len = if exists {
@@ -321,7 +372,7 @@ impl Journal {
         let mut done_cp: Option<u64> = None;
         for &p in &packs {
             self.log.scan(p, 0, |_, r| {
-                if let Ok(ops) = dec::<Vec<Op>>(&r.meta) {
+                if let Ok(ops) = decode_ops(r.version, &r.meta) {
                     for op in &ops {
                         match op {
                             Op::CheckpointBegin => open_cp = Some(r.seq),
@@ -377,6 +428,9 @@ impl Journal {
             }
         }
         *self.next_seq.lock() = last_seq + 1;
+        // What the rebuild read is what the disk holds now: note it as the synced position.
+        self.log.sync()?;
+        self.index.note_synced()?;
         self.index.flush()?;
         tracing::info!(
             records = rec.replayed,
@@ -393,7 +447,7 @@ impl Journal {
         self.check_poison()?;
         let begin = *seq;
         let emit = |ops: &[Op], seq: &mut u64| -> Result<()> {
-            let rec = encode_record(*seq, &enc(&ops)?, None)?;
+            let rec = encode_record(*seq, &encode_ops(ops), None)?;
             let loc = self.log.append(&rec)?;
             // Snapshot ops restate the current state: only the applied position moves.
             self.index.apply(*seq, loc, &[], None)?;

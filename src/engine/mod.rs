@@ -224,7 +224,7 @@ pub struct Engine {
 }
 
 /// Take the store's exclusive lock, or say who holds it.
-fn lock_store(dir: &Path) -> Result<File> {
+pub fn lock_store(dir: &Path) -> Result<File> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     let path = dir.join("lock");
@@ -263,9 +263,32 @@ fn unsafe_flock(fd: i32) -> i32 {
 impl Engine {
     /// Open (or create) the store in `dir` and recover it.
     pub fn open(dir: &Path, opts: Options) -> Result<Arc<Engine>> {
+        Self::open_inner(dir, opts, None)
+    }
+
+    /// Open with an injected pack backend (an object store, or a simulated disk in tests);
+    /// the index and the lock stay in `dir`.
+    pub fn open_with_backend(
+        dir: &Path,
+        opts: Options,
+        backend: Arc<dyn crate::store::PackBackend>,
+    ) -> Result<Arc<Engine>> {
+        Self::open_inner(dir, opts, Some(backend))
+    }
+
+    fn open_inner(
+        dir: &Path,
+        opts: Options,
+        backend: Option<Arc<dyn crate::store::PackBackend>>,
+    ) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(dir)?;
         let lock = lock_store(dir)?;
-        let (j, recovery) = Journal::open(dir, opts.index_cache, opts.pack_max)?;
+        let (j, recovery) = match backend {
+            Some(b) => {
+                Journal::open_with(b, &dir.join("index"), dir, opts.index_cache, opts.pack_max)?
+            }
+            None => Journal::open(dir, opts.index_cache, opts.pack_max)?,
+        };
         if !j.index.take_clean()? {
             // Derived counters may be off after an unclean stop: recount them.
             j.index.recount()?;
@@ -473,6 +496,16 @@ impl Engine {
     /// Commit everything, make it durable and stop background threads. Idempotent.
     pub fn shutdown(&self) -> Result<()> {
         self.sync_all()?;
+        self.halt();
+        self.j.checkpoint_index()?;
+        self.j.index.mark_clean()?;
+        tracing::info!("store {} flushed", self.store_dir.display());
+        Ok(())
+    }
+
+    /// Stop the background threads without flushing anything (what a power cut leaves is
+    /// then up to the disk; used by crash simulation). Idempotent.
+    pub fn halt(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.jobs.lock().take();
         self.prefetch.lock().take();
@@ -480,10 +513,6 @@ impl Engine {
         for t in threads {
             let _ = t.join();
         }
-        self.j.checkpoint_index()?;
-        self.j.index.mark_clean()?;
-        tracing::info!("store {} flushed", self.store_dir.display());
-        Ok(())
     }
 
     /// Drain every file and make the journal and the index durable.

@@ -29,6 +29,8 @@
 //! the `B` entries gives.
 
 mod types;
+mod v1;
+pub mod wire;
 
 pub use self::types::*;
 
@@ -38,6 +40,10 @@ use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// Layout version of the index's keys and values (the 'M' "format" key). An index of another
+/// layout is rebuilt from the journal, never read.
+pub const INDEX_FORMAT: u64 = 1;
 
 pub struct Index {
     db: sled::Db,
@@ -62,6 +68,20 @@ pub struct Applied {
     pub seq: u64,
     pub pack: PackId,
     pub off: u64,
+}
+
+/// Encode ops as the metadata of a record of the current version.
+pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    wire::encode(ops)
+}
+
+/// Decode the metadata of a record of `version` (from its header).
+pub fn decode_ops(version: u8, meta: &[u8]) -> Result<Vec<Op>> {
+    match version {
+        1 => v1::decode(meta),
+        2 => wire::decode(meta),
+        v => Err(Error::Corrupt(format!("record version {v} is unknown"))),
+    }
 }
 
 pub fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -445,6 +465,35 @@ impl Index {
     }
 
     /// Record that the store was closed cleanly (derived counters are exact).
+    /// The index layout version this index was written with (None: before versions were
+    /// recorded, which is layout 1).
+    pub fn format(&self) -> Result<Option<u64>> {
+        Ok(self.tree.get(key_meta("format"))?.map(|v| u64_of(&v)))
+    }
+
+    pub fn set_format(&self, v: u64) -> Result<()> {
+        self.tree
+            .insert(key_meta("format"), v.to_be_bytes().to_vec())?;
+        Ok(())
+    }
+
+    /// The journal position known durable when the index was last flushed: records up to it
+    /// were synced before the index that applied them could reach the disk.
+    pub fn synced(&self) -> Result<Option<Applied>> {
+        match self.tree.get(key_meta("synced"))? {
+            Some(v) => Ok(Some(dec(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Record that the journal is durable up to what the index has applied (call after
+    /// syncing the journal, before flushing the index).
+    pub fn note_synced(&self) -> Result<()> {
+        let a = self.applied()?;
+        self.tree.insert(key_meta("synced"), enc(&a)?)?;
+        Ok(())
+    }
+
     pub fn mark_clean(&self) -> Result<()> {
         self.tree.insert(key_meta("clean"), vec![1])?;
         self.db.flush()?;

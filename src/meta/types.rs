@@ -180,7 +180,8 @@ pub struct PackStats {
 
 /// One metadata change. A journal record carries a list of these and is applied atomically.
 /// Every op states its full result (no deltas), so replaying a record twice is harmless.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// On disk each op has a frozen tag and layout (`wire`); the order here means nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     PutInode(Inode),
     /// Remove an inode with its blocks, xattrs and marks.

@@ -5,7 +5,10 @@
 //! order equals append order; a pack is synced before the next one is created, so a sync of the
 //! active pack makes every earlier record durable.
 
-use super::{Loc, PackAppender, PackBackend, PackId, RawHeader, Record, StoreError, HEADER_LEN};
+use super::{
+    header_len, Loc, PackAppender, PackBackend, PackId, RawHeader, Record, StoreError, HEADER_LEN,
+    MAGIC, RECORD_VERSION,
+};
 use parking_lot::Mutex;
 use std::io;
 use std::sync::Arc;
@@ -126,7 +129,7 @@ impl PackLog {
                 "record {loc:?} length mismatch"
             )));
         }
-        h.finish(&buf[HEADER_LEN..])
+        h.finish(&buf[h.header_len()..])
     }
 
     /// Visit every valid record of `pack` from offset `from`, in order.
@@ -141,20 +144,35 @@ impl PackLog {
         let mut hdr = [0u8; HEADER_LEN];
         while off < end {
             let torn = |reason: String| Ok(ScanEnd::Torn { off, end, reason });
-            if end - off < HEADER_LEN as u64 {
+            // Read as much of a header as the pack holds; its version says how long it is.
+            let avail = (end - off).min(HEADER_LEN as u64) as usize;
+            self.backend.read_at(pack, off, &mut hdr[..avail])?;
+            let hl = match header_len(&hdr[..avail]) {
+                Ok(hl) => hl,
+                // A torn write leaves a prefix of a real record, never a valid magic with a
+                // version this build does not know: that is a record of a newer format, and
+                // cutting it would destroy data. Refuse instead.
+                Err(_) if avail >= 5 && &hdr[0..4] == MAGIC && hdr[4] > RECORD_VERSION => {
+                    return Err(StoreError::Unsupported(format!(
+                        "pack {pack} holds a record of version {} at offset {off}, written by a newer idcfs (this build reads record versions 1 to {RECORD_VERSION})",
+                        hdr[4]
+                    ))
+                    .into());
+                }
+                Err(e) => return torn(e.to_string()),
+            };
+            if avail < hl {
                 return torn("short header".into());
             }
-            self.backend.read_at(pack, off, &mut hdr)?;
-            let h = match RawHeader::parse(&hdr) {
+            let h = match RawHeader::parse(&hdr[..hl]) {
                 Ok(h) => h,
                 Err(e) => return torn(e.to_string()),
             };
             if off + h.total_len() > end {
                 return torn("record runs past the end of the pack".into());
             }
-            let mut body = vec![0u8; h.total_len() as usize - HEADER_LEN];
-            self.backend
-                .read_at(pack, off + HEADER_LEN as u64, &mut body)?;
+            let mut body = vec![0u8; h.total_len() as usize - hl];
+            self.backend.read_at(pack, off + hl as u64, &mut body)?;
             let rec = match h.finish(&body) {
                 Ok(r) => r,
                 Err(e) => return torn(e.to_string()),
@@ -210,7 +228,7 @@ mod tests {
         // Tear the tail of the active pack.
         let (id, len) = log.active();
         let app = backend.open_append(id).unwrap_or_else(|e| panic!("{e}"));
-        app.append(b"IDCR\x01garbage")
+        app.append(b"IDCR\x02garbage")
             .unwrap_or_else(|e| panic!("{e}"));
         let mut n = 0;
         let end = log.scan(id, 0, |_, _| {

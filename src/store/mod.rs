@@ -3,11 +3,13 @@
 //! The store knows a codec only as a number and a payload only as bytes; the metadata a record
 //! commits is an opaque byte string that the index layer (`meta`) defines.
 //!
-//! ## Record format (little-endian), version 1
+//! ## Record format (little-endian)
+//! The full description, with the metadata ops and the codec payloads, is `FORMAT.md`.
+//! Version 2 (written by this build):
 //! ```text
 //!  0..4   magic "IDCR"
-//!  4      version (1)
-//!  5      flags: bit 0 = carries a block payload
+//!  4      version (2)
+//!  5      flags: bit 0 = carries a block payload; other bits must be zero
 //!  6..8   codec id (u16; 0 when no payload)
 //!  8..16  sequence number (u64, strictly increasing across the whole store)
 //! 16..20  meta length M (u32)
@@ -15,9 +17,15 @@
 //! 24..28  raw (decoded) length of the block (u32)
 //! 28..32  codec params (u32)
 //! 32..48  blake3 of the raw block, first 16 bytes (checked after decoding)
-//! 48..64  blake3 of bytes 0..48 ++ meta ++ payload, first 16 bytes (checked on every read)
-//! 64..    meta (M bytes), then payload (P bytes)
+//! 48..52  key id (u32; 0 = payload not encrypted)
+//! 52..64  nonce (12 bytes; zero when not encrypted)
+//! 64..80  blake3 of bytes 0..64 ++ meta ++ payload, first 16 bytes (checked on every read)
+//! 80..    meta (M bytes, the tagged ops of `meta::wire`), then payload (P bytes)
 //! ```
+//! Version 1 (stores written before format 2; read, never written): the same fields up to
+//! byte 48, then the checksum at 48..64 over bytes 0..48 ++ meta ++ payload, body from 64;
+//! its meta is the frozen postcard encoding of `meta::v1`.
+//!
 //! Packs are named `packs/XXXXXXXX.pack` (hex id). Records never straddle packs.
 //!
 //! Invariants:
@@ -29,9 +37,12 @@
 
 mod local;
 mod log;
+pub mod manifest;
+mod mem;
 
 pub use self::local::LocalDir;
 pub use self::log::{PackLog, ScanEnd};
+pub use self::mem::{Fault, MemBackend};
 
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -46,9 +57,14 @@ pub struct Loc {
     pub len: u32,
 }
 
-pub const HEADER_LEN: usize = 64;
-const MAGIC: &[u8; 4] = b"IDCR";
-const VERSION: u8 = 1;
+/// Length of the version-2 header (the longest); a version-1 header is `HEADER_LEN_V1`.
+pub const HEADER_LEN: usize = 80;
+pub const HEADER_LEN_V1: usize = 64;
+pub(crate) const MAGIC: &[u8; 4] = b"IDCR";
+/// The record version this build writes.
+pub const RECORD_VERSION: u8 = 2;
+/// Flag bits a reader of this build understands; a record with any other bit is refused.
+const KNOWN_FLAGS: u8 = 1;
 /// Sanity bounds that keep a damaged length field from causing a huge allocation.
 pub const MAX_META: u32 = 64 << 20;
 pub const MAX_PAYLOAD: u32 = 512 << 20;
@@ -62,10 +78,20 @@ pub struct BlockHeader {
     pub raw_hash: [u8; 16],
 }
 
+/// How a record's payload is sealed (encryption); all zero for a plain record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seal {
+    pub key_id: u32,
+    pub nonce: [u8; 12],
+}
+
 /// One decoded record.
 #[derive(Clone, Debug)]
 pub struct Record {
+    /// Record format version (1 or 2): says how `meta` is encoded.
+    pub version: u8,
     pub seq: u64,
+    pub seal: Seal,
     pub meta: Vec<u8>,
     pub block: Option<(BlockHeader, Vec<u8>)>,
 }
@@ -76,12 +102,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("pack store I/O: {0}")]
     Io(#[from] io::Error),
+    /// Data of a format this build does not know (written by a newer idcfs).
+    #[error("unsupported format: {0}")]
+    Unsupported(String),
 }
 
 impl StoreError {
     pub fn errno(&self) -> i32 {
         match self {
-            StoreError::Corrupt(_) => libc::EIO,
+            StoreError::Corrupt(_) | StoreError::Unsupported(_) => libc::EIO,
             StoreError::Io(e) => crate::error::io_errno(e),
         }
     }
@@ -95,11 +124,21 @@ pub fn raw_hash(data: &[u8]) -> [u8; 16] {
     out
 }
 
-/// Serialize a record.
+/// Serialize a record (current version, not sealed).
 pub fn encode_record(
     seq: u64,
     meta: &[u8],
     block: Option<(&BlockHeader, &[u8])>,
+) -> Result<Vec<u8>, StoreError> {
+    encode_record_sealed(seq, meta, block, Seal::default())
+}
+
+/// Serialize a record with the given seal (key id and nonce of an encrypted payload).
+pub fn encode_record_sealed(
+    seq: u64,
+    meta: &[u8],
+    block: Option<(&BlockHeader, &[u8])>,
+    seal: Seal,
 ) -> Result<Vec<u8>, StoreError> {
     let payload_len = block.map_or(0, |(_, p)| p.len());
     if meta.len() > MAX_META as usize || payload_len > MAX_PAYLOAD as usize {
@@ -110,7 +149,7 @@ pub fn encode_record(
     }
     let mut buf = Vec::with_capacity(HEADER_LEN + meta.len() + payload_len);
     buf.extend_from_slice(MAGIC);
-    buf.push(VERSION);
+    buf.push(RECORD_VERSION);
     buf.push(u8::from(block.is_some()));
     let (codec, params, raw_len, rh) = match block {
         Some((h, _)) => (h.codec, h.params, h.raw_len, h.raw_hash),
@@ -123,8 +162,10 @@ pub fn encode_record(
     buf.extend_from_slice(&raw_len.to_le_bytes());
     buf.extend_from_slice(&params.to_le_bytes());
     buf.extend_from_slice(&rh);
+    buf.extend_from_slice(&seal.key_id.to_le_bytes());
+    buf.extend_from_slice(&seal.nonce);
     let mut hasher = blake3::Hasher::new();
-    hasher.update(&buf[..48]);
+    hasher.update(&buf[..64]);
     hasher.update(meta);
     if let Some((_, p)) = block {
         hasher.update(p);
@@ -140,6 +181,7 @@ pub fn encode_record(
 /// Parsed fixed header: what a scanner needs before reading the body.
 #[derive(Clone, Debug)]
 pub struct RawHeader {
+    pub version: u8,
     pub seq: u64,
     pub meta_len: u32,
     pub payload_len: u32,
@@ -147,15 +189,33 @@ pub struct RawHeader {
     bytes: [u8; HEADER_LEN],
 }
 
+/// Header length of a record that starts with `prefix` (at least 5 bytes), or why it is not
+/// a record this build can read.
+pub fn header_len(prefix: &[u8]) -> Result<usize, StoreError> {
+    if prefix.len() < 5 || &prefix[0..4] != MAGIC {
+        return Err(StoreError::Corrupt("bad record magic".into()));
+    }
+    match prefix[4] {
+        1 => Ok(HEADER_LEN_V1),
+        2 => Ok(HEADER_LEN),
+        v => Err(StoreError::Corrupt(format!(
+            "unknown record version {v} (this build reads versions 1 and 2)"
+        ))),
+    }
+}
+
 impl RawHeader {
+    /// Parse the header at the start of `h` (which holds at least the header).
     pub fn parse(h: &[u8]) -> Result<RawHeader, StoreError> {
-        if h.len() < HEADER_LEN || &h[0..4] != MAGIC {
-            return Err(StoreError::Corrupt("bad record magic".into()));
+        let hl = header_len(h)?;
+        if h.len() < hl {
+            return Err(StoreError::Corrupt("short record header".into()));
         }
-        if h[4] != VERSION {
+        let version = h[4];
+        if version >= 2 && h[5] & !KNOWN_FLAGS != 0 {
             return Err(StoreError::Corrupt(format!(
-                "unknown record version {}",
-                h[4]
+                "record flags {:#x} name features this build does not know",
+                h[5]
             )));
         }
         let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
@@ -167,8 +227,9 @@ impl RawHeader {
             return Err(StoreError::Corrupt("record length out of range".into()));
         }
         let mut bytes = [0u8; HEADER_LEN];
-        bytes.copy_from_slice(&h[..HEADER_LEN]);
+        bytes[..hl].copy_from_slice(&h[..hl]);
         Ok(RawHeader {
+            version,
             seq: u64::from_le_bytes(seq),
             meta_len,
             payload_len,
@@ -177,8 +238,17 @@ impl RawHeader {
         })
     }
 
+    /// Length of this record's header.
+    pub fn header_len(&self) -> usize {
+        if self.version == 1 {
+            HEADER_LEN_V1
+        } else {
+            HEADER_LEN
+        }
+    }
+
     pub fn total_len(&self) -> u64 {
-        HEADER_LEN as u64 + self.meta_len as u64 + self.payload_len as u64
+        self.header_len() as u64 + self.meta_len as u64 + self.payload_len as u64
     }
 
     /// Verify the body against the header checksum and build the record.
@@ -187,10 +257,11 @@ impl RawHeader {
         if body.len() != m + self.payload_len as usize {
             return Err(StoreError::Corrupt("record body length mismatch".into()));
         }
+        let hl = self.header_len();
         let mut hasher = blake3::Hasher::new();
-        hasher.update(&self.bytes[..48]);
+        hasher.update(&self.bytes[..hl - 16]);
         hasher.update(body);
-        if hasher.finalize().as_bytes()[..16] != self.bytes[48..64] {
+        if hasher.finalize().as_bytes()[..16] != self.bytes[hl - 16..hl] {
             return Err(StoreError::Corrupt("record checksum mismatch".into()));
         }
         let h = &self.bytes;
@@ -207,8 +278,15 @@ impl RawHeader {
         } else {
             None
         };
+        let mut seal = Seal::default();
+        if self.version >= 2 {
+            seal.key_id = u32::from_le_bytes([h[48], h[49], h[50], h[51]]);
+            seal.nonce.copy_from_slice(&h[52..64]);
+        }
         Ok(Record {
+            version: self.version,
             seq: self.seq,
+            seal,
             meta: body[..m].to_vec(),
             block,
         })
@@ -254,13 +332,14 @@ mod tests {
             encode_record(42, b"meta", Some((&hdr, &payload))).unwrap_or_else(|e| panic!("{e}"));
         let h = RawHeader::parse(&rec).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(h.total_len(), rec.len() as u64);
+        assert_eq!(h.version, RECORD_VERSION);
         let r = h
             .finish(&rec[HEADER_LEN..])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.seq, 42);
         assert_eq!(r.meta, b"meta");
         assert_eq!(r.block, Some((hdr, payload)));
-        for i in [0usize, 10, 40, 50, 64, rec.len() - 1] {
+        for i in [0usize, 5, 10, 40, 50, 60, 70, 80, rec.len() - 1] {
             let mut bad = rec.clone();
             bad[i] ^= 0x40;
             let res = RawHeader::parse(&bad).and_then(|h| h.finish(&bad[HEADER_LEN..]));

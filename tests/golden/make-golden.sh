@@ -11,6 +11,7 @@
 # Usage: tests/golden/make-golden.sh BIN OUT   (as root; needs fusermount3, python3, attr)
 set -euo pipefail
 BIN=$(realpath "$1")
+HERE=$(realpath "$(dirname "$0")")
 OUT=$2
 DATA=$(realpath "$(dirname "$0")/../data")
 [ ! -e "$OUT" ] || { echo "$OUT exists" >&2; exit 1; }
@@ -55,6 +56,7 @@ with open("deep/a/b/big.log", "w") as f:
     for i in range(12000):
         f.write(f"2026-11-30T11:{i % 60:02d}:00Z host app[{i}]: request {i} served in {i % 97} ms\n")
 PY
+cp deep/a/b/big.log max/shrink.log
 cp "$DATA"/json/*examples-1.json dedup/one.json
 cp "$DATA"/json/*examples-1.json dedup/two.json
 ln -s ../max/perlsolaris.pod deep/link-to-pod
@@ -75,6 +77,9 @@ cp "$DATA"/text/*.pod deep/a/doomed.pod
 rm deep/a/doomed.pod
 truncate -s 10000 fast/perlsolaris.pod
 truncate -s 200000 max/noise.bin
+truncate -s 1000 max/shrink.log
+cp deep/a/b/big.log dedup/log1
+cp deep/a/b/big.log dedup/log2
 mv deep/a/b deep/moved
 echo replaced > deep/victim && echo winner > deep/winner && mv deep/winner deep/victim
 setfattr -x user.gone max/logo.png
@@ -95,28 +100,7 @@ cd /
 
 # The lists a later build compares against (paths relative to the mount root).
 "$BIN" mount --store "$OUT/store" "$MNT"
-python3 - "$MNT" "$OUT" <<'PY'
-import hashlib, os, stat, sys
-mnt, out = sys.argv[1], sys.argv[2]
-sums, tree = [], []
-for root, dirs, files in os.walk(mnt):
-    dirs.sort()
-    for name in sorted(dirs + files):
-        p = os.path.join(root, name)
-        rel = os.path.relpath(p, mnt)
-        st = os.lstat(p)
-        kind = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p"}[stat.S_IFMT(st.st_mode)]
-        target = os.readlink(p) if kind == "l" else ""
-        xattrs = ""
-        if kind in "fd":
-            xattrs = ",".join(f"{k}={hashlib.sha256(os.getxattr(p, k)).hexdigest()[:16]}" for k in sorted(os.listxattr(p)) if not k.startswith("user.idcfs."))
-        tree.append(f"{rel}\t{kind}\t{stat.S_IMODE(st.st_mode):o}\t{st.st_size if kind != 'd' else 0}\t{st.st_nlink}\t{st.st_mtime_ns if kind != 'd' else 0}\t{target}\t{xattrs}")
-        if kind == "f":
-            with open(p, "rb") as f:
-                sums.append(f"{hashlib.sha256(f.read()).hexdigest()}  {rel}")
-open(os.path.join(out, "SHA256SUMS"), "w").write("\n".join(sums) + "\n")
-open(os.path.join(out, "TREE"), "w").write("\n".join(tree) + "\n")
-PY
+python3 "$HERE/lists.py" "$MNT" "$OUT"
 "$BIN" umount "$MNT"
 # Logs and the lock are not part of the format; the index is a cache the test rebuilds too.
 rm -f "$OUT/store/idcfs.log" "$OUT/store/lock"

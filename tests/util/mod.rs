@@ -38,6 +38,39 @@ impl Mounted {
         Self::with_args(&[])
     }
 
+    /// A test directory whose store is a copy of `src` (e.g. a golden store), not mounted yet.
+    pub fn from_store_copy(src: &Path) -> Mounted {
+        let m = Self::unmounted(&[]);
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(src)
+            .arg(&m.store)
+            .output()
+            .unwrap_or_else(|e| panic!("cp: {e}"));
+        assert!(out.status.success(), "cp -a {} failed", src.display());
+        m
+    }
+
+    /// The directories of a mount, without mounting.
+    pub fn unmounted(extra: &[&str]) -> Mounted {
+        let dir = tempfile::Builder::new()
+            .prefix("idcfs-test")
+            .tempdir_in("/var/tmp")
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mnt = dir.path().join("mnt");
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
+        let log = dir.path().join("daemon.log");
+        Mounted {
+            dir,
+            mnt,
+            store,
+            log,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
     pub fn with_args(extra: &[&str]) -> Mounted {
         let dir = tempfile::Builder::new()
             .prefix("idcfs-test")

@@ -1,0 +1,183 @@
+//! Golden stores: every store format idcfs ever wrote stays readable, exactly.
+//!
+//! `tests/data/golden/vN/` holds a small store written by the build that introduced format N
+//! (`tests/golden/make-golden.sh`), with the SHA256SUMS and TREE that build saw through its
+//! mount. Each later build must mount it (after `idcfs upgrade` when it is older than the
+//! current format; mounting before that must be refused with a message naming the command),
+//! read every file and attribute the same, pass fsck, and rebuild its index from the journal
+//! alone to the same tree. When the format changes, a new golden store is added and the old
+//! ones stay: upgrades are tested forever.
+
+use crate::util::{sh, Mounted, BIN};
+use idcfs::meta::{decode_ops, wire};
+use idcfs::store::{LocalDir, PackBackend, PackLog};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden")
+}
+
+fn lists_py() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/lists.py")
+}
+
+/// The golden stores, oldest first.
+fn stores() -> Vec<(u32, PathBuf)> {
+    let mut v: Vec<(u32, PathBuf)> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n = e
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix('v')?
+                .parse()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Compare what the mount shows with the lists the writing build saw.
+fn check_lists(m: &Mounted, golden: &Path, what: &str) {
+    let out = m.dir.path().join(format!("lists-{what}"));
+    std::fs::create_dir_all(&out).unwrap();
+    sh(
+        m.dir.path(),
+        &format!(
+            "python3 {} {} {}",
+            lists_py().display(),
+            m.mnt.display(),
+            out.display()
+        ),
+    );
+    for f in ["SHA256SUMS", "TREE"] {
+        let want = std::fs::read_to_string(golden.join(f)).unwrap();
+        let got = std::fs::read_to_string(out.join(f)).unwrap();
+        assert!(
+            !want.trim().is_empty(),
+            "{f} of {} is empty",
+            golden.display()
+        );
+        assert_eq!(got, want, "{what}: {f} differs for {}", golden.display());
+    }
+}
+
+#[test]
+fn every_golden_store_reads_back_exactly() {
+    let all = stores();
+    assert!(
+        all.len() >= 2,
+        "expected the golden stores of formats 1 and 2, found {all:?}"
+    );
+    for (ver, golden) in all {
+        let mut m = Mounted::from_store_copy(&golden.join("store"));
+        if ver < idcfs::store::manifest::FORMAT {
+            // Mounting as is must be refused, naming the upgrade command; nothing changes.
+            let out = m.idcfs(&[
+                "mount",
+                "--store",
+                m.store.to_str().unwrap(),
+                m.mnt.to_str().unwrap(),
+            ]);
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(
+                !out.status.success(),
+                "format {ver} store mounted without upgrade"
+            );
+            assert!(
+                err.contains("idcfs upgrade") && err.contains(&format!("format {ver}")),
+                "{err}"
+            );
+            let out = m.idcfs(&["fsck", m.store.to_str().unwrap()]);
+            assert!(!out.status.success(), "fsck opened a format {ver} store");
+            let out = m.idcfs(&["upgrade", m.store.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "upgrade failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        m.mount();
+        check_lists(&m, &golden, "mounted");
+        m.unmount();
+        let (rc, out) = m.fsck();
+        assert_eq!(rc, 0, "fsck of golden v{ver}: {out}");
+        // The index is a cache: rebuilt from the journal alone, the tree must be the same.
+        let out = m.idcfs(&["fsck", "--rebuild", m.store.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "fsck --rebuild of golden v{ver}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        m.mount();
+        check_lists(&m, &golden, "rebuilt");
+        // And it stays writable.
+        std::fs::write(m.path("written-by-this-build"), b"hello").unwrap();
+        m.remount();
+        assert_eq!(
+            std::fs::read(m.path("written-by-this-build")).unwrap(),
+            b"hello"
+        );
+        m.unmount();
+    }
+}
+
+/// Op tags and codec ids found in a store's journal.
+fn coverage(store: &Path) -> (BTreeSet<u8>, BTreeSet<u16>, BTreeSet<u8>) {
+    let packs = if store.join("journal").is_dir() {
+        store.join("journal")
+    } else {
+        store.join("packs")
+    };
+    let backend: Arc<dyn PackBackend> = Arc::new(LocalDir::open(&packs).unwrap());
+    let log = PackLog::open(backend.clone(), u64::MAX).unwrap();
+    let (mut tags, mut codecs, mut versions) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for p in backend.list().unwrap() {
+        let end = log
+            .scan(p, 0, |_, r| {
+                versions.insert(r.version);
+                for op in decode_ops(r.version, &r.meta)? {
+                    tags.insert(wire::op_tag(&op));
+                }
+                if let Some((h, _)) = &r.block {
+                    codecs.insert(h.codec);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            matches!(end, idcfs::store::ScanEnd::Clean { .. }),
+            "golden pack {p} is not clean: {end:?}"
+        );
+    }
+    (tags, codecs, versions)
+}
+
+#[test]
+fn golden_stores_cover_every_op_and_codec() {
+    let every_tag: BTreeSet<u8> = (wire::tag::PUT_INODE..=wire::tag::CHECKPOINT_END).collect();
+    let every_codec: BTreeSet<u16> = (idcfs::codec::RAW..=idcfs::codec::EXEC).collect();
+    for (ver, golden) in stores() {
+        let (tags, codecs, versions) = coverage(&golden.join("store"));
+        let want_version = if ver == 1 { 1 } else { 2 };
+        assert_eq!(
+            versions,
+            BTreeSet::from([want_version]),
+            "golden v{ver} record versions"
+        );
+        let missing: Vec<_> = every_tag.difference(&tags).collect();
+        assert!(
+            missing.is_empty(),
+            "golden v{ver} lacks op tags {missing:?}"
+        );
+        let missing: Vec<_> = every_codec.difference(&codecs).collect();
+        assert!(missing.is_empty(), "golden v{ver} lacks codecs {missing:?}");
+    }
+    // The binary under test writes the newest format.
+    let _ = BIN;
+}
