@@ -10,4 +10,5 @@ mod golden;
 mod model;
 mod policy;
 mod posix;
+mod sim;
 mod tools;
