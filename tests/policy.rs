@@ -290,7 +290,8 @@ fn recompression_under_concurrent_reader_and_writer() {
         }
         std::thread::sleep(Duration::from_millis(1500));
         let strong = |e: &String| e == "zstd:19" || e == "zstd-long";
-        if encodings(&m, "shared").iter().all(strong) && v >= 4 {
+        let enc = encodings(&m, "shared");
+        if !enc.is_empty() && enc.iter().all(strong) && v >= 4 {
             recompressed = true;
             break;
         }
@@ -339,9 +340,19 @@ fn kill9_during_recompression() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay));
-        m.kill9();
         let mut child = child;
-        let _ = child.wait();
+        // The kill must land while the recompression runs: the command has not returned...
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "recompression finished within {delay} ms: the kill would not interrupt it"
+        );
+        m.kill9();
+        // ...and it fails because the daemon died under it.
+        let st = child.wait().unwrap();
+        assert!(
+            !st.success(),
+            "recompress reported success although the daemon was killed at {delay} ms"
+        );
         let (code, out) = m.fsck();
         assert_eq!(code, 0, "fsck after kill -9 at {delay} ms: {out}");
         m.mount();

@@ -78,9 +78,12 @@ impl Engine {
                                 }
                             }
                         }
+                        // A moved object is live through its `MoveObject` ops, so it can be
+                        // moved again and its pack freed.
                         if let Op::PutBlock { ino, idx }
                         | Op::PutBlockShared { ino, idx }
-                        | Op::MoveBlock { ino, idx, .. } = op
+                        | Op::MoveBlock { ino, idx, .. }
+                        | Op::MoveObject { ino, idx, .. } = op
                         {
                             if self.j.index.block(ino, idx)?.is_some_and(|b| b.loc == loc) {
                                 refs.push((ino, idx));

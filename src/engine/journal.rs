@@ -255,16 +255,6 @@ impl Journal {
             .ok_or_else(|| Error::Corrupt(format!("record {loc:?} has no block payload")))
     }
 
-    fn apply_record(&self, loc: Loc, rec: &Record) -> Result<()> {
-        let ops = decode_ops(rec.version, &rec.meta)?;
-        self.index.apply(
-            rec.seq,
-            loc,
-            &ops,
-            rec.block.as_ref().map(|(h, p)| (h, p.len() as u32)),
-        )
-    }
-
     /// Apply a run of consecutive records in one index batch.
     fn apply_records(&self, pending: &mut Vec<(Loc, Record)>) -> Result<()> {
         let ops: Vec<Vec<Op>> = pending
@@ -398,11 +388,32 @@ impl Journal {
                 if r.seq < start || r.seq <= last_seq {
                     return Ok(());
                 }
-                if let Err(e) = self.apply_record(loc, &r) {
+                // Its sequence number is used even if the record is skipped, so it is never
+                // handed out again.
+                last_seq = r.seq;
+                let ops = match decode_ops(r.version, &r.meta) {
+                    Ok(ops) => ops,
+                    // Ops of a newer writer: refuse rather than rebuild without them.
+                    Err(e @ Error::Store(crate::store::StoreError::Unsupported(_))) => {
+                        return Err(e)
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            ?loc,
+                            "skipping a record whose metadata cannot be read: {e}"
+                        );
+                        return Ok(());
+                    }
+                };
+                if let Err(e) = self.index.apply(
+                    r.seq,
+                    loc,
+                    &ops,
+                    r.block.as_ref().map(|(h, p)| (h, p.len() as u32)),
+                ) {
                     tracing::error!(?loc, "skipping a record that cannot be applied: {e}");
                     return Ok(());
                 }
-                last_seq = r.seq;
                 rec.replayed += 1;
                 Ok(())
             })?;

@@ -8,8 +8,10 @@
 //!
 //! ## Key layout (one sled tree, `idx`; integers big-endian so ranges sort numerically)
 //! ```text
-//! 'M' name                  -> meta values ("applied": seq u64, pack u32, off u64;
-//!                              "ino", "cookie": highest ids used)
+//! 'M' name                  -> meta values: "applied" and "synced" (postcard `Applied`: seq,
+//!                              pack, end offset of the last record applied / known synced),
+//!                              "ino", "cookie" (highest ids used, u64 BE), "format" (index
+//!                              layout, u64 BE), "clean" (present after a clean close)
 //! 'I' ino                   -> Inode (postcard)
 //! 'D' parent name           -> Dirent
 //! 'C' parent cookie         -> name            (readdir order)
@@ -290,12 +292,26 @@ impl<'a> View<'a> {
 
 impl Index {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Index> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .open()?;
-        Self::from_db(db)
+        // sled releases its file lock only when its I/O threads are done with a database that
+        // was dropped, so a reopen in the same process right after a close can briefly find it
+        // held: retry for a few seconds before calling that an error.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let res = sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .flush_every_ms(None)
+                .open();
+            match res {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                res => return Self::from_db(res?),
+            }
+        }
     }
 
     #[cfg(test)]
@@ -464,7 +480,6 @@ impl Index {
         Ok(out)
     }
 
-    /// Record that the store was closed cleanly (derived counters are exact).
     /// The index layout version this index was written with (None: before versions were
     /// recorded, which is layout 1).
     pub fn format(&self) -> Result<Option<u64>> {
@@ -494,6 +509,7 @@ impl Index {
         Ok(())
     }
 
+    /// Record that the store was closed cleanly (derived counters are exact).
     pub fn mark_clean(&self) -> Result<()> {
         self.tree.insert(key_meta("clean"), vec![1])?;
         self.db.flush()?;

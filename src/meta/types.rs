@@ -106,7 +106,8 @@ pub struct Inode {
     pub mtime: Ts,
     pub ctime: Ts,
     pub crtime: Ts,
-    /// For directories: the parent directory (".."). Unused for other kinds.
+    /// For directories: the parent directory (".."). For other kinds: the directory the
+    /// inode was created in or last moved to (policy lookup; not a link count).
     pub parent: Ino,
     /// For symlinks: the target.
     pub target: Vec<u8>,

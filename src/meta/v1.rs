@@ -264,7 +264,23 @@ impl From<OpV1> for Op {
 
 /// Decode the metadata of a version-1 record.
 pub fn decode(meta: &[u8]) -> Result<Vec<Op>> {
-    let ops: Vec<OpV1> = postcard::from_bytes(meta)
-        .map_err(|e| Error::Corrupt(format!("version-1 record metadata: {e}")))?;
-    Ok(ops.into_iter().map(Op::from).collect())
+    let bad = |why: String| Error::Corrupt(format!("version-1 record metadata: {why}"));
+    let (ops, rest): (Vec<OpV1>, &[u8]) =
+        postcard::take_from_bytes(meta).map_err(|e| bad(e.to_string()))?;
+    // The v1 writer encoded exactly one list: anything after it is damage.
+    if !rest.is_empty() {
+        return Err(bad(format!("{} bytes after the ops", rest.len())));
+    }
+    let ops: Vec<Op> = ops.into_iter().map(Op::from).collect();
+    for op in &ops {
+        if let Op::PutInode(i) = op {
+            if [i.atime, i.mtime, i.ctime, i.crtime]
+                .iter()
+                .any(|t| t.nsec >= 1_000_000_000)
+            {
+                return Err(bad("nanoseconds out of range".into()));
+            }
+        }
+    }
+    Ok(ops)
 }

@@ -422,9 +422,9 @@ fn decode_body(t: u8, r: &mut R<'_>) -> Result<Option<Op>> {
         },
         t if t >= tag::HINT => return Ok(None),
         t => {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::Store(crate::store::StoreError::Unsupported(format!(
                 "record metadata holds op tag {t}, which this build does not know (written by a newer idcfs)"
-            )))
+            ))))
         }
     }))
 }
@@ -584,7 +584,7 @@ pub(crate) mod tests {
         };
         let want: Vec<u8> = [
             &[3u8][..],
-            &27u32.to_le_bytes(),
+            &31u32.to_le_bytes(),
             &1u64.to_le_bytes(),
             &2u32.to_le_bytes(),
             b"ab",

@@ -1,4 +1,4 @@
-//! Pack files in a local directory (`STORE/packs`).
+//! Pack files in a local directory (`STORE/journal`, or `STORE/packs` in format-1 stores).
 
 use super::{PackAppender, PackBackend, PackId};
 use parking_lot::RwLock;

@@ -154,7 +154,7 @@ impl PackLog {
                 // cutting it would destroy data. Refuse instead.
                 Err(_) if avail >= 5 && &hdr[0..4] == MAGIC && hdr[4] > RECORD_VERSION => {
                     return Err(StoreError::Unsupported(format!(
-                        "pack {pack} holds a record of version {} at offset {off}, written by a newer idcfs (this build reads record versions 1 to {RECORD_VERSION})",
+                        "pack {pack} holds a record of version {} at offset {off}, written by a newer idcfs or damaged in its header (this build reads record versions 1 to {RECORD_VERSION})",
                         hdr[4]
                     ))
                     .into());
@@ -166,6 +166,7 @@ impl PackLog {
             }
             let h = match RawHeader::parse(&hdr[..hl]) {
                 Ok(h) => h,
+                Err(e @ StoreError::Unsupported(_)) => return Err(e.into()),
                 Err(e) => return torn(e.to_string()),
             };
             if off + h.total_len() > end {
@@ -175,6 +176,7 @@ impl PackLog {
             self.backend.read_at(pack, off + hl as u64, &mut body)?;
             let rec = match h.finish(&body) {
                 Ok(r) => r,
+                Err(e @ StoreError::Unsupported(_)) => return Err(e.into()),
                 Err(e) => return torn(e.to_string()),
             };
             let loc = Loc {

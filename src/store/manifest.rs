@@ -195,9 +195,11 @@ pub fn upgrade(dir: &Path) -> io::Result<Upgraded> {
             finish(dir, Some(1))?;
             Ok(Upgraded::From(1))
         }
+        // Creation or an upgrade was interrupted: which one cannot be told, so the manifest
+        // does not claim an origin.
         Found::Unfinished => {
-            finish(dir, Some(1))?;
-            Ok(Upgraded::From(1))
+            finish(dir, None)?;
+            Ok(Upgraded::AlreadyCurrent)
         }
         Found::Empty => Err(err(
             io::ErrorKind::NotFound,

@@ -70,7 +70,7 @@ fn next(seed: &mut u64) -> u64 {
 }
 
 fn dead() -> io::Error {
-    io::Error::new(io::ErrorKind::Other, "simulated power loss: device is off")
+    io::Error::other("simulated power loss: device is off")
 }
 
 /// A simulated EIO (`what` is for the reader of this code: the errno is what callers see).
@@ -120,7 +120,7 @@ impl State {
                 // Often at a write boundary (a whole record lost), otherwise at any byte.
                 Fault::Tear | Fault::Reorder => {
                     let r = next(seed);
-                    if r % 2 == 0 && !p.writes.is_empty() {
+                    if r.is_multiple_of(2) && !p.writes.is_empty() {
                         p.writes[(r / 2) as usize % p.writes.len()] - p.synced
                     } else {
                         (r / 2) as usize % (unsynced + 1)
@@ -133,7 +133,7 @@ impl State {
                 let first = p.synced / 4096;
                 let last = (p.data.len() - 1) / 4096;
                 for page in first..=last {
-                    if next(seed) % 3 == 0 {
+                    if next(seed).is_multiple_of(3) {
                         let a = (page * 4096).max(p.synced);
                         let b = ((page + 1) * 4096).min(p.data.len());
                         p.data[a..b].fill(0);
@@ -151,14 +151,14 @@ impl State {
             .copied()
             .collect();
         for id in created {
-            if next(seed) % 2 == 0 {
+            if next(seed).is_multiple_of(2) {
                 self.packs.remove(&id);
             } else {
                 self.durable.insert(id);
             }
         }
         for (id, p) in std::mem::take(&mut self.removed) {
-            if next(seed) % 2 == 0 {
+            if next(seed).is_multiple_of(2) {
                 self.packs.insert(id, p);
                 self.durable.insert(id);
             }

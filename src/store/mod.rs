@@ -26,7 +26,8 @@
 //! byte 48, then the checksum at 48..64 over bytes 0..48 ++ meta ++ payload, body from 64;
 //! its meta is the frozen postcard encoding of `meta::v1`.
 //!
-//! Packs are named `packs/XXXXXXXX.pack` (hex id). Records never straddle packs.
+//! Packs are named `XXXXXXXX.pack` (hex id) in the store's `journal/` directory (`packs/` in
+//! format-1 stores; see `manifest`). Records never straddle packs.
 //!
 //! Invariants:
 //! - A pack is only appended to while it is the active pack; once a newer pack exists it is
@@ -212,8 +213,10 @@ impl RawHeader {
             return Err(StoreError::Corrupt("short record header".into()));
         }
         let version = h[4];
-        if version >= 2 && h[5] & !KNOWN_FLAGS != 0 {
-            return Err(StoreError::Corrupt(format!(
+        if h[5] & !KNOWN_FLAGS != 0 {
+            // A feature of a newer writer (a torn write cannot set a flag bit): refuse, never
+            // treat as a torn tail to cut.
+            return Err(StoreError::Unsupported(format!(
                 "record flags {:#x} name features this build does not know",
                 h[5]
             )));
@@ -282,6 +285,14 @@ impl RawHeader {
         if self.version >= 2 {
             seal.key_id = u32::from_le_bytes([h[48], h[49], h[50], h[51]]);
             seal.nonce.copy_from_slice(&h[52..64]);
+        }
+        if seal.key_id != 0 {
+            // Encrypted payloads come with the encryption feature; until then such a record
+            // is refused rather than decoded as plain bytes.
+            return Err(StoreError::Unsupported(format!(
+                "record {} is sealed with key {}, and this build has no key support",
+                self.seq, seal.key_id
+            )));
         }
         Ok(Record {
             version: self.version,
