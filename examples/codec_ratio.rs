@@ -23,7 +23,7 @@ use idcfs::classify::{classify_file, ContentClass, MAX_HEAD};
 use idcfs::codec::{
     CodecId, EncodeParams, Registry, DEFLATE, EXEC, FLAC, JPEG, RAW, ZSTD, ZSTD_DICT, ZSTD_LONG,
 };
-use idcfs::engine::choice::{dict_for, whole_file_codec};
+use idcfs::engine::choice::{candidates, Stage, Tuning};
 use idcfs::policy::Level;
 
 const BLOCK: usize = 128 << 10;
@@ -136,15 +136,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let size = data.len() as u64;
-        let tries = [
-            whole_file_codec(Some(class), size, Level::Max)
-                .filter(|&id| id != ZSTD_LONG)
-                .map(|id| (id, 0)),
-            dict_for(Some(class), size).map(|d| (ZSTD_DICT, d)),
-        ];
-        for (id, model) in tries.into_iter().flatten() {
+        // What recompression at level max lists (`engine::choice`), less the zstd variants
+        // measured above.
+        let policy = idcfs::policy::Effective {
+            level: Level::Max,
+            ..Default::default()
+        };
+        let avail = |id| reg.available(id);
+        let tries: Vec<(CodecId, u32, i32)> = candidates(
+            Some(class),
+            &policy,
+            size,
+            Stage::Recompress,
+            &Tuning::default(),
+            &avail,
+        )
+        .into_iter()
+        .filter(|c| c.codec != ZSTD && c.codec != ZSTD_LONG)
+        .map(|c| (c.codec, c.model, c.level))
+        .collect();
+        for (id, model, level) in tries {
             let mut out = Vec::new();
-            let p = EncodeParams { level: 19, model };
+            let p = EncodeParams { level, model };
             match reg.get(id)?.encode(&data, &p, &mut out) {
                 Ok(params) if out.len() < best_len => {
                     best_len = out.len();

@@ -132,6 +132,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     pack_max: pack_mib << 20,
                     default_policy: conf.policy.clone(),
                     idle_secs: conf.idle_secs.unwrap_or(60),
+                    codecs_disabled: conf.codecs_disabled.clone(),
                     ..Options::default()
                 };
                 daemon::run_foreground(&mp, &store, opts)?;
@@ -290,20 +291,28 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             } else {
                 for (mp, st) in rows {
                     match st {
-                        Some(s) => println!(
-                            "{}  store {}  pid {}  up {}s  cache {}/{}  dirty {}/{}  live files {}  recompress queue {}",
-                            mp.display(),
-                            s.store,
-                            s.pid,
-                            s.uptime_secs,
-                            human(s.cache_bytes),
-                            human(s.cache_limit),
-                            human(s.dirty_bytes),
-                            human(s.dirty_limit),
-                            s.live_files,
-                            s.recompress_queue
+                        Some(s) => {
+                            println!(
+                                "{}  store {}  pid {}  up {}s  cache {}/{}  dirty {}/{}  live files {}  recompress queue {}",
+                                mp.display(),
+                                s.store,
+                                s.pid,
+                                s.uptime_secs,
+                                human(s.cache_bytes),
+                                human(s.cache_limit),
+                                human(s.dirty_bytes),
+                                human(s.dirty_limit),
+                                s.live_files,
+                                s.recompress_queue
+                            );
+                            for c in &s.unavailable_codecs {
+                                println!("  codec unavailable: {c}");
+                            }
+                        }
+                        None => println!(
+                            "{}  (not answering: daemon gone? `idcfs umount` clears it)",
+                            mp.display()
                         ),
-                        None => println!("{}  (not answering: daemon gone? `idcfs umount` clears it)", mp.display()),
                     }
                 }
             }

@@ -9,6 +9,9 @@
 //!
 //! [background]
 //! idle_secs = 60      # closed files untouched this long are recompressed in the background
+//!
+//! [codecs]
+//! disabled = []       # codec names never chosen for new data here (they still decode)
 //! ```
 //! Invariants: an invalid file refuses the mount with a message naming the key; a missing
 //! default file means built-in defaults.
@@ -22,6 +25,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/idcfs/config.toml";
 pub struct Config {
     pub policy: Policy,
     pub idle_secs: Option<u64>,
+    /// Codecs that must not encode on this mount (by name).
+    pub codecs_disabled: Vec<String>,
 }
 
 /// Load `path`, or the default file when `path` is None (absent default = defaults).
@@ -81,9 +86,40 @@ pub fn parse(text: &str) -> Result<Config, String> {
                     }
                 }
             }
+            "codecs" => {
+                for (k, val) in t {
+                    match (k.as_str(), val) {
+                        ("disabled", toml::Value::Array(a)) => {
+                            let mut names = Vec::new();
+                            for v in a {
+                                match v {
+                                    toml::Value::String(s) => names.push(s.clone()),
+                                    other => {
+                                        return Err(format!(
+                                            "codecs.disabled: expected codec names, found {other}"
+                                        ))
+                                    }
+                                }
+                            }
+                            // Refuse unknown names now, with the known ones.
+                            crate::codec::Registry::with_disabled(&names)
+                                .map_err(|e| format!("codecs.disabled: {e}"))?;
+                            c.codecs_disabled = names;
+                        }
+                        ("disabled", other) => {
+                            return Err(format!(
+                                "codecs.disabled: expected a list of codec names, found {other}"
+                            ))
+                        }
+                        (other, _) => {
+                            return Err(format!("unknown key codecs.{other} (allowed: disabled)"))
+                        }
+                    }
+                }
+            }
             other => {
                 return Err(format!(
-                    "unknown section [{other}] (allowed: [policy], [background])"
+                    "unknown section [{other}] (allowed: [policy], [background], [codecs])"
                 ))
             }
         }
@@ -101,11 +137,15 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(c.policy.to_string(), "level=max dedup=on");
         assert_eq!(c.idle_secs, Some(5));
+        let c = parse("[codecs]\ndisabled = [\"jpeg-lepton\"]\n").unwrap_or_default();
+        assert_eq!(c.codecs_disabled, vec!["jpeg-lepton".to_string()]);
         for (bad, why) in [
             ("[policy]\nlevel = \"hyper\"", "level 'hyper'"),
             ("[polcy]\n", "unknown section"),
             ("[background]\nidle = 3", "unknown key"),
             ("level = 3", "must be a table"),
+            ("[codecs]\ndisabled = [\"nope\"]", "unknown codec"),
+            ("[codecs]\ndisabled = \"zstd\"", "list of codec names"),
         ] {
             match parse(bad) {
                 Ok(_) => panic!("accepted {bad}"),

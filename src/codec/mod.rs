@@ -122,6 +122,11 @@ pub trait Codec: Send + Sync {
     fn is_lossless(&self) -> bool {
         true
     }
+    /// Whether the codec can encode on this machine (a codec that needs a runtime or a model
+    /// that is missing says why); an unavailable codec is never chosen, not an error.
+    fn availability(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// What `encode` expects to be handed: a block, or a whole file.
     fn granularity(&self) -> Granularity {
         Granularity::Block
@@ -143,16 +148,23 @@ pub trait Codec: Send + Sync {
     ) -> Result<(), CodecError>;
 }
 
-/// All codecs this build knows, by id.
+/// All codecs this build knows, by id, and which of them may encode here.
+///
+/// Invariant: every known codec decodes whatever its availability (stored data stays
+/// readable); availability only governs what is chosen for new encodings. Raw is always
+/// available: it is every choice's fallback.
 #[derive(Clone)]
 pub struct Registry {
     by_id: HashMap<CodecId, Arc<dyn Codec>>,
+    /// Codecs that must not encode, with the reason (configuration, missing runtime).
+    unavailable: HashMap<CodecId, String>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         let mut r = Registry {
             by_id: HashMap::new(),
+            unavailable: HashMap::new(),
         };
         r.add(Arc::new(Raw));
         r.add(Arc::new(Zstd));
@@ -168,7 +180,55 @@ impl Default for Registry {
 
 impl Registry {
     pub fn add(&mut self, c: Arc<dyn Codec>) {
+        if let Err(why) = c.availability() {
+            tracing::warn!(
+                codec = c.name(),
+                "codec unavailable, new data will use others: {why}"
+            );
+            self.unavailable.insert(c.id(), why);
+        }
         self.by_id.insert(c.id(), c);
+    }
+
+    /// The default registry with the codecs named in `disabled` (by name) made unavailable
+    /// for encoding. Unknown names are refused with the list of known ones.
+    pub fn with_disabled(disabled: &[String]) -> Result<Registry, String> {
+        let mut r = Registry::default();
+        for name in disabled {
+            let id = r
+                .by_id
+                .values()
+                .find(|c| c.name() == name)
+                .map(|c| c.id())
+                .ok_or_else(|| {
+                    let mut known: Vec<&str> = r.by_id.values().map(|c| c.name()).collect();
+                    known.sort_unstable();
+                    format!("unknown codec {name:?} (known: {})", known.join(", "))
+                })?;
+            if id == RAW {
+                return Err(
+                    "codec \"raw\" cannot be disabled: it is every choice's fallback".into(),
+                );
+            }
+            r.unavailable.insert(id, "disabled by configuration".into());
+        }
+        Ok(r)
+    }
+
+    /// Whether codec `id` may be chosen for new encodings.
+    pub fn available(&self, id: CodecId) -> bool {
+        self.by_id.contains_key(&id) && !self.unavailable.contains_key(&id)
+    }
+
+    /// Codecs that may not encode here, by name, with the reason.
+    pub fn unavailable(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .unavailable
+            .iter()
+            .map(|(id, why)| (self.name(*id), why.clone()))
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn get(&self, id: CodecId) -> Result<&Arc<dyn Codec>, CodecError> {
@@ -248,6 +308,29 @@ mod tests {
             r.get(ZSTD).map(|c| c.granularity()).ok(),
             Some(Granularity::Block)
         );
+    }
+
+    #[test]
+    fn disabled_codecs_are_unavailable_but_still_decode() {
+        let r =
+            Registry::with_disabled(&["jpeg-lepton".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!r.available(JPEG));
+        assert!(r.available(ZSTD) && r.available(RAW));
+        assert_eq!(r.unavailable().len(), 1);
+        let data = testdata::sample("jpeg");
+        let mut out = Vec::new();
+        let c = r.get(JPEG).unwrap_or_else(|e| panic!("{e}"));
+        let params = c
+            .encode(&data, &EncodeParams::level(19), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(r
+            .decode(JPEG, &out, params, data.len())
+            .is_ok_and(|d| d == data));
+        let e = Registry::with_disabled(&["nope".to_string()])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("unknown codec") && e.contains("zstd"), "{e}");
+        assert!(Registry::with_disabled(&["raw".to_string()]).is_err());
     }
 
     #[test]

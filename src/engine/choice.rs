@@ -1,16 +1,96 @@
-//! Which codec a file's content class gets at a policy level: the one place that maps classes
-//! to format-aware codecs and trained dictionaries (recompression uses it; so do the
-//! benchmarks, so they measure what the filesystem does).
+//! Codec choice: one pure function from (content class, effective policy, size, stage, codec
+//! availability) to an ordered list of candidates, and the rules that decide whether an
+//! encoding may be kept. The write path, recompression and the benchmarks all use it, so they
+//! do and measure the same thing.
 //!
-//! Invariant: only lossless codecs are named here; every choice is a candidate that the
-//! caller verifies and keeps only when it is smaller than what is stored.
+//! Invariants:
+//! - Candidates come strongest-first; the caller tries them in order, keeps the first one that
+//!   passes `accept` and `pays` (per block: the smallest of the block candidates), and stores
+//!   the data raw when none does. Raw is never listed: it is always the fallback.
+//! - Only available codecs are listed: a codec that is disabled by configuration or whose
+//!   runtime is missing is never chosen (it still decodes what was stored with it).
+//! - Verification (`must_verify`, `accept`): every recompression candidate and every whole-file
+//!   encoding is decoded and checked before it is stored. Write-path block encodings are not
+//!   decoded (the writer must not wait for it): the raw-data hash in every record catches a bad
+//!   encoding at read time, as EIO, never as wrong bytes.
+//! - A lossless candidate is kept only when it decodes to the input bit for bit. A lossy one
+//!   only where the policy permits its medium, and only when its decoded output meets the
+//!   policy's quality target (no lossy codec ships yet: none is listed, and `accept` refuses a
+//!   lossy encoding until a quality meter for its medium exists).
 
 use super::layout::BLOCK_U64;
 use crate::classify::ContentClass as C;
 use crate::codec::{
-    CodecId, DEFLATE, DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, JPEG, ZSTD_LONG,
+    CodecId, DEFLATE, DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, JPEG, ZSTD, ZSTD_DICT,
+    ZSTD_LONG,
 };
-use crate::policy::Level;
+use crate::policy::{Effective, Level, Medium, Quality};
+
+/// Mount-wide settings that shape the candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// zstd level of the write path at levels balanced and above (`--zstd-level`).
+    pub write_level: i32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { write_level: 3 }
+    }
+}
+
+/// When the choice is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The write path: cheap, never stalls the writer.
+    Write,
+    /// Background or requested recompression of a closed file: the strongest the policy allows.
+    Recompress,
+}
+
+/// What the decoded output must be.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fidelity {
+    /// The input, bit for bit.
+    Lossless,
+    /// New content for the file, meeting the policy's quality target for the medium.
+    Lossy { medium: Medium, target: Quality },
+}
+
+/// One codec to try, with what to ask of it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    pub codec: CodecId,
+    /// Codec effort (zstd level).
+    pub level: i32,
+    /// Trained model or dictionary (0: the codec's default).
+    pub model: u32,
+    /// The codec takes the whole file as one object (else each block on its own).
+    pub whole_file: bool,
+    pub fidelity: Fidelity,
+}
+
+impl Candidate {
+    fn block(codec: CodecId, level: i32, model: u32) -> Candidate {
+        Candidate {
+            codec,
+            level,
+            model,
+            whole_file: false,
+            fidelity: Fidelity::Lossless,
+        }
+    }
+
+    fn whole(codec: CodecId, level: i32) -> Candidate {
+        Candidate {
+            codec,
+            level,
+            model: 0,
+            whole_file: true,
+            fidelity: Fidelity::Lossless,
+        }
+    }
+}
 
 /// The trained zstd dictionary for a file of this class and size, if one was measured to help:
 /// small (one-block) text, source and JSON (see models/dicts/train.sh and BENCHMARKS.md).
@@ -26,8 +106,11 @@ pub fn dict_for(class: Option<C>, size: u64) -> Option<u32> {
     }
 }
 
-/// The whole-file codec for a file of this class and size at `level`, if any.
-pub fn whole_file_codec(class: Option<C>, size: u64, level: Level) -> Option<CodecId> {
+/// The format-aware whole-file codec for a file of this class and size at `level`, if any.
+fn whole_file_codec(class: Option<C>, size: u64, level: Level) -> Option<CodecId> {
+    if level < Level::Balanced {
+        return None;
+    }
     match class? {
         C::Jpeg => Some(JPEG),
         C::Wav => Some(FLAC),
@@ -45,5 +128,288 @@ pub fn whole_file_codec(class: Option<C>, size: u64, level: Level) -> Option<Cod
             Some(ZSTD_LONG)
         }
         _ => None,
+    }
+}
+
+/// The medium a lossy policy key governs for this class (rasters stored losslessly today,
+/// PCM audio); JPEG and compressed formats are never re-encoded lossily.
+pub fn medium_of(class: Option<C>) -> Option<Medium> {
+    match class? {
+        C::Png | C::Bmp | C::Pnm | C::Tiff => Some(Medium::Image),
+        C::Wav | C::Aiff => Some(Medium::Audio),
+        _ => None,
+    }
+}
+
+/// Candidates for a file of `class` and `size` under `policy` at `stage`, strongest first.
+/// `available` says whether a codec may be used to encode now.
+pub fn candidates(
+    class: Option<C>,
+    policy: &Effective,
+    size: u64,
+    stage: Stage,
+    tuning: &Tuning,
+    available: &dyn Fn(CodecId) -> bool,
+) -> Vec<Candidate> {
+    let level = match (stage, policy.level) {
+        (Stage::Write, Level::Off) => None,
+        (Stage::Write, Level::Fast) => Some(1),
+        (Stage::Write, _) => Some(tuning.write_level),
+        (Stage::Recompress, l) => l.recompress_zstd(),
+    };
+    let Some(level) = level else {
+        return Vec::new();
+    };
+    if class == Some(C::Incompressible) || class == Some(C::Zero) {
+        return Vec::new();
+    }
+    let mut v = Vec::new();
+    if stage == Stage::Recompress {
+        if let Some(id) = whole_file_codec(class, size, policy.level) {
+            v.push(Candidate::whole(id, 19));
+        }
+    }
+    if let Some(d) = dict_for(class, size) {
+        v.push(Candidate::block(ZSTD_DICT, level, d));
+    }
+    v.push(Candidate::block(ZSTD, level, 0));
+    v.retain(|c| available(c.codec));
+    v
+}
+
+/// Whether an encoding by `c` at `stage` must be decoded and `accept`ed before it is stored.
+pub fn must_verify(c: &Candidate, stage: Stage) -> bool {
+    stage == Stage::Recompress || c.whole_file || c.fidelity != Fidelity::Lossless
+}
+
+/// Whether an encoding of `raw` whose decoding gave `decoded` may be kept under `fidelity`.
+pub fn accept(fidelity: Fidelity, raw: &[u8], decoded: &[u8]) -> bool {
+    match fidelity {
+        Fidelity::Lossless => decoded == raw,
+        // No quality meter exists yet for any medium: a lossy result is never kept.
+        Fidelity::Lossy { .. } => false,
+    }
+}
+
+/// Whether a block encoding of `out_len` bytes pays for its decoding cost over storing
+/// `raw_len` bytes raw: it must save at least 1/32.
+pub fn pays(raw_len: usize, out_len: usize) -> bool {
+    out_len < raw_len - raw_len / 32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pol(level: Level) -> Effective {
+        Effective {
+            level,
+            ..Effective::default()
+        }
+    }
+
+    fn all(_: CodecId) -> bool {
+        true
+    }
+
+    fn ids(v: &[Candidate]) -> Vec<(CodecId, i32, bool)> {
+        v.iter().map(|c| (c.codec, c.level, c.whole_file)).collect()
+    }
+
+    const SMALL: u64 = 10_000;
+    const BIG: u64 = 1 << 20;
+
+    #[test]
+    fn table() {
+        use Level::*;
+        use Stage::*;
+        type Case = (Option<C>, Level, u64, Stage, Vec<(CodecId, i32, bool)>);
+        let cases: Vec<Case> = vec![
+            // Write path: the level's zstd, a dictionary first for small text-like files.
+            (
+                Some(C::Binary),
+                Balanced,
+                BIG,
+                Write,
+                vec![(ZSTD, 3, false)],
+            ),
+            (Some(C::Binary), Fast, BIG, Write, vec![(ZSTD, 1, false)]),
+            (Some(C::Binary), Off, BIG, Write, vec![]),
+            (
+                Some(C::Json),
+                Balanced,
+                SMALL,
+                Write,
+                vec![(ZSTD_DICT, 3, false), (ZSTD, 3, false)],
+            ),
+            (Some(C::Json), Balanced, BIG, Write, vec![(ZSTD, 3, false)]),
+            (Some(C::Jpeg), Max, BIG, Write, vec![(ZSTD, 3, false)]),
+            (Some(C::Incompressible), Max, BIG, Write, vec![]),
+            (None, Balanced, BIG, Write, vec![(ZSTD, 3, false)]),
+            // Recompression: whole-file codec first where the level allows it.
+            (
+                Some(C::Jpeg),
+                Balanced,
+                BIG,
+                Recompress,
+                vec![(JPEG, 19, true), (ZSTD, 9, false)],
+            ),
+            (
+                Some(C::Wav),
+                Balanced,
+                BIG,
+                Recompress,
+                vec![(FLAC, 19, true), (ZSTD, 9, false)],
+            ),
+            (
+                Some(C::Png),
+                Balanced,
+                BIG,
+                Recompress,
+                vec![(ZSTD, 9, false)],
+            ),
+            (
+                Some(C::Png),
+                Max,
+                BIG,
+                Recompress,
+                vec![(DEFLATE, 19, true), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Zip),
+                Archive,
+                BIG,
+                Recompress,
+                vec![(DEFLATE, 19, true), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Elf),
+                Balanced,
+                BIG,
+                Recompress,
+                vec![(ZSTD, 9, false)],
+            ),
+            (
+                Some(C::Elf),
+                Max,
+                BIG,
+                Recompress,
+                vec![(EXEC, 19, true), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Text),
+                Max,
+                BIG,
+                Recompress,
+                vec![(ZSTD_LONG, 19, true), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Text),
+                Max,
+                SMALL,
+                Recompress,
+                vec![(ZSTD_DICT, 19, false), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Source),
+                Balanced,
+                SMALL,
+                Recompress,
+                vec![(ZSTD_DICT, 9, false), (ZSTD, 9, false)],
+            ),
+            (Some(C::Jpeg), Fast, BIG, Recompress, vec![]),
+            (Some(C::Jpeg), Off, BIG, Recompress, vec![]),
+        ];
+        for (class, level, size, stage, want) in cases {
+            let got = ids(&candidates(
+                class,
+                &pol(level),
+                size,
+                stage,
+                &Tuning::default(),
+                &all,
+            ));
+            assert_eq!(got, want, "{class:?} {level:?} {size} {stage:?}");
+        }
+    }
+
+    #[test]
+    fn unavailable_codecs_are_never_listed() {
+        let no_jpeg = |id: CodecId| id != JPEG;
+        let t = Tuning::default();
+        let got = ids(&candidates(
+            Some(C::Jpeg),
+            &pol(Level::Max),
+            BIG,
+            Stage::Recompress,
+            &t,
+            &no_jpeg,
+        ));
+        assert_eq!(got, vec![(ZSTD, 19, false)]);
+        let none = |_: CodecId| false;
+        assert!(candidates(
+            Some(C::Text),
+            &pol(Level::Max),
+            SMALL,
+            Stage::Write,
+            &t,
+            &none
+        )
+        .is_empty());
+        // The mount's write level applies from balanced up, not to fast.
+        let t9 = Tuning { write_level: 9 };
+        let got = candidates(
+            Some(C::Binary),
+            &pol(Level::Max),
+            BIG,
+            Stage::Write,
+            &t9,
+            &all,
+        );
+        assert_eq!(ids(&got), vec![(ZSTD, 9, false)]);
+        let got = candidates(
+            Some(C::Binary),
+            &pol(Level::Fast),
+            BIG,
+            Stage::Write,
+            &t9,
+            &all,
+        );
+        assert_eq!(ids(&got), vec![(ZSTD, 1, false)]);
+    }
+
+    #[test]
+    fn lossy_permission_lists_no_lossy_candidate_until_one_ships() {
+        let mut p = pol(Level::Max);
+        p.lossy.insert(Medium::Image, Quality::Psnr(40.0));
+        for c in candidates(
+            Some(C::Png),
+            &p,
+            BIG,
+            Stage::Recompress,
+            &Tuning::default(),
+            &all,
+        ) {
+            assert_eq!(c.fidelity, Fidelity::Lossless);
+        }
+        assert_eq!(medium_of(Some(C::Png)), Some(Medium::Image));
+        assert_eq!(medium_of(Some(C::Jpeg)), None);
+    }
+
+    #[test]
+    fn acceptance_rules() {
+        assert!(accept(Fidelity::Lossless, b"abc", b"abc"));
+        assert!(!accept(Fidelity::Lossless, b"abc", b"abd"));
+        let lossy = Fidelity::Lossy {
+            medium: Medium::Image,
+            target: Quality::Psnr(40.0),
+        };
+        assert!(!accept(lossy, b"abc", b"abc"), "no quality meter yet");
+        let zstd = Candidate::block(ZSTD, 3, 0);
+        assert!(!must_verify(&zstd, Stage::Write));
+        assert!(must_verify(&zstd, Stage::Recompress));
+        assert!(must_verify(&Candidate::whole(JPEG, 19), Stage::Write));
+        assert!(pays(1024, 991));
+        assert!(!pays(1024, 992));
     }
 }

@@ -8,10 +8,11 @@
 //!   only if it is still the newest, so an older version never overwrites a newer one.
 //! - A detached state is dead: every path that finds one retries with a fresh state.
 
+use super::choice::{candidates, pays, Candidate, Stage, Tuning};
 use super::layout::{blocks_for, spans, BlockSpan, BLOCK, BLOCK_U64, MAX_FILE_SIZE};
 use super::{Attr, Engine, Job};
 use crate::classify::{classify_block, ContentClass};
-use crate::codec::{EncodeParams, RAW, ZSTD, ZSTD_DICT};
+use crate::codec::{EncodeParams, RAW};
 use crate::error::{Error, Result};
 use crate::meta::{BlockRef, Ino, Inode, Kind, Op, Ts};
 use crate::store::{raw_hash, BlockHeader};
@@ -257,18 +258,35 @@ impl Engine {
         }
     }
 
-    /// Encode one block for the write path: `zstd_level` None stores it raw (policy off).
-    pub(super) fn encode_block(&self, data: &[u8], zstd_level: Option<i32>) -> Encoded {
-        self.encode_block_with(data, zstd_level, None)
+    /// Encode one block of a file at policy `level` for the write path.
+    pub(super) fn encode_block(&self, data: &[u8], level: crate::policy::Level) -> Encoded {
+        let cands = self.write_candidates(None, data.len() as u64, level);
+        self.encode_block_with(data, &cands)
     }
 
-    /// `encode_block`, with the trained dictionary `dict` (see `choice::dict_for`) tried first.
-    fn encode_block_with(
+    /// The write path's candidates for a file of `class` and `size` at policy `level`
+    /// (`choice::candidates`, with this mount's write level and codec availability).
+    pub(super) fn write_candidates(
         &self,
-        data: &[u8],
-        zstd_level: Option<i32>,
-        dict: Option<u32>,
-    ) -> Encoded {
+        class: Option<ContentClass>,
+        size: u64,
+        level: crate::policy::Level,
+    ) -> Vec<Candidate> {
+        let eff = crate::policy::Effective {
+            level,
+            ..Default::default()
+        };
+        let tuning = Tuning {
+            write_level: self.opts.zstd_level,
+        };
+        let avail = |id| self.codecs.available(id);
+        candidates(class, &eff, size, Stage::Write, &tuning, &avail)
+    }
+
+    /// Encode a block with the first of the block candidates that pays (smallest wins among
+    /// those tried: a dictionary is tried before plain zstd and kept when it pays); zero
+    /// blocks become holes, high-entropy ones and those no candidate shrinks are stored raw.
+    fn encode_block_with(&self, data: &[u8], cands: &[Candidate]) -> Encoded {
         let class = classify_block(data);
         let raw_len = data.len() as u32;
         let mk = |codec, params, payload: Vec<u8>, hole| Encoded {
@@ -282,34 +300,30 @@ impl Engine {
             payload,
             class,
         };
-        match (class, zstd_level) {
-            (ContentClass::Zero, _) => mk(RAW, 0, Vec::new(), true),
-            (ContentClass::Incompressible, _) | (_, None) => mk(RAW, 0, data.to_vec(), false),
-            (_, Some(level)) => {
+        match class {
+            ContentClass::Zero => mk(RAW, 0, Vec::new(), true),
+            ContentClass::Incompressible => mk(RAW, 0, data.to_vec(), false),
+            _ => {
                 let mut out = Vec::new();
-                if let Some(model) = dict {
-                    let p = EncodeParams { level, model };
+                for c in cands.iter().filter(|c| !c.whole_file) {
+                    // Load, not content: while compression lags the writers, zstd -1.
+                    let level = self.adaptive_level(Some(c.level)).unwrap_or(c.level);
+                    let p = EncodeParams {
+                        level,
+                        model: c.model,
+                    };
                     let r = self
                         .codecs
-                        .get(ZSTD_DICT)
-                        .map(|c| c.encode(data, &p, &mut out));
+                        .get(c.codec)
+                        .map(|k| k.encode(data, &p, &mut out));
                     if let Ok(Ok(params)) = r {
-                        if out.len() < data.len() - data.len() / 32 {
-                            return mk(ZSTD_DICT, params, out, false);
+                        // Decoding costs CPU: keep an encoding only when it saves 1/32.
+                        if pays(data.len(), out.len()) {
+                            return mk(c.codec, params, out, false);
                         }
                     }
                 }
-                let zstd = self
-                    .codecs
-                    .get(ZSTD)
-                    .map(|c| c.encode(data, &EncodeParams::level(level), &mut out));
-                match zstd {
-                    // Keep compression only when it saves at least 1/32: decoding costs CPU.
-                    Ok(Ok(params)) if out.len() < data.len() - data.len() / 32 => {
-                        mk(ZSTD, params, out, false)
-                    }
-                    _ => mk(RAW, 0, data.to_vec(), false),
-                }
+                mk(RAW, 0, data.to_vec(), false)
             }
         }
     }
@@ -333,8 +347,8 @@ impl Engine {
                     let head = &j.data[..j.data.len().min(crate::classify::MAX_HEAD)];
                     crate::classify::classify_file(head, j.data.len() as u64)
                 });
-                let dict = super::choice::dict_for(class, j.data.len() as u64);
-                let e = self.encode_block_with(&j.data, self.adaptive_level(j.zlevel), dict);
+                let cands = self.write_candidates(class, j.data.len() as u64, j.level);
+                let e = self.encode_block_with(&j.data, &cands);
                 (j, e, class)
             })
             .collect();
@@ -373,7 +387,7 @@ impl Engine {
                         "codec choice: {}",
                         match (e.class, e.header.codec) {
                             (crate::classify::ContentClass::Incompressible, _) => "high-entropy content is stored as is".to_string(),
-                            (_, RAW) if j.zlevel.is_none() => "the directory's policy is level=off".to_string(),
+                            (_, RAW) if j.level == crate::policy::Level::Off => "the directory's policy is level=off".to_string(),
                             (_, RAW) => "compression saved less than 1/32".to_string(),
                             _ => format!("policy write level zstd -{}", e.header.params),
                         }
@@ -457,7 +471,7 @@ impl Engine {
     /// when the pool is gone (shutdown), for the caller to run inline.
     fn seal(&self, st: &Arc<FileState>, g: &mut FileInner, idx: u64) -> Option<Job> {
         let data = Arc::new(g.dirty.remove(&idx)?);
-        let (zlevel, dedup) = self.write_policy(g.attr.parent);
+        let (level, dedup) = self.write_policy(g.attr.parent);
         g.gen += 1;
         let gen = g.gen;
         g.inflight.insert(idx, (gen, data.clone()));
@@ -467,7 +481,7 @@ impl Engine {
             idx,
             gen,
             data,
-            zlevel,
+            level,
             dedup,
         };
         match self.jobs.lock().as_ref() {
@@ -744,7 +758,7 @@ impl Engine {
                 continue;
             }
             let mut jobs = Vec::new();
-            let (zlevel, dedup) = self.write_policy(g.attr.parent);
+            let (level, dedup) = self.write_policy(g.attr.parent);
             for idx in idxs {
                 let data = match g.dirty.remove(&idx) {
                     Some(d) => Arc::new(d),
@@ -759,7 +773,7 @@ impl Engine {
                     idx,
                     gen,
                     data,
-                    zlevel,
+                    level,
                     dedup,
                 });
             }
@@ -790,7 +804,7 @@ impl Engine {
             if let Some(b) = self.j.index.block(ino, inode.size / BLOCK_U64)? {
                 if b.raw_len as usize > tail {
                     let d = self.block_data(ino, inode.size / BLOCK_U64, &b)?;
-                    let e = self.encode_block(&d[..tail], self.zlevel_for(inode.parent));
+                    let e = self.encode_block(&d[..tail], self.level_for(inode.parent));
                     if e.hole {
                         ops.push(Op::DelBlocks {
                             ino,
@@ -853,7 +867,7 @@ impl Engine {
                     if let Some(mut d) = cur {
                         if d.len() > tail {
                             d.truncate(tail);
-                            let e = self.encode_block(&d, self.zlevel_for(g.attr.parent));
+                            let e = self.encode_block(&d, self.level_for(g.attr.parent));
                             if e.hole {
                                 ops.push(Op::DelBlocks {
                                     ino,

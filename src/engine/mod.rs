@@ -67,6 +67,8 @@ pub struct Options {
     pub default_policy: crate::policy::Policy,
     /// Closed files untouched this long are recompressed in the background.
     pub idle_secs: u64,
+    /// Codecs never chosen for new data on this mount (config `[codecs] disabled`).
+    pub codecs_disabled: Vec<String>,
 }
 
 impl Default for Options {
@@ -82,6 +84,7 @@ impl Default for Options {
             background: true,
             default_policy: crate::policy::Policy::default(),
             idle_secs: 60,
+            codecs_disabled: Vec::new(),
         }
     }
 }
@@ -106,6 +109,9 @@ pub struct Status {
     pub dirty_limit: u64,
     pub live_files: u64,
     pub recompress_queue: u64,
+    /// Codecs that may not encode here, each with the reason.
+    #[serde(default)]
+    pub unavailable_codecs: Vec<String>,
 }
 
 /// One entry of a directory listing.
@@ -174,8 +180,8 @@ struct Job {
     idx: u64,
     gen: u64,
     data: Arc<Vec<u8>>,
-    /// Write-path zstd level from the file's policy (None: store raw).
-    zlevel: Option<i32>,
+    /// The file's policy level (the write path's candidates follow from it).
+    level: crate::policy::Level,
     /// The file's policy asks for deduplication.
     dedup: bool,
 }
@@ -282,6 +288,8 @@ impl Engine {
         backend: Option<Arc<dyn crate::store::PackBackend>>,
     ) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(dir)?;
+        let codecs = Registry::with_disabled(&opts.codecs_disabled)
+            .map_err(|e| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let lock = lock_store(dir)?;
         let (j, recovery) = match backend {
             Some(b) => {
@@ -297,7 +305,7 @@ impl Engine {
         let next_cookie = (j.index.max_cookie()? + 1).max(3);
         let e = Arc::new(Engine {
             j,
-            codecs: Registry::default(),
+            codecs,
             cache: BlockCache::new(opts.cache_bytes),
             opts,
             store_dir: dir.to_path_buf(),
@@ -673,6 +681,12 @@ impl Engine {
             dirty_limit: self.opts.dirty_limit as u64,
             live_files: self.files.lock().len() as u64,
             recompress_queue: self.recompress_q.lock().len() as u64,
+            unavailable_codecs: self
+                .codecs
+                .unavailable()
+                .into_iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect(),
         }
     }
 

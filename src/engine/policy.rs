@@ -63,20 +63,15 @@ impl Engine {
         Ok(e)
     }
 
-    /// Write-path zstd level for files in `dir` (None: store raw).
-    pub(super) fn zlevel_for(&self, dir: Ino) -> Option<i32> {
+    /// The policy level of files in `dir`.
+    pub(super) fn level_for(&self, dir: Ino) -> Level {
         self.write_policy(dir).0
     }
 
-    /// (write-path zstd level, dedup) for files in `dir`.
-    pub(super) fn write_policy(&self, dir: Ino) -> (Option<i32>, bool) {
+    /// (policy level, dedup) for files in `dir`.
+    pub(super) fn write_policy(&self, dir: Ino) -> (Level, bool) {
         let e = self.effective_policy(dir).unwrap_or_default();
-        let z = match e.level {
-            Level::Off => None,
-            Level::Fast => Some(1),
-            _ => Some(self.opts.zstd_level),
-        };
-        (z, e.dedup)
+        (e.level, e.dedup)
     }
 
     /// Validate and store a directory's policy (`user.idcfs.policy`). Bad text is refused

@@ -6,13 +6,14 @@
 //! the new data, readers see either encoding (never a mix inside a block), and a crash leaves
 //! either the old or the new encoding. The work yields to foreground I/O.
 
-use super::choice::{dict_for, whole_file_codec};
+use super::choice::{accept, candidates, Candidate, Fidelity, Stage, Tuning};
 use super::layout::{blocks_for, BLOCK_U64};
 use super::Engine;
 use crate::classify::class_of_flags;
 use crate::codec::{zstd_dict_level, CodecId, EncodeParams, Granularity, RAW, ZSTD, ZSTD_DICT};
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
+use crate::policy::Effective;
 use crate::store::{raw_hash, BlockHeader};
 use serde::Serialize;
 use std::sync::atomic::Ordering;
@@ -133,18 +134,29 @@ impl Engine {
             return Ok(rep);
         }
         let eff = self.effective_policy(inode.parent).unwrap_or_default();
-        let Some(target) = eff.level.recompress_zstd() else {
+        let cands = self.recompress_candidates(&inode, &eff);
+        // Format-aware whole-file codecs first (balanced and stronger).
+        for c in cands.iter().filter(|c| c.whole_file) {
+            match self.try_whole_file(ino, &inode, c) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
+            }
+        }
+        let block_cands: Vec<Candidate> = cands.into_iter().filter(|c| !c.whole_file).collect();
+        // The strongest plain zstd and dictionary on offer decide which stored blocks are
+        // already as good as recompression would make them.
+        let Some(target) = block_cands
+            .iter()
+            .find(|c| c.codec == ZSTD)
+            .map(|c| c.level)
+        else {
             return Ok(rep);
         };
-        // Format-aware whole-file codecs first (balanced and stronger).
-        match self.try_whole_file(ino, &inode, eff.level) {
-            Ok(Some(r)) => return Ok(r),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
-        }
-        let zstd = self.codecs.get(ZSTD)?.clone();
-        let zdict = self.codecs.get(ZSTD_DICT)?.clone();
-        let dict = dict_for(class_of_flags(inode.flags), inode.size);
+        let dict = block_cands
+            .iter()
+            .find(|c| c.codec == ZSTD_DICT)
+            .map(|c| c.model);
         let mut from = 0;
         loop {
             let blocks = self.j.index.blocks_from(ino, from, GROUP)?;
@@ -182,28 +194,25 @@ impl Engine {
                 };
                 candidates.push((idx, b, data));
             }
+            // Every block candidate; the smallest result wins.
             let encode_one = |data: &[u8]| -> Option<(CodecId, u32, Vec<u8>)> {
-                let mut out = Vec::new();
-                let plain = zstd
-                    .encode(data, &EncodeParams::level(target), &mut out)
-                    .ok()
-                    .map(|p| (ZSTD, p, out));
-                // With a dictionary for the class: the smaller of the two.
-                let Some(model) = dict else { return plain };
-                let mut out = Vec::new();
-                let p = EncodeParams {
-                    level: target,
-                    model,
-                };
-                let with = zdict
-                    .encode(data, &p, &mut out)
-                    .ok()
-                    .map(|p| (ZSTD_DICT, p, out));
-                match (plain, with) {
-                    (Some(a), Some(b)) if b.2.len() < a.2.len() => Some(b),
-                    (Some(a), _) => Some(a),
-                    (None, b) => b,
+                let mut best: Option<(CodecId, u32, Vec<u8>)> = None;
+                for c in &block_cands {
+                    let Ok(codec) = self.codecs.get(c.codec) else {
+                        continue;
+                    };
+                    let mut out = Vec::new();
+                    let p = EncodeParams {
+                        level: c.level,
+                        model: c.model,
+                    };
+                    if let Ok(params) = codec.encode(data, &p, &mut out) {
+                        if best.as_ref().is_none_or(|b| out.len() < b.2.len()) {
+                            best = Some((c.codec, params, out));
+                        }
+                    }
                 }
+                best
             };
             // Encode the group on every core when asked explicitly; one at a time in the
             // background (it must not compete with foreground work). A single block (every
@@ -243,7 +252,7 @@ impl Engine {
                 let verified = self
                     .codecs
                     .decode(codec, &out, params, data.len())
-                    .is_ok_and(|d| d == *data);
+                    .is_ok_and(|d| accept(Fidelity::Lossless, &data, &d));
                 if !verified || out.len() >= b.stored as usize {
                     rep.stored_after += b.stored as u64;
                     continue;
@@ -281,6 +290,22 @@ impl Engine {
         Ok(rep)
     }
 
+    /// Recompression candidates for a file under its effective policy (`choice::candidates`).
+    fn recompress_candidates(&self, inode: &crate::meta::Inode, eff: &Effective) -> Vec<Candidate> {
+        let tuning = Tuning {
+            write_level: self.opts.zstd_level,
+        };
+        let avail = |id| self.codecs.available(id);
+        candidates(
+            class_of_flags(inode.flags),
+            eff,
+            inode.size,
+            Stage::Recompress,
+            &tuning,
+            &avail,
+        )
+    }
+
     /// Re-encode a whole file with the format-aware codec of its class (JPEG, deflate
     /// containers, PCM audio) as one object. `None` when it does not apply or does not pay;
     /// failures, mismatches and timeouts are logged and counted, and the file keeps its blocks.
@@ -288,12 +313,9 @@ impl Engine {
         &self,
         ino: Ino,
         inode: &crate::meta::Inode,
-        level: crate::policy::Level,
+        cand: &Candidate,
     ) -> Result<Option<RecompressReport>> {
-        let Some(codec_id) = whole_file_codec(class_of_flags(inode.flags), inode.size, level)
-        else {
-            return Ok(None);
-        };
+        let codec_id = cand.codec;
         let codec = self.codecs.get(codec_id)?.clone();
         let max = match codec.granularity() {
             // Objects are decoded whole and cached whole: keep them well inside the cache.
@@ -335,14 +357,16 @@ impl Engine {
         let (tx, rx) = crossbeam_channel::bounded(1);
         {
             let (codec, data) = (codec.clone(), data.clone());
+            let params = EncodeParams {
+                level: cand.level,
+                model: cand.model,
+            };
             // On its own thread so a pathological input cannot stall recompression for good.
             std::thread::Builder::new()
                 .name("idcfs-recode".into())
                 .spawn(move || {
                     let mut out = Vec::new();
-                    let r = codec
-                        .encode(&data, &EncodeParams::level(19), &mut out)
-                        .map(|p| (p, out));
+                    let r = codec.encode(&data, &params, &mut out).map(|p| (p, out));
                     let _ = tx.send(r);
                 })?;
         }
@@ -363,7 +387,7 @@ impl Engine {
         };
         // Verify independently of the codec's own check before anything is replaced.
         let back = self.codecs.decode(codec_id, &out, params, data.len());
-        if !back.as_ref().is_ok_and(|b| b[..] == data[..]) {
+        if !back.as_ref().is_ok_and(|b| accept(cand.fidelity, &data, b)) {
             self.format_fallbacks.fetch_add(1, Ordering::Relaxed);
             tracing::error!(path = %path(), codec = codec.name(), "format-aware round trip mismatch, keeping generic blocks");
             return Ok(None);
