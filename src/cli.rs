@@ -268,14 +268,30 @@ pub fn run(cli: Cli) -> Result<u8, String> {
         }
         Cmd::Status { json } => {
             let mut rows = Vec::new();
-            for mp in idcfs_mounts() {
-                match daemon::control_get(&mp, "status")
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<crate::engine::Status>(&b).ok())
-                {
-                    Some(st) => rows.push((mp, Some(st))),
-                    None => rows.push((mp, None)),
+            // Ask every mount at once, each on its own thread: a mount whose daemon hangs must
+            // show as not answering, not hang the command.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mounts = idcfs_mounts();
+            for (i, mp) in mounts.iter().enumerate() {
+                let (tx, mp) = (tx.clone(), mp.clone());
+                std::thread::spawn(move || {
+                    let st = daemon::control_get(&mp, "status")
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<crate::engine::Status>(&b).ok());
+                    let _ = tx.send((i, st));
+                });
+            }
+            drop(tx);
+            let mut answers: Vec<Option<crate::engine::Status>> = vec![None; mounts.len()];
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok((i, st)) => answers[i] = st,
+                    Err(_) => break,
                 }
+            }
+            for (mp, st) in mounts.into_iter().zip(answers) {
+                rows.push((mp, st));
             }
             if json {
                 let v: Vec<serde_json::Value> = rows
@@ -310,7 +326,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                             }
                         }
                         None => println!(
-                            "{}  (not answering: daemon gone? `idcfs umount` clears it)",
+                            "{}  (not answering within 3 s: daemon gone or hung? `idcfs umount` clears it)",
                             mp.display()
                         ),
                     }
