@@ -63,14 +63,35 @@ impl Journal {
     ) -> Result<(Journal, Recovery)> {
         let log = PackLog::open(backend, pack_max)?;
         let index_path = index_path.to_path_buf();
-        let fresh = !index_path.exists();
-        let index = Index::open(&index_path, index_cache).map_err(|e| {
-            Error::Corrupt(format!(
-                "cannot open the metadata index at {}: {e}; run `idcfs fsck --rebuild {}` to rebuild it from the pack files",
-                index_path.display(),
-                store.display()
-            ))
-        })?;
+        let mut fresh = !index_path.exists();
+        let index = match Index::open(&index_path, index_cache) {
+            Ok(i) => i,
+            // The index is a cache: a damaged one is set aside and rebuilt from the journal,
+            // never a reason not to mount. (I/O errors such as a full disk or permissions are
+            // reported instead: rebuilding would not help.)
+            Err(e @ (Error::Index(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
+            | Error::Corrupt(_))) => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let aside = index_path.with_file_name(format!("index.damaged-{t}"));
+                tracing::warn!(
+                    "metadata index at {} is damaged ({e}): keeping it at {} and rebuilding from the pack files",
+                    index_path.display(),
+                    aside.display()
+                );
+                std::fs::rename(&index_path, &aside)?;
+                fresh = true;
+                Index::open(&index_path, index_cache)?
+            }
+            Err(e) => {
+                return Err(Error::Corrupt(format!(
+                    "cannot open the metadata index at {}: {e}; run `idcfs fsck --rebuild {}` to rebuild it from the pack files",
+                    index_path.display(),
+                    store.display()
+                )))
+            }
+        };
         let j = Journal {
             log,
             index,
