@@ -212,21 +212,16 @@ pub struct Engine {
     started: Instant,
     corrupt_reads: AtomicU64,
     pub recovery: Recovery,
-    /// Bumped whenever a policy or the directory tree changes; invalidates `policy_cache`.
-    policy_gen: AtomicU64,
-    policy_cache: Mutex<HashMap<Ino, (u64, crate::policy::Effective)>>,
-    /// Files modified since their last recompression, with when they were last touched.
-    recompress_q: Mutex<std::collections::BTreeMap<Ino, Instant>>,
-    /// Milliseconds since start of the last foreground read or write.
-    last_io: AtomicU64,
+    /// Effective policies by directory (`policy`).
+    policies: policy::PolicyCache,
+    /// Background recompression's queue and counters (`recompress`).
+    recomp: recompress::RecompressState,
     /// Whole-file object decodes running now; at most one per worker (each is large).
     object_decodes: Mutex<usize>,
     object_cv: Condvar,
     /// Records being decoded right now (single flight), and the signal that one finished.
     decoding: Mutex<std::collections::HashSet<crate::store::Loc>>,
     decoded_cv: Condvar,
-    /// Whole-file encodings that failed, did not pay or timed out (the file kept its blocks).
-    format_fallbacks: AtomicU64,
 }
 
 /// Take the store's exclusive lock, or say who holds it.
@@ -325,15 +320,12 @@ impl Engine {
             started: Instant::now(),
             corrupt_reads: AtomicU64::new(0),
             recovery,
-            policy_gen: AtomicU64::new(0),
-            policy_cache: Mutex::new(HashMap::new()),
-            recompress_q: Mutex::new(std::collections::BTreeMap::new()),
-            last_io: AtomicU64::new(0),
+            policies: Default::default(),
+            recomp: Default::default(),
             object_decodes: Mutex::new(0),
             object_cv: Condvar::new(),
             decoding: Mutex::new(std::collections::HashSet::new()),
             decoded_cv: Condvar::new(),
-            format_fallbacks: AtomicU64::new(0),
         });
         e.ensure_root()?;
         e.recover_marks()?;
@@ -582,7 +574,7 @@ impl Engine {
             unreferenced_bytes: pack_bytes.saturating_sub(records),
             files: self.next_ino.load(Ordering::Relaxed).saturating_sub(1),
             corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
-            format_fallbacks: self.format_fallbacks.load(Ordering::Relaxed),
+            format_fallbacks: self.recomp.fallbacks(),
             uptime_secs: self.started.elapsed().as_secs(),
             cache_bytes: self.cache.bytes() as u64,
             codecs,
@@ -686,7 +678,7 @@ impl Engine {
             dirty_bytes: *self.dirty.lock() as u64,
             dirty_limit: self.opts.dirty_limit as u64,
             live_files: self.files.lock().len() as u64,
-            recompress_queue: self.recompress_q.lock().len() as u64,
+            recompress_queue: self.recomp.queued(),
             unavailable_codecs: self
                 .codecs
                 .unavailable()

@@ -1,15 +1,53 @@
 //! Resolving a directory's effective policy (its own keys over its parents' over the mount
 //! default), cached until any policy or the directory tree changes.
+//!
+//! Invariant: a cached entry is used only while the cache's generation equals the one it was
+//! computed under; any policy change or directory move bumps the generation.
 
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, ROOT_INO};
 use crate::policy::{parse_policy, Effective, Level, Policy, POLICY_XATTR};
-use std::sync::atomic::Ordering;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Effective policies by directory, valid for one generation.
+#[derive(Default)]
+pub(super) struct PolicyCache {
+    gen: AtomicU64,
+    map: Mutex<HashMap<Ino, (u64, Effective)>>,
+}
+
+impl PolicyCache {
+    /// Forget every entry (a policy or the tree changed).
+    pub(super) fn invalidate(&self) {
+        self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The generation to compute under, and the cached value if it is current.
+    fn get(&self, dir: Ino) -> (u64, Option<Effective>) {
+        let gen = self.gen.load(Ordering::Relaxed);
+        let hit = match self.map.lock().get(&dir) {
+            Some((g, e)) if *g == gen => Some(e.clone()),
+            _ => None,
+        };
+        (gen, hit)
+    }
+
+    fn put(&self, dir: Ino, gen: u64, e: Effective) {
+        let mut m = self.map.lock();
+        // Bounded: a cheap reset beats tracking recency for a cache this easy to refill.
+        if m.len() > 10_000 {
+            m.clear();
+        }
+        m.insert(dir, (gen, e));
+    }
+}
 
 impl Engine {
     pub(super) fn policy_changed(&self) {
-        self.policy_gen.fetch_add(1, Ordering::Relaxed);
+        self.policies.invalidate();
     }
 
     /// The stored policy of one directory.
@@ -23,11 +61,9 @@ impl Engine {
 
     /// The effective policy of directory `dir` (sources name inodes as `ino:N`).
     pub fn effective_policy(&self, dir: Ino) -> Result<Effective> {
-        let gen = self.policy_gen.load(Ordering::Relaxed);
-        if let Some((g, e)) = self.policy_cache.lock().get(&dir) {
-            if *g == gen {
-                return Ok(e.clone());
-            }
+        let (gen, hit) = self.policies.get(dir);
+        if let Some(e) = hit {
+            return Ok(e);
         }
         let mut chain = vec![dir];
         let mut cur = dir;
@@ -42,11 +78,7 @@ impl Engine {
         for d in chain.iter().rev() {
             e = self.own_policy(*d)?.over(&e, &format!("ino:{d}"));
         }
-        let mut cache = self.policy_cache.lock();
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.insert(dir, (gen, e.clone()));
+        self.policies.put(dir, gen, e.clone());
         Ok(e)
     }
 

@@ -16,7 +16,7 @@ use crate::meta::{Ino, Kind, Op};
 use crate::policy::Effective;
 use crate::store::{raw_hash, BlockHeader};
 use serde::Serialize;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What recompressing one file did.
@@ -34,35 +34,75 @@ const WHOLE_FILE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Blocks re-encoded per journal group.
 const GROUP: usize = 16;
 
+/// Recompression's own state: which files wait, when foreground I/O last happened, and how
+/// often a whole-file encoding fell back.
+#[derive(Default)]
+pub(super) struct RecompressState {
+    /// Files modified since their last recompression, with when they were last touched.
+    queue: parking_lot::Mutex<std::collections::BTreeMap<Ino, Instant>>,
+    /// Milliseconds since the engine started of the last foreground read or write.
+    last_io: AtomicU64,
+    /// Whole-file encodings that failed, did not pay or timed out (the file kept its blocks).
+    fallbacks: AtomicU64,
+}
+
+impl RecompressState {
+    /// Queue `ino` as touched at `at` (replacing an earlier time).
+    fn queue(&self, ino: Ino, at: Instant) {
+        self.queue.lock().insert(ino, at);
+    }
+
+    fn remove(&self, ino: Ino) {
+        self.queue.lock().remove(&ino);
+    }
+
+    /// Up to `max` files untouched for `idle`.
+    fn due(&self, idle: Duration, max: usize) -> Vec<Ino> {
+        self.queue
+            .lock()
+            .iter()
+            .filter(|(_, t)| t.elapsed() >= idle)
+            .map(|(i, _)| *i)
+            .take(max)
+            .collect()
+    }
+
+    pub(super) fn queued(&self) -> u64 {
+        self.queue.lock().len() as u64
+    }
+
+    fn fell_back(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+}
+
 impl Engine {
     /// Remember that `ino` changed; it becomes a candidate once idle.
     pub(super) fn note_modified(&self, ino: Ino) {
-        self.recompress_q.lock().insert(ino, Instant::now());
+        self.recomp.queue(ino, Instant::now());
     }
 
     /// Whether foreground I/O is going on (recompression then waits).
     fn busy(&self) -> bool {
-        let last = self.last_io.load(Ordering::Relaxed);
+        let last = self.recomp.last_io.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
         *self.dirty.lock() > 0 || now.saturating_sub(last) < 200
     }
 
     pub(super) fn touch_io(&self) {
-        self.last_io
+        self.recomp
+            .last_io
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Background loop body: recompress files idle for `idle_secs`.
     pub(super) fn recompress_idle(&self) {
         let idle = Duration::from_secs(self.opts.idle_secs);
-        let due: Vec<Ino> = {
-            let q = self.recompress_q.lock();
-            q.iter()
-                .filter(|(_, t)| t.elapsed() >= idle)
-                .map(|(i, _)| *i)
-                .take(64)
-                .collect()
-        };
+        let due = self.recomp.due(idle, 64);
         for ino in due {
             if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -70,10 +110,10 @@ impl Engine {
             let live = self.files.lock().get(&ino).cloned();
             if live.is_some_and(|st| !st.quiet_for(idle)) {
                 // Being written: try again after it settles (readers do not hold it back).
-                self.recompress_q.lock().insert(ino, Instant::now());
+                self.recomp.queue(ino, Instant::now());
                 continue;
             }
-            self.recompress_q.lock().remove(&ino);
+            self.recomp.remove(ino);
             match self.recompress_file(ino, true) {
                 Ok(r) if r.recoded > 0 => {
                     tracing::debug!(
@@ -104,7 +144,7 @@ impl Engine {
                     let t = Instant::now()
                         .checked_sub(Duration::from_secs(self.opts.idle_secs))
                         .unwrap_or_else(Instant::now);
-                    self.recompress_q.lock().insert(cur, t);
+                    self.recomp.queue(cur, t);
                 }
                 Kind::Dir => {
                     let mut off = 2;
@@ -375,12 +415,12 @@ impl Engine {
             Ok(Ok(x)) => x,
             Ok(Err(crate::codec::CodecError::NotWorthIt)) => return Ok(None),
             Ok(Err(e)) => {
-                self.format_fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.recomp.fell_back();
                 tracing::info!(path = %path(), codec = codec.name(), "format-aware codec refused the file, keeping generic blocks: {e}");
                 return Ok(None);
             }
             Err(_) => {
-                self.format_fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.recomp.fell_back();
                 tracing::warn!(path = %path(), codec = codec.name(), "format-aware encoding timed out, keeping generic blocks");
                 return Ok(None);
             }
@@ -388,7 +428,7 @@ impl Engine {
         // Verify independently of the codec's own check before anything is replaced.
         let back = self.codecs.decode(codec_id, &out, params, data.len());
         if !back.as_ref().is_ok_and(|b| accept(cand.fidelity, &data, b)) {
-            self.format_fallbacks.fetch_add(1, Ordering::Relaxed);
+            self.recomp.fell_back();
             tracing::error!(path = %path(), codec = codec.name(), "format-aware round trip mismatch, keeping generic blocks");
             return Ok(None);
         }
