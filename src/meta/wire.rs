@@ -3,12 +3,17 @@
 //!
 //! ```text
 //! meta := op*                      (as many as the record's meta length holds)
-//! op   := tag u8, len u32 LE, body (len bytes)
+//! op   := tag u8, len varint, body (len bytes)
 //! ```
+//! Integers are LEB128 varints (7 bits a byte, low group first, minimal length; signed ones
+//! zigzag-mapped first), except hashes (16 raw bytes) and single-byte codes; byte strings are a
+//! varint length and the bytes. Small numbers (inode numbers, sizes, counts) thus take a byte
+//! or two: a small file's metadata is about half what fixed-width fields would take.
+//!
 //! Invariants:
 //! - A tag never changes meaning and is never reused; an op that needs new fields gets a new
-//!   tag. Bodies are fixed layouts (integers little-endian, byte strings as u32 length plus
-//!   bytes) and must be consumed exactly, so a reader never guesses.
+//!   tag. Bodies are fixed sequences of fields and must be consumed exactly, so a reader never
+//!   guesses. Every value has exactly one encoding (overlong varints are refused).
 //! - Tags 0x80..=0xFF are hints: a reader that does not know one skips it. Tags below 0x80 are
 //!   critical: a reader that does not know one refuses the record (it was written by a newer
 //!   idcfs) instead of applying part of it.
@@ -98,28 +103,40 @@ fn bad(why: String) -> Error {
 
 struct W(Vec<u8>);
 
+/// Append `v` as an unsigned LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 impl W {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
     fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.u64(v.into());
     }
     fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.u64(v.into());
     }
     fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        put_varint(&mut self.0, v);
+    }
+    fn i64(&mut self, v: i64) {
+        self.u64(((v << 1) ^ (v >> 63)) as u64);
     }
     fn bytes(&mut self, b: &[u8]) {
-        self.u32(b.len() as u32);
+        self.u64(b.len() as u64);
         self.0.extend_from_slice(b);
     }
     fn hash(&mut self, h: &[u8; 16]) {
         self.0.extend_from_slice(h);
     }
     fn ts(&mut self, t: Ts) {
-        self.u64(t.sec as u64);
+        self.i64(t.sec);
         self.u32(t.nsec);
     }
     fn loc(&mut self, l: &Loc) {
@@ -176,13 +193,33 @@ impl<'a> R<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.arr()?))
+        let v = self.u64()?;
+        u16::try_from(v).map_err(|_| bad(format!("{v} does not fit 16 bits")))
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.arr()?))
+        let v = self.u64()?;
+        u32::try_from(v).map_err(|_| bad(format!("{v} does not fit 32 bits")))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.arr()?))
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            if i == 9 && b > 1 {
+                return Err(bad("varint overflows 64 bits".into()));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                if b == 0 && i > 0 {
+                    return Err(bad("overlong varint".into()));
+                }
+                return Ok(v);
+            }
+        }
+        Err(bad("varint longer than 10 bytes".into()))
+    }
+    fn i64(&mut self) -> Result<i64> {
+        let z = self.u64()?;
+        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
     }
     fn bool(&mut self) -> Result<bool> {
         match self.u8()? {
@@ -192,14 +229,15 @@ impl<'a> R<'a> {
         }
     }
     fn bytes(&mut self) -> Result<Vec<u8>> {
-        let n = self.u32()? as usize;
+        let n = self.u64()?;
+        let n = usize::try_from(n).map_err(|_| bad(format!("length {n}")))?;
         Ok(self.take(n)?.to_vec())
     }
     fn hash(&mut self) -> Result<[u8; 16]> {
         self.arr()
     }
     fn ts(&mut self) -> Result<Ts> {
-        let sec = self.u64()? as i64;
+        let sec = self.i64()?;
         let nsec = self.u32()?;
         if nsec >= 1_000_000_000 {
             return Err(bad(format!("nanoseconds {nsec} out of range")));
@@ -321,13 +359,13 @@ fn encode_body(op: &Op, w: &mut W) {
 /// Encode ops as version-2 record metadata.
 pub fn encode(ops: &[Op]) -> Vec<u8> {
     let mut w = W(Vec::with_capacity(64 * ops.len()));
+    let mut body = W(Vec::with_capacity(64));
     for op in ops {
+        body.0.clear();
+        encode_body(op, &mut body);
         w.u8(op_tag(op));
-        let len_at = w.0.len();
-        w.u32(0);
-        encode_body(op, &mut w);
-        let len = (w.0.len() - len_at - 4) as u32;
-        w.0[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+        w.u64(body.0.len() as u64);
+        w.0.extend_from_slice(&body.0);
     }
     w.0
 }
@@ -435,7 +473,8 @@ pub fn decode(meta: &[u8]) -> Result<Vec<Op>> {
     let mut ops = Vec::new();
     while !r.b.is_empty() {
         let t = r.u8()?;
-        let len = r.u32()? as usize;
+        let len = r.u64()?;
+        let len = usize::try_from(len).map_err(|_| bad(format!("op length {len}")))?;
         let mut body = R { b: r.take(len)? };
         if let Some(op) = decode_body(t, &mut body)? {
             if !body.b.is_empty() {
@@ -582,18 +621,28 @@ pub(crate) mod tests {
                 cookie: 3,
             },
         };
-        let want: Vec<u8> = [
-            &[3u8][..],
-            &31u32.to_le_bytes(),
-            &1u64.to_le_bytes(),
-            &2u32.to_le_bytes(),
-            b"ab",
-            &2u64.to_le_bytes(),
-            &[2],
-            &3u64.to_le_bytes(),
-        ]
-        .concat();
+        // tag 3, body length 7: parent 1, name length 2, "ab", ino 2, kind 2 (dir), cookie 3.
+        let want: Vec<u8> = vec![3, 7, 1, 2, b'a', b'b', 2, 2, 3];
         assert_eq!(encode(&[op]), want);
+        // Varints: 300 = 0xac 0x02; zigzag(-1) = 1; u64::MAX takes 10 bytes.
+        let mut w = W(Vec::new());
+        w.u64(300);
+        w.i64(-1);
+        w.u64(u64::MAX);
+        assert_eq!(&w.0[..3], &[0xac, 0x02, 0x01]);
+        assert_eq!(w.0.len(), 13);
+        let mut r = R { b: &w.0 };
+        assert_eq!(r.u64().ok(), Some(300));
+        assert_eq!(r.i64().ok(), Some(-1));
+        assert_eq!(r.u64().ok(), Some(u64::MAX));
+        // Overlong and overflowing encodings are refused.
+        assert!(R { b: &[0x80, 0x00] }.u64().is_err());
+        assert!(R { b: &[0xff; 10] }.u64().is_err());
+        assert!(R {
+            b: &[0x80, 0x80, 0x04]
+        }
+        .u16()
+        .is_err());
     }
 
     #[test]
@@ -610,23 +659,21 @@ pub(crate) mod tests {
         }
         assert!(decode(&enc[..enc.len() - 1]).is_err());
         let mut trailing = encode(&[Op::DelInode { ino: 1 }]);
-        trailing[1] = 9; // body length 9 > 8 bytes of fields
+        trailing[1] = 2; // body length 2 > 1 byte of fields
         trailing.push(0);
         assert!(decode(&trailing).is_err());
     }
 
     #[test]
     fn unknown_critical_tags_are_refused_and_hints_skipped() {
-        let mut hint = vec![0x90u8];
-        hint.extend_from_slice(&3u32.to_le_bytes());
+        let mut hint = vec![0x90u8, 3];
         hint.extend_from_slice(b"xyz");
         hint.extend_from_slice(&encode(&[Op::DelInode { ino: 4 }]));
         assert_eq!(
             decode(&hint).unwrap_or_else(|e| panic!("{e}")),
             vec![Op::DelInode { ino: 4 }]
         );
-        let mut crit = vec![0x40u8];
-        crit.extend_from_slice(&0u32.to_le_bytes());
+        let crit = vec![0x40u8, 0];
         let err = decode(&crit)
             .err()
             .map(|e| e.to_string())
