@@ -215,6 +215,7 @@ impl<'a> R<'a> {
                 return Ok(v);
             }
         }
+        // Unreachable: the tenth byte either ends the varint or was refused above.
         Err(bad("varint longer than 10 bytes".into()))
     }
     fn i64(&mut self) -> Result<i64> {
@@ -647,10 +648,25 @@ pub(crate) mod tests {
 
     #[test]
     fn damaged_metadata_is_an_error_never_a_panic() {
-        let enc = encode(&every_op());
+        let ops = every_op();
+        let enc = encode(&ops);
+        // Where each op ends in the encoding.
+        let mut ends = Vec::new();
+        let mut at = 0;
+        for op in &ops {
+            at += encode(std::slice::from_ref(op)).len();
+            ends.push(at);
+        }
         for cut in 0..enc.len() {
-            // Every strict prefix that ends inside an op fails; prefixes at op ends decode.
-            let _ = decode(&enc[..cut]);
+            // A prefix that ends at an op boundary decodes to those ops; any other fails.
+            match ends.iter().position(|&e| e == cut) {
+                Some(i) => assert_eq!(decode(&enc[..cut]).ok().as_deref(), Some(&ops[..=i])),
+                None if cut == 0 => assert_eq!(decode(&enc[..0]).ok(), Some(vec![])),
+                None => assert!(
+                    decode(&enc[..cut]).is_err(),
+                    "prefix of {cut} bytes decoded"
+                ),
+            }
         }
         for i in 0..enc.len() {
             let mut b = enc.clone();
