@@ -7,6 +7,9 @@
 //! - `inflight[idx]` holds the newest sealed version of a block; a worker commits a version
 //!   only if it is still the newest, so an older version never overwrites a newer one.
 //! - A detached state is dead: every path that finds one retries with a fresh state.
+//! - A block that fails to commit goes back to the write buffer (nothing is dropped), the
+//!   file remembers the errno for its writer's next fsync/close, and its dirty budget is
+//!   released all the same, so no writer waits on a commit that cannot happen.
 
 use super::layout::{blocks_for, spans, BlockSpan, BLOCK, BLOCK_U64, MAX_FILE_SIZE};
 use super::{Attr, Engine, Job};
@@ -38,6 +41,8 @@ pub(super) struct FileInner {
     pub opens: u32,
     /// First write-back error since the last flush/fsync reported one.
     pub err: Option<i32>,
+    /// When a commit of this file's blocks last failed (background retries wait a while).
+    pub failed_at: Option<Instant>,
     pub last_write: Instant,
     pub dirty_since: Option<Instant>,
     pub detached: bool,
@@ -92,6 +97,9 @@ impl FileState {
     pub(super) fn wants_drain(&self, idle: Duration, max_age: Duration) -> bool {
         let g = self.inner.lock();
         if g.detached || (g.dirty.is_empty() && !g.attr_dirty) {
+            return false;
+        }
+        if g.failed_at.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
             return false;
         }
         g.last_write.elapsed() >= idle || g.dirty_since.is_some_and(|t| t.elapsed() >= max_age)
@@ -174,6 +182,7 @@ impl Engine {
                 gen: 0,
                 opens: 0,
                 err: None,
+                failed_at: None,
                 last_write: Instant::now(),
                 dirty_since: None,
                 detached: false,
@@ -436,7 +445,11 @@ impl Engine {
             let g = &mut guards[guard_of(&j.st)];
             g.inflight.remove(&j.idx);
             if let Err(e) = &res {
-                tracing::error!(ino = j.st.ino, block = j.idx, "cannot store block: {e}");
+                // One line per file until its writer hears of it (fsync/close).
+                if g.err.is_none() {
+                    tracing::error!(ino = j.st.ino, block = j.idx, "cannot store data, kept in memory for a retry: {e}");
+                }
+                g.failed_at = Some(Instant::now());
                 g.err.get_or_insert(e.errno());
                 // Keep the data: a later flush retries.
                 g.dirty
@@ -681,6 +694,10 @@ impl Engine {
         if end > MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
+        self.check_writable()?;
+        // Refuse data that would eat into the room deletes need (see `space`).
+        self.space
+            .admit(data.len() as u64, *self.dirty.lock() as u64)?;
         self.wait_budget();
         self.touch_io();
         let inline = self.with_live(ino, |st, g| {
@@ -722,13 +739,26 @@ impl Engine {
     /// Commit every buffered block of a file and then its inode. Returns (and clears) the
     /// first write-back error since the last report.
     pub(super) fn drain(&self, st: &Arc<FileState>) -> Result<()> {
+        self.drain_with(st, true)
+    }
+
+    /// `drain`; with `report` false (background flushes, namespace operations, sync) the
+    /// file's write-back error is left for its writer's fsync/close, and returned only when
+    /// this attempt fails too.
+    pub(super) fn drain_with(&self, st: &Arc<FileState>, report: bool) -> Result<()> {
+        let errno_err = |n: i32| Error::Io(std::io::Error::from_raw_os_error(n));
+        let mut tried = false;
         loop {
             let mut g = st.inner.lock();
             if g.detached {
                 return Ok(());
             }
-            if let Some(errno) = g.err.take() {
-                return Err(Error::Io(std::io::Error::from_raw_os_error(errno)));
+            if report {
+                if let Some(errno) = g.err.take() {
+                    return Err(errno_err(errno));
+                }
+            } else if let (true, Some(errno)) = (tried, g.err) {
+                return Err(errno_err(errno));
             }
             if g.dirty.is_empty() && g.inflight.is_empty() {
                 if g.attr_dirty {
@@ -736,6 +766,7 @@ impl Engine {
                     g.attr_dirty = false;
                 }
                 g.dirty_since = None;
+                g.failed_at = None;
                 return Ok(());
             }
             let idxs: Vec<u64> = g.dirty.keys().copied().collect();
@@ -764,6 +795,7 @@ impl Engine {
                 });
             }
             let alone = g.inflight.len() == jobs.len();
+            tried = true;
             drop(g);
             // The caller waits anyway: compress here rather than hand off to the pool.
             self.run_jobs_with(jobs, alone);
@@ -831,7 +863,24 @@ impl Engine {
             return Err(Error::FileTooBig);
         }
         let st = self.state(ino)?;
-        self.drain(&st)?;
+        self.check_writable()?;
+        {
+            // Buffered blocks past the new end are dropped rather than stored first, so a
+            // file whose buffered data cannot be stored (no space) can still be truncated.
+            let mut g = st.inner.lock();
+            if !g.detached && new < g.attr.size {
+                let last = blocks_for(new);
+                g.dirty.retain(|i, _| *i < last);
+                g.inflight.retain(|i, _| *i < last);
+            }
+        }
+        match self.drain_with(&st, false) {
+            // What stays buffered is logged by a later drain (handled below).
+            Err(e) if super::space::is_enospc(&e) => {
+                tracing::debug!(ino, "truncating with data still buffered: {e}")
+            }
+            r => r?,
+        }
         self.with_live(ino, |_st, g| {
             let old = g.attr.size;
             let mut ops = Vec::new();
@@ -886,16 +935,16 @@ impl Engine {
             g.attr.ctime = now;
             if g.dirty.is_empty() && g.inflight.is_empty() {
                 ops.push(Op::PutInode(g.attr.clone()));
-                self.j.commit(
+                self.commit_freeing(
                     &ops,
                     enc.as_ref().map(|e| (&e.header, e.payload.as_slice())),
                 )?;
                 g.attr_dirty = false;
             } else {
-                // A racing writer dirtied blocks meanwhile: log the data now, the inode at the
-                // next drain.
+                // A racing writer dirtied blocks meanwhile (or they could not be stored yet):
+                // log the data now, the inode at the next drain.
                 if !ops.is_empty() {
-                    self.j.commit(
+                    self.commit_freeing(
                         &ops,
                         enc.as_ref().map(|e| (&e.header, e.payload.as_slice())),
                     )?;
@@ -931,7 +980,7 @@ impl Engine {
             }
             g.dirty.retain(|i, _| *i < first_full || *i >= last_full);
             g.inflight.retain(|i, _| *i < first_full || *i >= last_full);
-            self.j.commit(
+            self.commit_freeing(
                 &[Op::DelBlocks {
                     ino,
                     from: first_full,
@@ -992,7 +1041,7 @@ impl Engine {
             let still = st.inner.lock().opens == 0;
             if still {
                 self.kill_state(ino);
-                self.j.commit(&[Op::DelInode { ino }], None)?;
+                self.commit_freeing(&[Op::DelInode { ino }], None)?;
             }
             return Ok(());
         }
