@@ -39,12 +39,22 @@ impl Mounted {
     }
 
     pub fn with_args(extra: &[&str]) -> Mounted {
+        Self::build(None, extra)
+    }
+
+    /// A mount whose store lives at `store` (e.g. on a small tmpfs); the mount point and the
+    /// daemon log stay in a temp dir of their own.
+    pub fn with_store(store: &Path, extra: &[&str]) -> Mounted {
+        Self::build(Some(store.to_path_buf()), extra)
+    }
+
+    fn build(store: Option<PathBuf>, extra: &[&str]) -> Mounted {
         let dir = tempfile::Builder::new()
             .prefix("idcfs-test")
             .tempdir_in("/var/tmp")
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let mnt = dir.path().join("mnt");
-        let store = dir.path().join("store");
+        let store = store.unwrap_or_else(|| dir.path().join("store"));
         std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
         let log = dir.path().join("daemon.log");
         let mut m = Mounted {
