@@ -94,8 +94,8 @@ impl Backing {
     }
 
     /// Fill the filesystem from outside the store (another program eating all the space).
-    fn hog(&self) -> PathBuf {
-        let p = self.dir.join("hog");
+    fn hog(&self, name: &str) -> PathBuf {
+        let p = self.dir.join(name);
         let mut f = File::create(&p).unwrap();
         let buf = vec![0xa5u8; 64 << 10];
         loop {
@@ -303,7 +303,7 @@ fn full_ext4_rm_umount_mount_fsck() {
     });
     assert_eq!(res, Err(libc::ENOSPC), "filling the store");
     // Another program takes whatever is left (the store's margin too).
-    let hog = back.hog();
+    let hog = back.hog("hog1");
     let p = m.path("big");
     within("rm on a full disk", 20, move || fs::remove_file(&p))
         .unwrap_or_else(|e| panic!("rm on a full disk: {e}"));
@@ -313,7 +313,7 @@ fn full_ext4_rm_umount_mount_fsck() {
     let avail = wait_avail(&m.mnt, 20 * MIB as u64, 20);
     assert!(avail >= 20 * MIB as u64, "space not reclaimed: {avail}");
     // Full again: the hog takes the reclaimed space too.
-    let hog2 = back.hog();
+    let hog2 = back.hog("hog2");
     let mut m = within("umount on a full disk", 90, move || {
         m.unmount();
         m
@@ -330,7 +330,9 @@ fn full_ext4_rm_umount_mount_fsck() {
     fs::remove_file(hog).unwrap();
     fs::remove_file(hog2).unwrap();
     m.mount();
-    write_fsync(&m.path("after"), &random(4 * MIB, 9)).unwrap();
+    let (avail, _) = statfs(&m.mnt);
+    write_fsync(&m.path("after"), &random(4 * MIB, 9))
+        .unwrap_or_else(|e| panic!("write after space came back ({avail} free): errno {e}"));
     m.unmount();
     let (code, out) = m.fsck();
     assert_eq!(code, 0, "fsck: {out}");
