@@ -180,10 +180,7 @@ fn statfs(p: &Path) -> (u64, u64) {
     #[allow(unsafe_code)]
     // SAFETY: statvfs succeeded.
     let s = unsafe { s.assume_init() };
-    (
-        s.f_bavail as u64 * s.f_frsize as u64,
-        s.f_blocks as u64 * s.f_frsize as u64,
-    )
+    (s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize)
 }
 
 /// Wait until the mount reports at least `want` bytes available (reclaim is automatic).
@@ -234,7 +231,11 @@ fn full_tmpfs_fill_delete_then_write() {
         }
     }
     let (i, errno) = failed.expect("the store never filled up");
-    assert_eq!(errno, libc::ENOSPC, "file f{i} failed with errno {errno}, want ENOSPC");
+    assert_eq!(
+        errno,
+        libc::ENOSPC,
+        "file f{i} failed with errno {errno}, want ENOSPC"
+    );
     // statfs promised space that really was writable (random data does not compress).
     let written = ok.len() as u64 * 4 * MIB as u64;
     assert!(
@@ -261,16 +262,22 @@ fn full_tmpfs_fill_delete_then_write() {
     );
     let big = random(8 * MIB, 99);
     let (p, d) = (m.path("big"), big.clone());
-    within("the 8 MiB write after the deletes", 60, move || write_fsync(&p, &d))
-        .unwrap_or_else(|e| panic!("8 MiB write after freeing {freed} bytes: errno {e}"));
+    within("the 8 MiB write after the deletes", 60, move || {
+        write_fsync(&p, &d)
+    })
+    .unwrap_or_else(|e| panic!("8 MiB write after freeing {freed} bytes: errno {e}"));
     let mnt = m.mnt.clone();
-    let names = within("ls", 20, move || {
+    let mut names = within("ls", 20, move || {
         fs::read_dir(&mnt)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .count()
+            .collect::<Vec<_>>()
     });
-    assert_eq!(names, 3, "ls after the write");
+    names.sort();
+    let mut want: Vec<String> = keep.iter().map(|i| format!("f{i}")).collect();
+    want.push("big".into());
+    want.sort();
+    assert_eq!(names, want, "ls after the write");
     let mut m = within("umount", 90, move || {
         m.unmount();
         m
@@ -324,7 +331,10 @@ fn full_ext4_rm_umount_mount_fsck() {
     let (code, out) = idcfs(&["fsck", "--rebuild", &store]);
     assert_eq!(code, 0, "fsck --rebuild on a full disk: {out}");
     m.mount();
-    assert!(fs::read(m.path("keep")).unwrap() == keep, "fsynced file changed");
+    assert!(
+        fs::read(m.path("keep")).unwrap() == keep,
+        "fsynced file changed"
+    );
     assert!(!m.path("big").exists());
     m.unmount();
     fs::remove_file(hog).unwrap();
@@ -370,7 +380,10 @@ fn disk_write_error_turns_read_only() {
         errno == libc::EIO || errno == libc::EROFS,
         "the writer failed with errno {errno}"
     );
-    assert!(!done.is_empty(), "the writer made no progress before the fault");
+    assert!(
+        !done.is_empty(),
+        "the writer made no progress before the fault"
+    );
     synced.extend(done);
     // From now on: EROFS for changes, reads keep working.
     let e = write_fsync(&m.path("after"), b"x").unwrap_err();
@@ -378,7 +391,10 @@ fn disk_write_error_turns_read_only() {
     let e = fs::create_dir(m.path("d")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "mkdir after the fault");
     for (n, d) in &synced[..4] {
-        assert!(fs::read(m.path(n)).unwrap() == *d, "{n} unreadable after the fault");
+        assert!(
+            fs::read(m.path(n)).unwrap() == *d,
+            "{n} unreadable after the fault"
+        );
     }
     let (code, out) = idcfs(&["status", "--json"]);
     assert_eq!(code, 0, "{out}");

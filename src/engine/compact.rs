@@ -41,13 +41,7 @@ impl Engine {
     /// Reclaim what deletes freed, with only the space there is.
     pub(super) fn compact_for_space(&self) -> Result<CompactReport> {
         // Room for the checkpoint that restates the index (a rough upper bound per entry).
-        let blocks: u64 = self
-            .j
-            .index
-            .codec_stats()
-            .values()
-            .map(|c| c.blocks)
-            .sum();
+        let blocks: u64 = self.j.index.codec_stats().values().map(|c| c.blocks).sum();
         let inodes = self.next_ino.load(std::sync::atomic::Ordering::Relaxed);
         let checkpoint = blocks * 96 + inodes * 256 + (256 << 10);
         let avail = self.space.avail()? + self.space.held();

@@ -99,7 +99,9 @@ impl FileState {
         if g.detached || (g.dirty.is_empty() && !g.attr_dirty) {
             return false;
         }
-        if g.failed_at.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+        if g.failed_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
             return false;
         }
         g.last_write.elapsed() >= idle || g.dirty_since.is_some_and(|t| t.elapsed() >= max_age)
@@ -447,7 +449,11 @@ impl Engine {
             if let Err(e) = &res {
                 // One line per file until its writer hears of it (fsync/close).
                 if g.err.is_none() {
-                    tracing::error!(ino = j.st.ino, block = j.idx, "cannot store data, kept in memory for a retry: {e}");
+                    tracing::error!(
+                        ino = j.st.ino,
+                        block = j.idx,
+                        "cannot store data, kept in memory for a retry: {e}"
+                    );
                 }
                 g.failed_at = Some(Instant::now());
                 g.err.get_or_insert(e.errno());

@@ -296,7 +296,9 @@ impl Engine {
             }
             r => r?,
         };
-        if !retry_enospc(&space, "opening the metadata index", || j.index.take_clean())? {
+        if !retry_enospc(&space, "opening the metadata index", || {
+            j.index.take_clean()
+        })? {
             // Derived counters may be off after an unclean stop: recount them.
             j.index.recount()?;
         }

@@ -46,11 +46,11 @@ pub fn fs_space(path: &Path) -> Result<FsSpace> {
     #[allow(unsafe_code)]
     // SAFETY: statvfs succeeded and filled the struct.
     let s = unsafe { s.assume_init() };
-    let fr = (s.f_frsize as u64).max(1);
+    let fr = s.f_frsize.max(1);
     Ok(FsSpace {
-        total: s.f_blocks as u64 * fr,
-        avail: s.f_bavail as u64 * fr,
-        free: s.f_bfree as u64 * fr,
+        total: s.f_blocks * fr,
+        avail: s.f_bavail * fr,
+        free: s.f_bfree * fr,
         frsize: fr,
     })
 }
@@ -191,7 +191,10 @@ impl Space {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => {
-                tracing::error!("cannot delete the space reserve {}: {e}", self.path.display());
+                tracing::error!(
+                    "cannot delete the space reserve {}: {e}",
+                    self.path.display()
+                );
                 false
             }
         };
