@@ -304,6 +304,10 @@ fn full_ext4_rm_umount_mount_fsck() {
     let mut m = Mounted::with_store(&back.store(), &[]);
     let keep = random(2 * MIB, 7);
     write_fsync(&m.path("keep"), &keep).unwrap();
+    for n in ["t", "r1", "r2"] {
+        write_fsync(&m.path(n), &random(MIB, 5)).unwrap();
+    }
+    fs::create_dir(m.path("d")).unwrap();
     let p = m.path("big");
     let res = within("writing until the disk is full", 90, move || {
         write_fsync(&p, &random(100 * MIB, 8))
@@ -311,6 +315,14 @@ fn full_ext4_rm_umount_mount_fsck() {
     assert_eq!(res, Err(libc::ENOSPC), "filling the store");
     // Another program takes whatever is left (the store's margin too).
     let hog = back.hog("hog1");
+    // Every operation that frees space works on the full disk.
+    let (t, r1, r2, d) = (m.path("t"), m.path("r1"), m.path("r2"), m.path("d"));
+    within("truncate, rename, rmdir on a full disk", 30, move || {
+        OpenOptions::new().write(true).open(&t)?.set_len(0)?;
+        fs::rename(&r1, &r2)?;
+        fs::remove_dir(&d)
+    })
+    .unwrap_or_else(|e| panic!("truncate/rename/rmdir on a full disk: {e}"));
     let p = m.path("big");
     within("rm on a full disk", 20, move || fs::remove_file(&p))
         .unwrap_or_else(|e| panic!("rm on a full disk: {e}"));
@@ -336,6 +348,9 @@ fn full_ext4_rm_umount_mount_fsck() {
         "fsynced file changed"
     );
     assert!(!m.path("big").exists());
+    assert_eq!(fs::metadata(m.path("t")).unwrap().len(), 0);
+    assert!(!m.path("r1").exists() && !m.path("d").exists());
+    assert!(fs::read(m.path("r2")).unwrap() == random(MIB, 5));
     m.unmount();
     fs::remove_file(hog).unwrap();
     fs::remove_file(hog2).unwrap();

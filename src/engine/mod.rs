@@ -240,6 +240,8 @@ pub struct Engine {
     reclaim: AtomicBool,
     /// One compaction at a time (background, pressure and `idcfs compact`).
     compacting: Mutex<()>,
+    /// `shutdown` completed.
+    closed: AtomicBool,
 }
 
 /// Take the store's exclusive lock, or say who holds it.
@@ -338,6 +340,7 @@ impl Engine {
             space,
             reclaim: AtomicBool::new(false),
             compacting: Mutex::new(()),
+            closed: AtomicBool::new(false),
         });
         e.ensure_root()?;
         e.recover_marks()?;
@@ -563,6 +566,9 @@ impl Engine {
     /// reported to its writers at fsync/close and is logged again here; the metadata flush
     /// uses the reserve. Fails only when the metadata cannot be made durable.
     pub fn shutdown(&self) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let ro = self.j.read_only();
         if ro.is_none() {
             if let Err(e) = self.sync_all() {
@@ -583,12 +589,14 @@ impl Engine {
                 "store {} is read-only ({why}); the next mount recovers it",
                 self.store_dir.display()
             );
+            self.closed.store(true, Ordering::Relaxed);
             return Ok(());
         }
         self.checkpoint_index_freeing()?;
         retry_enospc(&self.space, "flushing the metadata index", || {
             self.j.index.mark_clean()
         })?;
+        self.closed.store(true, Ordering::Relaxed);
         tracing::info!("store {} flushed", self.store_dir.display());
         Ok(())
     }
