@@ -429,7 +429,11 @@ impl Engine {
                     .spawn(move || {
                         while !e.stop.load(Ordering::Relaxed) {
                             std::thread::sleep(Duration::from_millis(500));
-                            e.recompress_idle();
+                            // Recompression writes new copies before compaction frees the
+                            // old: not on a read-only store, nor while space is short.
+                            if e.j.read_only().is_none() && !e.space.pressure() {
+                                e.recompress_idle();
+                            }
                         }
                     })?,
             );
