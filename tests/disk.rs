@@ -439,3 +439,70 @@ fn disk_write_error_turns_read_only() {
     assert_eq!(code, 0, "fsck after the fault: {out}");
     assert!(!is_mounted(&m.mnt));
 }
+
+/// The hang: the daemon's log on the same full filesystem as the store (as `idcfs
+/// mount` keeps it). Writers meet ENOSPC while the log cannot grow; nothing may hang, not the
+/// writers, `ls`, `rm` or `umount`, and the daemon stays up.
+#[test]
+fn full_disk_under_the_log_never_hangs() {
+    let back = Backing::tmpfs(64);
+    let log = back.dir.join("idcfs.log");
+    let mut m = Mounted::with_store_and_log(&back.store(), &log, &[]);
+    let keep = random(4 * MIB, 1);
+    write_fsync(&m.path("keep"), &keep).unwrap();
+    for i in 0..4u64 {
+        write_fsync(&m.path(&format!("old{i}")), &random(4 * MIB, 10 + i)).unwrap();
+    }
+    // Everything else, the log's room included, is taken.
+    let hog = back.hog("hog");
+    let writers: Vec<_> = (0..3u64)
+        .map(|w| {
+            let dir = m.mnt.clone();
+            std::thread::spawn(move || {
+                let mut errs = Vec::new();
+                for i in 0..3u64 {
+                    let p = dir.join(format!("w{w}-{i}"));
+                    if let Err(e) = write_fsync(&p, &random(4 * MIB, 100 * w + i)) {
+                        errs.push(e);
+                    }
+                }
+                errs
+            })
+        })
+        .collect();
+    let errs = within("writers on a full disk", 90, move || {
+        writers
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect::<Vec<i32>>()
+    });
+    assert!(!errs.is_empty(), "writes on a full disk succeeded");
+    assert!(
+        errs.iter().all(|&e| e == libc::ENOSPC),
+        "writers failed with {errs:?}, want ENOSPC"
+    );
+    let mnt = m.mnt.clone();
+    within("ls and rm on a full disk", 30, move || {
+        for i in 0..4u64 {
+            fs::remove_file(mnt.join(format!("old{i}")))?;
+        }
+        fs::read_dir(&mnt).map(|d| d.count())
+    })
+    .unwrap_or_else(|e| panic!("rm on a full disk: {e}"));
+    let mnt = m.mnt.clone();
+    let st = within("statfs", 20, move || statfs(&mnt));
+    assert!(st.1 > 0);
+    let mut m = within("umount on a full disk", 90, move || {
+        m.unmount();
+        m
+    });
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "fsck: {out}");
+    fs::remove_file(hog).unwrap();
+    m.mount();
+    assert!(
+        fs::read(m.path("keep")).unwrap() == keep,
+        "fsynced file changed"
+    );
+    m.unmount();
+}

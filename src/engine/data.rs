@@ -334,7 +334,39 @@ impl Engine {
     /// `attach_inode`: the jobs are one file's last buffered blocks (a drain); when nothing
     /// else of that file is pending, its inode rides in the same record as its last block
     /// (one record fewer per small file).
+    ///
+    /// Never leaves a job half done: if encoding or committing panics (a bug), each job that
+    /// is still in flight goes back to its file's write buffer with EIO for its writer, and
+    /// its dirty budget is released, so no drain or writer waits for it forever.
     fn run_jobs_with(&self, jobs: Vec<Job>, attach_inode: bool) {
+        let keys: Vec<(Arc<FileState>, u64, u64, Arc<Vec<u8>>)> = jobs
+            .iter()
+            .map(|j| (j.st.clone(), j.idx, j.gen, j.data.clone()))
+            .collect();
+        let run = std::panic::AssertUnwindSafe(|| self.run_jobs_inner(jobs, attach_inode));
+        if std::panic::catch_unwind(run).is_ok() {
+            return;
+        }
+        tracing::error!(
+            jobs = keys.len(),
+            "internal error while storing blocks; their files report EIO"
+        );
+        for (st, idx, gen, data) in keys {
+            {
+                let mut g = st.inner.lock();
+                if matches!(g.inflight.get(&idx), Some((g2, _)) if *g2 == gen) {
+                    g.inflight.remove(&idx);
+                    g.dirty.entry(idx).or_insert_with(|| data.as_ref().clone());
+                    g.err.get_or_insert(libc::EIO);
+                    g.failed_at = Some(Instant::now());
+                }
+            }
+            st.cv.notify_all();
+            self.release_dirty(data.len());
+        }
+    }
+
+    fn run_jobs_inner(&self, jobs: Vec<Job>, attach_inode: bool) {
         let mut work: Vec<(Job, Encoded, Option<ContentClass>)> = jobs
             .into_iter()
             .map(|j| {

@@ -39,16 +39,21 @@ impl Mounted {
     }
 
     pub fn with_args(extra: &[&str]) -> Mounted {
-        Self::build(None, extra)
+        Self::build(None, None, extra)
     }
 
     /// A mount whose store lives at `store` (e.g. on a small tmpfs); the mount point and the
     /// daemon log stay in a temp dir of their own.
     pub fn with_store(store: &Path, extra: &[&str]) -> Mounted {
-        Self::build(Some(store.to_path_buf()), extra)
+        Self::build(Some(store.to_path_buf()), None, extra)
     }
 
-    fn build(store: Option<PathBuf>, extra: &[&str]) -> Mounted {
+    /// `with_store`, with the daemon log at `log` too (as `idcfs mount` keeps it in the store).
+    pub fn with_store_and_log(store: &Path, log: &Path, extra: &[&str]) -> Mounted {
+        Self::build(Some(store.to_path_buf()), Some(log.to_path_buf()), extra)
+    }
+
+    fn build(store: Option<PathBuf>, log: Option<PathBuf>, extra: &[&str]) -> Mounted {
         let dir = tempfile::Builder::new()
             .prefix("idcfs-test")
             .tempdir_in("/var/tmp")
@@ -56,7 +61,7 @@ impl Mounted {
         let mnt = dir.path().join("mnt");
         let store = store.unwrap_or_else(|| dir.path().join("store"));
         std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
-        let log = dir.path().join("daemon.log");
+        let log = log.unwrap_or_else(|| dir.path().join("daemon.log"));
         let mut m = Mounted {
             dir,
             mnt,
