@@ -339,7 +339,7 @@ impl Engine {
     /// is still in flight goes back to its file's write buffer with EIO for its writer, and
     /// its dirty budget is released, so no drain or writer waits for it forever.
     fn run_jobs_with(&self, jobs: Vec<Job>, attach_inode: bool) {
-        let keys: Vec<(Arc<FileState>, u64, u64, Arc<Vec<u8>>)> = jobs
+        let keys: Vec<_> = jobs
             .iter()
             .map(|j| (j.st.clone(), j.idx, j.gen, j.data.clone()))
             .collect();
