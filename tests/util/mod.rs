@@ -209,6 +209,17 @@ impl Drop for Mounted {
             );
         }
         if let Some(mut c) = self.child.take() {
+            if std::thread::panicking() {
+                // A failed test may have left the daemon hung: kill it first (that aborts
+                // the requests blocked on it), then clear the dead mount.
+                let _ = c.kill();
+                let _ = c.wait();
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mnt)
+                    .status();
+                return;
+            }
             let _ = Command::new("fusermount3")
                 .arg("-u")
                 .arg(&self.mnt)
