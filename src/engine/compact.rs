@@ -38,6 +38,22 @@ impl Engine {
         }
     }
 
+    /// Pack bytes no block refers to (what compaction could reclaim), sealed packs only.
+    pub(super) fn garbage_bytes(&self) -> u64 {
+        let backend = self.j.log.backend();
+        let stats = self.j.index.pack_stats();
+        let (active, _) = self.j.log.active();
+        let packs = backend.list().unwrap_or_default();
+        packs
+            .into_iter()
+            .filter(|&p| p != active)
+            .map(|p| {
+                let len = backend.len(p).unwrap_or(0);
+                len.saturating_sub(stats.get(&p).map_or(0, |s| s.live_bytes))
+            })
+            .sum()
+    }
+
     /// Reclaim what deletes freed, with only the space there is.
     pub(super) fn compact_for_space(&self) -> Result<CompactReport> {
         // Room for the checkpoint that restates the index (a rough upper bound per entry).

@@ -483,10 +483,14 @@ impl Engine {
                 }
                 self.try_detach(&st);
             }
+            // Deletes give their space back at once while space is short, or when what
+            // they freed is a large share of the filesystem (small stores); otherwise the
+            // periodic compaction below collects it.
             let wanted = self.reclaim.swap(false, Ordering::Relaxed);
-            if (wanted || last_pressure.elapsed() >= Duration::from_secs(10))
-                && self.space.pressure()
-            {
+            let due = (wanted || last_pressure.elapsed() >= Duration::from_secs(10))
+                && (self.space.pressure()
+                    || (wanted && self.garbage_bytes() >= self.space.total / 16));
+            if due {
                 if let Err(e) = self.compact_for_space() {
                     tracing::warn!("compaction to reclaim space failed: {e}");
                 }
