@@ -563,6 +563,12 @@ impl Engine {
 
     /// Make the journal and the index durable, with the reserve's help on a full store.
     fn checkpoint_index_freeing(&self) -> Result<()> {
+        if self.space.meta_low() {
+            // Before the flush: sled keeps the first I/O error it meets and fails every
+            // later operation with it, so it must not meet ENOSPC at all.
+            self.space
+                .release("flushing the metadata index on a full store");
+        }
         retry_enospc(&self.space, "flushing the metadata index", || {
             self.j.checkpoint_index()
         })

@@ -94,7 +94,9 @@ impl Space {
     pub fn open(dir: &Path) -> Result<Space> {
         let fs = fs_space(dir)?;
         let reserve = (fs.total / 16).clamp(2 * MIB, 64 * MIB);
-        let margin = (fs.total / 64).clamp(MIB, 64 * MIB);
+        // The margin also absorbs data admitted concurrently and still in memory (several
+        // writers pass the check before their blocks reach the packs).
+        let margin = (fs.total / 32).clamp(2 * MIB, 64 * MIB);
         let path = dir.join("reserve");
         let held = std::fs::metadata(&path).map_or(0, |m| m.len());
         let sp = Space {
@@ -164,11 +166,18 @@ impl Space {
                 return Ok(());
             }
         }
-        let avail = self.avail()?;
-        if avail < floor + need {
+        // Measure and admit under one lock, so concurrent writers are counted one by one.
+        let fs = fs_space(&self.dir)?;
+        let mut p = self.probe.lock();
+        *p = Probe {
+            at: Some(Instant::now()),
+            avail: fs.avail,
+            admitted: 0,
+        };
+        if fs.avail < floor + need {
             return Err(enospc());
         }
-        self.probe.lock().admitted += len;
+        p.admitted += len;
         Ok(())
     }
 
@@ -188,7 +197,12 @@ impl Space {
         let _g = self.lock.lock();
         let held = self.held();
         let existed = match std::fs::remove_file(&self.path) {
-            Ok(()) => true,
+            Ok(()) => {
+                // Commit the delete: a journaling filesystem (ext4) lets the freed blocks be
+                // allocated only after its transaction commits.
+                let _ = File::open(&self.dir).and_then(|d| d.sync_all());
+                true
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => {
                 tracing::error!(
