@@ -40,7 +40,9 @@ pub enum Error {
     TooManyLinks,
     #[error("data corruption: {0}")]
     Corrupt(String),
-    #[error("the filesystem is read-only after an internal error: {0}")]
+    /// The journal turned read-only (a failed disk write or sync, or an index update that
+    /// failed after its record was appended); the next mount recovers.
+    #[error("the filesystem is read-only after an error: {0}")]
     Poisoned(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -73,7 +75,9 @@ impl Error {
             Error::Unsupported(_) => EOPNOTSUPP,
             Error::FileTooBig => EFBIG,
             Error::TooManyLinks => EMLINK,
-            Error::Corrupt(_) | Error::Poisoned(_) | Error::Codec(_) | Error::Index(_) => EIO,
+            Error::Poisoned(_) => EROFS,
+            Error::Index(sled::Error::Io(e)) => io_errno(e),
+            Error::Corrupt(_) | Error::Codec(_) | Error::Index(_) => EIO,
             Error::Store(e) => e.errno(),
             Error::Io(e) => io_errno(e),
         }
@@ -107,6 +111,7 @@ mod tests {
                 libc::ENOSPC,
             ),
             (Error::Store(StoreError::Corrupt("bad".into())), libc::EIO),
+            (Error::Poisoned("disk".into()), libc::EROFS),
         ];
         for (e, n) in cases {
             assert_eq!(e.errno(), n, "{e}");

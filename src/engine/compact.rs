@@ -4,6 +4,10 @@
 //! active pack with `MoveBlock` records; then a checkpoint restates the whole index so the old
 //! packs' metadata records are no longer needed; then the index is flushed and the old packs
 //! deleted. A crash at any point leaves either the old or the new location valid.
+//!
+//! Under space pressure (`compact_for_space`) the mostly-dead packs are taken first and only
+//! as many as the free space (the reserve included) can copy the live part of, so compaction
+//! itself never runs the store out of space; each round frees room for the next.
 
 use super::Engine;
 use crate::error::Result;
@@ -27,12 +31,55 @@ pub struct CompactReport {
 impl Engine {
     /// Compact sealed packs that are mostly garbage. `force` ignores the minimum gain.
     pub fn compact(&self, force: bool) -> Result<CompactReport> {
+        if force {
+            self.compact_with(LIVE_THRESHOLD_FORCED, 0, None)
+        } else {
+            self.compact_with(LIVE_THRESHOLD, MIN_RECLAIM, None)
+        }
+    }
+
+    /// Pack bytes no block refers to (what compaction could reclaim), sealed packs only.
+    pub(super) fn garbage_bytes(&self) -> u64 {
+        let backend = self.j.log.backend();
+        let stats = self.j.index.pack_stats();
+        let (active, _) = self.j.log.active();
+        let packs = backend.list().unwrap_or_default();
+        packs
+            .into_iter()
+            .filter(|&p| p != active)
+            .map(|p| {
+                let len = backend.len(p).unwrap_or(0);
+                len.saturating_sub(stats.get(&p).map_or(0, |s| s.live_bytes))
+            })
+            .sum()
+    }
+
+    /// Reclaim what deletes freed, with only the space there is.
+    pub(super) fn compact_for_space(&self) -> Result<CompactReport> {
+        // Room for the checkpoint that restates the index (a rough upper bound per entry).
+        let blocks: u64 = self.j.index.codec_stats().values().map(|c| c.blocks).sum();
+        let inodes = self.next_ino.load(std::sync::atomic::Ordering::Relaxed);
+        let checkpoint = blocks * 96 + inodes * 256 + (256 << 10);
+        let avail = self.space.avail()? + self.space.held();
+        let budget = avail.saturating_sub(checkpoint + self.space.margin / 2);
+        self.compact_with(LIVE_THRESHOLD_FORCED, 1, Some(budget))
+    }
+
+    /// Compact packs less than `threshold` live, when that reclaims at least `min_reclaim`;
+    /// with a `budget`, only packs whose live bytes fit in it (emptiest first).
+    fn compact_with(
+        &self,
+        threshold: f64,
+        min_reclaim: u64,
+        budget: Option<u64>,
+    ) -> Result<CompactReport> {
+        let _one = self.compacting.lock();
+        self.check_writable()?;
         let backend = self.j.log.backend().clone();
         let stats = self.j.index.pack_stats();
         let live_of = |p: PackId| stats.get(&p).map_or(0, |s| s.live_bytes);
         let (active, active_len) = self.j.log.active();
-        let mut victims: Vec<(PackId, u64)> = Vec::new();
-        let mut reclaim = 0;
+        let mut candidates: Vec<(PackId, u64, u64)> = Vec::new();
         for p in backend.list()? {
             let len = if p == active {
                 active_len
@@ -40,19 +87,31 @@ impl Engine {
                 backend.len(p)?
             };
             let live = live_of(p);
-            let threshold = if force {
-                LIVE_THRESHOLD_FORCED
-            } else {
-                LIVE_THRESHOLD
-            };
             if len > 0 && (live as f64) < threshold * len as f64 {
-                victims.push((p, len));
-                reclaim += len - live;
+                candidates.push((p, len, live));
             }
         }
+        if budget.is_some() {
+            candidates.sort_by_key(|&(p, len, live)| (live * 1000 / len.max(1), p));
+        }
+        let mut victims: Vec<(PackId, u64)> = Vec::new();
+        let mut reclaim = 0;
+        let mut copy = 0;
+        for (p, len, live) in candidates {
+            if budget.is_some_and(|b| copy + live > b) {
+                continue;
+            }
+            copy += live;
+            victims.push((p, len));
+            reclaim += len - live;
+        }
         let mut report = CompactReport::default();
-        if victims.is_empty() || (!force && reclaim < MIN_RECLAIM) {
+        if victims.is_empty() || reclaim < min_reclaim.max(1) {
             return Ok(report);
+        }
+        if budget.is_some() && copy + self.space.margin > self.space.avail()? {
+            // The reserve exists for this: copying the live data is what frees the rest.
+            self.space.release("compacting a full store");
         }
         if victims.iter().any(|&(p, _)| p == active) {
             // Only sealed packs are compacted: seal the active one (a new one starts).
@@ -120,7 +179,7 @@ impl Engine {
             }
         }
         self.j.checkpoint()?;
-        self.j.checkpoint_index()?;
+        self.checkpoint_index_freeing()?;
         let stats = self.j.index.pack_stats();
         let _gc = self.gc.write();
         for (p, len) in victims {

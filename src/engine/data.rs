@@ -7,6 +7,9 @@
 //! - `inflight[idx]` holds the newest sealed version of a block; a worker commits a version
 //!   only if it is still the newest, so an older version never overwrites a newer one.
 //! - A detached state is dead: every path that finds one retries with a fresh state.
+//! - A block that fails to commit goes back to the write buffer (nothing is dropped), the
+//!   file remembers the errno for its writer's next fsync/close, and its dirty budget is
+//!   released all the same, so no writer waits on a commit that cannot happen.
 
 use super::choice::{candidates, pays, Candidate, Stage, Tuning};
 use super::layout::{blocks_for, spans, BlockSpan, BLOCK, BLOCK_U64, MAX_FILE_SIZE};
@@ -39,6 +42,8 @@ pub(super) struct FileInner {
     pub opens: u32,
     /// First write-back error since the last flush/fsync reported one.
     pub err: Option<i32>,
+    /// When a commit of this file's blocks last failed (background retries wait a while).
+    pub failed_at: Option<Instant>,
     pub last_write: Instant,
     pub dirty_since: Option<Instant>,
     pub detached: bool,
@@ -93,6 +98,11 @@ impl FileState {
     pub(super) fn wants_drain(&self, idle: Duration, max_age: Duration) -> bool {
         let g = self.inner.lock();
         if g.detached || (g.dirty.is_empty() && !g.attr_dirty) {
+            return false;
+        }
+        if g.failed_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
             return false;
         }
         g.last_write.elapsed() >= idle || g.dirty_since.is_some_and(|t| t.elapsed() >= max_age)
@@ -175,6 +185,7 @@ impl Engine {
                 gen: 0,
                 opens: 0,
                 err: None,
+                failed_at: None,
                 last_write: Instant::now(),
                 dirty_since: None,
                 detached: false,
@@ -337,7 +348,39 @@ impl Engine {
     /// `attach_inode`: the jobs are one file's last buffered blocks (a drain); when nothing
     /// else of that file is pending, its inode rides in the same record as its last block
     /// (one record fewer per small file).
+    ///
+    /// Never leaves a job half done: if encoding or committing panics (a bug), each job that
+    /// is still in flight goes back to its file's write buffer with EIO for its writer, and
+    /// its dirty budget is released, so no drain or writer waits for it forever.
     fn run_jobs_with(&self, jobs: Vec<Job>, attach_inode: bool) {
+        let keys: Vec<_> = jobs
+            .iter()
+            .map(|j| (j.st.clone(), j.idx, j.gen, j.data.clone()))
+            .collect();
+        let run = std::panic::AssertUnwindSafe(|| self.run_jobs_inner(jobs, attach_inode));
+        if std::panic::catch_unwind(run).is_ok() {
+            return;
+        }
+        tracing::error!(
+            jobs = keys.len(),
+            "internal error while storing blocks; their files report EIO"
+        );
+        for (st, idx, gen, data) in keys {
+            {
+                let mut g = st.inner.lock();
+                if matches!(g.inflight.get(&idx), Some((g2, _)) if *g2 == gen) {
+                    g.inflight.remove(&idx);
+                    g.dirty.entry(idx).or_insert_with(|| data.as_ref().clone());
+                    g.err.get_or_insert(libc::EIO);
+                    g.failed_at = Some(Instant::now());
+                }
+            }
+            st.cv.notify_all();
+            self.release_dirty(data.len());
+        }
+    }
+
+    fn run_jobs_inner(&self, jobs: Vec<Job>, attach_inode: bool) {
         let mut work: Vec<(Job, Encoded, Option<ContentClass>)> = jobs
             .into_iter()
             .map(|j| {
@@ -450,7 +493,15 @@ impl Engine {
             let g = &mut guards[guard_of(&j.st)];
             g.inflight.remove(&j.idx);
             if let Err(e) = &res {
-                tracing::error!(ino = j.st.ino, block = j.idx, "cannot store block: {e}");
+                // One line per file until its writer hears of it (fsync/close).
+                if g.err.is_none() {
+                    tracing::error!(
+                        ino = j.st.ino,
+                        block = j.idx,
+                        "cannot store data, kept in memory for a retry: {e}"
+                    );
+                }
+                g.failed_at = Some(Instant::now());
                 g.err.get_or_insert(e.errno());
                 // Keep the data: a later flush retries.
                 g.dirty
@@ -695,6 +746,10 @@ impl Engine {
         if end > MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
+        self.check_writable()?;
+        // Refuse data that would eat into the room deletes need (see `space`).
+        self.space
+            .admit(data.len() as u64, *self.dirty.lock() as u64)?;
         self.wait_budget();
         self.touch_io();
         let inline = self.with_live(ino, |st, g| {
@@ -736,13 +791,26 @@ impl Engine {
     /// Commit every buffered block of a file and then its inode. Returns (and clears) the
     /// first write-back error since the last report.
     pub(super) fn drain(&self, st: &Arc<FileState>) -> Result<()> {
+        self.drain_with(st, true)
+    }
+
+    /// `drain`; with `report` false (background flushes, namespace operations, sync) the
+    /// file's write-back error is left for its writer's fsync/close, and returned only when
+    /// this attempt fails too.
+    pub(super) fn drain_with(&self, st: &Arc<FileState>, report: bool) -> Result<()> {
+        let errno_err = |n: i32| Error::Io(std::io::Error::from_raw_os_error(n));
+        let mut tried = false;
         loop {
             let mut g = st.inner.lock();
             if g.detached {
                 return Ok(());
             }
-            if let Some(errno) = g.err.take() {
-                return Err(Error::Io(std::io::Error::from_raw_os_error(errno)));
+            if report {
+                if let Some(errno) = g.err.take() {
+                    return Err(errno_err(errno));
+                }
+            } else if let (true, Some(errno)) = (tried, g.err) {
+                return Err(errno_err(errno));
             }
             if g.dirty.is_empty() && g.inflight.is_empty() {
                 if g.attr_dirty {
@@ -750,6 +818,7 @@ impl Engine {
                     g.attr_dirty = false;
                 }
                 g.dirty_since = None;
+                g.failed_at = None;
                 return Ok(());
             }
             let idxs: Vec<u64> = g.dirty.keys().copied().collect();
@@ -778,6 +847,7 @@ impl Engine {
                 });
             }
             let alone = g.inflight.len() == jobs.len();
+            tried = true;
             drop(g);
             // The caller waits anyway: compress here rather than hand off to the pool.
             self.run_jobs_with(jobs, alone);
@@ -845,7 +915,24 @@ impl Engine {
             return Err(Error::FileTooBig);
         }
         let st = self.state(ino)?;
-        self.drain(&st)?;
+        self.check_writable()?;
+        {
+            // Buffered blocks past the new end are dropped rather than stored first, so a
+            // file whose buffered data cannot be stored (no space) can still be truncated.
+            let mut g = st.inner.lock();
+            if !g.detached && new < g.attr.size {
+                let last = blocks_for(new);
+                g.dirty.retain(|i, _| *i < last);
+                g.inflight.retain(|i, _| *i < last);
+            }
+        }
+        match self.drain_with(&st, false) {
+            // What stays buffered is logged by a later drain (handled below).
+            Err(e) if super::space::is_enospc(&e) => {
+                tracing::debug!(ino, "truncating with data still buffered: {e}")
+            }
+            r => r?,
+        }
         self.with_live(ino, |_st, g| {
             let old = g.attr.size;
             let mut ops = Vec::new();
@@ -900,16 +987,16 @@ impl Engine {
             g.attr.ctime = now;
             if g.dirty.is_empty() && g.inflight.is_empty() {
                 ops.push(Op::PutInode(g.attr.clone()));
-                self.j.commit(
+                self.commit_freeing(
                     &ops,
                     enc.as_ref().map(|e| (&e.header, e.payload.as_slice())),
                 )?;
                 g.attr_dirty = false;
             } else {
-                // A racing writer dirtied blocks meanwhile: log the data now, the inode at the
-                // next drain.
+                // A racing writer dirtied blocks meanwhile (or they could not be stored yet):
+                // log the data now, the inode at the next drain.
                 if !ops.is_empty() {
-                    self.j.commit(
+                    self.commit_freeing(
                         &ops,
                         enc.as_ref().map(|e| (&e.header, e.payload.as_slice())),
                     )?;
@@ -945,7 +1032,7 @@ impl Engine {
             }
             g.dirty.retain(|i, _| *i < first_full || *i >= last_full);
             g.inflight.retain(|i, _| *i < first_full || *i >= last_full);
-            self.j.commit(
+            self.commit_freeing(
                 &[Op::DelBlocks {
                     ino,
                     from: first_full,
@@ -1006,7 +1093,7 @@ impl Engine {
             let still = st.inner.lock().opens == 0;
             if still {
                 self.kill_state(ino);
-                self.j.commit(&[Op::DelInode { ino }], None)?;
+                self.commit_freeing(&[Op::DelInode { ino }], None)?;
             }
             return Ok(());
         }

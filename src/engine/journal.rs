@@ -8,7 +8,11 @@
 //! Invariants:
 //! - Every change to the index goes through `commit` (or replay of committed records).
 //! - A record is appended before it is applied; when applying fails after the append, the
-//!   journal is poisoned (read-only) because index and log disagree until the next mount.
+//!   journal turns read-only because index and log disagree until the next mount.
+//! - The journal also turns read-only when the backing store fails a write for any reason but
+//!   ENOSPC (a partial record may sit at the tail), or fails a sync (after a failed fsync the
+//!   page cache no longer says what is on disk). Reads keep working; mutations get EROFS; the
+//!   next mount recovers everything that was synced before the fault.
 //! - Packs are only deleted when every record in them is older than the newest checkpoint and
 //!   the index has been flushed past them.
 
@@ -134,21 +138,42 @@ impl Journal {
         }
     }
 
+    /// Why the journal is read-only, if it is.
+    pub fn read_only(&self) -> Option<String> {
+        self.poisoned.lock().clone()
+    }
+
+    /// Turn the journal read-only (the first reason is kept and logged once).
+    pub fn set_read_only(&self, why: String) {
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            tracing::error!("{why}; the filesystem is now read-only (reads keep working), remount after fixing the disk to recover");
+            *p = Some(why);
+        }
+    }
+
+    /// A failed append: anything but ENOSPC (which leaves the log intact: the partial record
+    /// was cut) turns the journal read-only.
+    fn append_failed(&self, e: crate::store::StoreError) -> Error {
+        if e.errno() != libc::ENOSPC {
+            self.set_read_only(format!("journal write failed: {e}"));
+        }
+        e.into()
+    }
+
     /// Append and apply one record. Returns its location.
     pub fn commit(&self, ops: &[Op], block: Option<(&BlockHeader, &[u8])>) -> Result<Loc> {
         let meta = encode_ops(ops);
         let mut seq = self.next_seq.lock();
         self.check_poison()?;
         let rec = encode_record(*seq, &meta, block)?;
-        let loc = self.log.append(&rec)?;
+        let loc = self.log.append(&rec).map_err(|e| self.append_failed(e))?;
         let applied = self
             .index
             .apply(*seq, loc, ops, block.map(|(h, p)| (h, p.len() as u32)));
         *seq += 1;
         if let Err(e) = applied {
-            let why = format!("index update failed after a journal append: {e}");
-            tracing::error!("{why}; the mount is now read-only, remount to recover");
-            *self.poisoned.lock() = Some(why);
+            self.set_read_only(format!("index update failed after a journal append: {e}"));
             return Err(e);
         }
         Ok(loc)
@@ -194,7 +219,7 @@ impl Journal {
                     // Records already appended are valid journal entries: apply them so the
                     // index and the log stay in step, then report the failure.
                     self.apply_appended(first, recs, &locs, &mut seq)?;
-                    return Err(e.into());
+                    return Err(self.append_failed(e));
                 }
             }
         }
@@ -223,9 +248,7 @@ impl Journal {
         let res = self.index.apply_many(&applying);
         *seq = first + locs.len() as u64;
         if let Err(e) = res {
-            let why = format!("index update failed after a journal append: {e}");
-            tracing::error!("{why}; the mount is now read-only, remount to recover");
-            *self.poisoned.lock() = Some(why);
+            self.set_read_only(format!("index update failed after a journal append: {e}"));
             return Err(e);
         }
         Ok(())
@@ -233,7 +256,11 @@ impl Journal {
 
     /// Make every committed record durable.
     pub fn sync(&self) -> Result<()> {
-        self.log.sync()?;
+        self.check_poison()?;
+        if let Err(e) = self.log.sync() {
+            self.set_read_only(format!("journal sync failed: {e}"));
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -241,9 +268,13 @@ impl Journal {
     pub fn checkpoint_index(&self) -> Result<()> {
         // Under the commit lock, so the position noted as synced is one the sync covered.
         let _seq = self.next_seq.lock();
-        self.log.sync()?;
+        self.sync()?;
         self.index.note_synced()?;
-        self.index.flush()
+        self.index.flush().inspect_err(|e| {
+            if e.errno() != libc::ENOSPC {
+                self.set_read_only(format!("metadata index flush failed: {e}"));
+            }
+        })
     }
 
     /// Whether the journal still holds every record from `from` (a position known durable)
@@ -480,7 +511,7 @@ impl Journal {
         let begin = *seq;
         let emit = |ops: &[Op], seq: &mut u64| -> Result<()> {
             let rec = encode_record(*seq, &encode_ops(ops), None)?;
-            let loc = self.log.append(&rec)?;
+            let loc = self.log.append(&rec).map_err(|e| self.append_failed(e))?;
             // Snapshot ops restate the current state: only the applied position moves.
             self.index.apply(*seq, loc, &[], None)?;
             *seq += 1;

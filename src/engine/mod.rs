@@ -12,6 +12,15 @@
 //! - Stored blocks never hold data past the file size (truncate crops; recovery trims blocks
 //!   committed past a logged size), so extending a file always exposes zeros.
 //! - `fsync` returns after the file's blocks and inode are committed and the journal synced.
+//!
+//! Space and faults:
+//! - New data is admitted only above the space floor (`space`); deleting never needs more
+//!   than the reserve, and space freed by deletes is reclaimed by compaction right away while
+//!   space is short.
+//! - A write-back failure keeps the data in memory, releases its dirty budget and is reported
+//!   by the file's next fsync or close; nothing waits for space to appear.
+//! - Once the journal is read-only (a failed disk write or sync), mutations fail with EROFS,
+//!   reads keep working and background work stops.
 
 mod cache;
 pub mod choice;
@@ -23,6 +32,7 @@ pub mod layout;
 mod namespace;
 mod policy;
 mod recompress;
+mod space;
 
 use self::cache::BlockCache;
 use self::journal::{Journal, Recovery};
@@ -101,6 +111,9 @@ pub struct Attr {
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Status {
     pub store: String,
+    /// Why the mount turned read-only (a disk write or sync failed), when it did.
+    #[serde(default)]
+    pub read_only: Option<String>,
     pub pid: u32,
     pub uptime_secs: u64,
     pub cache_bytes: u64,
@@ -222,6 +235,14 @@ pub struct Engine {
     /// Records being decoded right now (single flight), and the signal that one finished.
     decoding: Mutex<std::collections::HashSet<crate::store::Loc>>,
     decoded_cv: Condvar,
+    /// The store's filesystem: the reserve and admission of new data.
+    space: space::Space,
+    /// Something was deleted while space is short: compact soon.
+    reclaim: AtomicBool,
+    /// One compaction at a time (background, pressure and `idcfs compact`).
+    compacting: Mutex<()>,
+    /// `shutdown` completed.
+    closed: AtomicBool,
 }
 
 /// Take the store's exclusive lock, or say who holds it.
@@ -285,14 +306,32 @@ impl Engine {
         std::fs::create_dir_all(dir)?;
         let codecs = Registry::with_disabled(&opts.codecs_disabled)
             .map_err(|e| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-        let lock = lock_store(dir)?;
-        let (j, recovery) = match backend {
-            Some(b) => {
-                Journal::open_with(b, &dir.join("index"), dir, opts.index_cache, opts.pack_max)?
-            }
-            None => Journal::open(dir, opts.index_cache, opts.pack_max)?,
+        let space = space::Space::open(dir)?;
+        // Each step below writes a little (the pid, the index's files): on a full filesystem
+        // the reserve makes room for it.
+        let lock = retry_enospc(&space, "taking the store lock", || lock_store(dir))?;
+        let pack_max = opts.pack_max.min(space.pack_cap());
+        let open_journal = || match &backend {
+            Some(b) => Journal::open_with(
+                b.clone(),
+                &dir.join("index"),
+                dir,
+                opts.index_cache,
+                pack_max,
+            ),
+            None => Journal::open(dir, opts.index_cache, pack_max),
         };
-        if !j.index.take_clean()? {
+        let (j, recovery) = match open_journal() {
+            // The index's open error is not typed: release the reserve if space is short.
+            Err(e) if space.meta_low() && space.release("opening the metadata index") => {
+                tracing::debug!("retrying the open after: {e}");
+                open_journal()?
+            }
+            r => r?,
+        };
+        if !retry_enospc(&space, "opening the metadata index", || {
+            j.index.take_clean()
+        })? {
             // Derived counters may be off after an unclean stop: recount them.
             j.index.recount()?;
         }
@@ -326,9 +365,14 @@ impl Engine {
             object_cv: Condvar::new(),
             decoding: Mutex::new(std::collections::HashSet::new()),
             decoded_cv: Condvar::new(),
+            space,
+            reclaim: AtomicBool::new(false),
+            compacting: Mutex::new(()),
+            closed: AtomicBool::new(false),
         });
         e.ensure_root()?;
         e.recover_marks()?;
+        e.space.ensure();
         e.start_threads()?;
         Ok(e)
     }
@@ -368,7 +412,7 @@ impl Engine {
     fn recover_marks(&self) -> Result<()> {
         for ino in self.j.index.marked(b'O')? {
             tracing::info!(ino, "reclaiming a file that was unlinked while open");
-            self.j.commit(&[Op::DelInode { ino }], None)?;
+            self.commit_freeing(&[Op::DelInode { ino }], None)?;
         }
         for ino in self.j.index.marked(b'U')? {
             self.fix_size(ino)?;
@@ -413,7 +457,11 @@ impl Engine {
                     .spawn(move || {
                         while !e.stop.load(Ordering::Relaxed) {
                             std::thread::sleep(Duration::from_millis(500));
-                            e.recompress_idle();
+                            // Recompression writes new copies before compaction frees the
+                            // old: not on a read-only store, nor while space is short.
+                            if e.j.read_only().is_none() && !e.space.pressure() {
+                                e.recompress_idle();
+                            }
                         }
                     })?,
             );
@@ -445,19 +493,40 @@ impl Engine {
     fn syncer(&self) {
         let mut last_flush = Instant::now();
         let mut last_compact = Instant::now();
+        let mut last_pressure = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(250));
+            if self.j.read_only().is_some() {
+                // Nothing can be written: keep buffered data for the writers' fsync/close.
+                continue;
+            }
             let states: Vec<Arc<FileState>> = self.files.lock().values().cloned().collect();
             for st in states {
                 if st.wants_drain(Duration::from_secs(1), Duration::from_secs(10)) {
-                    if let Err(e) = self.drain(&st) {
-                        tracing::warn!(ino = st.ino, "background flush failed: {e}");
+                    // The error stays with the file for its writer's fsync/close; the failed
+                    // blocks are retried after a pause.
+                    if let Err(e) = self.drain_with(&st, false) {
+                        tracing::debug!(ino = st.ino, "background flush failed: {e}");
                     }
                 }
                 self.try_detach(&st);
             }
+            // Deletes give their space back at once while space is short, or when what
+            // they freed is a large share of the filesystem (small stores); otherwise the
+            // periodic compaction below collects it.
+            let wanted = self.reclaim.swap(false, Ordering::Relaxed);
+            let due = (wanted || last_pressure.elapsed() >= Duration::from_secs(10))
+                && (self.space.pressure()
+                    || (wanted && self.garbage_bytes() >= self.space.total / 16));
+            if due {
+                if let Err(e) = self.compact_for_space() {
+                    tracing::warn!("compaction to reclaim space failed: {e}");
+                }
+                last_pressure = Instant::now();
+            }
+            self.space.ensure();
             if last_flush.elapsed() >= Duration::from_secs(5) {
-                if let Err(e) = self.j.checkpoint_index() {
+                if let Err(e) = self.checkpoint_index_freeing() {
                     tracing::warn!("periodic sync failed: {e}");
                 }
                 last_flush = Instant::now();
@@ -485,20 +554,85 @@ impl Engine {
         }
     }
 
-    /// Block a writer while too much data waits for compression (bounded memory).
+    /// Block a writer while too much data waits for compression (bounded memory). Jobs
+    /// release their budget whether they commit or fail, so this always ends.
     fn wait_budget(&self) {
         let mut d = self.dirty.lock();
-        while *d > self.opts.dirty_limit {
+        while *d > self.opts.dirty_limit && self.j.read_only().is_none() {
             self.dirty_cv.wait_for(&mut d, Duration::from_millis(100));
         }
     }
 
+    /// EROFS once the journal is read-only (for paths that buffer instead of committing).
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        match self.j.read_only() {
+            Some(why) => Err(Error::Poisoned(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Commit a record that frees space (or must succeed on a full store: unlink, rmdir,
+    /// rename, truncate, the unmount flush): the reserve is released when space is short.
+    fn commit_freeing(
+        &self,
+        ops: &[Op],
+        block: Option<(&crate::store::BlockHeader, &[u8])>,
+    ) -> Result<crate::store::Loc> {
+        if self.space.meta_low() {
+            // Before the commit, so the index's own writes find room too.
+            self.space.release("a delete on a full store");
+        }
+        let loc = retry_enospc(&self.space, "a delete on a full store", || {
+            self.j.commit(ops, block)
+        })?;
+        self.reclaim.store(true, Ordering::Relaxed);
+        Ok(loc)
+    }
+
+    /// Make the journal and the index durable, with the reserve's help on a full store.
+    fn checkpoint_index_freeing(&self) -> Result<()> {
+        if self.space.meta_low() {
+            // Before the flush: sled keeps the first I/O error it meets and fails every
+            // later operation with it, so it must not meet ENOSPC at all.
+            self.space
+                .release("flushing the metadata index on a full store");
+        }
+        retry_enospc(&self.space, "flushing the metadata index", || {
+            self.j.checkpoint_index()
+        })
+    }
+
     /// Commit everything, make it durable and stop background threads. Idempotent.
+    ///
+    /// Always completes: data that cannot be stored (no space, or a read-only store) was
+    /// reported to its writers at fsync/close and is logged again here; the metadata flush
+    /// uses the reserve. Fails only when the metadata cannot be made durable.
     pub fn shutdown(&self) -> Result<()> {
-        self.sync_all()?;
+        if self.closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let ro = self.j.read_only();
+        if ro.is_none() {
+            if let Err(e) = self.sync_all() {
+                tracing::error!("unmount: some data could not be stored: {e}");
+            }
+        }
         self.halt();
-        self.j.checkpoint_index()?;
-        self.j.index.mark_clean()?;
+        if let Some(why) = self.j.read_only() {
+            // The index may be ahead of what reached the disk: leave it unclean, so the next
+            // mount checks it against the journal.
+            tracing::warn!(
+                "store {} is read-only ({why}); the next mount recovers it",
+                self.store_dir.display()
+            );
+            self.closed.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.checkpoint_index_freeing()?;
+        retry_enospc(&self.space, "flushing the metadata index", || {
+            self.j.index.mark_clean()
+        })?;
+        self.closed.store(true, Ordering::Relaxed);
         tracing::info!("store {} flushed", self.store_dir.display());
         Ok(())
     }
@@ -521,17 +655,18 @@ impl Engine {
         self.j.index.flush()
     }
 
-    /// Drain every file and make the journal and the index durable.
+    /// Drain every file and make the journal and the index durable. Errors stay with their
+    /// files too, for the writers' fsync/close.
     pub fn sync_all(&self) -> Result<()> {
         let states: Vec<Arc<FileState>> = self.files.lock().values().cloned().collect();
         let mut first_err = None;
         for st in states {
-            if let Err(e) = self.drain(&st) {
-                tracing::error!(ino = st.ino, "flush failed: {e}");
+            if let Err(e) = self.drain_with(&st, false) {
+                tracing::error!(path = %self.path_of(st.ino), "flush failed: {e}");
                 first_err.get_or_insert(e);
             }
         }
-        self.j.checkpoint_index()?;
+        self.checkpoint_index_freeing()?;
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -671,6 +806,7 @@ impl Engine {
     pub fn status(&self) -> Status {
         Status {
             store: self.store_dir.display().to_string(),
+            read_only: self.j.read_only(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             cache_bytes: self.cache.bytes() as u64,
@@ -712,6 +848,14 @@ impl Engine {
         }
         parts.reverse();
         format!("/{}", parts.join("/"))
+    }
+}
+
+/// Run `f`; when it fails for lack of space and releasing the reserve frees some, once more.
+fn retry_enospc<T>(sp: &space::Space, why: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    match f() {
+        Err(e) if space::is_enospc(&e) && sp.release(why) => f(),
+        r => r,
     }
 }
 

@@ -66,7 +66,13 @@ impl PackLog {
         let off = a.len;
         if let Err(e) = a.app.append(rec) {
             // A partial write may have landed: cut it off so the next record starts clean.
-            let _ = a.app.truncate(off);
+            // If that fails too the tail holds garbage: report it as EIO (never ENOSPC), so
+            // the journal stops appending.
+            if let Err(te) = a.app.truncate(off) {
+                return Err(StoreError::Io(io::Error::other(format!(
+                    "{e}; cutting the partial record off failed: {te}"
+                ))));
+            }
             return Err(e.into());
         }
         a.len += rec.len() as u64;

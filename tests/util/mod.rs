@@ -72,14 +72,29 @@ impl Mounted {
     }
 
     pub fn with_args(extra: &[&str]) -> Mounted {
+        Self::build(None, None, extra)
+    }
+
+    /// A mount whose store lives at `store` (e.g. on a small tmpfs); the mount point and the
+    /// daemon log stay in a temp dir of their own.
+    pub fn with_store(store: &Path, extra: &[&str]) -> Mounted {
+        Self::build(Some(store.to_path_buf()), None, extra)
+    }
+
+    /// `with_store`, with the daemon log at `log` too (as `idcfs mount` keeps it in the store).
+    pub fn with_store_and_log(store: &Path, log: &Path, extra: &[&str]) -> Mounted {
+        Self::build(Some(store.to_path_buf()), Some(log.to_path_buf()), extra)
+    }
+
+    fn build(store: Option<PathBuf>, log: Option<PathBuf>, extra: &[&str]) -> Mounted {
         let dir = tempfile::Builder::new()
             .prefix("idcfs-test")
             .tempdir_in("/var/tmp")
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let mnt = dir.path().join("mnt");
-        let store = dir.path().join("store");
+        let store = store.unwrap_or_else(|| dir.path().join("store"));
         std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
-        let log = dir.path().join("daemon.log");
+        let log = log.unwrap_or_else(|| dir.path().join("daemon.log"));
         let mut m = Mounted {
             dir,
             mnt,
@@ -227,6 +242,17 @@ impl Drop for Mounted {
             );
         }
         if let Some(mut c) = self.child.take() {
+            if std::thread::panicking() {
+                // A failed test may have left the daemon hung: kill it first (that aborts
+                // the requests blocked on it), then clear the dead mount.
+                let _ = c.kill();
+                let _ = c.wait();
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mnt)
+                    .status();
+                return;
+            }
             let _ = Command::new("fusermount3")
                 .arg("-u")
                 .arg(&self.mnt)
