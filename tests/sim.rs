@@ -636,3 +636,139 @@ fn index_in_any_state_is_rebuilt_or_replayed_from_the_journal() {
     }
     reopen_and_check("index ahead of a journal whose lost tail reads as zeros");
 }
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random()).collect()
+}
+
+fn read_all(e: &Engine, ino: Ino, len: usize) -> idcfs::error::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while out.len() < len {
+        let chunk = e.read(ino, out.len() as u64, 1 << 20)?;
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// A failing disk: a read error is EIO for the blocks it hits and nothing else; a failed
+/// journal write or sync turns the engine read-only (EROFS for changes, reads keep working),
+/// and reopening after the fault recovers everything acknowledged by fsync.
+#[test]
+fn disk_faults_are_contained_and_lose_nothing_acknowledged() {
+    for fault in ["fsync", "write"] {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let disk = MemBackend::new();
+        let e = open(dir.path(), &disk).unwrap_or_else(|m| panic!("{m}"));
+        let (a, b) = (noise(1, 300_000), noise(2, 200_000));
+        let ia = write_file(&e, "a", &a);
+        let ib = write_file(&e, "b", &b);
+        match fault {
+            "fsync" => disk.fail_sync(true),
+            _ => disk.fail_append(true),
+        }
+        // The fault surfaces at the latest at the next fsync.
+        let c = e.create(ROOT_INO, b"c", 0o644, WHO);
+        let failed = match c {
+            Err(_) => true,
+            Ok(attr) => {
+                let ic = attr.inode.ino;
+                let w = e.write(ic, 0, &noise(3, 50_000));
+                let f = e.fsync(ic);
+                let _ = e.release(ic);
+                w.is_err() || f.is_err()
+            }
+        };
+        assert!(failed, "{fault} fault: nothing reported it");
+        // From now on: read-only, and reads still work.
+        let errno = |r: idcfs::error::Result<()>| r.err().map(|e| e.errno());
+        assert_eq!(
+            errno(
+                e.mknod(ROOT_INO, b"d", Kind::File, 0o644, 0, &[], WHO)
+                    .map(|_| ())
+            ),
+            Some(libc::EROFS),
+            "{fault} fault: create after the fault"
+        );
+        assert_eq!(
+            errno(e.unlink(ROOT_INO, b"a")),
+            Some(libc::EROFS),
+            "{fault} fault: unlink after the fault"
+        );
+        assert!(
+            read_all(&e, ia, a.len()).is_ok_and(|d| d == a),
+            "{fault}: read a"
+        );
+        assert!(
+            read_all(&e, ib, b.len()).is_ok_and(|d| d == b),
+            "{fault}: read b"
+        );
+        assert!(
+            e.status().read_only.is_some(),
+            "{fault} fault: status does not say read-only"
+        );
+        // The disk is replaced or fixed; what was acknowledged is all there.
+        disk.power_loss(Fault::Forget, 3);
+        e.halt();
+        drop(e);
+        disk.fail_sync(false);
+        disk.fail_append(false);
+        disk.power_on();
+        let e = open(dir.path(), &disk).unwrap_or_else(|m| panic!("{fault}: {m}"));
+        let r = e.fsck().unwrap_or_else(|err| panic!("{err}"));
+        assert!(r.problems.is_empty(), "{fault}: {:?}", r.problems);
+        assert!(
+            read_all(&e, ia, a.len()).is_ok_and(|d| d == a),
+            "{fault}: a after remount"
+        );
+        assert!(
+            read_all(&e, ib, b.len()).is_ok_and(|d| d == b),
+            "{fault}: b after remount"
+        );
+        e.shutdown().unwrap_or_else(|err| panic!("{err}"));
+    }
+
+    // Read errors: the blocks in the failing pack read as EIO, never as other bytes, and
+    // everything else reads.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let disk = MemBackend::new();
+    let e = open(dir.path(), &disk).unwrap_or_else(|m| panic!("{m}"));
+    let files: Vec<(Ino, Vec<u8>)> = (0..6u64)
+        .map(|i| {
+            let d = noise(10 + i, 150_000);
+            (write_file(&e, &format!("f{i}"), &d), d)
+        })
+        .collect();
+    e.shutdown().unwrap_or_else(|err| panic!("{err}"));
+    drop(e);
+    let packs = disk.list().unwrap_or_default();
+    assert!(packs.len() >= 3, "files spread over packs: {packs:?}");
+    disk.fail_reads(Some(packs[packs.len() / 2]));
+    let e = open(dir.path(), &disk).unwrap_or_else(|m| panic!("{m}"));
+    let (mut ok, mut eio) = (0, 0);
+    for (ino, want) in &files {
+        match read_all(&e, *ino, want.len()) {
+            Ok(d) => {
+                assert!(
+                    d == *want,
+                    "a read under a failing pack returned other bytes"
+                );
+                ok += 1;
+            }
+            Err(err) => {
+                assert_eq!(err.errno(), libc::EIO, "{err}");
+                eio += 1;
+            }
+        }
+    }
+    assert!(
+        ok > 0 && eio > 0,
+        "expected some files readable and some EIO: ok {ok}, eio {eio}"
+    );
+    // The engine is not read-only for a read error.
+    assert!(e.status().read_only.is_none());
+    e.shutdown().unwrap_or_else(|err| panic!("{err}"));
+}
