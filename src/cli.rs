@@ -321,6 +321,9 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                                 s.live_files,
                                 s.recompress_queue
                             );
+                            if let Some(why) = &s.read_only {
+                                println!("  READ-ONLY: {why} (reads work; fix the disk, then remount)");
+                            }
                             for c in &s.unavailable_codecs {
                                 println!("  codec unavailable: {c}");
                             }
