@@ -58,7 +58,7 @@ impl Engine {
     pub(super) fn compact_for_space(&self) -> Result<CompactReport> {
         // Room for the checkpoint that restates the index (a rough upper bound per entry).
         let blocks: u64 = self.j.index.codec_stats().values().map(|c| c.blocks).sum();
-        let inodes = self.next_ino.load(std::sync::atomic::Ordering::Relaxed);
+        let inodes = self.ns.inodes_allocated() + 1;
         let checkpoint = blocks * 96 + inodes * 256 + (256 << 10);
         let avail = self.space.avail()? + self.space.held();
         let budget = avail.saturating_sub(checkpoint + self.space.margin / 2);

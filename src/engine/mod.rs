@@ -2,6 +2,17 @@
 //! codecs and the caches. It knows nothing of FUSE; `fuse/` translates kernel requests into
 //! calls here, and tests drive it directly.
 //!
+//! Parts, each owning its state and invariants (a change in one should not need reading the
+//! others):
+//! - `journal`: the pack log and the index (the only way anything changes on disk), with the
+//!   injected pack backend; `space`: the store's filesystem, reserve and admission.
+//! - `namespace` (`Names`): names and inode metadata under the namespace lock.
+//! - `files`: the open-file table and each file's authoritative state.
+//! - `write` (`DirtyBudget`, the compression pool): buffering, encoding, committing, truncation.
+//! - `read` (`ReadPath`): lookups, decoding, the block cache, read-ahead.
+//! - `choice`: which codecs to try (pure); the codec `Registry` says which are available.
+//! - `recompress` (`RecompressState`), `compact`, `policy` (`PolicyCache`), `fsck`, `report`.
+//!
 //! Lock order (never taken in the other direction):
 //! `ns` (namespace mutations) → `files` (open-file table) → a file's `inner` → journal commit.
 //! Compression workers take only a file's `inner` and then the journal.
@@ -25,36 +36,38 @@
 mod cache;
 pub mod choice;
 mod compact;
-mod data;
+mod files;
 pub mod fsck;
 pub mod journal;
 pub mod layout;
 mod namespace;
 mod policy;
+mod read;
 mod recompress;
+mod report;
 mod space;
+mod write;
 
-use self::cache::BlockCache;
 use self::journal::{Journal, Recovery};
 use crate::codec::Registry;
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Inode, Kind, Op, Ts, ROOT_INO};
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::{Condvar, Mutex, RwLock};
-use serde::Serialize;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use self::compact::CompactReport;
-pub use self::data::FileState;
+pub use self::files::FileState;
 pub use self::fsck::FsckReport;
 pub use self::namespace::{Caller, SetAttr, Statfs, TimeSet, VIRTUAL_PREFIX};
 pub use self::recompress::{FileInfo, RecompressReport};
+pub use self::report::{dir_size, CodecRow, GroupRow, Stats, Status};
 
 /// Tunables of one mounted store.
 #[derive(Clone, Debug)]
@@ -107,26 +120,6 @@ pub struct Attr {
     pub blocks: u64,
 }
 
-/// What `idcfs status` reports for a mount.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct Status {
-    pub store: String,
-    /// Why the mount turned read-only (a disk write or sync failed), when it did.
-    #[serde(default)]
-    pub read_only: Option<String>,
-    pub pid: u32,
-    pub uptime_secs: u64,
-    pub cache_bytes: u64,
-    pub cache_limit: u64,
-    pub dirty_bytes: u64,
-    pub dirty_limit: u64,
-    pub live_files: u64,
-    pub recompress_queue: u64,
-    /// Codecs that may not encode here, each with the reason.
-    #[serde(default)]
-    pub unavailable_codecs: Vec<String>,
-}
-
 /// One entry of a directory listing.
 #[derive(Clone, Debug)]
 pub struct DirEntry {
@@ -135,57 +128,6 @@ pub struct DirEntry {
     pub name: Vec<u8>,
     /// Position to resume after this entry.
     pub offset: u64,
-}
-
-/// What `idcfs stats` reports.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct Stats {
-    pub store: String,
-    /// Raw bytes of all stored blocks (what the files hold, holes excluded).
-    pub logical_bytes: u64,
-    /// Bytes the store occupies on disk: pack files plus the metadata index.
-    pub stored_bytes: u64,
-    pub saved_bytes: i64,
-    /// logical / stored.
-    pub ratio: f64,
-    pub pack_bytes: u64,
-    pub index_bytes: u64,
-    /// Pack bytes not referenced by any block: the metadata journal plus space that
-    /// compaction will reclaim.
-    pub unreferenced_bytes: u64,
-    pub files: u64,
-    pub corrupt_reads: u64,
-    /// Whole-file (format-aware) encodings that failed verification, did not pay or timed out.
-    #[serde(default)]
-    pub format_fallbacks: u64,
-    pub uptime_secs: u64,
-    pub cache_bytes: u64,
-    pub codecs: Vec<CodecRow>,
-    /// Per top-level entry of the mount (filled by `stats_detailed`).
-    #[serde(default)]
-    pub top_dirs: Vec<GroupRow>,
-    /// Per content class (filled by `stats_detailed`).
-    #[serde(default)]
-    pub classes: Vec<GroupRow>,
-}
-
-/// Logical and stored bytes of a group of files.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
-pub struct GroupRow {
-    pub name: String,
-    pub files: u64,
-    pub logical_bytes: u64,
-    /// Bytes of the group's block records (payload and headers; shared records counted per use).
-    pub stored_bytes: u64,
-}
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct CodecRow {
-    pub codec: String,
-    pub blocks: u64,
-    pub logical_bytes: u64,
-    /// Record bytes on disk for this codec's blocks (payload plus headers).
-    pub stored_bytes: u64,
 }
 
 struct Job {
@@ -206,35 +148,24 @@ pub struct Engine {
     store_dir: PathBuf,
     _lock: File,
     files: Mutex<HashMap<Ino, Arc<FileState>>>,
-    ns: Mutex<()>,
+    /// Namespace lock and number allocators (`namespace`).
+    ns: namespace::Names,
     /// Readers hold it shared across an index lookup and the pack read it leads to, so
     /// compaction (exclusive) never deletes a pack under a reader.
     gc: RwLock<()>,
-    next_ino: AtomicU64,
-    next_cookie: AtomicU64,
-    cache: BlockCache,
+    /// The read path's cache, read-ahead and decode limits (`read`).
+    reads: read::ReadPath,
     jobs: Mutex<Option<Sender<Job>>>,
-    /// Read-ahead: blocks to decode into the cache before they are asked for.
-    prefetch: Mutex<Option<Sender<(Ino, u64)>>>,
-    /// Per inode: (offset the next sequential read starts at, first block not yet queued).
-    streams: Mutex<HashMap<Ino, (u64, u64)>>,
-    dirty: Mutex<usize>,
-    dirty_cv: Condvar,
+    /// Bytes written but not yet committed, and the writers waiting for room (`write`).
+    budget: write::DirtyBudget,
     stop: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
     started: Instant,
-    corrupt_reads: AtomicU64,
     pub recovery: Recovery,
     /// Effective policies by directory (`policy`).
     policies: policy::PolicyCache,
     /// Background recompression's queue and counters (`recompress`).
     recomp: recompress::RecompressState,
-    /// Whole-file object decodes running now; at most one per worker (each is large).
-    object_decodes: Mutex<usize>,
-    object_cv: Condvar,
-    /// Records being decoded right now (single flight), and the signal that one finished.
-    decoding: Mutex<std::collections::HashSet<crate::store::Loc>>,
-    decoded_cv: Condvar,
     /// The store's filesystem: the reserve and admission of new data.
     space: space::Space,
     /// Something was deleted while space is short: compact soon.
@@ -340,31 +271,21 @@ impl Engine {
         let e = Arc::new(Engine {
             j,
             codecs,
-            cache: BlockCache::new(opts.cache_bytes),
+            reads: read::ReadPath::new(opts.cache_bytes),
+            budget: write::DirtyBudget::new(opts.dirty_limit),
             opts,
             store_dir: dir.to_path_buf(),
             _lock: lock,
             files: Mutex::new(HashMap::new()),
-            ns: Mutex::new(()),
+            ns: namespace::Names::new(next_ino, next_cookie),
             gc: RwLock::new(()),
-            next_ino: AtomicU64::new(next_ino),
-            next_cookie: AtomicU64::new(next_cookie),
             jobs: Mutex::new(None),
-            prefetch: Mutex::new(None),
-            streams: Mutex::new(HashMap::new()),
-            dirty: Mutex::new(0),
-            dirty_cv: Condvar::new(),
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             started: Instant::now(),
-            corrupt_reads: AtomicU64::new(0),
             recovery,
             policies: Default::default(),
             recomp: Default::default(),
-            object_decodes: Mutex::new(0),
-            object_cv: Condvar::new(),
-            decoding: Mutex::new(std::collections::HashSet::new()),
-            decoded_cv: Condvar::new(),
             space,
             reclaim: AtomicBool::new(false),
             compacting: Mutex::new(()),
@@ -434,7 +355,7 @@ impl Engine {
             );
         }
         let (ptx, prx) = crossbeam_channel::bounded::<(Ino, u64)>(256);
-        *self.prefetch.lock() = Some(ptx);
+        *self.reads.prefetch.lock() = Some(ptx);
         for i in 0..self.opts.workers.max(1) {
             let e = self.clone();
             let prx = prx.clone();
@@ -540,29 +461,6 @@ impl Engine {
         }
     }
 
-    fn add_dirty(&self, n: usize) {
-        *self.dirty.lock() += n;
-    }
-
-    fn release_dirty(&self, n: usize) {
-        let mut d = self.dirty.lock();
-        let was = *d;
-        *d = d.saturating_sub(n);
-        // Wake waiting writers only when crossing back under the limit (no thundering herd).
-        if was > self.opts.dirty_limit && *d <= self.opts.dirty_limit {
-            self.dirty_cv.notify_all();
-        }
-    }
-
-    /// Block a writer while too much data waits for compression (bounded memory). Jobs
-    /// release their budget whether they commit or fail, so this always ends.
-    fn wait_budget(&self) {
-        let mut d = self.dirty.lock();
-        while *d > self.opts.dirty_limit && self.j.read_only().is_none() {
-            self.dirty_cv.wait_for(&mut d, Duration::from_millis(100));
-        }
-    }
-
     /// EROFS once the journal is read-only (for paths that buffer instead of committing).
     pub(crate) fn check_writable(&self) -> Result<()> {
         match self.j.read_only() {
@@ -642,7 +540,7 @@ impl Engine {
     pub fn halt(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.jobs.lock().take();
-        self.prefetch.lock().take();
+        self.reads.prefetch.lock().take();
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         for t in threads {
             let _ = t.join();
@@ -672,183 +570,6 @@ impl Engine {
             None => Ok(()),
         }
     }
-
-    pub fn stats(&self) -> Result<Stats> {
-        let cs = self.j.index.codec_stats();
-        let backend = self.j.log.backend();
-        let mut pack_bytes = 0;
-        for p in backend.list()? {
-            pack_bytes += backend.len(p).unwrap_or(0);
-        }
-        let index_bytes = dir_size(&self.store_dir.join("index"));
-        let logical: u64 = cs.values().map(|c| c.logical).sum();
-        let records: u64 = cs.values().map(|c| c.records).sum();
-        let stored = pack_bytes + index_bytes;
-        let codecs = cs
-            .iter()
-            .filter(|(_, c)| c.blocks > 0)
-            .map(|(id, c)| CodecRow {
-                codec: self.codecs.name(*id),
-                blocks: c.blocks,
-                logical_bytes: c.logical,
-                stored_bytes: c.records,
-            })
-            .collect();
-        Ok(Stats {
-            store: self.store_dir.display().to_string(),
-            logical_bytes: logical,
-            stored_bytes: stored,
-            saved_bytes: logical as i64 - stored as i64,
-            ratio: if stored > 0 {
-                logical as f64 / stored as f64
-            } else {
-                0.0
-            },
-            pack_bytes,
-            index_bytes,
-            unreferenced_bytes: pack_bytes.saturating_sub(records),
-            files: self.next_ino.load(Ordering::Relaxed).saturating_sub(1),
-            corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
-            format_fallbacks: self.recomp.fallbacks(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            cache_bytes: self.cache.bytes() as u64,
-            codecs,
-            top_dirs: Vec::new(),
-            classes: Vec::new(),
-        })
-    }
-
-    /// `stats` plus the breakdown by top-level directory and content class (one pass over
-    /// the block map).
-    pub fn stats_detailed(&self) -> Result<Stats> {
-        let mut st = self.stats()?;
-        let mut top_of: HashMap<Ino, String> = HashMap::new();
-        let mut inode_info: HashMap<Ino, (String, String)> = HashMap::new();
-        let mut tops: std::collections::BTreeMap<String, GroupRow> = Default::default();
-        let mut classes: std::collections::BTreeMap<String, GroupRow> = Default::default();
-        let mut last_ino = 0;
-        for b in self.j.index.all_blocks() {
-            let (ino, _, r) = b?;
-            let (top, class) = match inode_info.get(&ino) {
-                Some(x) => x.clone(),
-                None => {
-                    let Some(i) = self.j.index.inode(ino)? else {
-                        continue;
-                    };
-                    let x = (
-                        self.top_dir(i.parent, &mut top_of)?,
-                        crate::classify::class_name_of_flags(i.flags).to_string(),
-                    );
-                    inode_info.insert(ino, x.clone());
-                    x
-                }
-            };
-            for (map, key) in [(&mut tops, top), (&mut classes, class)] {
-                let row = map.entry(key.clone()).or_insert_with(|| GroupRow {
-                    name: key,
-                    ..Default::default()
-                });
-                if ino != last_ino {
-                    row.files += 1;
-                }
-                row.logical_bytes += r.raw_len as u64;
-                row.stored_bytes += r.record_share();
-            }
-            last_ino = ino;
-        }
-        st.top_dirs = tops.into_values().collect();
-        st.top_dirs
-            .sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
-        st.classes = classes.into_values().collect();
-        st.classes
-            .sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
-        Ok(st)
-    }
-
-    /// Name of the top-level entry that directory `dir` lies in ("/" for the root itself).
-    fn top_dir(&self, dir: Ino, memo: &mut HashMap<Ino, String>) -> Result<String> {
-        if dir == ROOT_INO {
-            return Ok("/".into());
-        }
-        if let Some(t) = memo.get(&dir) {
-            return Ok(t.clone());
-        }
-        let mut cur = dir;
-        let mut chain = vec![];
-        for _ in 0..4096 {
-            let i = self.j.index.inode(cur)?.ok_or(Error::NotFound)?;
-            chain.push(cur);
-            if i.parent == ROOT_INO {
-                break;
-            }
-            cur = i.parent;
-        }
-        // The top-level directory's own name, from the root's entries.
-        let mut name = format!("<inode {cur}>");
-        let mut off = 2;
-        'scan: loop {
-            let ents = self.j.index.readdir(ROOT_INO, off, 1024)?;
-            let Some(last) = ents.last() else { break };
-            off = last.0;
-            for (_, n, d) in &ents {
-                if d.ino == cur {
-                    name = format!("/{}", String::from_utf8_lossy(n));
-                    break 'scan;
-                }
-            }
-        }
-        for c in chain {
-            memo.insert(c, name.clone());
-        }
-        Ok(name)
-    }
-
-    pub fn status(&self) -> Status {
-        Status {
-            store: self.store_dir.display().to_string(),
-            read_only: self.j.read_only(),
-            pid: std::process::id(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            cache_bytes: self.cache.bytes() as u64,
-            cache_limit: self.opts.cache_bytes as u64,
-            dirty_bytes: *self.dirty.lock() as u64,
-            dirty_limit: self.opts.dirty_limit as u64,
-            live_files: self.files.lock().len() as u64,
-            recompress_queue: self.recomp.queued(),
-            unavailable_codecs: self
-                .codecs
-                .unavailable()
-                .into_iter()
-                .map(|(name, why)| format!("{name}: {why}"))
-                .collect(),
-        }
-    }
-
-    /// A path of `ino` for log messages (a scan: only used on errors).
-    pub fn path_of(&self, ino: Ino) -> String {
-        let mut parts = Vec::new();
-        let mut cur = ino;
-        for _ in 0..4096 {
-            if cur == ROOT_INO {
-                break;
-            }
-            let found = self
-                .j
-                .index
-                .all_dirents()
-                .filter_map(|d| d.ok())
-                .find(|(_, _, d)| d.ino == cur);
-            match found {
-                Some((parent, name, _)) => {
-                    parts.push(String::from_utf8_lossy(&name).into_owned());
-                    cur = parent;
-                }
-                None => return format!("<unlinked inode {ino}>"),
-            }
-        }
-        parts.reverse();
-        format!("/{}", parts.join("/"))
-    }
 }
 
 /// Run `f`; when it fails for lack of space and releasing the reserve frees some, once more.
@@ -857,21 +578,6 @@ fn retry_enospc<T>(sp: &space::Space, why: &str, mut f: impl FnMut() -> Result<T
         Err(e) if space::is_enospc(&e) && sp.release(why) => f(),
         r => r,
     }
-}
-
-/// Total size of the regular files below `dir`.
-pub fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 pub fn current_uid() -> u32 {

@@ -11,6 +11,45 @@ use crate::meta::{Dirent, Ino, Inode, Kind, Op, Ts, ROOT_INO};
 use crate::policy::POLICY_XATTR;
 use std::sync::atomic::Ordering;
 
+/// The namespace's own state: the lock every name and inode-metadata change runs under, and
+/// the inode number and readdir cookie allocators.
+///
+/// Invariant: numbers are handed out increasing and never reused while the store exists
+/// (the index keeps the highest used, so a reopen continues above them).
+pub(super) struct Names {
+    lock: parking_lot::Mutex<()>,
+    next_ino: std::sync::atomic::AtomicU64,
+    next_cookie: std::sync::atomic::AtomicU64,
+}
+
+impl Names {
+    pub(super) fn new(next_ino: Ino, next_cookie: u64) -> Names {
+        Names {
+            lock: parking_lot::Mutex::new(()),
+            next_ino: next_ino.into(),
+            next_cookie: next_cookie.into(),
+        }
+    }
+
+    /// Serialize a namespace change (held across its journal commit).
+    pub(super) fn lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.lock.lock()
+    }
+
+    fn alloc_ino(&self) -> Ino {
+        self.next_ino.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn alloc_cookie(&self) -> u64 {
+        self.next_cookie.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Inode numbers handed out so far (the root included).
+    pub(super) fn inodes_allocated(&self) -> u64 {
+        self.next_ino.load(Ordering::Relaxed).saturating_sub(1)
+    }
+}
+
 /// Largest xattr name and value (the kernel's limits).
 pub const XATTR_NAME_MAX: usize = 255;
 pub const XATTR_SIZE_MAX: usize = 65536;
@@ -87,7 +126,7 @@ impl Engine {
     }
 
     fn alloc_cookie(&self) -> u64 {
-        self.next_cookie.fetch_add(1, Ordering::Relaxed)
+        self.ns.alloc_cookie()
     }
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
@@ -141,7 +180,7 @@ impl Engine {
         if kind == Kind::Symlink {
             perm = 0o777;
         }
-        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        let ino = self.ns.alloc_ino();
         let inode = Inode {
             ino,
             kind,
@@ -805,7 +844,7 @@ impl Engine {
             blocks: fs.total.saturating_sub(held) / bs,
             bfree: fs.free.saturating_sub(floor) / bs,
             bavail: fs.avail.saturating_sub(floor) / bs,
-            files: self.next_ino.load(Ordering::Relaxed),
+            files: self.ns.inodes_allocated() + 1,
             ffree: u32::MAX as u64,
             bsize: bs as u32,
         })

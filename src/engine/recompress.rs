@@ -90,7 +90,7 @@ impl Engine {
     fn busy(&self) -> bool {
         let last = self.recomp.last_io.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
-        *self.dirty.lock() > 0 || now.saturating_sub(last) < 200
+        self.budget.bytes() > 0 || now.saturating_sub(last) < 200
     }
 
     pub(super) fn touch_io(&self) {

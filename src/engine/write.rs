@@ -1,151 +1,28 @@
-//! File contents: the per-inode write buffer, sealing blocks into the compression pool,
-//! committing them, the read path and truncation.
+//! The write path: the per-file write buffer, sealing full blocks into the compression
+//! pool, encoding them with the candidates of `choice`, committing them in groups, draining
+//! on flush and fsync, and truncation.
 //!
 //! Invariants:
-//! - A file's `FileState` exists while it is open or holds uncommitted data; while it exists,
-//!   its `attr` is the authoritative inode (size and mtime run ahead of the index).
 //! - `inflight[idx]` holds the newest sealed version of a block; a worker commits a version
 //!   only if it is still the newest, so an older version never overwrites a newer one.
-//! - A detached state is dead: every path that finds one retries with a fresh state.
+//! - A file's size is logged only after every block below it that was written before has been
+//!   committed, so after a crash no file shows bytes that were never written.
 //! - A block that fails to commit goes back to the write buffer (nothing is dropped), the
 //!   file remembers the errno for its writer's next fsync/close, and its dirty budget is
 //!   released all the same, so no writer waits on a commit that cannot happen.
 
 use super::choice::{candidates, pays, Candidate, Stage, Tuning};
+use super::files::{FileInner, FileState};
 use super::layout::{blocks_for, spans, BlockSpan, BLOCK, BLOCK_U64, MAX_FILE_SIZE};
-use super::{Attr, Engine, Job};
+use super::{Engine, Job};
 use crate::classify::{classify_block, ContentClass};
 use crate::codec::{EncodeParams, RAW};
 use crate::error::{Error, Result};
-use crate::meta::{BlockRef, Ino, Inode, Kind, Op, Ts};
+use crate::meta::{Ino, Op, Ts};
 use crate::store::{raw_hash, BlockHeader};
 use parking_lot::{Condvar, Mutex};
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-pub struct FileState {
-    pub ino: Ino,
-    inner: Mutex<FileInner>,
-    cv: Condvar,
-}
-
-pub(super) struct FileInner {
-    pub attr: Inode,
-    /// `attr` differs from the logged inode.
-    pub attr_dirty: bool,
-    /// Blocks being filled, not yet sealed.
-    pub dirty: BTreeMap<u64, Vec<u8>>,
-    /// Sealed blocks on their way to the journal: idx -> (generation, data).
-    pub inflight: HashMap<u64, (u64, Arc<Vec<u8>>)>,
-    pub gen: u64,
-    pub opens: u32,
-    /// First write-back error since the last flush/fsync reported one.
-    pub err: Option<i32>,
-    /// When a commit of this file's blocks last failed (background retries wait a while).
-    pub failed_at: Option<Instant>,
-    pub last_write: Instant,
-    pub dirty_since: Option<Instant>,
-    pub detached: bool,
-    /// Data changed while this state lived (the file becomes a recompression candidate).
-    pub written: bool,
-}
-
-impl FileState {
-    fn is_clean(g: &FileInner) -> bool {
-        g.dirty.is_empty() && g.inflight.is_empty() && !g.attr_dirty
-    }
-
-    pub(super) fn inner_attr(&self) -> Option<Inode> {
-        let g = self.inner.lock();
-        (!g.detached).then(|| g.attr.clone())
-    }
-
-    /// Mirror what namespace operations change (link count, ctime, parent).
-    pub(super) fn set_ns_fields(&self, i: &Inode) {
-        let mut g = self.inner.lock();
-        if !g.detached {
-            g.attr.nlink = i.nlink;
-            g.attr.ctime = i.ctime;
-            g.attr.parent = i.parent;
-        }
-    }
-
-    pub(super) fn opens(&self) -> u32 {
-        self.inner.lock().opens
-    }
-
-    /// Change the live inode in memory and mark it for the next drain. False when dead.
-    pub(super) fn defer_attr(&self, f: impl FnOnce(&mut Inode)) -> bool {
-        let mut g = self.inner.lock();
-        if g.detached {
-            return false;
-        }
-        f(&mut g.attr);
-        g.attr_dirty = true;
-        g.last_write = Instant::now();
-        g.dirty_since.get_or_insert_with(Instant::now);
-        true
-    }
-
-    /// No buffered data and no write for `idle`.
-    pub(super) fn quiet_for(&self, idle: Duration) -> bool {
-        let g = self.inner.lock();
-        g.dirty.is_empty() && g.inflight.is_empty() && g.last_write.elapsed() >= idle
-    }
-
-    /// Whether the background syncer should flush this file now.
-    pub(super) fn wants_drain(&self, idle: Duration, max_age: Duration) -> bool {
-        let g = self.inner.lock();
-        if g.detached || (g.dirty.is_empty() && !g.attr_dirty) {
-            return false;
-        }
-        if g.failed_at
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
-        {
-            return false;
-        }
-        g.last_write.elapsed() >= idle || g.dirty_since.is_some_and(|t| t.elapsed() >= max_age)
-    }
-}
-
-/// One of the `workers` slots for decoding a whole-file object (different objects decode in
-/// parallel on every core; memory stays bounded).
-struct ObjectSlot<'a> {
-    e: &'a Engine,
-}
-
-impl<'a> ObjectSlot<'a> {
-    fn take(e: &'a Engine) -> ObjectSlot<'a> {
-        let mut n = e.object_decodes.lock();
-        while *n >= e.opts.workers.max(1) {
-            e.object_cv.wait(&mut n);
-        }
-        *n += 1;
-        ObjectSlot { e }
-    }
-}
-
-impl Drop for ObjectSlot<'_> {
-    fn drop(&mut self) {
-        let mut n = self.e.object_decodes.lock();
-        *n = n.saturating_sub(1);
-        self.e.object_cv.notify_one();
-    }
-}
-
-/// Clears a single-flight decode mark (also on error or unwind).
-struct DecodeDone<'a> {
-    e: &'a Engine,
-    loc: crate::store::Loc,
-}
-
-impl Drop for DecodeDone<'_> {
-    fn drop(&mut self) {
-        self.e.decoding.lock().remove(&self.loc);
-        self.e.decoded_cv.notify_all();
-    }
-}
 
 /// A block after the codec decision.
 pub(super) struct Encoded {
@@ -155,116 +32,61 @@ pub(super) struct Encoded {
     class: ContentClass,
 }
 
-fn copy_span(src: &[u8], s: &BlockSpan, out: &mut [u8]) {
-    let avail = src.len().saturating_sub(s.skip).min(s.len);
-    if avail > 0 {
-        out[s.buf_off..s.buf_off + avail].copy_from_slice(&src[s.skip..s.skip + avail]);
+/// The dirty-data budget: bytes written but not yet committed, bounded so that memory stays
+/// bounded; writers wait for room.
+///
+/// Invariant: every byte `add`ed is `release`d exactly once, whether its commit succeeded or
+/// failed, so a writer never waits on a commit that cannot happen.
+pub(super) struct DirtyBudget {
+    bytes: Mutex<usize>,
+    room: Condvar,
+    limit: usize,
+}
+
+impl DirtyBudget {
+    pub(super) fn new(limit: usize) -> DirtyBudget {
+        DirtyBudget {
+            bytes: Mutex::new(0),
+            room: Condvar::new(),
+            limit,
+        }
+    }
+
+    pub(super) fn add(&self, n: usize) {
+        *self.bytes.lock() += n;
+    }
+
+    pub(super) fn release(&self, n: usize) {
+        let mut d = self.bytes.lock();
+        let was = *d;
+        *d = d.saturating_sub(n);
+        // Wake waiting writers only when crossing back under the limit (no thundering herd).
+        if was > self.limit && *d <= self.limit {
+            self.room.notify_all();
+        }
+    }
+
+    /// Block a writer while too much data waits for compression, unless `give_up` says
+    /// waiting cannot help (the store turned read-only).
+    pub(super) fn wait(&self, give_up: impl Fn() -> bool) {
+        let mut d = self.bytes.lock();
+        while *d > self.limit && !give_up() {
+            self.room.wait_for(&mut d, Duration::from_millis(100));
+        }
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        *self.bytes.lock()
     }
 }
 
 impl Engine {
-    /// The live state of a regular file, created on first use.
-    pub(super) fn state(&self, ino: Ino) -> Result<Arc<FileState>> {
-        let mut files = self.files.lock();
-        if let Some(st) = files.get(&ino) {
-            return Ok(st.clone());
-        }
-        let attr = self.j.index.inode(ino)?.ok_or(Error::NotFound)?;
-        match attr.kind {
-            Kind::File => {}
-            Kind::Dir => return Err(Error::IsDir),
-            _ => return Err(Error::Invalid("not a regular file")),
-        }
-        let st = Arc::new(FileState {
-            ino,
-            inner: Mutex::new(FileInner {
-                attr,
-                attr_dirty: false,
-                dirty: BTreeMap::new(),
-                inflight: HashMap::new(),
-                gen: 0,
-                opens: 0,
-                err: None,
-                failed_at: None,
-                last_write: Instant::now(),
-                dirty_since: None,
-                detached: false,
-                written: false,
-            }),
-            cv: Condvar::new(),
-        });
-        files.insert(ino, st.clone());
-        Ok(st)
-    }
-
-    /// Run `f` on a file's live state under its lock, retrying past states detached meanwhile.
-    fn with_live<T>(
-        &self,
-        ino: Ino,
-        f: impl FnOnce(&Arc<FileState>, &mut FileInner) -> Result<T>,
-    ) -> Result<T> {
-        let mut f = Some(f);
-        loop {
-            let st = self.state(ino)?;
-            let mut g = st.inner.lock();
-            if g.detached {
-                continue;
-            }
-            let f = f.take().ok_or(Error::Invalid("state callback reused"))?;
-            return f(&st, &mut g);
-        }
-    }
-
-    /// Forget a clean, closed file's state.
-    pub(super) fn try_detach(&self, st: &Arc<FileState>) {
-        let mut files = self.files.lock();
-        let mut g = st.inner.lock();
-        if !g.detached && g.opens == 0 && FileState::is_clean(&g) {
-            g.detached = true;
-            files.remove(&st.ino);
-            if g.written {
-                self.note_modified(st.ino);
-            }
-        }
-    }
-
-    /// Drop a file's state and its uncommitted data (the inode is being deleted).
-    pub(super) fn kill_state(&self, ino: Ino) {
-        let st = self.files.lock().remove(&ino);
-        if let Some(st) = st {
-            let mut g = st.inner.lock();
-            g.detached = true;
-            g.dirty.clear();
-            g.inflight.clear();
-            g.attr_dirty = false;
-            st.cv.notify_all();
-        }
-    }
-
-    /// Current attributes of any inode.
-    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
-        let st = self.files.lock().get(&ino).cloned();
-        let (inode, extra) = match st {
-            Some(st) => {
-                let g = st.inner.lock();
-                (g.attr.clone(), g.dirty.len() as u64)
-            }
-            None => (self.j.index.inode(ino)?.ok_or(Error::NotFound)?, 0),
-        };
-        let blocks = if inode.kind == Kind::File {
-            (self.j.index.block_count(ino)? + extra) * (BLOCK_U64 / 512)
-        } else {
-            1
-        };
-        Ok(Attr { inode, blocks })
-    }
-
     /// The level to compress at now: the policy's write level, or zstd -1 while compression
     /// is falling behind the writers (a quarter of the dirty budget is waiting), so writers
     /// are not throttled; background recompression upgrades those blocks later.
     pub(super) fn adaptive_level(&self, want: Option<i32>) -> Option<i32> {
         match want {
-            Some(l) if l > 1 && *self.dirty.lock() > self.opts.dirty_limit / 4 => Some(1),
+            Some(l) if l > 1 && self.budget.bytes() > self.opts.dirty_limit / 4 => Some(1),
             other => other,
         }
     }
@@ -376,7 +198,7 @@ impl Engine {
                 }
             }
             st.cv.notify_all();
-            self.release_dirty(data.len());
+            self.budget.release(data.len());
         }
     }
 
@@ -514,7 +336,7 @@ impl Engine {
             st.cv.notify_all();
         }
         for (j, _, _) in &work {
-            self.release_dirty(j.data.len());
+            self.budget.release(j.data.len());
         }
     }
 
@@ -526,7 +348,7 @@ impl Engine {
         g.gen += 1;
         let gen = g.gen;
         g.inflight.insert(idx, (gen, data.clone()));
-        self.add_dirty(data.len());
+        self.budget.add(data.len());
         let job = Job {
             st: st.clone(),
             idx,
@@ -541,170 +363,6 @@ impl Engine {
                 Err(e) => Some(e.into_inner()),
             },
             None => Some(job),
-        }
-    }
-
-    /// Decoded data of a mapped block (cached).
-    pub(super) fn block_data(&self, ino: Ino, idx: u64, b: &BlockRef) -> Result<Arc<Vec<u8>>> {
-        if b.object {
-            // A slice of a whole-file object (decoded once, then served from the cache).
-            let obj = self.decoded_record(ino, idx, b, true)?;
-            let start = (idx * BLOCK_U64).min(obj.len() as u64) as usize;
-            let end = (start + BLOCK).min(obj.len());
-            return Ok(Arc::new(obj[start..end].to_vec()));
-        }
-        self.decoded_record(ino, idx, b, false)
-    }
-
-    /// The decoded content of a record (a block, or a whole-file object), cached by location.
-    fn decoded_record(
-        &self,
-        ino: Ino,
-        idx: u64,
-        b: &BlockRef,
-        object: bool,
-    ) -> Result<Arc<Vec<u8>>> {
-        // Single flight: a reader and the read-ahead asking for the same record decode it
-        // once (objects are large: one object decode at a time on top).
-        loop {
-            if let Some(d) = self.cache.get(&b.loc) {
-                return Ok(d);
-            }
-            let mut busy = self.decoding.lock();
-            if !busy.contains(&b.loc) {
-                busy.insert(b.loc);
-                break;
-            }
-            self.decoded_cv
-                .wait_for(&mut busy, Duration::from_millis(100));
-        }
-        let _done = DecodeDone {
-            e: self,
-            loc: b.loc,
-        };
-        let _slot = if object {
-            Some(ObjectSlot::take(self))
-        } else {
-            None
-        };
-        let res = self.j.read_block(b.loc).and_then(|(h, payload)| {
-            let raw = self
-                .codecs
-                .decode(h.codec, &payload, h.params, h.raw_len as usize)?;
-            if raw_hash(&raw) != h.raw_hash {
-                return Err(Error::Corrupt(
-                    "block checksum mismatch after decoding".into(),
-                ));
-            }
-            Ok(raw)
-        });
-        match res {
-            Ok(raw) => {
-                let raw = Arc::new(raw);
-                self.cache.insert(b.loc, raw.clone());
-                Ok(raw)
-            }
-            Err(e) => {
-                self.corrupt_reads
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let path = self.path_of(ino);
-                tracing::error!(ino, block = idx, pack = b.loc.pack, offset = b.loc.off, %path, "unreadable block: {e}");
-                Err(match e {
-                    Error::Io(io) => Error::Io(io),
-                    other => Error::Corrupt(other.to_string()),
-                })
-            }
-        }
-    }
-
-    /// Look a block up in the index and load it, safe against concurrent compaction.
-    pub(super) fn mapped_block(&self, ino: Ino, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        let _gc = self.gc.read();
-        match self.j.index.block(ino, idx)? {
-            Some(b) => Ok(Some(self.block_data(ino, idx, &b)?)),
-            None => Ok(None),
-        }
-    }
-
-    pub fn read(&self, ino: Ino, off: u64, size: u32) -> Result<Vec<u8>> {
-        let st = self.files.lock().get(&ino).cloned();
-        let mut need = Vec::new();
-        let mut out;
-        let locked = st.as_ref().map(|s| s.inner.lock()).filter(|g| !g.detached);
-        match locked {
-            Some(g) => {
-                if g.attr.kind != Kind::File {
-                    return Err(Error::IsDir);
-                }
-                let fsize = g.attr.size;
-                if off >= fsize {
-                    return Ok(Vec::new());
-                }
-                let len = (size as u64).min(fsize - off) as usize;
-                out = vec![0u8; len];
-                for s in spans(off, len) {
-                    if let Some(d) = g.dirty.get(&s.idx) {
-                        copy_span(d, &s, &mut out);
-                    } else if let Some((_, d)) = g.inflight.get(&s.idx) {
-                        copy_span(d, &s, &mut out);
-                    } else {
-                        need.push(s);
-                    }
-                }
-            }
-            None => {
-                let inode = self.j.index.inode(ino)?.ok_or(Error::NotFound)?;
-                if inode.kind != Kind::File {
-                    return Err(Error::IsDir);
-                }
-                if off >= inode.size {
-                    return Ok(Vec::new());
-                }
-                let len = (size as u64).min(inode.size - off) as usize;
-                out = vec![0u8; len];
-                need.extend(spans(off, len));
-            }
-        }
-        self.read_ahead(ino, off, out.len());
-        self.touch_io();
-        for s in &need {
-            if let Some(d) = self.mapped_block(ino, s.idx)? {
-                copy_span(&d, s, &mut out);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Blocks decoded ahead of a sequential reader, so decoding overlaps the kernel's
-    /// requests and uses every core.
-    const READ_AHEAD_BLOCKS: u64 = 16;
-
-    fn read_ahead(&self, ino: Ino, off: u64, len: usize) {
-        let end = off + len as u64;
-        let next_blk = blocks_for(end);
-        let (from, to) = {
-            let mut streams = self.streams.lock();
-            if streams.len() > 1024 {
-                streams.clear();
-            }
-            let e = streams.entry(ino).or_insert((u64::MAX, 0));
-            let sequential = e.0 == off || off == 0;
-            e.0 = end;
-            if !sequential {
-                e.1 = next_blk;
-                return;
-            }
-            let from = e.1.max(next_blk);
-            let to = next_blk + Self::READ_AHEAD_BLOCKS;
-            e.1 = e.1.max(to);
-            (from, to)
-        };
-        if let Some(tx) = self.prefetch.lock().as_ref() {
-            for idx in from..to {
-                if tx.try_send((ino, idx)).is_err() {
-                    break;
-                }
-            }
         }
     }
 
@@ -749,8 +407,8 @@ impl Engine {
         self.check_writable()?;
         // Refuse data that would eat into the room deletes need (see `space`).
         self.space
-            .admit(data.len() as u64, *self.dirty.lock() as u64)?;
-        self.wait_budget();
+            .admit(data.len() as u64, self.budget.bytes() as u64)?;
+        self.budget.wait(|| self.j.read_only().is_some());
         self.touch_io();
         let inline = self.with_live(ino, |st, g| {
             let mut inline = Vec::new();
@@ -836,7 +494,7 @@ impl Engine {
                 g.gen += 1;
                 let gen = g.gen;
                 g.inflight.insert(idx, (gen, data.clone()));
-                self.add_dirty(data.len());
+                self.budget.add(data.len());
                 jobs.push(Job {
                     st: st.clone(),
                     idx,
@@ -1042,63 +700,5 @@ impl Engine {
             )?;
         }
         Ok(())
-    }
-
-    /// open(2) of a regular file.
-    pub fn open_file(&self, ino: Ino) -> Result<()> {
-        let _ns = self.ns.lock();
-        self.with_live(ino, |_st, g| {
-            g.opens += 1;
-            Ok(())
-        })
-    }
-
-    /// close(): commit buffered data and report write-back errors.
-    pub fn flush(&self, ino: Ino) -> Result<()> {
-        let st = self.files.lock().get(&ino).cloned();
-        match st {
-            Some(st) => self.drain(&st),
-            None => Ok(()),
-        }
-    }
-
-    pub fn fsync(&self, ino: Ino) -> Result<()> {
-        let st = self.files.lock().get(&ino).cloned();
-        if let Some(st) = st {
-            self.drain(&st)?;
-        }
-        self.j.sync()
-    }
-
-    /// Sync the journal (directories: their entries are committed as they change).
-    pub fn fsync_dir(&self) -> Result<()> {
-        self.j.sync()
-    }
-
-    /// Last close of a file handle.
-    pub fn release(&self, ino: Ino) -> Result<()> {
-        let Some(st) = self.files.lock().get(&ino).cloned() else {
-            return Ok(());
-        };
-        let (last, orphan) = {
-            let mut g = st.inner.lock();
-            g.opens = g.opens.saturating_sub(1);
-            (g.opens == 0 && !g.detached, g.attr.nlink == 0)
-        };
-        if !last {
-            return Ok(());
-        }
-        if orphan {
-            let _ns = self.ns.lock();
-            let still = st.inner.lock().opens == 0;
-            if still {
-                self.kill_state(ino);
-                self.commit_freeing(&[Op::DelInode { ino }], None)?;
-            }
-            return Ok(());
-        }
-        let res = self.drain(&st);
-        self.try_detach(&st);
-        res
     }
 }

@@ -1,0 +1,277 @@
+//! Reporting: what `idcfs stats` and `idcfs status` show (bytes per codec, per top-level
+//! directory and per content class; caches, queues, read-only state) and paths for log lines.
+//!
+//! Invariant: reporting only reads; nothing here changes the store or the engine's state.
+
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::meta::{Ino, ROOT_INO};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+/// What `idcfs status` reports for a mount.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Status {
+    pub store: String,
+    /// Why the mount turned read-only (a disk write or sync failed), when it did.
+    #[serde(default)]
+    pub read_only: Option<String>,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub cache_bytes: u64,
+    pub cache_limit: u64,
+    pub dirty_bytes: u64,
+    pub dirty_limit: u64,
+    pub live_files: u64,
+    pub recompress_queue: u64,
+    /// Codecs that may not encode here, each with the reason.
+    #[serde(default)]
+    pub unavailable_codecs: Vec<String>,
+}
+
+/// What `idcfs stats` reports.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Stats {
+    pub store: String,
+    /// Raw bytes of all stored blocks (what the files hold, holes excluded).
+    pub logical_bytes: u64,
+    /// Bytes the store occupies on disk: pack files plus the metadata index.
+    pub stored_bytes: u64,
+    pub saved_bytes: i64,
+    /// logical / stored.
+    pub ratio: f64,
+    pub pack_bytes: u64,
+    pub index_bytes: u64,
+    /// Pack bytes not referenced by any block: the metadata journal plus space that
+    /// compaction will reclaim.
+    pub unreferenced_bytes: u64,
+    pub files: u64,
+    pub corrupt_reads: u64,
+    /// Whole-file (format-aware) encodings that failed verification, did not pay or timed out.
+    #[serde(default)]
+    pub format_fallbacks: u64,
+    pub uptime_secs: u64,
+    pub cache_bytes: u64,
+    pub codecs: Vec<CodecRow>,
+    /// Per top-level entry of the mount (filled by `stats_detailed`).
+    #[serde(default)]
+    pub top_dirs: Vec<GroupRow>,
+    /// Per content class (filled by `stats_detailed`).
+    #[serde(default)]
+    pub classes: Vec<GroupRow>,
+}
+
+/// Logical and stored bytes of a group of files.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct GroupRow {
+    pub name: String,
+    pub files: u64,
+    pub logical_bytes: u64,
+    /// Bytes of the group's block records (payload and headers; shared records counted per use).
+    pub stored_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct CodecRow {
+    pub codec: String,
+    pub blocks: u64,
+    pub logical_bytes: u64,
+    /// Record bytes on disk for this codec's blocks (payload plus headers).
+    pub stored_bytes: u64,
+}
+
+/// Total size of the regular files below `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+impl Engine {
+    pub fn stats(&self) -> Result<Stats> {
+        let cs = self.j.index.codec_stats();
+        let backend = self.j.log.backend();
+        let mut pack_bytes = 0;
+        for p in backend.list()? {
+            pack_bytes += backend.len(p).unwrap_or(0);
+        }
+        let index_bytes = dir_size(&self.store_dir.join("index"));
+        let logical: u64 = cs.values().map(|c| c.logical).sum();
+        let records: u64 = cs.values().map(|c| c.records).sum();
+        let stored = pack_bytes + index_bytes;
+        let codecs = cs
+            .iter()
+            .filter(|(_, c)| c.blocks > 0)
+            .map(|(id, c)| CodecRow {
+                codec: self.codecs.name(*id),
+                blocks: c.blocks,
+                logical_bytes: c.logical,
+                stored_bytes: c.records,
+            })
+            .collect();
+        Ok(Stats {
+            store: self.store_dir.display().to_string(),
+            logical_bytes: logical,
+            stored_bytes: stored,
+            saved_bytes: logical as i64 - stored as i64,
+            ratio: if stored > 0 {
+                logical as f64 / stored as f64
+            } else {
+                0.0
+            },
+            pack_bytes,
+            index_bytes,
+            unreferenced_bytes: pack_bytes.saturating_sub(records),
+            files: self.ns.inodes_allocated(),
+            corrupt_reads: self.reads.corrupt_reads.load(Ordering::Relaxed),
+            format_fallbacks: self.recomp.fallbacks(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            cache_bytes: self.reads.cache.bytes() as u64,
+            codecs,
+            top_dirs: Vec::new(),
+            classes: Vec::new(),
+        })
+    }
+
+    /// `stats` plus the breakdown by top-level directory and content class (one pass over
+    /// the block map).
+    pub fn stats_detailed(&self) -> Result<Stats> {
+        let mut st = self.stats()?;
+        let mut top_of: HashMap<Ino, String> = HashMap::new();
+        let mut inode_info: HashMap<Ino, (String, String)> = HashMap::new();
+        let mut tops: std::collections::BTreeMap<String, GroupRow> = Default::default();
+        let mut classes: std::collections::BTreeMap<String, GroupRow> = Default::default();
+        let mut last_ino = 0;
+        for b in self.j.index.all_blocks() {
+            let (ino, _, r) = b?;
+            let (top, class) = match inode_info.get(&ino) {
+                Some(x) => x.clone(),
+                None => {
+                    let Some(i) = self.j.index.inode(ino)? else {
+                        continue;
+                    };
+                    let x = (
+                        self.top_dir(i.parent, &mut top_of)?,
+                        crate::classify::class_name_of_flags(i.flags).to_string(),
+                    );
+                    inode_info.insert(ino, x.clone());
+                    x
+                }
+            };
+            for (map, key) in [(&mut tops, top), (&mut classes, class)] {
+                let row = map.entry(key.clone()).or_insert_with(|| GroupRow {
+                    name: key,
+                    ..Default::default()
+                });
+                if ino != last_ino {
+                    row.files += 1;
+                }
+                row.logical_bytes += r.raw_len as u64;
+                row.stored_bytes += r.record_share();
+            }
+            last_ino = ino;
+        }
+        st.top_dirs = tops.into_values().collect();
+        st.top_dirs
+            .sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
+        st.classes = classes.into_values().collect();
+        st.classes
+            .sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
+        Ok(st)
+    }
+
+    /// Name of the top-level entry that directory `dir` lies in ("/" for the root itself).
+    fn top_dir(&self, dir: Ino, memo: &mut HashMap<Ino, String>) -> Result<String> {
+        if dir == ROOT_INO {
+            return Ok("/".into());
+        }
+        if let Some(t) = memo.get(&dir) {
+            return Ok(t.clone());
+        }
+        let mut cur = dir;
+        let mut chain = vec![];
+        for _ in 0..4096 {
+            let i = self.j.index.inode(cur)?.ok_or(Error::NotFound)?;
+            chain.push(cur);
+            if i.parent == ROOT_INO {
+                break;
+            }
+            cur = i.parent;
+        }
+        // The top-level directory's own name, from the root's entries.
+        let mut name = format!("<inode {cur}>");
+        let mut off = 2;
+        'scan: loop {
+            let ents = self.j.index.readdir(ROOT_INO, off, 1024)?;
+            let Some(last) = ents.last() else { break };
+            off = last.0;
+            for (_, n, d) in &ents {
+                if d.ino == cur {
+                    name = format!("/{}", String::from_utf8_lossy(n));
+                    break 'scan;
+                }
+            }
+        }
+        for c in chain {
+            memo.insert(c, name.clone());
+        }
+        Ok(name)
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            store: self.store_dir.display().to_string(),
+            read_only: self.j.read_only(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            cache_bytes: self.reads.cache.bytes() as u64,
+            cache_limit: self.opts.cache_bytes as u64,
+            dirty_bytes: self.budget.bytes() as u64,
+            dirty_limit: self.opts.dirty_limit as u64,
+            live_files: self.files.lock().len() as u64,
+            recompress_queue: self.recomp.queued(),
+            unavailable_codecs: self
+                .codecs
+                .unavailable()
+                .into_iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect(),
+        }
+    }
+
+    /// A path of `ino` for log messages (a scan: only used on errors).
+    pub fn path_of(&self, ino: Ino) -> String {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        for _ in 0..4096 {
+            if cur == ROOT_INO {
+                break;
+            }
+            let found = self
+                .j
+                .index
+                .all_dirents()
+                .filter_map(|d| d.ok())
+                .find(|(_, _, d)| d.ino == cur);
+            match found {
+                Some((parent, name, _)) => {
+                    parts.push(String::from_utf8_lossy(&name).into_owned());
+                    cur = parent;
+                }
+                None => return format!("<unlinked inode {ino}>"),
+            }
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+}
