@@ -6,11 +6,11 @@
 //! the new data, readers see either encoding (never a mix inside a block), and a crash leaves
 //! either the old or the new encoding. The work yields to foreground I/O.
 
-use super::choice::{accept, candidates, Candidate, Fidelity, Stage, Tuning};
+use super::choice::{accept, candidates, must_verify, Candidate, Stage, Tuning};
 use super::layout::{blocks_for, BLOCK_U64};
 use super::Engine;
 use crate::classify::class_of_flags;
-use crate::codec::{zstd_dict_level, CodecId, EncodeParams, Granularity, RAW, ZSTD, ZSTD_DICT};
+use crate::codec::{zstd_dict_level, EncodeParams, Granularity, RAW, ZSTD, ZSTD_DICT};
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
 use crate::policy::Effective;
@@ -235,8 +235,8 @@ impl Engine {
                 candidates.push((idx, b, data));
             }
             // Every block candidate; the smallest result wins.
-            let encode_one = |data: &[u8]| -> Option<(CodecId, u32, Vec<u8>)> {
-                let mut best: Option<(CodecId, u32, Vec<u8>)> = None;
+            let encode_one = |data: &[u8]| -> Option<(Candidate, u32, Vec<u8>)> {
+                let mut best: Option<(Candidate, u32, Vec<u8>)> = None;
                 for c in &block_cands {
                     let Ok(codec) = self.codecs.get(c.codec) else {
                         continue;
@@ -248,7 +248,7 @@ impl Engine {
                     };
                     if let Ok(params) = codec.encode(data, &p, &mut out) {
                         if best.as_ref().is_none_or(|b| out.len() < b.2.len()) {
-                            best = Some((c.codec, params, out));
+                            best = Some((*c, params, out));
                         }
                     }
                 }
@@ -259,7 +259,7 @@ impl Engine {
             // small file) is encoded here: this thread keeps its zstd contexts, and a
             // dictionary context at a high level costs more to set up than the encode.
             let threads = if polite { 1 } else { self.opts.workers.max(1) };
-            let results: Vec<Option<(CodecId, u32, Vec<u8>)>> =
+            let results: Vec<Option<(Candidate, u32, Vec<u8>)>> =
                 if threads == 1 || candidates.len() < 2 {
                     candidates.iter().map(|(_, _, d)| encode_one(d)).collect()
                 } else {
@@ -284,15 +284,17 @@ impl Engine {
                     })
                 };
             for ((idx, b, data), res) in candidates.into_iter().zip(results) {
-                let Some((codec, params, out)) = res else {
+                let Some((cand, params, out)) = res else {
                     rep.stored_after += b.stored as u64;
                     continue;
                 };
-                // Keep the new encoding only if it is smaller and decodes to the same bytes.
-                let verified = self
-                    .codecs
-                    .decode(codec, &out, params, data.len())
-                    .is_ok_and(|d| accept(Fidelity::Lossless, &data, &d));
+                let codec = cand.codec;
+                // Keep the new encoding only if it is smaller and passes `choice`'s rule.
+                let verified = !must_verify(&cand, Stage::Recompress)
+                    || self
+                        .codecs
+                        .decode(codec, &out, params, data.len())
+                        .is_ok_and(|d| accept(cand.fidelity, &data, &d));
                 if !verified || out.len() >= b.stored as usize {
                     rep.stored_after += b.stored as u64;
                     continue;

@@ -11,7 +11,7 @@
 //!   file remembers the errno for its writer's next fsync/close, and its dirty budget is
 //!   released all the same, so no writer waits on a commit that cannot happen.
 
-use super::choice::{candidates, pays, Candidate, Stage, Tuning};
+use super::choice::{accept, candidates, must_verify, pays, Candidate, Stage, Tuning};
 use super::files::{FileInner, FileState};
 use super::layout::{blocks_for, spans, BlockSpan, BLOCK, BLOCK_U64, MAX_FILE_SIZE};
 use super::{Engine, Job};
@@ -150,8 +150,16 @@ impl Engine {
                         .get(c.codec)
                         .map(|k| k.encode(data, &p, &mut out));
                     if let Ok(Ok(params)) = r {
-                        // Decoding costs CPU: keep an encoding only when it saves 1/32.
-                        if pays(data.len(), out.len()) {
+                        // Decoding costs CPU: keep an encoding only when it saves 1/32, and
+                        // only when it passes `choice`'s verification rule.
+                        let verified = || {
+                            !must_verify(c, Stage::Write)
+                                || self
+                                    .codecs
+                                    .decode(c.codec, &out, params, data.len())
+                                    .is_ok_and(|d| accept(c.fidelity, data, &d))
+                        };
+                        if pays(data.len(), out.len()) && verified() {
                             return mk(c.codec, params, out, false);
                         }
                     }

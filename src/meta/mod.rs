@@ -294,8 +294,9 @@ impl Index {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Index> {
         // sled releases its file lock only when its I/O threads are done with a database that
         // was dropped, so a reopen in the same process right after a close can briefly find it
-        // held: retry for a few seconds before calling that an error.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // held (for seconds when the disk is busy): retry for up to 30 s before calling that an
+        // error. Another process never gets here: it fails on the store lock first.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let res = sled::Config::new()
                 .path(path)
@@ -303,8 +304,10 @@ impl Index {
                 .flush_every_ms(None)
                 .open();
             match res {
+                // sled reports the lock as an error of kind Other with this text.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));

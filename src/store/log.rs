@@ -37,8 +37,15 @@ pub enum ScanEnd {
 impl PackLog {
     /// Open the log; the newest pack becomes the active pack (pack 1 for a new store).
     pub fn open(backend: Arc<dyn PackBackend>, pack_max: u64) -> Result<PackLog, StoreError> {
-        let id = backend.list()?.last().copied().unwrap_or(1);
+        let existing = backend.list()?;
+        let id = existing.last().copied().unwrap_or(1);
         let app: Arc<dyn PackAppender> = Arc::from(backend.open_append(id)?);
+        if existing.is_empty() {
+            // A new store's first pack: make its creation durable before anything synced in
+            // it is acknowledged (a file whose directory entry was never synced can vanish in
+            // a power cut together with its synced data).
+            backend.sync_dir()?;
+        }
         let len = backend.len(id)?;
         Ok(PackLog {
             backend,
