@@ -392,7 +392,18 @@ fn open(dir: &Path, disk: &MemBackend) -> Result<Arc<Engine>, String> {
 }
 
 /// One simulation: `rounds` crash points from `seed`. Returns the number of checks made.
-fn simulate(seed: u64, rounds: u64) -> Result<u64, String> {
+/// What a simulation did.
+#[derive(Default)]
+struct Tally {
+    cuts: u64,
+    /// Cuts that landed inside an operation (the disk cut the power by itself).
+    inside: u64,
+    ops: u64,
+    files_checked: u64,
+    fsynced_checked: u64,
+}
+
+fn simulate(seed: u64, rounds: u64, t: &mut Tally) -> Result<u64, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let disk = MemBackend::new();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -438,7 +449,10 @@ fn simulate(seed: u64, rounds: u64) -> Result<u64, String> {
             }
             progressed += 1;
         }
-        if !disk.is_off() {
+        t.ops += progressed;
+        if disk.is_off() {
+            t.inside += 1;
+        } else {
             let mode = match r.rng.random_range(0..3) {
                 0 => Fault::Forget,
                 1 => Fault::Tear,
@@ -459,6 +473,12 @@ fn simulate(seed: u64, rounds: u64) -> Result<u64, String> {
         let (ns2, data2) = check(&e2, &snaps, synced_snap, &files)
             .map_err(|m| format!("round {round} ({progressed} ops done): {m}"))?;
         checks += 1;
+        t.cuts += 1;
+        t.files_checked += data2.len() as u64;
+        t.fsynced_checked += data2
+            .keys()
+            .filter(|i| files.get(i).is_some_and(|m| m.fsynced.is_some()))
+            .count() as u64;
         e2.halt();
         drop(e2);
         ns = ns2;
@@ -481,9 +501,10 @@ fn power_loss_at_random_points_loses_nothing_synced() {
     let per = rounds.min(50);
     let mut done = 0;
     let mut seed = seed0;
+    let mut tally = Tally::default();
     while done < rounds {
         let n = per.min(rounds - done);
-        match simulate(seed, n) {
+        match simulate(seed, n, &mut tally) {
             Ok(c) => assert_eq!(c, n),
             Err(m) => panic!(
                 "crash simulation failed: {m}\nreproduce: IDCFS_SIM_SEED={seed} IDCFS_SIM_ROUNDS={n} cargo test --test integration power_loss"
@@ -492,7 +513,15 @@ fn power_loss_at_random_points_loses_nothing_synced() {
         done += n;
         seed += 1;
     }
-    eprintln!("crash simulation: {done} power cuts checked");
+    eprintln!(
+        "crash simulation: {} power cuts ({} inside an operation) after {} operations; {} files checked byte by byte, {} of them against fsynced content",
+        tally.cuts, tally.inside, tally.ops, tally.files_checked, tally.fsynced_checked
+    );
+    assert_eq!(tally.cuts, rounds);
+    assert!(
+        tally.inside > 0 && tally.fsynced_checked > 0,
+        "the simulation exercised nothing"
+    );
 }
 
 fn write_file(e: &Engine, name: &str, data: &[u8]) -> Ino {
