@@ -320,19 +320,22 @@ fn recompression_under_concurrent_reader_and_writer() {
 #[test]
 fn kill9_during_recompression() {
     let mut m = Mounted::new();
-    fs::create_dir(m.path("big")).unwrap();
     let t = text(24 << 20);
-    fs::write(m.path("big/t"), &t).unwrap();
-    idcfs_ok(
-        &m,
-        &[
-            "policy",
-            "set",
-            m.path("big").to_str().unwrap(),
-            "level=max",
-        ],
-    );
-    for delay in [300u64, 1200, 2500] {
+    for d in ["big", "calib"] {
+        fs::create_dir(m.path(d)).unwrap();
+        fs::write(m.path(&format!("{d}/t")), &t).unwrap();
+        idcfs_ok(
+            &m,
+            &["policy", "set", m.path(d).to_str().unwrap(), "level=max"],
+        );
+    }
+    // How long recompressing this file takes on this machine now: the kills land at fixed
+    // fractions of it, so they interrupt the work however fast or loaded the machine is.
+    let t0 = std::time::Instant::now();
+    idcfs_ok(&m, &["recompress", m.path("calib").to_str().unwrap()]);
+    let full = t0.elapsed().as_millis() as u64;
+    assert_eq!(encodings(&m, "calib/t"), vec!["zstd-long"]);
+    for delay in [full / 5, full / 2, full * 4 / 5] {
         let child = std::process::Command::new(crate::util::BIN)
             .args(["recompress", m.path("big").to_str().unwrap()])
             .stdout(std::process::Stdio::null())
@@ -344,7 +347,7 @@ fn kill9_during_recompression() {
         // The kill must land while the recompression runs: the command has not returned...
         assert!(
             child.try_wait().unwrap().is_none(),
-            "recompression finished within {delay} ms: the kill would not interrupt it"
+            "recompression finished within {delay} ms (a full one took {full} ms): the kill would not interrupt it"
         );
         m.kill9();
         // ...and it fails because the daemon died under it.

@@ -13,7 +13,7 @@
 //!    round began, or what some write put at that offset);
 //! 5. every file fsynced and not modified since reads back exactly.
 //!
-//! IDCFS_SIM_ROUNDS (default 1000) sets the number of crash points, IDCFS_SIM_SEED the first
+//! IDCFS_SIM_ROUNDS (default 3000) sets the number of crash points, IDCFS_SIM_SEED the first
 //! seed; a failure prints the seed that reproduces it (IDCFS_SIM_SEED=N IDCFS_SIM_ROUNDS=1).
 
 use idcfs::engine::{Caller, Engine, Options, SetAttr};
@@ -492,7 +492,7 @@ fn power_loss_at_random_points_loses_nothing_synced() {
     let rounds: u64 = std::env::var("IDCFS_SIM_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(3000);
     let seed0: u64 = std::env::var("IDCFS_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -187,11 +187,22 @@ pub fn lock_store(dir: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .open(&path)?;
-    // SAFETY-free: flock through libc on a valid fd.
-    let rc = unsafe_flock(f.as_raw_fd());
-    if rc != 0 {
+    // A lock held under our own pid was released by a store this process closed; a child
+    // forked by another thread may still share that descriptor until it execs, so wait a
+    // little for it. Another process's lock fails at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // SAFETY-free: flock through libc on a valid fd.
+        if unsafe_flock(f.as_raw_fd()) == 0 {
+            break;
+        }
         let mut s = String::new();
+        let _ = f.seek(std::io::SeekFrom::Start(0));
         let _ = f.read_to_string(&mut s);
+        if s.trim() == std::process::id().to_string() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         return Err(Error::Io(std::io::Error::new(
             std::io::ErrorKind::WouldBlock,
             format!(
