@@ -377,18 +377,30 @@ fn disk_write_error_turns_read_only() {
     }
     // A writer keeps going while the disk fails.
     let dir = m.mnt.clone();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let p2 = progress.clone();
     let writer = std::thread::spawn(move || {
         let mut done = Vec::new();
         for i in 0..100_000u64 {
             let d = random(200_000, 1000 + i);
             match write_fsync(&dir.join(format!("w{i}")), &d) {
-                Ok(()) => done.push((format!("w{i}"), d)),
+                Ok(()) => {
+                    done.push((format!("w{i}"), d));
+                    p2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(e) => return (done, e),
             }
         }
         (done, 0)
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // Fail the disk once the writer is under way (however loaded the machine is).
+    let t0 = std::time::Instant::now();
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < 3
+        && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     back.fail();
     let (done, errno) = within("the writer", 60, move || writer.join().unwrap());
     assert!(

@@ -335,7 +335,8 @@ fn kill9_during_recompression() {
     idcfs_ok(&m, &["recompress", m.path("calib").to_str().unwrap()]);
     let full = t0.elapsed().as_millis() as u64;
     assert_eq!(encodings(&m, "calib/t"), vec!["zstd-long"]);
-    for delay in [full / 5, full / 2, full * 4 / 5] {
+    // Early, middle and late, with margin for the load changing between runs.
+    for delay in [full / 6, full / 3, full / 2] {
         let child = std::process::Command::new(crate::util::BIN)
             .args(["recompress", m.path("big").to_str().unwrap()])
             .stdout(std::process::Stdio::null())
