@@ -348,23 +348,36 @@ impl Engine {
         }
     }
 
-    /// Move a filled block from the write buffer to the compression pool. Returns the job
-    /// when the pool is gone (shutdown), for the caller to run inline.
-    fn seal(&self, st: &Arc<FileState>, g: &mut FileInner, idx: u64) -> Option<Job> {
+    /// Take block `idx` out of the write buffer as a new in-flight version, counted in the
+    /// dirty budget until its commit (or failure) releases it.
+    fn take_block(
+        &self,
+        st: &Arc<FileState>,
+        g: &mut FileInner,
+        idx: u64,
+        level: crate::policy::Level,
+        dedup: bool,
+    ) -> Option<Job> {
         let data = Arc::new(g.dirty.remove(&idx)?);
-        let (level, dedup) = self.write_policy(g.attr.parent);
         g.gen += 1;
         let gen = g.gen;
         g.inflight.insert(idx, (gen, data.clone()));
         self.budget.add(data.len());
-        let job = Job {
+        Some(Job {
             st: st.clone(),
             idx,
             gen,
             data,
             level,
             dedup,
-        };
+        })
+    }
+
+    /// Move a filled block from the write buffer to the compression pool. Returns the job
+    /// when the pool is gone (shutdown), for the caller to run inline.
+    fn seal(&self, st: &Arc<FileState>, g: &mut FileInner, idx: u64) -> Option<Job> {
+        let (level, dedup) = self.write_policy(g.attr.parent);
+        let job = self.take_block(st, g, idx, level, dedup)?;
         match self.jobs.lock().as_ref() {
             Some(tx) => match tx.try_send(job) {
                 Ok(()) => None,
@@ -495,22 +508,9 @@ impl Engine {
             let mut jobs = Vec::new();
             let (level, dedup) = self.write_policy(g.attr.parent);
             for idx in idxs {
-                let data = match g.dirty.remove(&idx) {
-                    Some(d) => Arc::new(d),
-                    None => continue,
-                };
-                g.gen += 1;
-                let gen = g.gen;
-                g.inflight.insert(idx, (gen, data.clone()));
-                self.budget.add(data.len());
-                jobs.push(Job {
-                    st: st.clone(),
-                    idx,
-                    gen,
-                    data,
-                    level,
-                    dedup,
-                });
+                if let Some(job) = self.take_block(st, &mut g, idx, level, dedup) {
+                    jobs.push(job);
+                }
             }
             let alone = g.inflight.len() == jobs.len();
             tried = true;

@@ -69,6 +69,10 @@ fn next(seed: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+fn missing() -> io::Error {
+    io::Error::from(io::ErrorKind::NotFound)
+}
+
 fn dead() -> io::Error {
     io::Error::other("simulated power loss: device is off")
 }
@@ -255,7 +259,7 @@ impl PackBackend for MemBackend {
         st.packs
             .get(&pack)
             .map(|p| p.data.len() as u64)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+            .ok_or_else(missing)
     }
 
     fn read_at(&self, pack: PackId, off: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -264,10 +268,7 @@ impl PackBackend for MemBackend {
         if st.fail_reads == Some(pack) {
             return Err(eio("read"));
         }
-        let p = st
-            .packs
-            .get(&pack)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let p = st.packs.get(&pack).ok_or_else(missing)?;
         let off =
             usize::try_from(off).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         match off.checked_add(buf.len()) {
@@ -296,10 +297,7 @@ impl PackBackend for MemBackend {
     fn remove(&self, pack: PackId) -> io::Result<()> {
         let mut st = self.st.lock();
         st.mutate()?;
-        let p = st
-            .packs
-            .remove(&pack)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let p = st.packs.remove(&pack).ok_or_else(missing)?;
         if st.durable.remove(&pack) {
             let durable = Pack {
                 data: p.data[..p.synced].to_vec(),
@@ -339,10 +337,7 @@ impl PackAppender for MemAppender {
         let room = st
             .capacity
             .map_or(u64::MAX, |c| c.saturating_sub(st.used()));
-        let p = st
-            .packs
-            .get_mut(&self.pack)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let p = st.packs.get_mut(&self.pack).ok_or_else(missing)?;
         let n = (bytes.len() as u64).min(room) as usize;
         p.writes.push(p.data.len());
         p.data.extend_from_slice(&bytes[..n]);
@@ -358,10 +353,7 @@ impl PackAppender for MemAppender {
         if st.fail_sync {
             return Err(eio("fsync"));
         }
-        let p = st
-            .packs
-            .get_mut(&self.pack)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let p = st.packs.get_mut(&self.pack).ok_or_else(missing)?;
         p.synced = p.data.len();
         p.writes.clear();
         Ok(())
@@ -370,10 +362,7 @@ impl PackAppender for MemAppender {
     fn truncate(&self, len: u64) -> io::Result<()> {
         let mut st = self.st.lock();
         st.mutate()?;
-        let p = st
-            .packs
-            .get_mut(&self.pack)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let p = st.packs.get_mut(&self.pack).ok_or_else(missing)?;
         let len = (len as usize).min(p.data.len());
         p.data.truncate(len);
         p.synced = len;

@@ -53,22 +53,7 @@ impl Mounted {
 
     /// The directories of a mount, without mounting.
     pub fn unmounted(extra: &[&str]) -> Mounted {
-        let dir = tempfile::Builder::new()
-            .prefix("idcfs-test")
-            .tempdir_in("/var/tmp")
-            .unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mnt = dir.path().join("mnt");
-        let store = dir.path().join("store");
-        std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
-        let log = dir.path().join("daemon.log");
-        Mounted {
-            dir,
-            mnt,
-            store,
-            log,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        }
+        Self::layout(None, None, extra)
     }
 
     pub fn with_args(extra: &[&str]) -> Mounted {
@@ -87,6 +72,13 @@ impl Mounted {
     }
 
     fn build(store: Option<PathBuf>, log: Option<PathBuf>, extra: &[&str]) -> Mounted {
+        let mut m = Self::layout(store, log, extra);
+        m.mount();
+        m
+    }
+
+    /// A temp dir with the mount point (and, unless given, the store and log paths).
+    fn layout(store: Option<PathBuf>, log: Option<PathBuf>, extra: &[&str]) -> Mounted {
         let dir = tempfile::Builder::new()
             .prefix("idcfs-test")
             .tempdir_in("/var/tmp")
@@ -95,16 +87,14 @@ impl Mounted {
         let store = store.unwrap_or_else(|| dir.path().join("store"));
         std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
         let log = log.unwrap_or_else(|| dir.path().join("daemon.log"));
-        let mut m = Mounted {
+        Mounted {
             dir,
             mnt,
             store,
             log,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        m.mount();
-        m
+        }
     }
 
     /// Start the daemon in the foreground as a child and wait until the mount is live.
