@@ -159,13 +159,19 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             Ok(EXIT_OK)
         }
         Cmd::Stats { path, json } => {
-            let stats: Stats = match daemon::control_get(&path, "stats") {
+            let mut stats: Stats = match daemon::control_get(&path, "stats") {
                 Ok(bytes) => serde_json::from_slice(&bytes)
                     .map_err(|e| format!("bad stats from the daemon: {e}"))?,
                 Err(_) => daemon::open_offline(&path)?
                     .stats_detailed()
                     .map_err(|e| e.to_string())?,
             };
+            if let Some(s) = stats.subtree.as_mut() {
+                *s = std::fs::canonicalize(&path)
+                    .unwrap_or(path.clone())
+                    .display()
+                    .to_string();
+            }
             if json {
                 println!(
                     "{}",
@@ -515,14 +521,24 @@ pub fn human(n: u64) -> String {
 fn render_stats(s: &Stats) -> String {
     let mut o = String::new();
     o.push_str(&format!("store         {}\n", s.store));
+    if let Some(path) = &s.subtree {
+        o.push_str(&format!("path          {path}  ({} files)\n", s.files));
+    }
     o.push_str(&format!("logical       {}\n", human(s.logical_bytes)));
-    o.push_str(&format!(
-        "stored        {}  (packs {}, index {}; {} journal/awaiting compaction)\n",
-        human(s.stored_bytes),
-        human(s.pack_bytes),
-        human(s.index_bytes),
-        human(s.unreferenced_bytes)
-    ));
+    if s.subtree.is_some() {
+        o.push_str(&format!(
+            "stored        {}  (block records of these files)\n",
+            human(s.stored_bytes)
+        ));
+    } else {
+        o.push_str(&format!(
+            "stored        {}  (packs {}, index {}; {} journal/awaiting compaction)\n",
+            human(s.stored_bytes),
+            human(s.pack_bytes),
+            human(s.index_bytes),
+            human(s.unreferenced_bytes)
+        ));
+    }
     let saved = if s.saved_bytes >= 0 {
         human(s.saved_bytes as u64)
     } else {
@@ -551,7 +567,12 @@ fn render_stats(s: &Stats) -> String {
             r
         ));
     }
-    for (title, rows) in [("class", &s.classes), ("directory", &s.top_dirs)] {
+    let below = if s.subtree.is_some() {
+        "entry"
+    } else {
+        "directory"
+    };
+    for (title, rows) in [("class", &s.classes), (below, &s.top_dirs)] {
         if rows.is_empty() {
             continue;
         }

@@ -12,4 +12,5 @@ mod model;
 mod policy;
 mod posix;
 mod sim;
+mod space;
 mod tools;

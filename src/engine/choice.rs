@@ -106,24 +106,32 @@ pub fn dict_for(class: Option<C>, size: u64) -> Option<u32> {
     }
 }
 
+/// Largest file the default level stores as one whole-file object when the object must be
+/// decoded whole to read any part of it (LZMA2 for executables, long-window zstd for text):
+/// a cold random read then costs at most this much decoding (~0.35 s for LZMA2 at ~90 MB/s).
+pub const BALANCED_WHOLE_MAX: u64 = 32 << 20;
+
 /// The format-aware whole-file codec for a file of this class and size at `level`, if any.
+/// Every codec listed at `balanced` (the default) decodes at 20 MB/s of output per core or
+/// more (BENCHMARKS.md); slower ones are only for data declared cold (`max`, `archive`).
 fn whole_file_codec(class: Option<C>, size: u64, level: Level) -> Option<CodecId> {
     if level < Level::Balanced {
         return None;
     }
+    let cold = level >= Level::Max;
     match class? {
         C::Jpeg => Some(JPEG),
         C::Wav => Some(FLAC),
-        // Rebuilding a deflate stream runs at ~1 MB/s, inline in the first read after a cache
-        // miss: only for data declared cold (max, archive).
-        C::Png | C::Gzip | C::Zip if level >= Level::Max => Some(DEFLATE),
-        // Executables are cold at these levels too: LZMA2 behind a branch filter decodes at
-        // ~90 MB/s, slower than zstd.
-        C::Elf | C::Pe if level >= Level::Max => Some(EXEC),
+        // Rebuilding a deflate stream with preflate runs at ~1 MB/s, inline in the first read
+        // after a cache miss: only for data declared cold.
+        C::Png | C::Gzip | C::Zip if cold => Some(DEFLATE),
+        // LZMA2 behind a branch filter decodes at ~90 MB/s, slower than zstd but fast enough
+        // for the default level up to a size.
+        C::Elf | C::Pe if cold || size <= BALANCED_WHOLE_MAX => Some(EXEC),
         // Text-like files: one zstd frame over the whole file, except small files with a
         // dictionary for their class, which do better with it (per block).
         C::Text | C::Source | C::Log | C::Json | C::Csv | C::Xml
-            if level >= Level::Max && dict_for(class, size).is_none() =>
+            if (cold || size <= BALANCED_WHOLE_MAX) && dict_for(class, size).is_none() =>
         {
             Some(ZSTD_LONG)
         }
@@ -287,7 +295,28 @@ mod tests {
                 Balanced,
                 BIG,
                 Recompress,
+                vec![(EXEC, 19, true), (ZSTD, 9, false)],
+            ),
+            (
+                Some(C::Elf),
+                Balanced,
+                BALANCED_WHOLE_MAX + 1,
+                Recompress,
                 vec![(ZSTD, 9, false)],
+            ),
+            (
+                Some(C::Elf),
+                Max,
+                BALANCED_WHOLE_MAX + 1,
+                Recompress,
+                vec![(EXEC, 19, true), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Text),
+                Balanced,
+                BIG,
+                Recompress,
+                vec![(ZSTD_LONG, 19, true), (ZSTD, 9, false)],
             ),
             (
                 Some(C::Elf),

@@ -8,11 +8,17 @@
 //! Under space pressure (`compact_for_space`) the mostly-dead packs are taken first and only
 //! as many as the free space (the reserve included) can copy the live part of, so compaction
 //! itself never runs the store out of space; each round frees room for the next.
+//!
+//! Once the mount is idle (`compact_idle`), garbage anywhere (the active pack included) is
+//! reclaimed whenever it exceeds `IDLE_GARBAGE` of the packs, emptiest packs first, until at
+//! most half that share is left; the newest checkpoint is needed, so it never counts as
+//! garbage (otherwise each compaction's own checkpoint would trigger the next).
 
 use super::Engine;
 use crate::error::Result;
 use crate::meta::{decode_ops, Op};
 use crate::store::PackId;
+use std::sync::atomic::Ordering;
 
 /// In the background, a pack is compacted when less than this share of it is live.
 const LIVE_THRESHOLD: f64 = 0.5;
@@ -20,6 +26,10 @@ const LIVE_THRESHOLD: f64 = 0.5;
 const LIVE_THRESHOLD_FORCED: f64 = 0.9;
 /// Background compaction waits until at least this much space can be reclaimed.
 const MIN_RECLAIM: u64 = 16 << 20;
+/// Share of the packs that may stay garbage once the mount is idle.
+const IDLE_GARBAGE: f64 = 0.10;
+/// Idle compaction does not bother below this much garbage (tiny stores).
+const IDLE_MIN_RECLAIM: u64 = 1 << 20;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct CompactReport {
@@ -52,6 +62,50 @@ impl Engine {
                 len.saturating_sub(stats.get(&p).map_or(0, |s| s.live_bytes))
             })
             .sum()
+    }
+
+    /// Idle-time reclaim: when more than `IDLE_GARBAGE` of the packs (the active one
+    /// included) is garbage, compact the emptiest packs until at most half that is left.
+    pub(super) fn compact_idle(&self) -> Result<CompactReport> {
+        let _one = self.compacting.lock();
+        self.check_writable()?;
+        let backend = self.j.log.backend().clone();
+        let stats = self.j.index.pack_stats();
+        let (active, active_len) = self.j.log.active();
+        let mut packs: Vec<(PackId, u64, u64)> = Vec::new();
+        for p in backend.list()? {
+            let len = if p == active {
+                active_len
+            } else {
+                backend.len(p)?
+            };
+            let live = stats.get(&p).map_or(0, |s| s.live_bytes).min(len);
+            packs.push((p, len, live));
+        }
+        let total: u64 = packs.iter().map(|&(_, len, _)| len).sum();
+        let garbage = packs
+            .iter()
+            .map(|&(_, len, live)| len - live)
+            .sum::<u64>()
+            .saturating_sub(self.last_checkpoint.load(Ordering::Relaxed));
+        if garbage < IDLE_MIN_RECLAIM || (garbage as f64) <= IDLE_GARBAGE * total as f64 {
+            return Ok(CompactReport::default());
+        }
+        packs.sort_by_key(|&(p, len, live)| (live * 1000 / len.max(1), p));
+        let mut left = garbage;
+        let mut victims = Vec::new();
+        for (p, len, live) in packs {
+            if (left as f64) <= IDLE_GARBAGE / 2.0 * total as f64 {
+                break;
+            }
+            if len == live {
+                continue;
+            }
+            left = left.saturating_sub(len - live);
+            victims.push((p, len));
+        }
+        tracing::debug!(garbage, total, "idle compaction");
+        self.compact_packs(victims)
     }
 
     /// Reclaim what deletes freed, with only the space there is.
@@ -105,19 +159,30 @@ impl Engine {
             victims.push((p, len));
             reclaim += len - live;
         }
-        let mut report = CompactReport::default();
         if victims.is_empty() || reclaim < min_reclaim.max(1) {
-            return Ok(report);
+            return Ok(CompactReport::default());
         }
         if budget.is_some() && copy + self.space.margin > self.space.avail()? {
             // The reserve exists for this: copying the live data is what frees the rest.
             self.space.release("compacting a full store");
         }
+        self.compact_packs(victims)
+    }
+
+    /// Move the live records out of `victims`, checkpoint, and delete the packs emptied.
+    /// The caller holds `self.compacting` (victims were chosen under it).
+    fn compact_packs(&self, victims: Vec<(PackId, u64)>) -> Result<CompactReport> {
+        let mut report = CompactReport::default();
+        if victims.is_empty() {
+            return Ok(report);
+        }
+        let backend = self.j.log.backend().clone();
+        let (active, _) = self.j.log.active();
         if victims.iter().any(|&(p, _)| p == active) {
             // Only sealed packs are compacted: seal the active one (a new one starts).
             self.j.log.seal_active()?;
         }
-        tracing::info!(packs = victims.len(), reclaim, "compacting pack files");
+        tracing::info!(packs = victims.len(), "compacting pack files");
         for &(p, _) in &victims {
             // Find the records of this pack that the block map still points at.
             // Records the block map still points at, with every reference to each (a record
@@ -178,7 +243,14 @@ impl Engine {
                 report.blocks_moved += refs.len() as u64;
             }
         }
+        let before = self.j.log.active();
         self.j.checkpoint()?;
+        let after = self.j.log.active();
+        // The checkpoint just written is needed: idle reclaim must not count it as garbage.
+        if after.0 == before.0 {
+            self.last_checkpoint
+                .store(after.1.saturating_sub(before.1), Ordering::Relaxed);
+        }
         self.checkpoint_index_freeing()?;
         let stats = self.j.index.pack_stats();
         let _gc = self.gc.write();

@@ -185,24 +185,39 @@ impl Journal {
         let mut seq = self.next_seq.lock();
         self.check_poison()?;
         // Deduplication is decided under the commit lock, so the shared record a `RefBlock`
-        // names cannot disappear before the reference is applied.
+        // names cannot disappear before the reference is applied. Any record offering a
+        // shared block is deduplicated, whatever else it carries (the inode riding on a
+        // file's last block, say), against the index or an earlier record of this batch:
+        // the batch is applied in order in one view, so that record is shared by then.
         let mut owned: Vec<NewRecord<'_>> = Vec::with_capacity(recs.len());
+        let mut batch: std::collections::HashMap<[u8; 16], u32> = Default::default();
         for (ops, block) in recs {
-            if let ([Op::PutBlockShared { ino, idx }], Some((h, _))) = (ops.as_slice(), block) {
-                if self
-                    .index
-                    .shared(&h.raw_hash)?
-                    .is_some_and(|sh| sh.bref.raw_len == h.raw_len)
+            if let Some((h, _)) = block {
+                let mut shared = ops
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, op)| matches!(op, Op::PutBlockShared { .. }));
+                if let (Some((at, &Op::PutBlockShared { ino, idx })), None) =
+                    (shared.next(), shared.next())
                 {
-                    owned.push((
-                        vec![Op::RefBlock {
-                            ino: *ino,
-                            idx: *idx,
+                    let known = match batch.get(&h.raw_hash) {
+                        Some(&len) => len == h.raw_len,
+                        None => self
+                            .index
+                            .shared(&h.raw_hash)?
+                            .is_some_and(|sh| sh.bref.raw_len == h.raw_len),
+                    };
+                    if known {
+                        let mut ops = ops.clone();
+                        ops[at] = Op::RefBlock {
+                            ino,
+                            idx,
                             hash: h.raw_hash,
-                        }],
-                        None,
-                    ));
-                    continue;
+                        };
+                        owned.push((ops, None));
+                        continue;
+                    }
+                    batch.entry(h.raw_hash).or_insert(h.raw_len);
                 }
             }
             owned.push((ops.clone(), *block));

@@ -57,7 +57,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -172,6 +172,8 @@ pub struct Engine {
     reclaim: AtomicBool,
     /// One compaction at a time (background, pressure and `idcfs compact`).
     compacting: Mutex<()>,
+    /// Size of the newest checkpoint written by compaction (needed, so not garbage).
+    last_checkpoint: AtomicU64,
     /// `shutdown` completed.
     closed: AtomicBool,
 }
@@ -300,6 +302,7 @@ impl Engine {
             space,
             reclaim: AtomicBool::new(false),
             compacting: Mutex::new(()),
+            last_checkpoint: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         e.ensure_root()?;
@@ -463,8 +466,18 @@ impl Engine {
                 }
                 last_flush = Instant::now();
             }
-            if last_compact.elapsed() >= Duration::from_secs(60) {
-                if let Err(e) = self.compact(false) {
+            // Garbage goes back once the mount has been idle a few seconds (never under
+            // foreground I/O), and regardless after a minute.
+            let idle = self.quiet_for(Duration::from_secs(3));
+            if (idle && last_compact.elapsed() >= Duration::from_secs(10))
+                || last_compact.elapsed() >= Duration::from_secs(60)
+            {
+                let r = if idle {
+                    self.compact_idle()
+                } else {
+                    self.compact(false)
+                };
+                if let Err(e) = r {
                     tracing::warn!("background compaction failed: {e}");
                 }
                 last_compact = Instant::now();

@@ -803,8 +803,12 @@ impl Engine {
             return Ok(None);
         }
         let v = match &name[VIRTUAL_PREFIX.len()..] {
-            b"stats" => serde_json::to_vec(&self.stats_detailed()?)
-                .map_err(|e| Error::Corrupt(e.to_string()))?,
+            b"stats" => serde_json::to_vec(&if ino == ROOT_INO {
+                self.stats_detailed()?
+            } else {
+                self.stats_subtree(ino)?
+            })
+            .map_err(|e| Error::Corrupt(e.to_string()))?,
             b"pid" => std::process::id().to_string().into_bytes(),
             b"store" => self.store_dir.display().to_string().into_bytes(),
             b"effective" => self.effective_policy_of(ino)?.to_string().into_bytes(),

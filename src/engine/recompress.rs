@@ -93,6 +93,13 @@ impl Engine {
         self.budget.bytes() > 0 || now.saturating_sub(last) < 200
     }
 
+    /// No foreground read or write for `d` and nothing buffered.
+    pub(super) fn quiet_for(&self, d: Duration) -> bool {
+        let last = self.recomp.last_io.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        self.budget.bytes() == 0 && now.saturating_sub(last) >= d.as_millis() as u64
+    }
+
     pub(super) fn touch_io(&self) {
         self.recomp
             .last_io

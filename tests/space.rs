@@ -1,0 +1,334 @@
+//! Space and accounting through a real mount: deduplication of every block (single-block
+//! files and tails included, concurrent writers), per-path stats, garbage reclaimed without
+//! `idcfs compact`, and whole-file objects compacted any number of times.
+
+use crate::util::{data, sh, Mounted, BIN};
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Incompressible pseudo-random bytes (xorshift).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn pack_bytes(m: &Mounted) -> u64 {
+    m.stats_json()["pack_bytes"].as_u64().unwrap()
+}
+
+fn packs(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(store.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pack"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Random (incompressible) files of many sizes: only deduplication can save their space.
+fn tree(root: &Path, seed: u64) -> u64 {
+    let mut total = 0;
+    fs::create_dir_all(root.join("sub")).unwrap();
+    for i in 0..60u64 {
+        // single-block files, exact blocks, and multi-block files with a tail
+        let len = match i % 4 {
+            0 => 1 + (i * 977) as usize % 4000,
+            1 => 5000 + (i * 7919) as usize % 120_000,
+            2 => 131_072,
+            _ => 300_000 + (i * 3331) as usize % 100_000,
+        };
+        let dir = if i % 2 == 0 { "" } else { "sub/" };
+        fs::write(root.join(format!("{dir}f{i}")), noise(seed + i, len)).unwrap();
+        total += len as u64;
+    }
+    total
+}
+
+#[test]
+fn dedup_covers_single_block_files_and_tails_and_concurrent_writers() {
+    let m = Mounted::new();
+    idcfs_policy(&m, "", "dedup=on");
+    let src = tempfile::tempdir_in("/var/tmp").unwrap();
+    let total = tree(src.path(), 1);
+    sh(
+        m.dir.path(),
+        &format!("cp -r {} {}", src.path().display(), m.path("a").display()),
+    );
+    sh(m.dir.path(), "sync");
+    let s1 = pack_bytes(&m);
+    assert!(s1 > total, "incompressible data stored: {s1} < {total}");
+    sh(
+        m.dir.path(),
+        &format!("cp -r {} {}", m.path("a").display(), m.path("b").display()),
+    );
+    sh(m.dir.path(), "sync");
+    let s2 = pack_bytes(&m);
+    // Only metadata (inodes, names, references) may be added: well under 2% of the data.
+    assert!(
+        s2 - s1 < total / 50,
+        "a second copy of {total} bytes grew the packs by {} bytes",
+        s2 - s1
+    );
+    // Several writers copying the same files at once: one stored copy, exact references.
+    let src2 = tempfile::tempdir_in("/var/tmp").unwrap();
+    let total2 = tree(src2.path(), 1000);
+    let mut kids = Vec::new();
+    for w in 0..4 {
+        kids.push(
+            std::process::Command::new("cp")
+                .arg("-r")
+                .arg(src2.path())
+                .arg(m.path(&format!("w{w}")))
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut k in kids {
+        assert!(k.wait().unwrap().success());
+    }
+    sh(m.dir.path(), "sync");
+    let s3 = pack_bytes(&m);
+    assert!(
+        s3 - s2 < total2 + total2 / 20,
+        "four concurrent copies of {total2} bytes grew the packs by {}",
+        s3 - s2
+    );
+    for w in 0..4 {
+        sh(
+            m.dir.path(),
+            &format!(
+                "diff -r {} {}",
+                src2.path().display(),
+                m.path(&format!("w{w}")).display()
+            ),
+        );
+    }
+    sh(
+        m.dir.path(),
+        &format!("diff -r {} {}", src.path().display(), m.path("b").display()),
+    );
+    let mut m = m;
+    m.unmount();
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "{out}");
+}
+
+fn idcfs_policy(m: &Mounted, rel: &str, pol: &str) {
+    sh(
+        m.dir.path(),
+        &format!("{BIN} policy set '{}' {pol}", m.path(rel).display()),
+    );
+}
+
+fn stats_of(m: &Mounted, rel: &str) -> serde_json::Value {
+    let out = m.idcfs(&["stats", "--json", m.path(rel).to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn per_path_stats_of_siblings_add_up_to_their_parent() {
+    let m = Mounted::new();
+    fs::create_dir_all(m.path("p/a/deep")).unwrap();
+    fs::create_dir_all(m.path("p/b")).unwrap();
+    fs::create_dir_all(m.path("q")).unwrap();
+    let text: Vec<u8> = (0..400_000u32)
+        .flat_map(|i| format!("line {i} of some text\n").into_bytes())
+        .collect();
+    fs::write(m.path("p/a/t1"), &text[..1_000_000]).unwrap();
+    fs::write(m.path("p/a/deep/t2"), &text[..300_000]).unwrap();
+    fs::write(m.path("p/b/r"), noise(5, 200_000)).unwrap();
+    fs::write(m.path("p/own"), &text[..5000]).unwrap();
+    fs::write(m.path("q/elsewhere"), data(6, 500_000)).unwrap();
+    // A hard link inside the tree counts once.
+    fs::hard_link(m.path("p/b/r"), m.path("p/b/r2")).unwrap();
+    sh(m.dir.path(), "sync");
+    let p = stats_of(&m, "p");
+    let a = stats_of(&m, "p/a");
+    let b = stats_of(&m, "p/b");
+    let own = stats_of(&m, "p/own");
+    let whole = stats_of(&m, "");
+    assert!(p["subtree"].as_str().unwrap().ends_with("/p"), "{p}");
+    assert!(
+        whole["subtree"].is_null(),
+        "the mount root gives the whole store"
+    );
+    for key in ["logical_bytes", "stored_bytes", "files"] {
+        let sum = a[key].as_u64().unwrap() + b[key].as_u64().unwrap() + own[key].as_u64().unwrap();
+        assert_eq!(p[key].as_u64().unwrap(), sum, "{key}: {p} vs {a} {b} {own}");
+    }
+    assert_eq!(a["logical_bytes"].as_u64().unwrap(), 1_300_000);
+    assert_eq!(b["logical_bytes"].as_u64().unwrap(), 200_000);
+    assert_eq!(b["files"].as_u64().unwrap(), 1);
+    assert_eq!(p["files"].as_u64().unwrap(), 4);
+    // Text compresses, random data does not: the subtree says so.
+    assert!(a["stored_bytes"].as_u64().unwrap() < 300_000, "{a}");
+    assert!(b["stored_bytes"].as_u64().unwrap() >= 200_000, "{b}");
+    // Rows per entry directly below, per codec and per class add up too.
+    for rows in ["top_dirs", "codecs", "classes"] {
+        let sum: u64 = p[rows]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["logical_bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, 1_505_000, "{rows}: {p}");
+    }
+    let names: Vec<&str> = p["top_dirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"a") && names.contains(&"b") && names.contains(&"own"),
+        "{names:?}"
+    );
+    assert!(whole["logical_bytes"].as_u64().unwrap() >= 2_005_000);
+    // Human output names the path.
+    let out = m.idcfs(&["stats", m.path("p/a").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/p/a") && text.contains("2 files"), "{text}");
+}
+
+/// Waits until the packs hold at most 10% garbage, returning (garbage, pack bytes).
+fn settles(m: &Mounted, what: &str) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = m.stats_json();
+        let packs = s["pack_bytes"].as_u64().unwrap();
+        let garbage = s["unreferenced_bytes"].as_u64().unwrap();
+        if garbage * 10 <= packs {
+            return (garbage, packs);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {garbage} of {packs} pack bytes still garbage after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn space_comes_back_without_compact() {
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    fs::write(conf.path(), "[background]\nidle_secs = 1\n").unwrap();
+    let m = Mounted::with_args(&["--config", conf.path().to_str().unwrap()]);
+    // Deletes: a quarter of 24 MiB of files removed, nothing else happens.
+    for i in 0..24 {
+        fs::write(m.path(&format!("f{i}")), data(100 + i, 1 << 20)).unwrap();
+    }
+    sh(m.dir.path(), "sync");
+    for i in 0..8 {
+        fs::remove_file(m.path(&format!("f{i}"))).unwrap();
+    }
+    let (g, p) = settles(&m, "after deletes");
+    assert!(
+        p < 20 << 20,
+        "deleted data still held: {p} pack bytes ({g} garbage)"
+    );
+    // Recompression: compressible files rewritten in the background leave their first
+    // encoding behind, which must go too.
+    let text: Vec<u8> = (0..1_500_000u32)
+        .flat_map(|i| format!("{} {}\n", i % 977, i % 13).into_bytes())
+        .collect();
+    for i in 0..4 {
+        fs::write(m.path(&format!("t{i}")), &text[i * 1000..]).unwrap();
+    }
+    sh(m.dir.path(), "sync");
+    settles(&m, "after recompression");
+    let s = m.stats_json();
+    assert!(s["saved_bytes"].as_i64().unwrap() > 0, "{s}");
+    for i in 0..4 {
+        assert!(fs::read(m.path(&format!("t{i}"))).unwrap() == text[i * 1000..]);
+    }
+    for i in 8..24 {
+        assert!(fs::read(m.path(&format!("f{i}"))).unwrap() == data(100 + i as u64, 1 << 20));
+    }
+    let mut m = m;
+    m.unmount();
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn compaction_moves_whole_file_objects_any_number_of_times() {
+    let mut m = Mounted::new();
+    let jpeg = fs::read(
+        fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    fs::write(m.path("photo.jpg"), &jpeg).unwrap();
+    fs::write(m.path("filler"), data(7, 4 << 20)).unwrap();
+    sh(
+        m.dir.path(),
+        &format!(
+            "setfattr -n user.idcfs.recompress_now '{}'",
+            m.path("photo.jpg").display()
+        ),
+    );
+    let info = sh(
+        m.dir.path(),
+        &format!(
+            "getfattr --only-values -n user.idcfs.fileinfo '{}'",
+            m.path("photo.jpg").display()
+        ),
+    );
+    assert!(
+        info.contains("jpeg"),
+        "the photo is one lepton object: {info}"
+    );
+    let mut seen_before: Vec<String> = Vec::new();
+    for round in 0..3 {
+        fs::remove_file(m.path("filler")).unwrap();
+        sh(m.dir.path(), "sync");
+        let before = packs(&m.store);
+        let out = m.idcfs(&["compact", m.mnt.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after = packs(&m.store);
+        // Every pack that held the object before this round is gone.
+        for p in &before {
+            assert!(
+                !after.contains(p),
+                "round {round}: {p} survived compaction ({after:?})"
+            );
+        }
+        for p in &seen_before {
+            assert!(!after.contains(p));
+        }
+        seen_before.extend(before);
+        assert!(
+            fs::read(m.path("photo.jpg")).unwrap() == jpeg,
+            "round {round}"
+        );
+        fs::write(m.path("filler"), data(8 + round, 4 << 20)).unwrap();
+    }
+    m.unmount();
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "{out}");
+    m.mount();
+    assert!(fs::read(m.path("photo.jpg")).unwrap() == jpeg);
+}
