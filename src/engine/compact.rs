@@ -195,7 +195,9 @@ impl Engine {
                 let mut refs = self.j.index.shared_refs(&loc)?;
                 if refs.is_empty() {
                     for op in decode_ops(rec.version, &rec.meta)? {
-                        if let Op::PutObject { ino, froms } = &op {
+                        if let Op::PutObject { ino, froms } | Op::PutObjectShared { ino, froms } =
+                            &op
+                        {
                             for idx in 0..froms.len() as u64 {
                                 if self.j.index.block(*ino, idx)?.is_some_and(|b| b.loc == loc) {
                                     refs.push((*ino, idx));

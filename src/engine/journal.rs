@@ -17,7 +17,7 @@
 //!   the index has been flushed past them.
 
 use crate::error::{Error, Result};
-use crate::meta::{decode_ops, encode_ops, Applied, Applying, Index, Op, INDEX_FORMAT};
+use crate::meta::{decode_ops, encode_ops, Applied, Applying, Index, Ino, Op, INDEX_FORMAT};
 use crate::store::{
     encode_record, BlockHeader, Loc, LocalDir, PackBackend, PackLog, Record, ScanEnd,
 };
@@ -163,9 +163,31 @@ impl Journal {
 
     /// Append and apply one record. Returns its location.
     pub fn commit(&self, ops: &[Op], block: Option<(&BlockHeader, &[u8])>) -> Result<Loc> {
-        let meta = encode_ops(ops);
+        let mut seq = self.next_seq.lock();
+        self.commit_locked(&mut seq, ops, block)
+    }
+
+    /// Map `ino`'s blocks (now at `froms`) to the shared whole-file object holding content
+    /// `hash`, when one exists: decided under the commit lock, so the object cannot go away
+    /// before the reference is applied. False when there is none (nothing is written).
+    pub fn ref_object(&self, ino: Ino, froms: Vec<Option<Loc>>, hash: [u8; 16]) -> Result<bool> {
         let mut seq = self.next_seq.lock();
         self.check_poison()?;
+        if !self.index.has_shared_object(&hash, froms.len())? {
+            return Ok(false);
+        }
+        self.commit_locked(&mut seq, &[Op::RefObject { ino, hash, froms }], None)?;
+        Ok(true)
+    }
+
+    fn commit_locked(
+        &self,
+        seq: &mut u64,
+        ops: &[Op],
+        block: Option<(&BlockHeader, &[u8])>,
+    ) -> Result<Loc> {
+        self.check_poison()?;
+        let meta = encode_ops(ops);
         let rec = encode_record(*seq, &meta, block)?;
         let loc = self.log.append(&rec).map_err(|e| self.append_failed(e))?;
         let applied = self

@@ -184,7 +184,7 @@ impl Engine {
         let cands = self.recompress_candidates(&inode, &eff);
         // Format-aware whole-file codecs first (balanced and stronger).
         for c in cands.iter().filter(|c| c.whole_file) {
-            match self.try_whole_file(ino, &inode, c) {
+            match self.try_whole_file(ino, &inode, c, eff.dedup) {
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
@@ -363,6 +363,7 @@ impl Engine {
         ino: Ino,
         inode: &crate::meta::Inode,
         cand: &Candidate,
+        dedup: bool,
     ) -> Result<Option<RecompressReport>> {
         let codec_id = cand.codec;
         let codec = self.codecs.get(codec_id)?.clone();
@@ -401,6 +402,19 @@ impl Engine {
                 }
                 data.resize(start + want, 0);
             }
+        }
+        let hash = raw_hash(&data);
+        // Under dedup=on, a file identical to one already stored as a shared object just
+        // references it (no encoding at all).
+        if dedup && self.j.ref_object(ino, froms.clone(), hash)? {
+            tracing::debug!(path = %self.path_of(ino), "whole-file deduplication");
+            return Ok(Some(RecompressReport {
+                blocks: n,
+                recoded: n,
+                stored_before: old_stored,
+                stored_after: 0,
+                ..Default::default()
+            }));
         }
         let data = std::sync::Arc::new(data);
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -448,10 +462,14 @@ impl Engine {
             codec: codec_id,
             params,
             raw_len: data.len() as u32,
-            raw_hash: raw_hash(&data),
+            raw_hash: hash,
         };
-        self.j
-            .commit(&[Op::PutObject { ino, froms }], Some((&h, &out)))?;
+        let op = if dedup {
+            Op::PutObjectShared { ino, froms }
+        } else {
+            Op::PutObject { ino, froms }
+        };
+        self.j.commit(&[op], Some((&h, &out)))?;
         tracing::debug!(path = %path(), codec = codec.name(), before = old_stored, after = out.len(), "whole-file recompression");
         Ok(Some(RecompressReport {
             blocks: n,

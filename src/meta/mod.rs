@@ -127,6 +127,54 @@ fn key_ref(loc: &Loc, ino: Ino, idx: u64) -> Vec<u8> {
     k
 }
 
+/// Whether blocks `0..froms.len()` of `ino` are exactly at `froms` (None: a hole).
+fn froms_match(v: &View<'_>, ino: Ino, froms: &[Option<Loc>]) -> Result<bool> {
+    for (idx, want) in froms.iter().enumerate() {
+        let cur = match v.get(&key_block(ino, idx as u64))? {
+            Some(c) => Some(dec::<BlockRef>(&c)?.loc),
+            None => None,
+        };
+        if cur != *want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The `n` slices of the shared whole-file object at `loc`, taken from the files that
+/// reference it (any reference of slice `idx` has it); None when some slice has no reference
+/// or the record is not an `n`-slice object.
+fn object_slices(v: &View<'_>, loc: &Loc, n: usize) -> Result<Option<Vec<BlockRef>>> {
+    let prefix = key_loc(b'Q', loc);
+    let mut end = prefix.clone();
+    end.extend_from_slice(&[0xff; 17]);
+    let mut slices: Vec<Option<BlockRef>> = vec![None; n];
+    let mut left = n;
+    for (k, _) in v.scan_range(prefix, end)? {
+        if k.len() != 29 {
+            continue;
+        }
+        let (ino, idx) = (u64_of(&k[13..21]), u64_of(&k[21..29]));
+        let Some(slot) = usize::try_from(idx).ok().and_then(|i| slices.get_mut(i)) else {
+            return Ok(None);
+        };
+        if slot.is_some() {
+            continue;
+        }
+        if let Some(b) = v.get(&key_block(ino, idx))? {
+            let b: BlockRef = dec(&b)?;
+            if b.loc == *loc && b.object {
+                *slot = Some(b);
+                left -= 1;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(slices.into_iter().collect())
+}
+
 fn key_hash(h: &[u8; 16]) -> Vec<u8> {
     let mut k = vec![b'H'];
     k.extend_from_slice(h);
@@ -848,61 +896,39 @@ impl Index {
                 if let Some(old) = v.get(&key_block(*ino, *idx))? {
                     let old: BlockRef = dec(&old)?;
                     if old.loc == *from && old.object {
-                        self.map_block(v, *ino, *idx, BlockRef { loc: b.loc, ..old }, None)?;
+                        // A shared object stays shared at its new place (objects written
+                        // before object deduplication existed were never shared: no change).
+                        let offer = match v.get(&key_loc(b'R', from))? {
+                            Some(r) => Some(dec::<Shared>(&r)?.hash),
+                            None => None,
+                        };
+                        self.map_block(v, *ino, *idx, BlockRef { loc: b.loc, ..old }, offer)?;
                     }
                 }
             }
-            Op::PutObject { ino, froms } => {
+            Op::PutObject { ino, froms } | Op::PutObjectShared { ino, froms } => {
                 let b =
                     new_ref.ok_or_else(|| Error::Corrupt("PutObject without payload".into()))?;
-                let n = froms.len() as u64;
-                let mut same = true;
-                for (idx, want) in froms.iter().enumerate() {
-                    let cur = match v.get(&key_block(*ino, idx as u64))? {
-                        Some(c) => Some(dec::<BlockRef>(&c)?.loc),
-                        None => None,
-                    };
-                    if cur != *want {
-                        same = false;
-                        break;
-                    }
+                let offer = if matches!(op, Op::PutObjectShared { .. }) {
+                    hash
+                } else {
+                    None
+                };
+                self.put_object(v, *ino, froms, b, offer)?;
+            }
+            Op::RefObject { ino, hash, froms } => {
+                if !froms_match(v, *ino, froms)? {
+                    return Ok(());
                 }
-                // Replayed after it was applied, the blocks already name this record.
-                let already = v
-                    .get(&key_block(*ino, 0))?
-                    .map(|c| dec::<BlockRef>(&c))
-                    .transpose()?
-                    .is_some_and(|c| c.loc == b.loc);
-                if same && !already && n > 0 {
-                    let total = b.raw_len as u64;
-                    let bs = crate::engine::layout::BLOCK_U64;
-                    let lens: Vec<u64> = (0..n)
-                        .map(|i| total.saturating_sub(i * bs).min(bs))
-                        .collect();
-                    // The payload is shared out by raw length; block 0 takes the remainder.
-                    let mut shares: Vec<u32> = lens
-                        .iter()
-                        .map(|l| (b.stored as u64 * l).checked_div(total).unwrap_or(0) as u32)
-                        .collect();
-                    let rest = b.stored.saturating_sub(shares.iter().sum());
-                    if let Some(s0) = shares.first_mut() {
-                        *s0 += rest;
-                    }
-                    for idx in 0..n {
-                        let (len, share) = (lens[idx as usize] as u32, shares[idx as usize]);
-                        self.map_block(
-                            v,
-                            *ino,
-                            idx,
-                            BlockRef {
-                                raw_len: len,
-                                stored: share,
-                                object: true,
-                                ..b
-                            },
-                            None,
-                        )?;
-                    }
+                let l = v
+                    .get(&key_hash(hash))?
+                    .ok_or_else(|| Error::Corrupt("RefObject names no shared object".into()))?;
+                let loc: Loc = dec(&l)?;
+                let slices = object_slices(v, &loc, froms.len())?.ok_or_else(|| {
+                    Error::Corrupt("RefObject names an incomplete shared object".into())
+                })?;
+                for (idx, b) in slices.into_iter().enumerate() {
+                    self.map_block(v, *ino, idx as u64, b, None)?;
                 }
             }
             Op::DelBlocks { ino, from, to } => {
@@ -927,6 +953,60 @@ impl Index {
                 }
             }
             Op::CheckpointBegin | Op::CheckpointEnd { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Map blocks `0..froms.len()` of `ino` to slices of the object record `b`, if they all
+    /// still have the locations in `froms`; `offer` registers the object as shared under
+    /// its content hash.
+    fn put_object(
+        &self,
+        v: &mut View<'_>,
+        ino: Ino,
+        froms: &[Option<Loc>],
+        b: BlockRef,
+        offer: Option<[u8; 16]>,
+    ) -> Result<()> {
+        let ino = &ino;
+        let n = froms.len() as u64;
+        let same = froms_match(v, *ino, froms)?;
+        // Replayed after it was applied, the blocks already name this record.
+        let already = v
+            .get(&key_block(*ino, 0))?
+            .map(|c| dec::<BlockRef>(&c))
+            .transpose()?
+            .is_some_and(|c| c.loc == b.loc);
+        if same && !already && n > 0 {
+            let total = b.raw_len as u64;
+            let bs = crate::engine::layout::BLOCK_U64;
+            let lens: Vec<u64> = (0..n)
+                .map(|i| total.saturating_sub(i * bs).min(bs))
+                .collect();
+            // The payload is shared out by raw length; block 0 takes the remainder.
+            let mut shares: Vec<u32> = lens
+                .iter()
+                .map(|l| (b.stored as u64 * l).checked_div(total).unwrap_or(0) as u32)
+                .collect();
+            let rest = b.stored.saturating_sub(shares.iter().sum());
+            if let Some(s0) = shares.first_mut() {
+                *s0 += rest;
+            }
+            for idx in 0..n {
+                let (len, share) = (lens[idx as usize] as u32, shares[idx as usize]);
+                self.map_block(
+                    v,
+                    *ino,
+                    idx,
+                    BlockRef {
+                        raw_len: len,
+                        stored: share,
+                        object: true,
+                        ..b
+                    },
+                    offer,
+                )?;
+            }
         }
         Ok(())
     }
@@ -968,6 +1048,22 @@ impl Index {
             Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Whether a shared whole-file object of `n` slices holds content `hash` (every slice
+    /// still referenced, so a new reference can copy them).
+    pub fn has_shared_object(&self, hash: &[u8; 16], n: usize) -> Result<bool> {
+        let Some(l) = self.tree.get(key_hash(hash))? else {
+            return Ok(false);
+        };
+        let loc: Loc = dec(&l)?;
+        let v = View {
+            tree: &self.tree,
+            pending: BTreeMap::new(),
+            codec_delta: BTreeMap::new(),
+            pack_delta: BTreeMap::new(),
+        };
+        Ok(n > 0 && object_slices(&v, &loc, n)?.is_some())
     }
 
     /// References (ino, idx) of the shared record at `loc`; empty when it is not shared.

@@ -220,6 +220,20 @@ pub enum Op {
         ino: Ino,
         froms: Vec<Option<Loc>>,
     },
+    /// `PutObject` for a file under `dedup=on`: the object is also registered as shared under
+    /// its content hash (the record's raw hash), so identical files can reference it.
+    PutObjectShared {
+        ino: Ino,
+        froms: Vec<Option<Loc>>,
+    },
+    /// Map blocks `0..froms.len()` of `ino` to the slices of the shared whole-file object
+    /// registered under `hash` (a file with identical content), if every block still has the
+    /// location in `froms` — all or nothing. Carries no payload.
+    RefObject {
+        ino: Ino,
+        hash: [u8; 16],
+        froms: Vec<Option<Loc>>,
+    },
     /// Compaction of a whole-file object: block `idx` of `ino` keeps its slice of the object,
     /// now at this record, if it still points at `from`.
     MoveObject {

@@ -43,6 +43,11 @@ pub mod tag {
     pub const CHECKPOINT_BEGIN: u8 = 16;
     pub const SNAP_BLOCK: u8 = 17;
     pub const CHECKPOINT_END: u8 = 18;
+    /// Added in format 2 revision 1 (object deduplication).
+    pub const PUT_OBJECT_SHARED: u8 = 19;
+    pub const REF_OBJECT: u8 = 20;
+    /// The newest critical tag this build writes.
+    pub const LAST: u8 = REF_OBJECT;
     /// First tag of the skippable (hint) range.
     pub const HINT: u8 = 0x80;
 }
@@ -58,6 +63,8 @@ pub fn op_tag(op: &Op) -> u8 {
         Op::PutBlockShared { .. } => tag::PUT_BLOCK_SHARED,
         Op::RefBlock { .. } => tag::REF_BLOCK,
         Op::PutObject { .. } => tag::PUT_OBJECT,
+        Op::PutObjectShared { .. } => tag::PUT_OBJECT_SHARED,
+        Op::RefObject { .. } => tag::REF_OBJECT,
         Op::MoveObject { .. } => tag::MOVE_OBJECT,
         Op::SnapShared { .. } => tag::SNAP_SHARED,
         Op::DelBlocks { .. } => tag::DEL_BLOCKS,
@@ -143,6 +150,19 @@ impl W {
         self.u32(l.pack);
         self.u64(l.off);
         self.u32(l.len);
+    }
+    /// An object's block locations: count, then per block 0 (a hole) or 1 and a location.
+    fn froms(&mut self, froms: &[Option<Loc>]) {
+        self.u32(froms.len() as u32);
+        for f in froms {
+            match f {
+                None => self.u8(0),
+                Some(l) => {
+                    self.u8(1);
+                    self.loc(l);
+                }
+            }
+        }
     }
     fn bref(&mut self, b: &BlockRef) {
         self.loc(&b.loc);
@@ -252,6 +272,22 @@ impl<'a> R<'a> {
             len: self.u32()?,
         })
     }
+    fn froms(&mut self) -> Result<Vec<Option<Loc>>> {
+        let n = self.u32()? as usize;
+        // Each entry takes at least one byte: bound the allocation by what is there.
+        if n > self.b.len() {
+            return Err(bad(format!("object with {n} blocks in a short body")));
+        }
+        let mut froms = Vec::with_capacity(n);
+        for _ in 0..n {
+            froms.push(match self.u8()? {
+                0 => None,
+                1 => Some(self.loc()?),
+                v => return Err(bad(format!("object entry flag {v}"))),
+            });
+        }
+        Ok(froms)
+    }
     fn bref(&mut self) -> Result<BlockRef> {
         Ok(BlockRef {
             loc: self.loc()?,
@@ -307,18 +343,14 @@ fn encode_body(op: &Op, w: &mut W) {
             w.u64(*idx);
             w.hash(hash);
         }
-        Op::PutObject { ino, froms } => {
+        Op::PutObject { ino, froms } | Op::PutObjectShared { ino, froms } => {
             w.u64(*ino);
-            w.u32(froms.len() as u32);
-            for f in froms {
-                match f {
-                    None => w.u8(0),
-                    Some(l) => {
-                        w.u8(1);
-                        w.loc(l);
-                    }
-                }
-            }
+            w.froms(froms);
+        }
+        Op::RefObject { ino, hash, froms } => {
+            w.u64(*ino);
+            w.hash(hash);
+            w.froms(froms);
         }
         Op::MoveObject { ino, idx, from } | Op::MoveBlock { ino, idx, from } => {
             w.u64(*ino);
@@ -403,20 +435,26 @@ fn decode_body(t: u8, r: &mut R<'_>) -> Result<Option<Op>> {
         },
         tag::PUT_OBJECT => {
             let ino = r.u64()?;
-            let n = r.u32()? as usize;
-            // Each entry takes at least one byte: bound the allocation by what is there.
-            if n > r.b.len() {
-                return Err(bad(format!("object with {n} blocks in a short body")));
+            Op::PutObject {
+                ino,
+                froms: r.froms()?,
             }
-            let mut froms = Vec::with_capacity(n);
-            for _ in 0..n {
-                froms.push(match r.u8()? {
-                    0 => None,
-                    1 => Some(r.loc()?),
-                    v => return Err(bad(format!("object entry flag {v}"))),
-                });
+        }
+        tag::PUT_OBJECT_SHARED => {
+            let ino = r.u64()?;
+            Op::PutObjectShared {
+                ino,
+                froms: r.froms()?,
             }
-            Op::PutObject { ino, froms }
+        }
+        tag::REF_OBJECT => {
+            let ino = r.u64()?;
+            let hash = r.hash()?;
+            Op::RefObject {
+                ino,
+                hash,
+                froms: r.froms()?,
+            }
         }
         tag::MOVE_OBJECT => Op::MoveObject {
             ino: r.u64()?,
@@ -560,6 +598,15 @@ pub(crate) mod tests {
                 ino: 8,
                 idx: 1,
                 from: loc,
+            },
+            Op::PutObjectShared {
+                ino: 9,
+                froms: vec![None, Some(loc)],
+            },
+            Op::RefObject {
+                ino: 10,
+                hash: [3; 16],
+                froms: vec![Some(loc), None],
             },
             Op::SnapShared {
                 hash: [1; 16],
