@@ -413,7 +413,6 @@ impl Engine {
                 recoded: n,
                 stored_before: old_stored,
                 stored_after: 0,
-                ..Default::default()
             }));
         }
         let data = std::sync::Arc::new(data);
