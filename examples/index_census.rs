@@ -28,5 +28,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "all  {n}  {kb}  {vb}  (on disk {} bytes)",
         db.size_on_disk()?
     );
+    // With a second argument: copy every entry into a fresh database there (what a
+    // defragmented index would take).
+    if let Some(out) = std::env::args().nth(2) {
+        let mode = if std::env::var("LOWSPACE").is_ok() {
+            sled::Mode::LowSpace
+        } else {
+            sled::Mode::HighThroughput
+        };
+        let fresh = sled::Config::new().path(&out).mode(mode).open()?;
+        let t = fresh.open_tree("idx")?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            batch.insert(k, v);
+            n += 1;
+            if n % 2000 == 0 {
+                t.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        t.apply_batch(batch)?;
+        fresh.flush()?;
+        println!("fresh copy: {} bytes on disk", fresh.size_on_disk()?);
+    }
     Ok(())
 }
