@@ -23,23 +23,40 @@ fn lists_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/lists.py")
 }
 
-/// The golden stores, oldest first.
+/// The golden stores, oldest first: `vN` holds store format N as first written, `vN.R` the
+/// same format at revision R (what later builds added without a new format: op tags, codecs).
 fn stores() -> Vec<(u32, PathBuf)> {
-    let mut v: Vec<(u32, PathBuf)> = std::fs::read_dir(golden_dir())
+    let mut v: Vec<((u32, u32), PathBuf)> = std::fs::read_dir(golden_dir())
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
-            let n = e
-                .file_name()
-                .to_string_lossy()
-                .strip_prefix('v')?
-                .parse()
-                .ok()?;
-            Some((n, e.path()))
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ver = name.strip_prefix('v')?;
+            let (f, r) = ver.split_once('.').unwrap_or((ver, "0"));
+            Some(((f.parse().ok()?, r.parse().ok()?), e.path()))
         })
         .collect();
     v.sort();
-    v
+    v.into_iter().map(|((f, _), p)| (f, p)).collect()
+}
+
+/// Op tags and codec ids a golden store must hold: everything its revision could write.
+fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
+    let revision1 = golden.file_name().is_some_and(|n| n == "v2.1");
+    let last_tag = if revision1 {
+        wire::tag::REF_OBJECT
+    } else {
+        wire::tag::CHECKPOINT_END
+    };
+    let last_codec = if revision1 {
+        idcfs::codec::DEFLATE_TOKENS
+    } else {
+        idcfs::codec::EXEC
+    };
+    (
+        (wire::tag::PUT_INODE..=last_tag).collect(),
+        (idcfs::codec::RAW..=last_codec).collect(),
+    )
 }
 
 /// Compare what the mount shows with the lists the writing build saw.
@@ -160,9 +177,12 @@ fn coverage(store: &Path) -> (BTreeSet<u8>, BTreeSet<u16>, BTreeSet<u8>) {
 
 #[test]
 fn golden_stores_cover_every_op_and_codec() {
-    let every_tag: BTreeSet<u8> = (wire::tag::PUT_INODE..=wire::tag::CHECKPOINT_END).collect();
-    let every_codec: BTreeSet<u16> = (idcfs::codec::RAW..=idcfs::codec::EXEC).collect();
-    for (ver, golden) in stores() {
+    let all = stores();
+    // The newest golden store holds everything this build writes.
+    let newest = all.last().map(|(_, p)| expected_coverage(p)).unwrap();
+    assert_eq!(newest.0.last(), Some(&wire::tag::LAST), "a golden store holds the newest op tags");
+    for (ver, golden) in all {
+        let (every_tag, every_codec) = expected_coverage(&golden);
         let (tags, codecs, versions) = coverage(&golden.join("store"));
         let want_version = if ver == 1 { 1 } else { 2 };
         assert_eq!(
