@@ -352,6 +352,8 @@ fn tree<C: Coder>(c: &mut C, probs: &mut [P], nbits: u32, sym: u32) -> u32 {
 
 /// Activity buckets (quantized sum of neighbouring residual magnitudes).
 const NQ: usize = 16;
+/// Buckets of the local sample texture (|N-NW| + |N-NE| + |W-NW|).
+const NT: usize = 4;
 /// Buckets of the reference channel's residual magnitude at the same pixel.
 const NCR: usize = 3;
 /// Predictors (3 bits) times "add the reference channel's residual" (1 bit).
@@ -385,7 +387,7 @@ struct Model {
 impl Model {
     fn new(ch: usize) -> Self {
         Model {
-            res: vec![ResModel::INIT; ch * NQ * NCR],
+            res: vec![ResModel::INIT; ch * NQ * NT * NCR],
             filt: [[P::INIT; 8]; 8],
             choice: vec![[P::INIT; NCHOICE]; ch * NCHOICE],
         }
@@ -643,6 +645,7 @@ fn code_row<C: Coder>(
     let maxv = r.maxv;
     let depth = l.depth;
     let order = r.order;
+    let gshift = depth - 8;
     let Rows {
         cur,
         prev,
@@ -684,8 +687,17 @@ fn code_row<C: Coder>(
                 + en.unsigned_abs()
                 + ((eprev[i - ch].unsigned_abs() + eprev[i + ch].unsigned_abs()) >> 1);
             let q = quant(a);
+            let (w, n, nw, ne) = (cur[i - ch], prev[i], prev[i - ch], prev[i + ch]);
+            let g = ((n - nw).unsigned_abs() + (n - ne).unsigned_abs() + (w - nw).unsigned_abs())
+                >> gshift;
+            let t = match g {
+                0 => 0,
+                1..=2 => 1,
+                3..=8 => 2,
+                _ => 3,
+            };
             let sctx = sgn3(ew) * 3 + sgn3(en);
-            let rm = &mut m.res[(j * NQ + q) * NCR + cr];
+            let rm = &mut m.res[((j * NQ + q) * NT + t) * NCR + cr];
             let val = if C::ENC { wrap(cur[i] - pred, depth) } else { 0 };
             let e = code_res(c, rm, sctx, val, depth);
             if !C::ENC {
