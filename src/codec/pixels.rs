@@ -354,6 +354,8 @@ fn tree<C: Coder>(c: &mut C, probs: &mut [P], nbits: u32, sym: u32) -> u32 {
 const NQ: usize = 16;
 /// Buckets of the local sample texture (|N-NW| + |N-NE| + |W-NW|).
 const NT: usize = 4;
+/// Alpha classes of a colour sample: opaque (or no alpha), transparent, partial.
+const NA: usize = 3;
 /// Buckets of the reference channel's residual magnitude at the same pixel.
 const NCR: usize = 3;
 /// Predictors (3 bits) times "add the reference channel's residual" (1 bit).
@@ -387,7 +389,7 @@ struct Model {
 impl Model {
     fn new(ch: usize) -> Self {
         Model {
-            res: vec![ResModel::INIT; ch * NQ * NT * NCR],
+            res: vec![ResModel::INIT; ch * NQ * NT * NCR * NA],
             filt: [[P::INIT; 8]; 8],
             choice: vec![[P::INIT; NCHOICE]; ch * NCHOICE],
         }
@@ -492,8 +494,12 @@ fn predict(p: u8, w: i32, n: i32, nw: i32, ne: i32, maxv: i32) -> i32 {
 struct Rows {
     l: Layout,
     maxv: i32,
-    /// Coding order of the channels (green first for RGB/RGBA).
+    /// Coding order of the channels (alpha, then green first for RGB/RGBA).
     order: [usize; 4],
+    /// The channel whose residual corrects the others' predictions (green or grey).
+    refc: usize,
+    /// The alpha channel, if any.
+    alpha: Option<usize>,
     cur: Vec<i32>,
     prev: Vec<i32>,
     ecur: Vec<i32>,
@@ -505,14 +511,23 @@ struct Rows {
 impl Rows {
     fn new(l: Layout) -> Self {
         let n = (l.w + 2) * l.ch;
-        let order = match l.ch {
-            3 | 4 => [1, 0, 2, 3],
-            _ => [0, 1, 2, 3],
+        // Alpha first (its value is a context of the colour), then green, red, blue.
+        let (order, refc) = match l.ch {
+            4 => ([3, 1, 0, 2], 1),
+            3 => ([1, 0, 2, 3], 1),
+            2 => ([1, 0, 2, 3], 0),
+            _ => ([0, 1, 2, 3], 0),
         };
         Rows {
             l,
             maxv: ((1u32 << l.depth) - 1) as i32,
             order,
+            refc,
+            alpha: match l.ch {
+                4 => Some(3),
+                2 => Some(1),
+                _ => None,
+            },
             cur: vec![0; n],
             prev: vec![0; n],
             ecur: vec![0; n],
@@ -535,6 +550,14 @@ impl Rows {
         }
     }
 
+    /// Position of the reference channel in the coding order.
+    fn refpos(&self) -> usize {
+        self.order
+            .iter()
+            .position(|&c| c == self.refc)
+            .unwrap_or(0)
+    }
+
     fn advance(&mut self) {
         std::mem::swap(&mut self.cur, &mut self.prev);
         std::mem::swap(&mut self.ecur, &mut self.eprev);
@@ -547,10 +570,11 @@ impl Rows {
         let ch = l.ch;
         let mut choices = [0u8; 4];
         let mut eref = vec![0i32; l.w];
+        let refpos = self.refpos();
         for j in 0..ch {
             let cidx = self.order[j];
             let mut best = (u64::MAX, 0u8);
-            let ncross = if j == 0 { 1 } else { 2 };
+            let ncross = if j > refpos { 2 } else { 1 };
             for cross in 0..ncross {
                 for p in 0..8u8 {
                     let mut cost = 0u64;
@@ -576,7 +600,7 @@ impl Rows {
                 }
             }
             choices[j] = best.1;
-            if j == 0 {
+            if cidx == self.refc {
                 let p = best.1 & 7;
                 for (x, r) in eref.iter_mut().enumerate() {
                     let i = (x + 1) * ch + cidx;
@@ -645,6 +669,9 @@ fn code_row<C: Coder>(
     let maxv = r.maxv;
     let depth = l.depth;
     let order = r.order;
+    let refc = r.refc;
+    let refpos = r.refpos();
+    let alpha = r.alpha;
     let gshift = depth - 8;
     let Rows {
         cur,
@@ -655,7 +682,8 @@ fn code_row<C: Coder>(
     } = r;
     for x in 0..l.w {
         let base = (x + 1) * ch;
-        let ri = base + order[0];
+        let ri = base + refc;
+
         for j in 0..ch {
             let i = base + order[j];
             let choice = choices[j];
@@ -667,7 +695,16 @@ fn code_row<C: Coder>(
                 prev[i + ch],
                 maxv,
             );
-            let (eref, cr) = if j == 0 {
+            // Alpha is coded first: for the colour channels it is already known here.
+            let ac = match alpha {
+                Some(a) if a != order[j] => match cur[base + a] {
+                    v if v == maxv => 0,
+                    0 => 1,
+                    _ => 2,
+                },
+                _ => 0,
+            };
+            let (eref, cr) = if j <= refpos {
                 (0, 0)
             } else {
                 let e = ecur[ri];
@@ -697,7 +734,7 @@ fn code_row<C: Coder>(
                 _ => 3,
             };
             let sctx = sgn3(ew) * 3 + sgn3(en);
-            let rm = &mut m.res[((j * NQ + q) * NT + t) * NCR + cr];
+            let rm = &mut m.res[(((j * NQ + q) * NT + t) * NCR + cr) * NA + ac];
             let val = if C::ENC { wrap(cur[i] - pred, depth) } else { 0 };
             let e = code_res(c, rm, sctx, val, depth);
             if !C::ENC {
