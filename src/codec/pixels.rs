@@ -358,8 +358,12 @@ const NT: usize = 4;
 const NA: usize = 3;
 /// Buckets of the reference channel's residual magnitude at the same pixel.
 const NCR: usize = 3;
-/// Predictors (3 bits) times "add the reference channel's residual" (1 bit).
-const NCHOICE: usize = 16;
+/// Predictors (4 bits) times "add the reference channel's residual" (1 bit).
+const NCHOICE: usize = 32;
+/// Predictors.
+const NPRED: u8 = 16;
+/// Predictor: the last colour seen with the same alpha value (invisible pixels' colours).
+const PRED_ALPHA_CACHE: u8 = 10;
 
 #[derive(Clone, Copy)]
 struct ResModel {
@@ -464,9 +468,43 @@ fn paeth(a: i32, b: i32, c: i32) -> i32 {
     }
 }
 
-/// Spatial predictor `p` (0..8) from the west, north, north-west and north-east samples.
+/// Neighbouring samples of one channel.
+#[derive(Clone, Copy)]
+struct Nb {
+    w: i32,
+    n: i32,
+    nw: i32,
+    ne: i32,
+    /// Two rows up, and two rows up one pixel left.
+    nn: i32,
+    wnn: i32,
+}
+
+impl Nb {
+    #[inline(always)]
+    fn at(cur: &[i32], prev: &[i32], prev2: &[i32], i: usize, ch: usize) -> Nb {
+        Nb {
+            w: cur[i - ch],
+            n: prev[i],
+            nw: prev[i - ch],
+            ne: prev[i + ch],
+            nn: prev2[i],
+            wnn: prev2[i - ch],
+        }
+    }
+}
+
+/// Predictor `p` (0..16); `cached` is the alpha-cache value (predictor 10).
 #[inline(always)]
-fn predict(p: u8, w: i32, n: i32, nw: i32, ne: i32, maxv: i32) -> i32 {
+fn predict(p: u8, nb: Nb, cached: i32, maxv: i32) -> i32 {
+    let Nb {
+        w,
+        n,
+        nw,
+        ne,
+        nn,
+        wnn,
+    } = nb;
     match p {
         0 => w,
         1 => n,
@@ -485,7 +523,15 @@ fn predict(p: u8, w: i32, n: i32, nw: i32, ne: i32, maxv: i32) -> i32 {
         4 => (w + n - nw).clamp(0, maxv),
         5 => paeth(w, n, nw),
         6 => (w + ne) >> 1,
-        _ => 0,
+        7 => 0,
+        8 => nn,
+        9 => (w + nn - wnn).clamp(0, maxv),
+        PRED_ALPHA_CACHE => cached,
+        11 => ne,
+        12 => nw,
+        13 => (n + nw) >> 1,
+        14 => (n + ne) >> 1,
+        _ => (w + n + nw + ne + 2) >> 2,
     }
 }
 
@@ -502,6 +548,9 @@ struct Rows {
     alpha: Option<usize>,
     cur: Vec<i32>,
     prev: Vec<i32>,
+    prev2: Vec<i32>,
+    /// Last colour seen per alpha value (`alpha_key * ch + channel`), when there is alpha.
+    acache: Vec<i32>,
     ecur: Vec<i32>,
     eprev: Vec<i32>,
     prev_filter: usize,
@@ -530,6 +579,8 @@ impl Rows {
             },
             cur: vec![0; n],
             prev: vec![0; n],
+            prev2: vec![0; n],
+            acache: vec![0; 256 * l.ch],
             ecur: vec![0; n],
             eprev: vec![0; n],
             prev_filter: 0,
@@ -547,6 +598,7 @@ impl Rows {
             self.prev[c] = first;
             self.prev[(w + 1) * ch + c] = last;
             self.cur[c] = first;
+            self.prev2[c] = self.prev2[ch + c];
         }
     }
 
@@ -559,6 +611,7 @@ impl Rows {
     }
 
     fn advance(&mut self) {
+        std::mem::swap(&mut self.prev2, &mut self.prev);
         std::mem::swap(&mut self.cur, &mut self.prev);
         std::mem::swap(&mut self.ecur, &mut self.eprev);
     }
@@ -571,23 +624,36 @@ impl Rows {
         let mut choices = [0u8; 4];
         let mut eref = vec![0i32; l.w];
         let refpos = self.refpos();
+        // What the alpha cache predicts at each sample of this row.
+        let mut cached = vec![0i32; l.w * ch];
+        if let Some(a) = self.alpha {
+            let mut cache = self.acache.clone();
+            let shift = l.depth - 8;
+            for x in 0..l.w {
+                let base = (x + 1) * ch;
+                let key = ((self.cur[base + a] >> shift) & 255) as usize * ch;
+                for c in 0..ch {
+                    if c != a {
+                        cached[x * ch + c] = cache[key + c];
+                    }
+                    cache[key + c] = self.cur[base + c];
+                }
+            }
+        }
         for j in 0..ch {
             let cidx = self.order[j];
             let mut best = (u64::MAX, 0u8);
             let ncross = if j > refpos { 2 } else { 1 };
             for cross in 0..ncross {
-                for p in 0..8u8 {
+                for p in 0..NPRED {
+                    if p == PRED_ALPHA_CACHE && self.alpha.is_none_or(|a| a == cidx) {
+                        continue;
+                    }
                     let mut cost = 0u64;
                     for x in 0..l.w {
                         let i = (x + 1) * ch + cidx;
-                        let mut pred = predict(
-                            p,
-                            self.cur[i - ch],
-                            self.prev[i],
-                            self.prev[i - ch],
-                            self.prev[i + ch],
-                            self.maxv,
-                        );
+                        let nb = Nb::at(&self.cur, &self.prev, &self.prev2, i, ch);
+                        let mut pred = predict(p, nb, cached[x * ch + cidx], self.maxv);
                         if cross != 0 {
                             pred = (pred + eref[x]).clamp(0, self.maxv);
                         }
@@ -595,23 +661,17 @@ impl Rows {
                         cost += u64::from(est_cost(e));
                     }
                     if cost < best.0 {
-                        best = (cost, p | (cross << 3));
+                        best = (cost, p | (cross << 4));
                     }
                 }
             }
             choices[j] = best.1;
             if cidx == self.refc {
-                let p = best.1 & 7;
+                let p = best.1 & 15;
                 for (x, r) in eref.iter_mut().enumerate() {
                     let i = (x + 1) * ch + cidx;
-                    let pred = predict(
-                        p,
-                        self.cur[i - ch],
-                        self.prev[i],
-                        self.prev[i - ch],
-                        self.prev[i + ch],
-                        self.maxv,
-                    );
+                    let nb = Nb::at(&self.cur, &self.prev, &self.prev2, i, ch);
+                    let pred = predict(p, nb, cached[x * ch + cidx], self.maxv);
                     *r = wrap(self.cur[i] - pred, l.depth);
                 }
             }
@@ -661,7 +721,7 @@ fn code_row<C: Coder>(
     r.prev_filter = f as usize;
     for j in 0..ch {
         let probs = &mut m.choice[j * NCHOICE + usize::from(r.prev_choice[j])];
-        let s = tree(c, probs, 4, u32::from(choices[j])) as u8;
+        let s = tree(c, probs, 5, u32::from(choices[j])) as u8;
         choices[j] = s;
         r.prev_choice[j] = s;
     }
@@ -676,6 +736,8 @@ fn code_row<C: Coder>(
     let Rows {
         cur,
         prev,
+        prev2,
+        acache,
         ecur,
         eprev,
         ..
@@ -683,18 +745,19 @@ fn code_row<C: Coder>(
     for x in 0..l.w {
         let base = (x + 1) * ch;
         let ri = base + refc;
-
         for j in 0..ch {
             let i = base + order[j];
             let choice = choices[j];
-            let mut pred = predict(
-                choice & 7,
-                cur[i - ch],
-                prev[i],
-                prev[i - ch],
-                prev[i + ch],
-                maxv,
-            );
+            let p = choice & 15;
+            let nb = Nb::at(cur, prev, prev2, i, ch);
+            let cached = match alpha {
+                Some(a) if p == PRED_ALPHA_CACHE && a != order[j] => {
+                    let key = ((cur[base + a] >> gshift) & 255) as usize;
+                    acache[key * ch + order[j]]
+                }
+                _ => 0,
+            };
+            let mut pred = predict(p, nb, cached, maxv);
             // Alpha is coded first: for the colour channels it is already known here.
             let ac = match alpha {
                 Some(a) if a != order[j] => match cur[base + a] {
@@ -715,7 +778,7 @@ fn code_row<C: Coder>(
                 };
                 (e, cr)
             };
-            if choice & 8 != 0 {
+            if choice & 16 != 0 {
                 pred = (pred + eref).clamp(0, maxv);
             }
             let ew = ecur[i - ch];
@@ -724,7 +787,7 @@ fn code_row<C: Coder>(
                 + en.unsigned_abs()
                 + ((eprev[i - ch].unsigned_abs() + eprev[i + ch].unsigned_abs()) >> 1);
             let q = quant(a);
-            let (w, n, nw, ne) = (cur[i - ch], prev[i], prev[i - ch], prev[i + ch]);
+            let Nb { w, n, nw, ne, .. } = nb;
             let g = ((n - nw).unsigned_abs() + (n - ne).unsigned_abs() + (w - nw).unsigned_abs())
                 >> gshift;
             let t = match g {
@@ -741,6 +804,10 @@ fn code_row<C: Coder>(
                 cur[i] = (pred + e) & maxv;
             }
             ecur[i] = e;
+        }
+        if let Some(a) = alpha {
+            let key = ((cur[base + a] >> gshift) & 255) as usize * ch;
+            acache[key..key + ch].copy_from_slice(&cur[base..base + ch]);
         }
     }
     Ok(())
