@@ -22,10 +22,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let p = e.path();
         if p.is_dir() {
             walk(&p, out);
-        } else if p
-            .extension()
-            .is_some_and(|x| x.eq_ignore_ascii_case("png"))
-        {
+        } else if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) {
             out.push(p);
         }
     }
@@ -66,7 +63,8 @@ fn main() {
     walk(Path::new(&dir), &mut files);
     files.sort();
     let (mut supported, mut mismatches) = (0usize, 0usize);
-    let (mut idat_bytes, mut payload_bytes, mut raw_bytes, mut png_bytes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut idat_bytes, mut payload_bytes, mut raw_bytes, mut png_bytes) =
+        (0u64, 0u64, 0u64, 0u64);
     let (mut enc_t, mut dec_t) = (Duration::ZERO, Duration::ZERO);
     let mut unsupported: std::collections::BTreeMap<String, usize> = Default::default();
     for f in &files {

@@ -47,8 +47,7 @@ pub mod pixels_bench {
 
     /// `(width, height, bit_depth, color_type, interlace)` of a whole PNG file.
     pub fn parse_ihdr(png: &[u8]) -> Option<(u32, u32, u8, u8, u8)> {
-        pixels::parse_ihdr(png)
-            .map(|h| (h.width, h.height, h.bit_depth, h.color_type, h.interlace))
+        pixels::parse_ihdr(png).map(|h| (h.width, h.height, h.bit_depth, h.color_type, h.interlace))
     }
 
     /// `encode_idat_plain` for the PNG file `png`'s header.

@@ -604,10 +604,7 @@ impl Rows {
 
     /// Position of the reference channel in the coding order.
     fn refpos(&self) -> usize {
-        self.order
-            .iter()
-            .position(|&c| c == self.refc)
-            .unwrap_or(0)
+        self.order.iter().position(|&c| c == self.refc).unwrap_or(0)
     }
 
     fn advance(&mut self) {
@@ -798,7 +795,11 @@ fn code_row<C: Coder>(
             };
             let sctx = sgn3(ew) * 3 + sgn3(en);
             let rm = &mut m.res[(((j * NQ + q) * NT + t) * NCR + cr) * NA + ac];
-            let val = if C::ENC { wrap(cur[i] - pred, depth) } else { 0 };
+            let val = if C::ENC {
+                wrap(cur[i] - pred, depth)
+            } else {
+                0
+            };
             let e = code_res(c, rm, sctx, val, depth);
             if !C::ENC {
                 cur[i] = (pred + e) & maxv;
@@ -1021,5 +1022,214 @@ fn store_samples(cur: &[i32], raw: &mut [u8], l: Layout) {
         for (d, &s) in raw.chunks_exact_mut(2).zip(src) {
             d.copy_from_slice(&(s as u16).to_be_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 32) as u32
+        }
+    }
+
+    fn ihdr(w: u32, h: u32, bit_depth: u8, color_type: u8) -> Ihdr {
+        Ihdr {
+            width: w,
+            height: h,
+            bit_depth,
+            color_type,
+            interlace: 0,
+        }
+    }
+
+    /// Raw rows (no filter bytes) mixing a gradient, noise, flat areas and alpha runs.
+    fn raw_image(h: &Ihdr, seed: u64) -> Vec<Vec<u8>> {
+        let l = layout(h).expect("layout");
+        let mut rng = Rng(seed | 1);
+        let maxv = (1u32 << l.depth) - 1;
+        (0..l.h)
+            .map(|y| {
+                let mut row = Vec::with_capacity(l.row_bytes);
+                for x in 0..l.w {
+                    for c in 0..l.ch {
+                        let v = match (x / 4 + y / 3 + c) % 4 {
+                            0 => 0,
+                            1 => (x * 7 + y * 3 + c * 50) as u32 & maxv,
+                            2 => rng.next() & maxv,
+                            _ => maxv - (rng.next() & 3),
+                        };
+                        if l.depth == 8 {
+                            row.push(v as u8);
+                        } else {
+                            row.extend_from_slice(&(v as u16).to_be_bytes());
+                        }
+                    }
+                }
+                row
+            })
+            .collect()
+    }
+
+    /// Filters every row, with filter type `y % 5` (all five present from 5 rows on).
+    fn filtered_image(h: &Ihdr, seed: u64) -> Vec<u8> {
+        let l = layout(h).expect("layout");
+        let rows = raw_image(h, seed);
+        let mut out = Vec::new();
+        let zero = vec![0u8; l.row_bytes];
+        for (y, row) in rows.iter().enumerate() {
+            let f = (y % 5) as u8;
+            out.push(f);
+            let prev = if y == 0 { &zero } else { &rows[y - 1] };
+            filter(f, row, prev, l.bpp, &mut out);
+        }
+        out
+    }
+
+    fn round_trip(h: &Ihdr, filtered: &[u8]) -> Vec<u8> {
+        let payload = encode_idat_plain(filtered, h).expect("encode");
+        let back = decode_idat_plain(&payload, h, filtered.len()).expect("decode");
+        assert!(back == filtered, "round trip differs for {h:?}");
+        payload
+    }
+
+    const KINDS: [(u8, u8); 9] = [
+        (0, 8),
+        (2, 8),
+        (3, 8),
+        (4, 8),
+        (6, 8),
+        (0, 16),
+        (2, 16),
+        (4, 16),
+        (6, 16),
+    ];
+
+    #[test]
+    fn round_trips_every_supported_kind_and_filter() {
+        for (ct, bd) in KINDS {
+            for (w, hh) in [(1, 1), (1, 7), (7, 1), (13, 11), (33, 17), (64, 6)] {
+                let h = ihdr(w, hh, bd, ct);
+                let f = filtered_image(&h, u64::from(w * 31 + hh) ^ u64::from(ct));
+                if hh >= 5 {
+                    for t in 0..5u8 {
+                        let stride = layout(&h).expect("layout").row_bytes + 1;
+                        assert!(f.chunks(stride).any(|r| r[0] == t));
+                    }
+                }
+                round_trip(&h, &f);
+            }
+        }
+    }
+
+    #[test]
+    fn round_trips_unfiltered_byte_soup() {
+        // Filtered bytes need not come from a sensible image: any bytes with valid filter types
+        // must come back exactly.
+        let mut rng = Rng(99);
+        for (ct, bd) in KINDS {
+            let h = ihdr(9, 8, bd, ct);
+            let l = layout(&h).expect("layout");
+            let mut f = Vec::new();
+            for y in 0..l.h {
+                f.push((y % 5) as u8);
+                f.extend((0..l.row_bytes).map(|_| rng.next() as u8));
+            }
+            round_trip(&h, &f);
+        }
+    }
+
+    #[test]
+    fn smooth_image_compresses() {
+        let h = ihdr(200, 100, 8, 2);
+        let l = layout(&h).expect("layout");
+        let mut f = Vec::new();
+        for y in 0..l.h {
+            f.push(0);
+            for x in 0..l.w {
+                f.extend_from_slice(&[(x / 2) as u8, (y * 2) as u8, ((x + y) / 3) as u8]);
+            }
+        }
+        let p = round_trip(&h, &f);
+        assert!(p.len() * 20 < f.len(), "{} of {}", p.len(), f.len());
+    }
+
+    #[test]
+    fn refuses_unsupported_and_inconsistent_input() {
+        let ok = ihdr(4, 4, 8, 2);
+        let f = filtered_image(&ok, 1);
+        let mut inter = ok;
+        inter.interlace = 1;
+        assert!(encode_idat_plain(&f, &inter).is_err());
+        assert!(encode_idat_plain(&f, &ihdr(4, 4, 4, 3)).is_err());
+        assert!(encode_idat_plain(&f, &ihdr(4, 4, 16, 3)).is_err());
+        assert!(encode_idat_plain(&f, &ihdr(4, 4, 8, 5)).is_err());
+        assert!(encode_idat_plain(&f, &ihdr(0, 4, 8, 2)).is_err());
+        assert!(encode_idat_plain(&f[..f.len() - 1], &ok).is_err());
+        let mut bad = f.clone();
+        bad[0] = 5;
+        assert!(encode_idat_plain(&bad, &ok).is_err());
+        assert!(encode_idat_plain(&f, &ihdr(u32::MAX, u32::MAX, 16, 6)).is_err());
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        let h = ihdr(21, 9, 8, 6);
+        let f = filtered_image(&h, 7);
+        let p = round_trip(&h, &f);
+        // Wrong length or header.
+        assert!(decode_idat_plain(&p, &h, f.len() + 1).is_err());
+        assert!(decode_idat_plain(&p, &ihdr(22, 9, 8, 6), f.len()).is_err());
+        assert!(decode_idat_plain(&[], &h, f.len()).is_err());
+        // Every truncation.
+        for n in 0..p.len() {
+            assert!(
+                decode_idat_plain(&p[..n], &h, f.len()).is_err(),
+                "cut at {n}"
+            );
+        }
+        // Bit flips: an error, or (a flip in bits the decoder never looks at) the same bytes.
+        for i in 0..p.len() {
+            for bit in [0, 3, 7] {
+                let mut q = p.clone();
+                q[i] ^= 1 << bit;
+                match decode_idat_plain(&q, &h, f.len()) {
+                    Err(_) => {}
+                    Ok(back) => assert!(back == f, "flip {i}:{bit} decoded to other bytes"),
+                }
+            }
+        }
+        // Garbage.
+        let mut rng = Rng(5);
+        for len in [1usize, 5, 10, 40, 400] {
+            let mut g: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            g[0] = VERSION;
+            if len > 1 {
+                g[1] = 0;
+            }
+            assert!(decode_idat_plain(&g, &h, f.len()).is_err());
+        }
+    }
+
+    #[test]
+    fn parses_ihdr() {
+        let mut png = PNG_SIG.to_vec();
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(b"IHDR");
+        png.extend_from_slice(&300u32.to_be_bytes());
+        png.extend_from_slice(&200u32.to_be_bytes());
+        png.extend_from_slice(&[8, 6, 0, 0, 0]);
+        png.extend_from_slice(&[0; 4]);
+        assert_eq!(parse_ihdr(&png), Some(ihdr(300, 200, 8, 6)));
+        assert_eq!(parse_ihdr(&png[..20]), None);
+        png[1] = b'Q';
+        assert_eq!(parse_ihdr(&png), None);
     }
 }
