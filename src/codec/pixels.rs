@@ -637,8 +637,7 @@ impl Rows {
                 }
             }
         }
-        for j in 0..ch {
-            let cidx = self.order[j];
+        for (j, &cidx) in self.order.iter().enumerate().take(ch) {
             let mut best = (u64::MAX, 0u8);
             let ncross = if j > refpos { 2 } else { 1 };
             for cross in 0..ncross {
@@ -716,11 +715,14 @@ fn code_row<C: Coder>(
     }
     *filt = f as u8;
     r.prev_filter = f as usize;
-    for j in 0..ch {
-        let probs = &mut m.choice[j * NCHOICE + usize::from(r.prev_choice[j])];
-        let s = tree(c, probs, 5, u32::from(choices[j])) as u8;
-        choices[j] = s;
-        r.prev_choice[j] = s;
+    for (j, (choice, prev)) in choices.iter_mut().zip(&mut r.prev_choice).enumerate() {
+        if j == ch {
+            break;
+        }
+        let probs = &mut m.choice[j * NCHOICE + usize::from(*prev)];
+        let s = tree(c, probs, 5, u32::from(*choice)) as u8;
+        *choice = s;
+        *prev = s;
     }
     r.pad();
     let maxv = r.maxv;
