@@ -388,6 +388,9 @@ struct Model {
     filt: [[P; 8]; 8],
     /// Predictor choice (4-bit tree), by channel position and the previous row's choice.
     choice: Vec<[P; NCHOICE]>,
+    /// Zero-run lengths: unary exponent and first mantissa bit.
+    run_exp: [P; 32],
+    run_mant: [P; 32],
 }
 
 impl Model {
@@ -396,6 +399,8 @@ impl Model {
             res: vec![ResModel::INIT; ch * NQ * NT * NCR * NA],
             filt: [[P::INIT; 8]; 8],
             choice: vec![[P::INIT; NCHOICE]; ch * NCHOICE],
+            run_exp: [P::INIT; 32],
+            run_mant: [P::INIT; 32],
         }
     }
 }
@@ -553,6 +558,9 @@ struct Rows {
     acache: Vec<i32>,
     ecur: Vec<i32>,
     eprev: Vec<i32>,
+    /// Per padded pixel: some channel had a non-zero residual (this row, previous row).
+    zcur: Vec<bool>,
+    zprev: Vec<bool>,
     prev_filter: usize,
     prev_choice: [u8; 4],
 }
@@ -583,6 +591,8 @@ impl Rows {
             acache: vec![0; 256 * l.ch],
             ecur: vec![0; n],
             eprev: vec![0; n],
+            zcur: vec![false; l.w + 2],
+            zprev: vec![false; l.w + 2],
             prev_filter: 0,
             prev_choice: [0; 4],
         }
@@ -611,6 +621,7 @@ impl Rows {
         std::mem::swap(&mut self.prev2, &mut self.prev);
         std::mem::swap(&mut self.cur, &mut self.prev);
         std::mem::swap(&mut self.ecur, &mut self.eprev);
+        std::mem::swap(&mut self.zcur, &mut self.zprev);
     }
 
     /// Encoder: picks per channel the predictor (and cross-channel flag) with the smallest
@@ -739,24 +750,84 @@ fn code_row<C: Coder>(
         acache,
         ecur,
         eprev,
+        zcur,
+        zprev,
         ..
     } = r;
-    for x in 0..l.w {
-        let base = (x + 1) * ch;
+    let mut x = 0;
+    // A run may start at a pixel whose coded neighbours all had zero residuals, except right
+    // after a run that ended before the end of the row (the pixel that broke it).
+    let mut run_ok = true;
+    while x < l.w {
+        let px = x + 1;
+        if run_ok && !(zcur[px - 1] | zprev[px - 1] | zprev[px] | zprev[px + 1]) {
+            let remaining = l.w - x;
+            // Pixels from `x` whose every sample equals its prediction (the residuals are all
+            // zero, so the cross-channel correction adds nothing). The encoder counts them; the
+            // decoder fills the run it decodes.
+            let mut len = 0;
+            if C::ENC {
+                while len < remaining {
+                    let base = (x + len + 1) * ch;
+                    let same = order[..ch]
+                        .iter()
+                        .zip(choices.iter())
+                        .all(|(&cidx, &choice)| {
+                            let p = choice & 15;
+                            cur[base + cidx]
+                                == pred_at(
+                                    cur, prev, prev2, acache, alpha, cidx, base, ch, p, gshift,
+                                    maxv,
+                                )
+                        });
+                    if !same {
+                        break;
+                    }
+                    run_fill(cur, ecur, zcur, acache, alpha, base, ch, gshift);
+                    len += 1;
+                }
+            }
+            let len = code_run(c, &mut m.run_exp, &mut m.run_mant, len, remaining);
+            if !C::ENC {
+                for k in 0..len {
+                    let base = (x + k + 1) * ch;
+                    for j in 0..ch {
+                        let cidx = order[j];
+                        cur[base + cidx] = pred_at(
+                            cur,
+                            prev,
+                            prev2,
+                            acache,
+                            alpha,
+                            cidx,
+                            base,
+                            ch,
+                            choices[j] & 15,
+                            gshift,
+                            maxv,
+                        );
+                    }
+                    run_fill(cur, ecur, zcur, acache, alpha, base, ch, gshift);
+                }
+            }
+            x += len;
+            if len < remaining {
+                run_ok = false;
+            }
+            continue;
+        }
+        run_ok = true;
+        let base = px * ch;
         let ri = base + refc;
+        let mut any = 0;
         for j in 0..ch {
             let i = base + order[j];
             let choice = choices[j];
             let p = choice & 15;
             let nb = Nb::at(cur, prev, prev2, i, ch);
-            let cached = match alpha {
-                Some(a) if p == PRED_ALPHA_CACHE && a != order[j] => {
-                    let key = ((cur[base + a] >> gshift) & 255) as usize;
-                    acache[key * ch + order[j]]
-                }
-                _ => 0,
-            };
-            let mut pred = predict(p, nb, cached, maxv);
+            let mut pred = pred_at(
+                cur, prev, prev2, acache, alpha, order[j], base, ch, p, gshift, maxv,
+            );
             // Alpha is coded first: for the colour channels it is already known here.
             let ac = match alpha {
                 Some(a) if a != order[j] => match cur[base + a] {
@@ -807,13 +878,95 @@ fn code_row<C: Coder>(
                 cur[i] = (pred + e) & maxv;
             }
             ecur[i] = e;
+            any |= e;
         }
+        zcur[px] = any != 0;
         if let Some(a) = alpha {
             let key = ((cur[base + a] >> gshift) & 255) as usize * ch;
             acache[key..key + ch].copy_from_slice(&cur[base..base + ch]);
         }
+        x += 1;
     }
     Ok(())
+}
+
+/// The spatial (or alpha-cache) prediction of channel `cidx` of the pixel at `base`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pred_at(
+    cur: &[i32],
+    prev: &[i32],
+    prev2: &[i32],
+    acache: &[i32],
+    alpha: Option<usize>,
+    cidx: usize,
+    base: usize,
+    ch: usize,
+    p: u8,
+    gshift: u32,
+    maxv: i32,
+) -> i32 {
+    let nb = Nb::at(cur, prev, prev2, base + cidx, ch);
+    let cached = match alpha {
+        Some(a) if p == PRED_ALPHA_CACHE && a != cidx => {
+            let key = ((cur[base + a] >> gshift) & 255) as usize;
+            acache[key * ch + cidx]
+        }
+        _ => 0,
+    };
+    predict(p, nb, cached, maxv)
+}
+
+/// Bookkeeping for a pixel inside a zero run: zero residuals, alpha cache.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn run_fill(
+    cur: &[i32],
+    ecur: &mut [i32],
+    zcur: &mut [bool],
+    acache: &mut [i32],
+    alpha: Option<usize>,
+    base: usize,
+    ch: usize,
+    gshift: u32,
+) {
+    ecur[base..base + ch].fill(0);
+    zcur[base / ch] = false;
+    if let Some(a) = alpha {
+        let key = ((cur[base + a] >> gshift) & 255) as usize * ch;
+        acache[key..key + ch].copy_from_slice(&cur[base..base + ch]);
+    }
+}
+
+/// Codes a run length `len` in `0..=remaining` (Elias-gamma of `len + 1` with an adaptive
+/// exponent and first mantissa bit). The decoder's result is clamped to `remaining`.
+#[inline(always)]
+fn code_run<C: Coder>(
+    c: &mut C,
+    exp: &mut [P; 32],
+    mant: &mut [P; 32],
+    len: usize,
+    remaining: usize,
+) -> usize {
+    let v = (len + 1) as u64;
+    let k_enc = 63 - v.leading_zeros();
+    let kmax = (63 - ((remaining + 1) as u64).leading_zeros()).min(31);
+    let mut k = 0u32;
+    while k < kmax {
+        if c.bit(&mut exp[k as usize], u32::from(k_enc > k)) == 0 {
+            break;
+        }
+        k += 1;
+    }
+    let mut out = 1u64;
+    if k >= 1 {
+        let b = c.bit(&mut mant[k as usize], ((v >> (k - 1)) & 1) as u32);
+        out = (out << 1) | u64::from(b);
+        for i in (0..k - 1).rev() {
+            out = (out << 1) | u64::from(c.direct(((v >> i) & 1) as u32));
+        }
+    }
+    ((out - 1) as usize).min(remaining)
 }
 
 // ---------------------------------------------------------------------------------------------
