@@ -388,9 +388,8 @@ struct Model {
     filt: [[P; 8]; 8],
     /// Predictor choice (4-bit tree), by channel position and the previous row's choice.
     choice: Vec<[P; NCHOICE]>,
-    /// Zero-run lengths: unary exponent and first mantissa bit.
-    run_exp: [P; 32],
-    run_mant: [P; 32],
+    /// "Every residual of this pixel is zero", by the number of such pixels just before.
+    run: [P; 14],
 }
 
 impl Model {
@@ -399,8 +398,7 @@ impl Model {
             res: vec![ResModel::INIT; ch * NQ * NT * NCR * NA],
             filt: [[P::INIT; 8]; 8],
             choice: vec![[P::INIT; NCHOICE]; ch * NCHOICE],
-            run_exp: [P::INIT; 32],
-            run_mant: [P::INIT; 32],
+            run: [P::INIT; 14],
         }
     }
 }
@@ -755,44 +753,54 @@ fn code_row<C: Coder>(
         ..
     } = r;
     let mut x = 0;
-    // A run may start at a pixel whose coded neighbours all had zero residuals, except right
-    // after a run that ended before the end of the row (the pixel that broke it).
-    let mut run_ok = true;
+    // At a pixel whose coded neighbours all had zero residuals, one flag tells whether all its
+    // residuals are zero (then its samples are the predictions); its context is the number of
+    // such pixels just before it.
+    let mut run = 0usize;
     while x < l.w {
         let px = x + 1;
-        if run_ok && !(zcur[px - 1] | zprev[px - 1] | zprev[px] | zprev[px + 1]) {
-            let remaining = l.w - x;
-            // Pixels from `x` whose every sample equals its prediction (the residuals are all
-            // zero, so the cross-channel correction adds nothing). The encoder counts them; the
-            // decoder fills the run it decodes.
-            let mut len = 0;
-            if C::ENC {
-                while len < remaining {
-                    let base = (x + len + 1) * ch;
-                    let same = order[..ch]
-                        .iter()
-                        .zip(choices.iter())
-                        .all(|(&cidx, &choice)| {
-                            let p = choice & 15;
-                            cur[base + cidx]
-                                == pred_at(
-                                    cur, prev, prev2, acache, alpha, cidx, base, ch, p, gshift,
-                                    maxv,
-                                )
-                        });
-                    if !same {
-                        break;
-                    }
-                    run_fill(cur, ecur, zcur, acache, alpha, base, ch, gshift);
-                    len += 1;
-                }
-            }
-            let len = code_run(c, &mut m.run_exp, &mut m.run_mant, len, remaining);
-            if !C::ENC {
-                for k in 0..len {
-                    let base = (x + k + 1) * ch;
-                    for j in 0..ch {
-                        let cidx = order[j];
+        if !(zcur[px - 1] | zprev[px - 1] | zprev[px] | zprev[px + 1]) {
+            let base = px * ch;
+            let same = if C::ENC {
+                order[..ch]
+                    .iter()
+                    .zip(choices.iter())
+                    .all(|(&cidx, &choice)| {
+                        cur[base + cidx]
+                            == pred_at(
+                                cur,
+                                prev,
+                                prev2,
+                                acache,
+                                alpha,
+                                cidx,
+                                base,
+                                ch,
+                                choice & 15,
+                                gshift,
+                                maxv,
+                            )
+                    })
+            } else {
+                false
+            };
+            let rc = match run {
+                0 => 0,
+                1 => 1,
+                2..=3 => 2,
+                4..=7 => 3,
+                8..=15 => 4,
+                16..=63 => 5,
+                _ => 6,
+            };
+            let flat = (0..ch).all(|c| {
+                let i = base + c;
+                let n = prev[i];
+                n == prev[i - ch] && n == prev[i + ch] && cur[i - ch] == prev[i - ch]
+            });
+            if flat && c.bit(&mut m.run[rc], u32::from(same)) == 1 {
+                if !C::ENC {
+                    for (&cidx, &choice) in order[..ch].iter().zip(choices.iter()) {
                         cur[base + cidx] = pred_at(
                             cur,
                             prev,
@@ -802,21 +810,19 @@ fn code_row<C: Coder>(
                             cidx,
                             base,
                             ch,
-                            choices[j] & 15,
+                            choice & 15,
                             gshift,
                             maxv,
                         );
                     }
-                    run_fill(cur, ecur, zcur, acache, alpha, base, ch, gshift);
                 }
+                run_fill(cur, ecur, zcur, acache, alpha, base, ch, gshift);
+                run += 1;
+                x += 1;
+                continue;
             }
-            x += len;
-            if len < remaining {
-                run_ok = false;
-            }
-            continue;
         }
-        run_ok = true;
+        run = 0;
         let base = px * ch;
         let ri = base + refc;
         let mut any = 0;
@@ -936,37 +942,6 @@ fn run_fill(
         let key = ((cur[base + a] >> gshift) & 255) as usize * ch;
         acache[key..key + ch].copy_from_slice(&cur[base..base + ch]);
     }
-}
-
-/// Codes a run length `len` in `0..=remaining` (Elias-gamma of `len + 1` with an adaptive
-/// exponent and first mantissa bit). The decoder's result is clamped to `remaining`.
-#[inline(always)]
-fn code_run<C: Coder>(
-    c: &mut C,
-    exp: &mut [P; 32],
-    mant: &mut [P; 32],
-    len: usize,
-    remaining: usize,
-) -> usize {
-    let v = (len + 1) as u64;
-    let k_enc = 63 - v.leading_zeros();
-    let kmax = (63 - ((remaining + 1) as u64).leading_zeros()).min(31);
-    let mut k = 0u32;
-    while k < kmax {
-        if c.bit(&mut exp[k as usize], u32::from(k_enc > k)) == 0 {
-            break;
-        }
-        k += 1;
-    }
-    let mut out = 1u64;
-    if k >= 1 {
-        let b = c.bit(&mut mant[k as usize], ((v >> (k - 1)) & 1) as u32);
-        out = (out << 1) | u64::from(b);
-        for i in (0..k - 1).rev() {
-            out = (out << 1) | u64::from(c.direct(((v >> i) & 1) as u32));
-        }
-    }
-    ((out - 1) as usize).min(remaining)
 }
 
 // ---------------------------------------------------------------------------------------------
