@@ -368,7 +368,7 @@ const PRED_ALPHA_CACHE: u8 = 10;
 #[derive(Clone, Copy)]
 struct ResModel {
     zero: P,
-    sign: [P; 9],
+    sign: [P; 27],
     exp: [P; 16],
     mant: [P; 16],
 }
@@ -376,7 +376,7 @@ struct ResModel {
 impl ResModel {
     const INIT: ResModel = ResModel {
         zero: P::INIT,
-        sign: [P::INIT; 9],
+        sign: [P::INIT; 27],
         exp: [P::INIT; 16],
         mant: [P::INIT; 16],
     };
@@ -872,7 +872,7 @@ fn code_row<C: Coder>(
                 3..=8 => 2,
                 _ => 3,
             };
-            let sctx = sgn3(ew) * 3 + sgn3(en);
+            let sctx = (sgn3(ew) * 3 + sgn3(en)) * 3 + sgn3(eref);
             let rm = &mut m.res[(((j * NQ + q) * NT + t) * NCR + cr) * NA + ac];
             let val = if C::ENC {
                 wrap(cur[i] - pred, depth)
