@@ -861,7 +861,8 @@ fn code_row<C: Coder>(
             let en = eprev[i];
             let a = ew.unsigned_abs()
                 + en.unsigned_abs()
-                + ((eprev[i - ch].unsigned_abs() + eprev[i + ch].unsigned_abs()) >> 1);
+                + ((eprev[i - ch].unsigned_abs() + eprev[i + ch].unsigned_abs()) >> 1)
+                + eref.unsigned_abs();
             let q = quant(a);
             let Nb { w, n, nw, ne, .. } = nb;
             let g = ((n - nw).unsigned_abs() + (n - ne).unsigned_abs() + (w - nw).unsigned_abs())
