@@ -1293,6 +1293,41 @@ mod tests {
     }
 
     #[test]
+    fn invisible_colours_follow_alpha() {
+        // Nearly transparent pixels whose colour is a function of their alpha value: the
+        // alpha-cache predictor makes them cheap. Both depths, both alpha colour types.
+        for (ct, bd) in [(6u8, 8u8), (6, 16), (4, 8), (4, 16)] {
+            let h = ihdr(120, 40, bd, ct);
+            let l = layout(&h).expect("layout");
+            let mut rng = Rng(3);
+            let mut f = Vec::new();
+            for _ in 0..l.h {
+                f.push(0);
+                for _ in 0..l.w {
+                    let a = rng.next() % 3;
+                    let mut px = [0u32; 4];
+                    for (c, v) in px.iter_mut().enumerate().take(l.ch) {
+                        *v = (a * 97 + c as u32 * 31) % 256;
+                    }
+                    px[l.ch - 1] = a;
+                    for &v in &px[..l.ch] {
+                        if bd == 8 {
+                            f.push(v as u8);
+                        } else {
+                            f.extend_from_slice(&(v as u16 * 257).to_be_bytes());
+                        }
+                    }
+                }
+            }
+            let p = round_trip(&h, &f);
+            let pixels = l.w * l.h;
+            // 16-bit alpha jumps of 257 cost their low mantissa bits raw; the colours stay cheap.
+            let bound = if bd == 8 { pixels * 3 / 8 } else { pixels * 2 };
+            assert!(p.len() < bound, "{ct}/{bd}: {} bytes", p.len());
+        }
+    }
+
+    #[test]
     fn refuses_unsupported_and_inconsistent_input() {
         let ok = ihdr(4, 4, 8, 2);
         let f = filtered_image(&ok, 1);
