@@ -1302,7 +1302,7 @@ mod tests {
             let mut rng = Rng(3);
             let mut f = Vec::new();
             for _ in 0..l.h {
-                f.push(0);
+                f.extend_from_slice(&[0u8]); // filter type None
                 for _ in 0..l.w {
                     let a = rng.next() % 3;
                     let mut px = [0u32; 4];
