@@ -2,22 +2,36 @@
 //! byte, then the filtered bytes).
 //!
 //! Encoding unfilters every row (PNG filters 0–4) into samples, keeps the row's filter type,
-//! and codes the samples with per-row, per-channel spatial predictors (plus an optional
-//! correction by the first coded channel's residual, i.e. green for RGB) and an adaptive binary
-//! range coder whose contexts are quantized neighbouring residuals. Decoding reproduces the
-//! samples and re-applies each row's original filter, which gives back the filtered bytes bit
-//! for bit (filtering is a pure function of the raw row, the previous raw row and the type).
+//! and codes the samples with an adaptive binary range coder (16-bit probabilities, two
+//! adaptation rates, LZMA-style carry handling):
+//!
+//! - channels in the order alpha, green, red, blue (grey+alpha: alpha, grey);
+//! - per row and channel, the encoder picks one of 16 predictors (W, N, averages, LOCO-I MED,
+//!   clamped gradient, Paeth, NE, NW, two rows up, ..., and "the last colour seen with this
+//!   alpha value", which makes the arbitrary colours of invisible pixels cheap), optionally
+//!   corrected by the green (grey) residual of the same pixel; the choice is coded per row;
+//! - residuals are coded as zero flag, sign, unary exponent, one modelled mantissa bit and raw
+//!   low bits, in contexts of: neighbouring residual magnitudes (quantized), local sample
+//!   texture, the reference channel's residual, and the pixel's alpha class;
+//! - where the neighbours' residuals were all zero and the neighbourhood is flat, one flag per
+//!   pixel says "every sample equals its prediction" (fast through flat areas).
+//!
+//! Decoding reproduces the samples and re-applies each row's original filter, which gives back
+//! the filtered bytes bit for bit (filtering is a pure function of the raw row, the previous
+//! raw row and the type).
 //!
 //! Everything is integer arithmetic; the encoder and the decoder share one generic modelling
 //! routine (`code_row`), so they cannot disagree on probabilities.
 //!
 //! Supported: non-interlaced, colour types 0 (grey), 2 (RGB), 4 (grey+alpha), 6 (RGBA) at bit
-//! depths 8 and 16, and 3 (palette indices, one 8-bit channel) at depth 8. Anything else is
-//! refused with `Err`; the caller keeps the data generically compressed.
+//! depths 8 and 16, and 3 (palette indices, one 8-bit channel) at depth 8. Anything else
+//! (palette at 1/2/4 bits, grey below 8 bits, interlaced) is refused with `Err`; the caller
+//! keeps the data generically compressed. The encoder does not compare sizes: the caller keeps
+//! whichever form is smaller.
 //!
-//! Payload: one version byte, then the range-coded stream. Malformed payloads give `Err` (or,
-//! at worst, wrong bytes that the caller's own verification catches), never a panic; the
-//! decoder allocates only what the header and `expect_len` imply.
+//! Payload: one version byte, the range-coded stream, then a 32-bit digest of the filtered
+//! data. Malformed payloads give `Err` (a truncated stream, an impossible filter type, a wrong
+//! digest), never a panic; the decoder allocates only what the header and `expect_len` imply.
 
 use super::CodecError;
 
