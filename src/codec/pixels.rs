@@ -371,7 +371,7 @@ const NT: usize = 4;
 /// Alpha classes of a colour sample: opaque (or no alpha), transparent, partial.
 const NA: usize = 3;
 /// Buckets of the reference channel's residual magnitude at the same pixel.
-const NCR: usize = 3;
+const NCR: usize = 5;
 /// Predictors (4 bits) times "add the reference channel's residual" (1 bit).
 const NCHOICE: usize = 32;
 /// Predictors.
@@ -863,8 +863,10 @@ fn code_row<C: Coder>(
                 let e = ecur[ri];
                 let cr = match e.unsigned_abs() {
                     0 => 0,
-                    1 | 2 => 1,
-                    _ => 2,
+                    1 => 1,
+                    2..=3 => 2,
+                    4..=10 => 3,
+                    _ => 4,
                 };
                 (e, cr)
             };
