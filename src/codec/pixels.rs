@@ -385,6 +385,8 @@ struct ResModel {
     sign: [P; 27],
     exp: [P; 16],
     mant: [P; 16],
+    /// Second mantissa bit, by exponent and first mantissa bit.
+    mant2: [P; 32],
 }
 
 impl ResModel {
@@ -393,6 +395,7 @@ impl ResModel {
         sign: [P::INIT; 27],
         exp: [P::INIT; 16],
         mant: [P::INIT; 16],
+        mant2: [P::INIT; 32],
     };
 }
 
@@ -458,7 +461,14 @@ fn code_res<C: Coder>(c: &mut C, m: &mut ResModel, sctx: usize, val: i32, depth:
     if k >= 1 {
         let b = c.bit(&mut m.mant[k as usize], (mag >> (k - 1)) & 1);
         v = (v << 1) | b;
-        for i in (0..k - 1).rev() {
+        if k >= 2 {
+            let b = c.bit(
+                &mut m.mant2[(k as usize) * 2 + (v & 1) as usize],
+                (mag >> (k - 2)) & 1,
+            );
+            v = (v << 1) | b;
+        }
+        for i in (0..k.saturating_sub(2)).rev() {
             let b = c.direct((mag >> i) & 1);
             v = (v << 1) | b;
         }
