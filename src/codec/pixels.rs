@@ -367,7 +367,7 @@ fn tree<C: Coder>(c: &mut C, probs: &mut [P], nbits: u32, sym: u32) -> u32 {
 /// Activity buckets (quantized sum of neighbouring residual magnitudes).
 const NQ: usize = 16;
 /// Buckets of the local sample texture (|N-NW| + |N-NE| + |W-NW|).
-const NT: usize = 4;
+const NT: usize = 6;
 /// Alpha classes of a colour sample: opaque (or no alpha), transparent, partial.
 const NA: usize = 3;
 /// Buckets of the reference channel's residual magnitude at the same pixel.
@@ -895,9 +895,11 @@ fn code_row<C: Coder>(
                 >> gshift;
             let t = match g {
                 0 => 0,
-                1..=2 => 1,
-                3..=8 => 2,
-                _ => 3,
+                1 => 1,
+                2..=3 => 2,
+                4..=8 => 3,
+                9..=24 => 4,
+                _ => 5,
             };
             let sctx = (sgn3(ew) * 3 + sgn3(en)) * 3 + sgn3(eref);
             let rm = &mut m.res[(((j * NQ + q) * NT + t) * NCR + cr) * NA + ac];
