@@ -885,10 +885,18 @@ fn code_row<C: Coder>(
             }
             let ew = ecur[i - ch];
             let en = eprev[i];
-            let a = ew.unsigned_abs()
-                + en.unsigned_abs()
-                + ((eprev[i - ch].unsigned_abs() + eprev[i + ch].unsigned_abs()) >> 1)
-                + eref.unsigned_abs();
+            // West-west residual (none at the first pixel).
+            let eww = if x >= 1 {
+                ecur[i - 2 * ch].unsigned_abs()
+            } else {
+                0
+            };
+            let a = ((ew.unsigned_abs() + en.unsigned_abs() + eref.unsigned_abs()) * 2
+                + eprev[i - ch].unsigned_abs()
+                + eprev[i + ch].unsigned_abs()
+                + eww
+                + 1)
+                >> 1;
             let q = quant(a);
             let Nb { w, n, nw, ne, .. } = nb;
             let g = ((n - nw).unsigned_abs() + (n - ne).unsigned_abs() + (w - nw).unsigned_abs())
