@@ -18,6 +18,7 @@ mod audio;
 mod deflate;
 mod exec;
 mod jpeg;
+pub(crate) mod pixels;
 mod raw;
 #[cfg(test)]
 pub(crate) mod testdata;
@@ -37,6 +38,30 @@ pub use self::zstd_dict::{
     DICT_TEXT,
 };
 pub use self::zstd_long::ZstdLong;
+
+/// Thin public wrappers over the PNG pixel coder (`pixels`) for examples and benchmarks.
+#[doc(hidden)]
+pub mod pixels_bench {
+    use super::pixels::{self, Ihdr};
+    use super::CodecError;
+
+    /// `(width, height, bit_depth, color_type, interlace)` of a whole PNG file.
+    pub fn parse_ihdr(png: &[u8]) -> Option<(u32, u32, u8, u8, u8)> {
+        pixels::parse_ihdr(png).map(|h| (h.width, h.height, h.bit_depth, h.color_type, h.interlace))
+    }
+
+    /// `encode_idat_plain` for the PNG file `png`'s header.
+    pub fn encode(filtered: &[u8], png: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let h: Ihdr = pixels::parse_ihdr(png).ok_or(CodecError::NotWorthIt)?;
+        pixels::encode_idat_plain(filtered, &h)
+    }
+
+    /// `decode_idat_plain` for the PNG file `png`'s header.
+    pub fn decode(payload: &[u8], png: &[u8], expect_len: usize) -> Result<Vec<u8>, CodecError> {
+        let h: Ihdr = pixels::parse_ihdr(png).ok_or(CodecError::NotWorthIt)?;
+        pixels::decode_idat_plain(payload, &h, expect_len)
+    }
+}
 
 use std::collections::HashMap;
 use std::sync::Arc;
