@@ -16,6 +16,7 @@
 
 mod audio;
 mod deflate;
+mod deflate_tokens;
 mod exec;
 mod jpeg;
 mod raw;
@@ -28,6 +29,9 @@ mod zstd_long;
 
 pub use self::audio::Flac;
 pub use self::deflate::Deflate;
+pub use self::deflate_tokens::{
+    analyze as deflate_tokens_analyze, rebuild as deflate_tokens_rebuild, DeflateTokens,
+};
 pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
 pub use self::raw::Raw;
@@ -60,6 +64,9 @@ pub const ZSTD_LONG: CodecId = 5;
 pub const ZSTD_DICT: CodecId = 6;
 /// ELF/PE executables: LZMA2 behind a branch/call/jump filter for their machine (whole file).
 pub const EXEC: CodecId = 7;
+/// gzip / zip / PNG with each deflate stream replaced by its plain text and its token choices
+/// predicted from that text (fast exact rebuild), then zstd (whole file).
+pub const DEFLATE_TOKENS: CodecId = 8;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +181,7 @@ impl Default for Registry {
         r.add(Arc::new(ZstdLong));
         r.add(Arc::new(ZstdDict));
         r.add(Arc::new(Exec));
+        r.add(Arc::new(DeflateTokens));
         r
     }
 }

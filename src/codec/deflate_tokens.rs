@@ -1,0 +1,1297 @@
+//! Re-encoding of deflate containers (gzip, zip and its kin, PNG), whole file, with a fast exact
+//! rebuild: each raw deflate stream is replaced by its inflated bytes plus the stream's own
+//! choices (block layout, Huffman headers, and which match it took at each position), the
+//! latter predicted from the inflated bytes by a deterministic match finder and range coded.
+//! The container walk (gzip members, zip entries, PNG IDAT runs, nested containers) is the one
+//! of codec 3 (`deflate.rs`), with this module's stream recoder.
+//!
+//! Invariants:
+//! - `encode` rebuilds every stream from its side info and compares it with the original
+//!   before keeping it (a stream that does not rebuild exactly stays verbatim), then decodes
+//!   the whole payload and compares it with the input: an `Ok` is bit exact.
+//! - `decode` checks every length against the payload and `raw_len`, allocates no more than
+//!   `plain_limit(raw_len)`-derived bounds, never panics, and returns `Err` on any
+//!   inconsistency.
+//!
+//! Payload, format version 1 (varint = unsigned LEB128):
+//! ```text
+//! u8      version = 1
+//! varint  m, then m bytes: one zstd frame (content size set) holding the meta body:
+//!           the op list and area lengths V, C, P exactly as in codec 3's body (see
+//!           deflate.rs), then V bytes verbatim area, then C bytes side area
+//! ...     the rest: one zstd frame (content size set) holding the P bytes of the plain area
+//! ```
+//! Ops are executed as in codec 3, except that a stream is rebuilt from its plain text and its
+//! side info (the C-area bytes an op names) by this module, not by preflate-rs.
+//!
+//! Side info of one deflate stream:
+//! ```text
+//! u8      plain coding: 0 = the plain text comes from the plain area (or the nested group);
+//!         1 = reserved for image-coded PNG pixels (a later version); others invalid
+//! varint  block count n >= 1; the last block is the one with BFINAL set
+//! n x     u8 BTYPE (0 stored, 1 fixed, 2 dynamic), varint plain bytes in the block, then
+//!           stored:  u8 value of the padding bits before LEN (LEN = plain bytes, NLEN = !LEN)
+//!           dynamic: varint h, then ceil(h/8) bytes: the h header bits after BTYPE (HLIT ..
+//!                    code lengths) verbatim, LSB first
+//! u8      value of the padding bits after the last block (up to the byte boundary)
+//! ...     the rest: range-coded token choices of all fixed/dynamic blocks, in order
+//! ```
+//! Token choices: both sides walk the plain text with the same match finder (hash chains of
+//! 3-byte prefixes over the 32 KiB window). At each token position p of a block ending at e,
+//! with cap = min(258, e - p), Lmax = the longest match among the first `LMAX_WALK` chain
+//! candidates (0 if cap < 3) and `lazy` = whether Lmax at p+1 exceeds Lmax at p (when Lmax >= 3):
+//! - bit is-match (context: Lmax bucket, previous token a match, lazy); a literal is the
+//!   plain byte at p;
+//! - length L: bit L == Lmax (context: bucket); otherwise bit L > Lmax and gamma(|L-Lmax| - 1);
+//! - distance: k = index of the distance among the chain candidates (nearest first, within
+//!   the first `DIST_WALK` chain entries) whose match length is >= L: bit k == 0, else
+//!   gamma(k - 1); k == `DIST_WALK` escapes to gamma(distance - 1).
+//!
+//! The binary coder is LZMA's range coder (12-bit probabilities, adaptation shift 5, every
+//! context starting at 1/2); gamma(n) is Elias gamma of n+1: unary bit count with one context
+//! per position, then the mantissa bits MSB first with a context per (bit count, position).
+//! All coder and model constants are part of the format.
+
+use super::deflate::{build, execute, plain_limit, Container, Head, Recoded, Recoder};
+use super::wire::{malformed, put_varint, zstd_compress, zstd_decompress, Reader};
+use super::{Codec, CodecError, CodecId, EncodeParams, Granularity, DEFLATE_TOKENS};
+
+const VERSION: u8 = 1;
+const MAX_LEN: usize = 256 << 20;
+const ZSTD_LEVEL: i32 = 19;
+
+/// Plain coding tags (first byte of a stream's side info).
+const PLAIN_AREA: u8 = 0;
+/// Reserved: the plain text of a PNG IDAT stream coded by the pixel coder.
+pub const PLAIN_IMAGE: u8 = 1;
+
+/// Chain candidates examined for Lmax.
+const LMAX_WALK: usize = 32;
+/// Chain entries examined for a distance index; an index of this value is the escape.
+const DIST_WALK: u32 = 1024;
+const WINDOW: usize = 32768;
+const HASH_BITS: u32 = 16;
+const RING: usize = 1 << 16;
+/// Longest header of a dynamic block, in bits (14 + 19*3 + 320*(7+7) is below this).
+const MAX_HEADER_BITS: usize = 8192;
+
+pub struct DeflateTokens;
+
+impl Codec for DeflateTokens {
+    fn id(&self) -> CodecId {
+        DEFLATE_TOKENS
+    }
+    fn name(&self) -> &'static str {
+        "deflate-tokens"
+    }
+    fn granularity(&self) -> Granularity {
+        Granularity::WholeFile { max_len: MAX_LEN }
+    }
+
+    fn encode(&self, raw: &[u8], _p: &EncodeParams, out: &mut Vec<u8>) -> Result<u32, CodecError> {
+        out.clear();
+        super::check_whole_len(raw, MAX_LEN, "")?;
+        let Some(kind) = Container::sniff(raw) else {
+            return Err(CodecError::Failed("not gzip, zip or PNG".into()));
+        };
+        let mut recoder = TokenRecoder;
+        let b = build(raw, kind, &mut recoder);
+        if b.streams == 0 {
+            return Err(CodecError::NotWorthIt);
+        }
+        let mut meta = b.head();
+        meta.extend_from_slice(&b.verbatim);
+        meta.extend_from_slice(&b.corr);
+        let meta = zstd_compress(&meta, ZSTD_LEVEL)?;
+        let plain = zstd_compress(&b.plain, ZSTD_LEVEL)?;
+        let mut payload = vec![VERSION];
+        put_varint(&mut payload, meta.len() as u64);
+        payload.extend_from_slice(&meta);
+        payload.extend_from_slice(&plain);
+        if payload.len() >= raw.len() {
+            return Err(CodecError::NotWorthIt);
+        }
+        let mut check = Vec::new();
+        match self.decode(&payload, 0, raw.len(), &mut check) {
+            Ok(()) if check == raw => {
+                *out = payload;
+                Ok(0)
+            }
+            Ok(()) => Err(CodecError::Failed("round trip differs".into())),
+            Err(e) => Err(CodecError::Failed(format!("round trip: {e}"))),
+        }
+    }
+
+    fn decode(
+        &self,
+        payload: &[u8],
+        _params: u32,
+        raw_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        out.clear();
+        if raw_len > MAX_LEN {
+            return Err(malformed("length above the codec limit"));
+        }
+        let mut r = Reader::new(payload);
+        if r.u8()? != VERSION {
+            return Err(malformed("unknown deflate-tokens payload version"));
+        }
+        let m = r.len(payload.len())?;
+        let meta_frame = r.bytes(m)?;
+        let plain_frame = r.rest();
+        // Verbatim bytes come from the file or nested inflated data; side info is smaller
+        // than the streams it describes (the encoder refuses otherwise).
+        let meta_limit = raw_len
+            .saturating_add(plain_limit(raw_len))
+            .saturating_mul(2)
+            .saturating_add(1 << 16);
+        let meta = zstd_decompress(meta_frame, meta_limit)?;
+        let plain = zstd_decompress(plain_frame, plain_limit(raw_len))?;
+        let mut mr = Reader::new(&meta);
+        let head = Head::parse(&mut mr, raw_len, meta.len().max(plain.len()))?;
+        let verbatim = mr.bytes(head.verbatim)?;
+        let side = mr.bytes(head.corr)?;
+        if mr.remaining() != 0 || head.plain != plain.len() {
+            return Err(malformed("area lengths disagree"));
+        }
+        *out = execute(head.ops, verbatim, side, &plain, raw_len, &mut rebuild)?;
+        if out.len() != raw_len {
+            return Err(CodecError::Length {
+                got: out.len(),
+                want: raw_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The recoder for the container walker: parses a stream into tokens, codes its side info,
+/// and keeps it only if it rebuilds exactly.
+struct TokenRecoder;
+
+impl Recoder for TokenRecoder {
+    fn recode(&mut self, data: &[u8], budget: usize) -> Option<Recoded> {
+        let (text, side, used) = analyze(data, budget)?;
+        Some(Recoded { used, text, side })
+    }
+}
+
+/// Re-encodes the raw deflate stream at the start of `data`: its plain text (at most `budget`
+/// bytes), its side info, and the bytes it covers. `None` if it cannot be rebuilt exactly.
+/// This is the entry point for a caller that walks containers itself (the PNG pixel coder).
+pub fn analyze(data: &[u8], budget: usize) -> Option<(Vec<u8>, Vec<u8>, usize)> {
+    let parsed = inflate(data, budget)?;
+    let side = code_side(&parsed).ok()?;
+    if side.len() >= parsed.used {
+        return None;
+    }
+    let again = rebuild(&parsed.plain, &side, parsed.used).ok()?;
+    if again != data[..parsed.used] {
+        return None;
+    }
+    Some((parsed.plain, side, parsed.used))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deflate tables and Huffman codes.
+
+const LEN_BASE: [u16; 29] = [
+    3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131,
+    163, 195, 227, 258,
+];
+const LEN_EXTRA: [u8; 29] = [
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
+];
+const DIST_BASE: [u16; 30] = [
+    1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
+    2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577,
+];
+const DIST_EXTRA: [u8; 30] = [
+    0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13,
+    13,
+];
+const CL_ORDER: [usize; 19] = [
+    16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
+];
+
+/// Length code index (0..29) of a match length 3..=258 (258 always as code 285).
+fn len_code(len: usize) -> usize {
+    match LEN_BASE.binary_search(&(len as u16)) {
+        Ok(i) => i,
+        Err(i) => i - 1,
+    }
+}
+
+/// Distance code (0..30) of a distance 1..=32768.
+fn dist_code(dist: usize) -> usize {
+    match DIST_BASE.binary_search(&(dist as u16)) {
+        Ok(i) => i,
+        Err(i) => i - 1,
+    }
+}
+
+/// Canonical Huffman code (RFC 1951 3.2.2) for the given lengths, each code bit-reversed for
+/// LSB-first output. `None` if the lengths oversubscribe the code space.
+fn canonical(lens: &[u8]) -> Option<Vec<u16>> {
+    let mut count = [0u32; 16];
+    for &l in lens {
+        count[l as usize] += 1;
+    }
+    count[0] = 0;
+    let mut left: i64 = 1;
+    for &c in &count[1..] {
+        left = left * 2 - i64::from(c);
+        if left < 0 {
+            return None;
+        }
+    }
+    let mut next = [0u32; 16];
+    let mut code = 0u32;
+    for bits in 1..16 {
+        code = (code + count[bits - 1]) << 1;
+        next[bits] = code;
+    }
+    let mut out = vec![0u16; lens.len()];
+    for (i, &l) in lens.iter().enumerate() {
+        if l > 0 {
+            let c = next[l as usize];
+            next[l as usize] += 1;
+            out[i] = (c.reverse_bits() >> (32 - u32::from(l))) as u16;
+        }
+    }
+    Some(out)
+}
+
+/// Decoding table for one Huffman code: indexed by the next `bits` input bits, each entry is
+/// symbol << 4 | code length (length 0: no code there).
+struct Table {
+    bits: u32,
+    entries: Vec<u16>,
+}
+
+impl Table {
+    fn new(lens: &[u8]) -> Option<Table> {
+        let codes = canonical(lens)?;
+        let bits = u32::from(lens.iter().copied().max().unwrap_or(0)).max(1);
+        let mut entries = vec![0u16; 1 << bits];
+        for (sym, (&l, &c)) in lens.iter().zip(&codes).enumerate() {
+            if l == 0 {
+                continue;
+            }
+            let step = 1usize << l;
+            let mut i = c as usize;
+            while i < entries.len() {
+                entries[i] = (sym as u16) << 4 | u16::from(l);
+                i += step;
+            }
+        }
+        Some(Table { bits, entries })
+    }
+
+    fn decode(&self, b: &mut BitIn) -> Option<usize> {
+        let e = self.entries[(b.peek() & ((1 << self.bits) - 1)) as usize];
+        let l = u32::from(e & 15);
+        if l == 0 {
+            return None;
+        }
+        b.skip(l)?;
+        Some(usize::from(e >> 4))
+    }
+}
+
+/// LSB-first bit reader.
+struct BitIn<'a> {
+    d: &'a [u8],
+    pos: usize,
+}
+
+impl BitIn<'_> {
+    fn peek(&self) -> u64 {
+        let i = self.pos >> 3;
+        let mut buf = [0u8; 8];
+        if i < self.d.len() {
+            let n = (self.d.len() - i).min(8);
+            buf[..n].copy_from_slice(&self.d[i..i + n]);
+        }
+        u64::from_le_bytes(buf) >> (self.pos & 7)
+    }
+
+    fn skip(&mut self, n: u32) -> Option<()> {
+        if self.pos + n as usize > self.d.len() * 8 {
+            return None;
+        }
+        self.pos += n as usize;
+        Some(())
+    }
+
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        let v = (self.peek() & ((1u64 << n) - 1)) as u32;
+        self.skip(n)?;
+        Some(v)
+    }
+}
+
+/// LSB-first bit writer.
+struct BitOut {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl BitOut {
+    fn put(&mut self, v: u32, n: u32) {
+        self.acc |= u64::from(v) << self.n;
+        self.n += n;
+        if self.n >= 32 {
+            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
+            self.acc >>= 32;
+            self.n -= 32;
+        }
+    }
+
+    fn bit_pos(&self) -> u32 {
+        self.n & 7
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        while self.n > 0 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n = self.n.saturating_sub(8);
+        }
+        self.out
+    }
+}
+
+/// Reads a dynamic block header (after BTYPE): the literal/length and distance code lengths.
+fn read_header(b: &mut BitIn) -> Option<(Vec<u8>, Vec<u8>)> {
+    let hlit = b.bits(5)? as usize + 257;
+    let hdist = b.bits(5)? as usize + 1;
+    let hclen = b.bits(4)? as usize + 4;
+    let mut cl = [0u8; 19];
+    for &i in &CL_ORDER[..hclen] {
+        cl[i] = b.bits(3)? as u8;
+    }
+    let clt = Table::new(&cl)?;
+    let mut lens = Vec::with_capacity(hlit + hdist);
+    while lens.len() < hlit + hdist {
+        let sym = clt.decode(b)?;
+        let (v, n) = match sym {
+            0..=15 => (sym as u8, 1),
+            16 => (*lens.last()?, 3 + b.bits(2)? as usize),
+            17 => (0, 3 + b.bits(3)? as usize),
+            _ => (0, 11 + b.bits(7)? as usize),
+        };
+        if lens.len() + n > hlit + hdist {
+            return None;
+        }
+        lens.resize(lens.len() + n, v);
+    }
+    let dist = lens.split_off(hlit);
+    if lens[256] == 0 {
+        return None;
+    }
+    Some((lens, dist))
+}
+
+fn fixed_lens() -> (Vec<u8>, Vec<u8>) {
+    let mut l = vec![8u8; 288];
+    l[144..256].fill(9);
+    l[256..280].fill(7);
+    (l, vec![5u8; 30])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token-level inflate.
+
+struct Block {
+    btype: u8,
+    plain: usize,
+    /// Stored: padding bits value. Dynamic: header bits after BTYPE and their count.
+    pad: u8,
+    header: Vec<u8>,
+    header_bits: usize,
+    /// Tokens of the block in `Parsed::tokens`: literal = 0 << 16 | byte,
+    /// match = len << 16 | (dist - 1).
+    tokens: std::ops::Range<usize>,
+}
+
+struct Parsed {
+    blocks: Vec<Block>,
+    tokens: Vec<u32>,
+    plain: Vec<u8>,
+    final_pad: u8,
+    used: usize,
+}
+
+/// Copies bits [from, to) of `d` into a fresh LSB-first byte vector.
+fn copy_bits(d: &[u8], from: usize, to: usize) -> Vec<u8> {
+    let mut w = BitOut {
+        out: Vec::new(),
+        acc: 0,
+        n: 0,
+    };
+    let mut r = BitIn { d, pos: from };
+    while r.pos < to {
+        let n = (to - r.pos).min(16) as u32;
+        let v = (r.peek() & ((1 << n) - 1)) as u32;
+        r.pos += n as usize;
+        w.put(v, n);
+    }
+    w.finish()
+}
+
+/// Parses a raw deflate stream into blocks and tokens; `None` for anything that is not a
+/// valid stream this module can re-emit exactly, or whose plain text exceeds `budget`.
+fn inflate(data: &[u8], budget: usize) -> Option<Parsed> {
+    let mut b = BitIn { d: data, pos: 0 };
+    let mut plain: Vec<u8> = Vec::new();
+    let mut tokens = Vec::new();
+    let mut blocks = Vec::new();
+    let (fl, fd) = fixed_lens();
+    loop {
+        let bfinal = b.bits(1)?;
+        let btype = b.bits(2)? as u8;
+        let start = plain.len();
+        let tstart = tokens.len();
+        let mut block = Block {
+            btype,
+            plain: 0,
+            pad: 0,
+            header: Vec::new(),
+            header_bits: 0,
+            tokens: 0..0,
+        };
+        match btype {
+            0 => {
+                let n = (8 - (b.pos & 7) as u32) & 7;
+                block.pad = b.bits(n)? as u8;
+                let len = b.bits(16)? as usize;
+                let nlen = b.bits(16)? as usize;
+                if len != !nlen & 0xffff {
+                    return None;
+                }
+                let at = b.pos / 8;
+                let bytes = data.get(at..at + len)?;
+                if plain.len() + len > budget {
+                    return None;
+                }
+                plain.extend_from_slice(bytes);
+                b.pos += len * 8;
+            }
+            1 | 2 => {
+                let (ll, dl) = if btype == 1 {
+                    (fl.clone(), fd.clone())
+                } else {
+                    let from = b.pos;
+                    let lens = read_header(&mut b)?;
+                    block.header = copy_bits(data, from, b.pos);
+                    block.header_bits = b.pos - from;
+                    lens
+                };
+                let lt = Table::new(&ll)?;
+                let dt = Table::new(&dl)?;
+                loop {
+                    let sym = lt.decode(&mut b)?;
+                    if sym < 256 {
+                        if plain.len() >= budget {
+                            return None;
+                        }
+                        plain.push(sym as u8);
+                        tokens.push(sym as u32);
+                    } else if sym == 256 {
+                        break;
+                    } else {
+                        let li = sym - 257;
+                        if li >= 29 {
+                            return None;
+                        }
+                        let extra = b.bits(u32::from(LEN_EXTRA[li]))? as usize;
+                        if li == 27 && extra == 31 {
+                            return None; // 258 as code 284: not re-emittable
+                        }
+                        let len = usize::from(LEN_BASE[li]) + extra;
+                        let di = dt.decode(&mut b)?;
+                        if di >= 30 {
+                            return None;
+                        }
+                        let dist = usize::from(DIST_BASE[di])
+                            + b.bits(u32::from(DIST_EXTRA[di]))? as usize;
+                        if dist > plain.len() {
+                            return None;
+                        }
+                        if plain.len() + len > budget {
+                            return None;
+                        }
+                        for _ in 0..len {
+                            plain.push(plain[plain.len() - dist]);
+                        }
+                        tokens.push((len as u32) << 16 | (dist as u32 - 1));
+                    }
+                }
+            }
+            _ => return None,
+        }
+        block.plain = plain.len() - start;
+        block.tokens = tstart..tokens.len();
+        blocks.push(block);
+        if bfinal == 1 {
+            break;
+        }
+    }
+    let n = (8 - (b.pos & 7) as u32) & 7;
+    let final_pad = b.bits(n)? as u8;
+    Some(Parsed {
+        blocks,
+        tokens,
+        plain,
+        final_pad,
+        used: b.pos / 8,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Range coder (LZMA's) with adaptive binary contexts.
+
+const PROB_INIT: u16 = 1 << 11;
+
+trait Coder {
+    /// Codes `bit` (encoder) or decodes a bit (decoder, `bit` ignored); returns the bit.
+    fn bit(&mut self, p: &mut u16, bit: u32) -> u32;
+    const ENCODING: bool;
+}
+
+struct RcEnc {
+    low: u64,
+    range: u32,
+    cache: u8,
+    cache_size: u64,
+    out: Vec<u8>,
+}
+
+impl RcEnc {
+    fn new() -> Self {
+        RcEnc {
+            low: 0,
+            range: u32::MAX,
+            cache: 0,
+            cache_size: 1,
+            out: Vec::new(),
+        }
+    }
+
+    fn shift_low(&mut self) {
+        if (self.low as u32) < 0xff00_0000 || (self.low >> 32) != 0 {
+            let carry = (self.low >> 32) as u8;
+            let mut temp = self.cache;
+            loop {
+                self.out.push(temp.wrapping_add(carry));
+                temp = 0xff;
+                self.cache_size -= 1;
+                if self.cache_size == 0 {
+                    break;
+                }
+            }
+            self.cache = ((self.low >> 24) & 0xff) as u8;
+        }
+        self.cache_size += 1;
+        self.low = (self.low & 0x00ff_ffff) << 8;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        for _ in 0..5 {
+            self.shift_low();
+        }
+        self.out
+    }
+}
+
+impl Coder for RcEnc {
+    const ENCODING: bool = true;
+    #[inline]
+    fn bit(&mut self, p: &mut u16, bit: u32) -> u32 {
+        let bound = (self.range >> 12) * u32::from(*p);
+        if bit == 0 {
+            self.range = bound;
+            *p += (4096 - *p) >> 5;
+        } else {
+            self.low += u64::from(bound);
+            self.range -= bound;
+            *p -= *p >> 5;
+        }
+        while self.range < 1 << 24 {
+            self.range <<= 8;
+            self.shift_low();
+        }
+        bit
+    }
+}
+
+struct RcDec<'a> {
+    d: &'a [u8],
+    pos: usize,
+    code: u32,
+    range: u32,
+}
+
+impl<'a> RcDec<'a> {
+    fn new(d: &'a [u8]) -> Self {
+        let mut r = RcDec {
+            d,
+            pos: 0,
+            code: 0,
+            range: u32::MAX,
+        };
+        for _ in 0..5 {
+            r.code = r.code << 8 | u32::from(r.byte());
+        }
+        r
+    }
+
+    #[inline]
+    fn byte(&mut self) -> u8 {
+        let b = self.d.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+}
+
+impl Coder for RcDec<'_> {
+    const ENCODING: bool = false;
+    #[inline]
+    fn bit(&mut self, p: &mut u16, _bit: u32) -> u32 {
+        let bound = (self.range >> 12) * u32::from(*p);
+        let bit = if self.code < bound {
+            self.range = bound;
+            *p += (4096 - *p) >> 5;
+            0
+        } else {
+            self.code -= bound;
+            self.range -= bound;
+            *p -= *p >> 5;
+            1
+        };
+        while self.range < 1 << 24 {
+            self.range <<= 8;
+            self.code = self.code << 8 | u32::from(self.byte());
+        }
+        bit
+    }
+}
+
+/// Contexts for Elias gamma coding of n >= 0 (as n + 1).
+struct Gamma {
+    unary: [u16; 32],
+    mant: [u16; 32 * 32],
+}
+
+impl Gamma {
+    fn new() -> Self {
+        Gamma {
+            unary: [PROB_INIT; 32],
+            mant: [PROB_INIT; 32 * 32],
+        }
+    }
+
+    fn code<C: Coder>(&mut self, c: &mut C, n: u32) -> Result<u32, CodecError> {
+        let v = n.wrapping_add(1);
+        let nb = 32 - v.leading_zeros();
+        let mut k = 1;
+        loop {
+            let more = c.bit(&mut self.unary[k.min(31) as usize], u32::from(k < nb));
+            if more == 0 {
+                break;
+            }
+            k += 1;
+            if k > 24 {
+                return Err(malformed("gamma code too long"));
+            }
+        }
+        let mut x = 1u32;
+        for i in (0..k - 1).rev() {
+            let ctx = (k as usize) * 32 + i as usize;
+            x = x << 1 | c.bit(&mut self.mant[ctx], (v >> i) & 1);
+        }
+        Ok(x - 1)
+    }
+}
+
+/// All adaptive contexts of one stream's token model.
+struct Model {
+    flag: [u16; BUCKETS * 4],
+    len_eq: [u16; BUCKETS],
+    len_up: [u16; BUCKETS],
+    len_mag: Gamma,
+    k0: [u16; BUCKETS * 2],
+    k: Gamma,
+    dist: Gamma,
+}
+
+const BUCKETS: usize = 10;
+
+fn bucket(lm: usize) -> usize {
+    match lm {
+        0..=2 => 0,
+        3..=6 => lm - 2,
+        7..=8 => 5,
+        9..=16 => 6,
+        17..=64 => 7,
+        65..=257 => 8,
+        _ => 9,
+    }
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            flag: [PROB_INIT; BUCKETS * 4],
+            len_eq: [PROB_INIT; BUCKETS],
+            len_up: [PROB_INIT; BUCKETS],
+            len_mag: Gamma::new(),
+            k0: [PROB_INIT; BUCKETS * 2],
+            k: Gamma::new(),
+            dist: Gamma::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Match finder over the plain text.
+
+struct Matcher<'a> {
+    d: &'a [u8],
+    /// Most recent position + 1 with each hash (0: none).
+    head: Vec<u32>,
+    /// Previous position + 1 with the same hash, by position modulo RING.
+    prev: Vec<u32>,
+    inserted: usize,
+}
+
+#[inline]
+fn read_u64(d: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Length of the common prefix of d[a..] and d[b..], a < b, at most `cap` (b + cap <= len).
+#[inline]
+fn match_len(d: &[u8], a: usize, b: usize, cap: usize) -> usize {
+    let mut n = 0;
+    while n + 8 <= cap {
+        let x = read_u64(d, a + n) ^ read_u64(d, b + n);
+        if x != 0 {
+            return n + (x.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    while n < cap && d[a + n] == d[b + n] {
+        n += 1;
+    }
+    n
+}
+
+impl<'a> Matcher<'a> {
+    fn new(d: &'a [u8]) -> Self {
+        Matcher {
+            d,
+            head: vec![0; 1 << HASH_BITS],
+            prev: vec![0; RING],
+            inserted: 0,
+        }
+    }
+
+    #[inline]
+    fn hash(&self, p: usize) -> usize {
+        let v = u32::from(self.d[p]) | u32::from(self.d[p + 1]) << 8 | u32::from(self.d[p + 2]) << 16;
+        (v.wrapping_mul(0x9e37_79b1) >> (32 - HASH_BITS)) as usize
+    }
+
+    /// Inserts every position before `p` into the chains.
+    #[inline]
+    fn insert_upto(&mut self, p: usize) {
+        let end = p.min(self.d.len().saturating_sub(2));
+        while self.inserted < end {
+            let q = self.inserted;
+            let h = self.hash(q);
+            self.prev[q & (RING - 1)] = self.head[h];
+            self.head[h] = q as u32 + 1;
+            self.inserted += 1;
+        }
+        self.inserted = self.inserted.max(p);
+    }
+
+    /// Chain candidates before `p` (nearest first) within the window, at most `limit`.
+    #[inline]
+    fn chain(&self, p: usize, limit: usize) -> Chain<'_> {
+        let first = if p + 2 < self.d.len() {
+            self.head[self.hash(p)]
+        } else {
+            0
+        };
+        Chain {
+            m: self,
+            p,
+            next: first,
+            left: limit,
+        }
+    }
+
+    /// Longest match at `p` among the first `LMAX_WALK` candidates, at most `cap` (>= 3).
+    fn lmax(&self, p: usize, cap: usize) -> usize {
+        let d = self.d;
+        let mut best = 0;
+        for c in self.chain(p, LMAX_WALK) {
+            if best > 0 && d[c + best] != d[p + best] {
+                continue;
+            }
+            let l = match_len(d, c, p, cap);
+            if l > best {
+                best = l;
+                if best >= cap {
+                    break;
+                }
+            }
+        }
+        best
+    }
+
+    /// Index of distance `dist` among the candidates matching at least `len` bytes.
+    fn index_of(&self, p: usize, len: usize, dist: usize) -> Option<u32> {
+        let mut k = 0;
+        for c in self.chain(p, DIST_WALK as usize) {
+            if p - c == dist {
+                return Some(k);
+            }
+            if match_len(self.d, c, p, len) >= len {
+                k += 1;
+            }
+        }
+        None
+    }
+
+    /// Distance of the `k`-th candidate matching at least `len` bytes.
+    fn kth(&self, p: usize, len: usize, k: u32) -> Option<usize> {
+        let mut i = 0;
+        for c in self.chain(p, DIST_WALK as usize) {
+            if match_len(self.d, c, p, len) >= len {
+                if i == k {
+                    return Some(p - c);
+                }
+                i += 1;
+            }
+        }
+        None
+    }
+}
+
+struct Chain<'m> {
+    m: &'m Matcher<'m>,
+    p: usize,
+    next: u32,
+    left: usize,
+}
+
+impl Iterator for Chain<'_> {
+    type Item = usize;
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        loop {
+            if self.next == 0 || self.left == 0 {
+                return None;
+            }
+            let c = self.next as usize - 1;
+            let after = self.m.prev[c & (RING - 1)];
+            // Entries are only ever older than the one linking to them; a newer one means the
+            // ring slot was reused and the chain ends.
+            self.next = if (after as usize) < c + 1 { after } else { 0 };
+            if c >= self.p {
+                continue; // the position itself (inserted by the look-ahead)
+            }
+            if self.p - c > WINDOW {
+                return None;
+            }
+            self.left -= 1;
+            return Some(c);
+        }
+    }
+}
+
+/// Codes (or decodes) the token choices of one block covering plain[start..end]. Encoding,
+/// `toks` are its tokens; decoding, `toks` is empty and each decoded token is handed to
+/// `emit(len, dist, p)` (len 0: the literal at p).
+fn code_block<C: Coder>(
+    c: &mut C,
+    m: &mut Model,
+    f: &mut Matcher,
+    range: (usize, usize),
+    toks: &[u32],
+    mut emit: impl FnMut(usize, usize, usize),
+) -> Result<(), CodecError> {
+    let (start, end) = range;
+    let mut p = start;
+    let mut ti = 0;
+    let mut prev = 0;
+    while p < end {
+        let (tl, td) = if C::ENCODING {
+            let t = *toks.get(ti).ok_or_else(|| malformed("token count"))?;
+            ti += 1;
+            ((t >> 16) as usize, (t & 0xffff) as usize + 1)
+        } else {
+            (0, 0)
+        };
+        f.insert_upto(p);
+        let cap = (end - p).min(258);
+        let lm = if cap >= 3 { f.lmax(p, cap) } else { 0 };
+        let b = bucket(lm);
+        let lazy = if lm >= 3 && lm < cap {
+            f.insert_upto(p + 1);
+            let cap1 = (end - p - 1).min(258);
+            usize::from(cap1 >= 3 && f.lmax(p + 1, cap1) > lm)
+        } else {
+            0
+        };
+        let is_match = c.bit(&mut m.flag[b * 4 + prev * 2 + lazy], u32::from(tl > 0));
+        if is_match == 0 {
+            emit(0, 0, p);
+            p += 1;
+            prev = 0;
+            continue;
+        }
+        let len = if c.bit(&mut m.len_eq[b], u32::from(tl == lm)) == 1 {
+            lm
+        } else {
+            let up = c.bit(&mut m.len_up[b], u32::from(tl > lm));
+            let mag = m.len_mag.code(c, (tl.abs_diff(lm) as u32).wrapping_sub(1))? as usize + 1;
+            if up == 1 {
+                lm + mag
+            } else {
+                lm.checked_sub(mag).ok_or_else(|| malformed("length"))?
+            }
+        };
+        if len < 3 || len > cap {
+            return Err(malformed("match length out of range"));
+        }
+        let k_in = if C::ENCODING {
+            f.index_of(p, len, td).unwrap_or(DIST_WALK)
+        } else {
+            0
+        };
+        let kctx = b * 2 + usize::from(len == lm);
+        let k = if c.bit(&mut m.k0[kctx], u32::from(k_in == 0)) == 1 {
+            0
+        } else {
+            m.k.code(c, k_in.wrapping_sub(1))? + 1
+        };
+        let dist = if k >= DIST_WALK {
+            let d = m.dist.code(c, (td as u32).wrapping_sub(1))? as usize + 1;
+            if d > WINDOW || d > p {
+                return Err(malformed("distance out of range"));
+            }
+            d
+        } else if C::ENCODING {
+            td
+        } else {
+            f.kth(p, len, k).ok_or_else(|| malformed("no such match"))?
+        };
+        emit(len, dist, p);
+        p += len;
+        prev = 1;
+    }
+    if C::ENCODING && ti != toks.len() {
+        return Err(malformed("token count"));
+    }
+    Ok(())
+}
+
+/// Side info for a parsed stream (see the module doc).
+fn code_side(s: &Parsed) -> Result<Vec<u8>, CodecError> {
+    let mut side = vec![PLAIN_AREA];
+    put_varint(&mut side, s.blocks.len() as u64);
+    for b in &s.blocks {
+        side.push(b.btype);
+        put_varint(&mut side, b.plain as u64);
+        match b.btype {
+            0 => side.push(b.pad),
+            2 => {
+                put_varint(&mut side, b.header_bits as u64);
+                side.extend_from_slice(&b.header);
+            }
+            _ => {}
+        }
+    }
+    side.push(s.final_pad);
+    let mut rc = RcEnc::new();
+    let mut model = Model::new();
+    let mut f = Matcher::new(&s.plain);
+    let mut at = 0;
+    for b in &s.blocks {
+        if b.btype != 0 {
+            code_block(
+                &mut rc,
+                &mut model,
+                &mut f,
+                (at, at + b.plain),
+                &s.tokens[b.tokens.clone()],
+                |_, _, _| {},
+            )?;
+        }
+        at += b.plain;
+    }
+    side.extend_from_slice(&rc.finish());
+    Ok(side)
+}
+
+/// Rebuilds a raw deflate stream from its plain text and side info; the stream may not exceed
+/// `limit` bytes.
+pub fn rebuild(text: &[u8], side: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+    let mut r = Reader::new(side);
+    match r.u8()? {
+        PLAIN_AREA => {}
+        PLAIN_IMAGE => return Err(malformed("image-coded plain text not supported")),
+        _ => return Err(malformed("unknown plain coding")),
+    }
+    let n = r.len(side.len())?;
+    if n == 0 {
+        return Err(malformed("no blocks"));
+    }
+    struct Hdr<'s> {
+        btype: u8,
+        plain: usize,
+        pad: u8,
+        header: &'s [u8],
+        header_bits: usize,
+    }
+    let mut hdrs = Vec::with_capacity(n);
+    let mut total = 0usize;
+    for _ in 0..n {
+        let btype = r.u8()?;
+        let plain = r.len(text.len())?;
+        total = total
+            .checked_add(plain)
+            .ok_or_else(|| malformed("plain length"))?;
+        let mut h = Hdr {
+            btype,
+            plain,
+            pad: 0,
+            header: &[],
+            header_bits: 0,
+        };
+        match btype {
+            0 => {
+                h.pad = r.u8()?;
+                if plain > 0xffff {
+                    return Err(malformed("stored block too long"));
+                }
+            }
+            1 => {}
+            2 => {
+                h.header_bits = r.len(MAX_HEADER_BITS)?;
+                h.header = r.bytes(h.header_bits.div_ceil(8))?;
+            }
+            _ => return Err(malformed("block type")),
+        }
+        hdrs.push(h);
+    }
+    if total != text.len() {
+        return Err(malformed("block lengths disagree with the plain text"));
+    }
+    let final_pad = r.u8()?;
+    let mut rc = RcDec::new(r.rest());
+    let mut model = Model::new();
+    let mut f = Matcher::new(text);
+    let mut w = BitOut {
+        out: Vec::with_capacity(text.len() / 2 + 64),
+        acc: 0,
+        n: 0,
+    };
+    let (fl, fd) = fixed_lens();
+    let mut at = 0;
+    for (i, h) in hdrs.iter().enumerate() {
+        w.put(u32::from(i + 1 == n), 1);
+        w.put(u32::from(h.btype), 2);
+        match h.btype {
+            0 => {
+                let nbits = (8 - w.bit_pos()) & 7;
+                if u32::from(h.pad) >> nbits != 0 {
+                    return Err(malformed("padding bits"));
+                }
+                w.put(u32::from(h.pad), nbits);
+                let len = h.plain as u32;
+                w.put(len | (!len & 0xffff) << 16, 32);
+                for &byte in &text[at..at + h.plain] {
+                    w.put(u32::from(byte), 8);
+                }
+            }
+            _ => {
+                let (ll, dl) = if h.btype == 1 {
+                    (fl.clone(), fd.clone())
+                } else {
+                    let mut hb = BitIn {
+                        d: h.header,
+                        pos: 0,
+                    };
+                    let lens = read_header(&mut hb).ok_or_else(|| malformed("block header"))?;
+                    if hb.pos != h.header_bits {
+                        return Err(malformed("block header length"));
+                    }
+                    let mut hr = BitIn {
+                        d: h.header,
+                        pos: 0,
+                    };
+                    while hr.pos < h.header_bits {
+                        let k = (h.header_bits - hr.pos).min(16) as u32;
+                        let v = hr.bits(k).ok_or_else(|| malformed("block header"))?;
+                        w.put(v, k);
+                    }
+                    lens
+                };
+                let lc = canonical(&ll).ok_or_else(|| malformed("literal code"))?;
+                let dc = canonical(&dl).ok_or_else(|| malformed("distance code"))?;
+                let mut bad = false;
+                code_block(
+                    &mut rc,
+                    &mut model,
+                    &mut f,
+                    (at, at + h.plain),
+                    &[],
+                    |len, dist, p| {
+                        if len == 0 {
+                            let s = usize::from(text[p]);
+                            bad |= ll[s] == 0;
+                            w.put(u32::from(lc[s]), u32::from(ll[s]));
+                        } else {
+                            let li = len_code(len);
+                            let s = 257 + li;
+                            let di = dist_code(dist);
+                            bad |= ll.get(s).is_none_or(|&l| l == 0)
+                                || dl.get(di).is_none_or(|&l| l == 0);
+                            if !bad {
+                                w.put(u32::from(lc[s]), u32::from(ll[s]));
+                                w.put(
+                                    (len - usize::from(LEN_BASE[li])) as u32,
+                                    u32::from(LEN_EXTRA[li]),
+                                );
+                                w.put(u32::from(dc[di]), u32::from(dl[di]));
+                                w.put(
+                                    (dist - usize::from(DIST_BASE[di])) as u32,
+                                    u32::from(DIST_EXTRA[di]),
+                                );
+                            }
+                        }
+                    },
+                )?;
+                if bad {
+                    return Err(malformed("token without a code"));
+                }
+                w.put(u32::from(lc[256]), u32::from(ll[256]));
+            }
+        }
+        at += h.plain;
+        if w.out.len() > limit {
+            return Err(malformed("stream longer than allowed"));
+        }
+    }
+    let nbits = (8 - w.bit_pos()) & 7;
+    if u32::from(final_pad) >> nbits != 0 {
+        return Err(malformed("padding bits"));
+    }
+    w.put(u32::from(final_pad), nbits);
+    let out = w.finish();
+    if out.len() > limit {
+        return Err(malformed("stream longer than allowed"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::testdata::{sample, samples};
+    use std::io::Write;
+
+    fn p() -> EncodeParams {
+        EncodeParams::level(0)
+    }
+
+    fn roundtrip_file(name: &str, raw: &[u8]) -> Option<usize> {
+        let mut enc = Vec::new();
+        match DeflateTokens.encode(raw, &p(), &mut enc) {
+            Ok(_) => {
+                let mut dec = Vec::new();
+                DeflateTokens
+                    .decode(&enc, 0, raw.len(), &mut dec)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(dec == raw, "{name}: not bit exact");
+                eprintln!("{name}: {} -> {}", raw.len(), enc.len());
+                Some(enc.len())
+            }
+            Err(CodecError::NotWorthIt) => None,
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+
+    /// Raw deflate stream of `data` by flate2 (miniz_oxide) at `level`.
+    fn deflate_raw(data: &[u8], level: u32) -> Vec<u8> {
+        let mut e =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(level));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn gzip(data: &[u8], level: u32) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn text() -> Vec<u8> {
+        samples("json")
+            .into_iter()
+            .chain(samples("text"))
+            .flat_map(|(_, b)| b)
+            .collect()
+    }
+
+    #[test]
+    fn streams_of_every_level_rebuild_exactly() {
+        let t = text();
+        for level in 0..=9 {
+            let s = deflate_raw(&t, level);
+            let (plain, side, used) =
+                analyze(&s, 1 << 30).unwrap_or_else(|| panic!("level {level} refused"));
+            assert_eq!(used, s.len());
+            assert!(plain == t);
+            assert_eq!(rebuild(&plain, &side, s.len()).unwrap(), s);
+            eprintln!("level {level}: {} bytes -> side {}", s.len(), side.len());
+            if level > 0 {
+                assert!(side.len() < s.len() / 3, "level {level}: side {}", side.len());
+            }
+        }
+    }
+
+    #[test]
+    fn gzip_samples_roundtrip_and_shrink() {
+        for class in ["gzip", "zip", "png"] {
+            let (mut raw_total, mut enc_total) = (0, 0);
+            for (name, raw) in samples(class) {
+                if let Some(n) = roundtrip_file(&name, &raw) {
+                    raw_total += raw.len();
+                    enc_total += n;
+                }
+            }
+            assert!(raw_total > 0 && enc_total < raw_total, "{class}");
+        }
+    }
+
+    #[test]
+    fn generated_gzip_roundtrips() {
+        let t = text();
+        for level in [1, 6, 9] {
+            let g = gzip(&t, level);
+            let n = roundtrip_file(&format!("gzip -{level}"), &g).unwrap();
+            assert!(n < g.len() * 8 / 10);
+        }
+    }
+}
