@@ -66,7 +66,14 @@ const PLAIN_AREA: u8 = 0;
 pub const PLAIN_IMAGE: u8 = 1;
 
 /// Chain candidates examined for Lmax.
-const LMAX_WALK: usize = 32;
+fn lmax_walk() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("RF_WALK").ok().and_then(|v| v.parse().ok()).unwrap_or(32))
+}
+fn lazy_on() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var_os("RF_NOLAZY").is_none())
+}
 /// Chain entries examined for a distance index; an index of this value is the escape.
 const DIST_WALK: u32 = 1024;
 const WINDOW: usize = 32768;
@@ -838,23 +845,40 @@ impl<'a> Matcher<'a> {
         }
     }
 
-    /// Longest match at `p` among the first `LMAX_WALK` candidates, at most `cap` (>= 3).
-    fn lmax(&self, p: usize, cap: usize) -> usize {
+    /// Longest match at `p` among the first `LMAX_WALK` candidates, at most `cap` (>= 3), and
+    /// the nearest candidate reaching it (0 if none).
+    #[inline]
+    fn lmax(&self, p: usize, cap: usize) -> (usize, usize) {
         let d = self.d;
-        let mut best = 0;
-        for c in self.chain(p, LMAX_WALK) {
+        let (mut best, mut at) = (0, 0);
+        for c in self.chain(p, lmax_walk()) {
             if best > 0 && d[c + best] != d[p + best] {
                 continue;
             }
             let l = match_len(d, c, p, cap);
             if l > best {
                 best = l;
+                at = c;
                 if best >= cap {
                     break;
                 }
             }
         }
-        best
+        (best, at)
+    }
+
+    /// Whether a candidate among the first `LMAX_WALK` at `p` matches more than `lm` bytes
+    /// (`lm` < `cap`): the same as `lmax(p, cap).0 > lm`, faster.
+    #[inline]
+    fn beats(&self, p: usize, cap: usize, lm: usize) -> bool {
+        let d = self.d;
+        for c in self.chain(p, lmax_walk()) {
+            if d[c + lm] == d[p + lm] && match_len(d, c, p, lm + 1) > lm {
+                return true;
+            }
+        }
+        let _ = cap;
+        false
     }
 
     /// Index of distance `dist` among the candidates matching at least `len` bytes.
@@ -943,12 +967,12 @@ fn code_block<C: Coder>(
         };
         f.insert_upto(p);
         let cap = (end - p).min(258);
-        let lm = if cap >= 3 { f.lmax(p, cap) } else { 0 };
+        let (lm, lm_at) = if cap >= 3 { f.lmax(p, cap) } else { (0, 0) };
         let b = bucket(lm);
-        let lazy = if lm >= 3 && lm < cap {
+        let lazy = if lazy_on() && lm >= 3 && lm < cap {
             f.insert_upto(p + 1);
             let cap1 = (end - p - 1).min(258);
-            usize::from(cap1 >= 3 && f.lmax(p + 1, cap1) > lm)
+            usize::from(cap1 > lm && f.beats(p + 1, cap1, lm))
         } else {
             0
         };
@@ -992,6 +1016,9 @@ fn code_block<C: Coder>(
             d
         } else if C::ENCODING {
             td
+        } else if k == 0 && len == lm {
+            // The nearest candidate reaching Lmax is the first one matching Lmax bytes.
+            p - lm_at
         } else {
             f.kth(p, len, k).ok_or_else(|| malformed("no such match"))?
         };
@@ -1039,7 +1066,11 @@ fn code_side(s: &Parsed) -> Result<Vec<u8>, CodecError> {
         }
         at += b.plain;
     }
+    let hdr = side.len();
     side.extend_from_slice(&rc.finish());
+    if std::env::var_os("REFLATE_DEBUG").is_some() {
+        eprintln!("side: {} blocks, headers {hdr}, tokens {} in {} bytes", s.blocks.len(), s.tokens.len(), side.len() - hdr);
+    }
     Ok(side)
 }
 
