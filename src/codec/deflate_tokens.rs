@@ -16,10 +16,13 @@
 //! Payload, format version 1 (varint = unsigned LEB128):
 //! ```text
 //! u8      version = 1
+//! u8      plain dictionary: 0 = none, else the id of a zstd-dict dictionary (DICT_TEXT,
+//!         DICT_SOURCE, DICT_JSON of codec 6) the plain area is compressed with
 //! varint  m, then m bytes: one zstd frame (content size set) holding the meta body:
 //!           the op list and area lengths V, C, P exactly as in codec 3's body (see
 //!           deflate.rs), then V bytes verbatim area, then C bytes side area
-//! ...     the rest: one zstd frame (content size set) holding the P bytes of the plain area
+//! ...     the rest: one zstd frame holding the P bytes of the plain area (without a
+//!         dictionary: content size set)
 //! ```
 //! Ops are executed as in codec 3, except that a stream is rebuilt from its plain text and its
 //! side info (the C-area bytes an op names) by this module, not by preflate-rs.
@@ -54,7 +57,10 @@
 
 use super::deflate::{build, execute, plain_limit, Container, Head, Recoded, Recoder};
 use super::wire::{malformed, put_varint, zstd_compress, zstd_decompress, Reader};
-use super::{Codec, CodecError, CodecId, EncodeParams, Granularity, DEFLATE_TOKENS};
+use super::{
+    Codec, CodecError, CodecId, EncodeParams, Granularity, ZstdDict, DEFLATE_TOKENS, DICT_JSON,
+    DICT_SOURCE, DICT_TEXT,
+};
 
 const VERSION: u8 = 1;
 const MAX_LEN: usize = 256 << 20;
@@ -65,15 +71,8 @@ const PLAIN_AREA: u8 = 0;
 /// Reserved: the plain text of a PNG IDAT stream coded by the pixel coder.
 pub const PLAIN_IMAGE: u8 = 1;
 
-/// Chain candidates examined for Lmax.
-fn lmax_walk() -> usize {
-    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("RF_WALK").ok().and_then(|v| v.parse().ok()).unwrap_or(32))
-}
-fn lazy_on() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var_os("RF_NOLAZY").is_none())
-}
+/// Chain candidates examined for Lmax (after the recent distances).
+const LMAX_WALK: usize = 32;
 /// Chain entries examined for a distance index; an index of this value is the escape.
 const DIST_WALK: u32 = 1024;
 const WINDOW: usize = 32768;
@@ -110,8 +109,8 @@ impl Codec for DeflateTokens {
         meta.extend_from_slice(&b.verbatim);
         meta.extend_from_slice(&b.corr);
         let meta = zstd_compress(&meta, ZSTD_LEVEL)?;
-        let plain = zstd_compress(&b.plain, ZSTD_LEVEL)?;
-        let mut payload = vec![VERSION];
+        let (dict, plain) = compress_plain(&b.plain)?;
+        let mut payload = vec![VERSION, dict as u8];
         put_varint(&mut payload, meta.len() as u64);
         payload.extend_from_slice(&meta);
         payload.extend_from_slice(&plain);
@@ -144,6 +143,7 @@ impl Codec for DeflateTokens {
         if r.u8()? != VERSION {
             return Err(malformed("unknown deflate-tokens payload version"));
         }
+        let dict = r.u8()?;
         let m = r.len(payload.len())?;
         let meta_frame = r.bytes(m)?;
         let plain_frame = r.rest();
@@ -154,13 +154,22 @@ impl Codec for DeflateTokens {
             .saturating_mul(2)
             .saturating_add(1 << 16);
         let meta = zstd_decompress(meta_frame, meta_limit)?;
-        let plain = zstd_decompress(plain_frame, plain_limit(raw_len))?;
         let mut mr = Reader::new(&meta);
-        let head = Head::parse(&mut mr, raw_len, meta.len().max(plain.len()))?;
+        let head = Head::parse(&mut mr, raw_len, meta.len().max(plain_limit(raw_len)))?;
         let verbatim = mr.bytes(head.verbatim)?;
         let side = mr.bytes(head.corr)?;
-        if mr.remaining() != 0 || head.plain != plain.len() {
+        if mr.remaining() != 0 {
             return Err(malformed("area lengths disagree"));
+        }
+        let plain = if dict == 0 {
+            zstd_decompress(plain_frame, plain_limit(raw_len))?
+        } else {
+            let mut v = Vec::new();
+            ZstdDict.decode(plain_frame, u32::from(dict), head.plain, &mut v)?;
+            v
+        };
+        if head.plain != plain.len() {
+            return Err(malformed("plain area length"));
         }
         *out = execute(head.ops, verbatim, side, &plain, raw_len, &mut rebuild)?;
         if out.len() != raw_len {
@@ -171,6 +180,34 @@ impl Codec for DeflateTokens {
         }
         Ok(())
     }
+}
+
+/// Plain areas up to this size also try the trained dictionaries of codec 6.
+const DICT_TRY_MAX: usize = 1 << 20;
+
+/// Compresses the plain area: zstd -19 (long window), or with a trained dictionary when that is
+/// smaller. Returns the dictionary id (0: none) and the frame.
+fn compress_plain(plain: &[u8]) -> Result<(u32, Vec<u8>), CodecError> {
+    let plain_zstd = zstd_compress(plain, ZSTD_LEVEL)?;
+    if plain.len() > DICT_TRY_MAX || plain.is_empty() {
+        return Ok((0, plain_zstd));
+    }
+    // The dictionary is chosen at a fast level, then used at the strong one.
+    let with = |id: u32, level: i32| {
+        let mut out = Vec::new();
+        let p = EncodeParams { level, model: id };
+        ZstdDict.encode(plain, &p, &mut out).ok().map(|_| out)
+    };
+    let pick = [DICT_JSON, DICT_TEXT, DICT_SOURCE]
+        .into_iter()
+        .filter_map(|id| with(id, 3).map(|o| (o.len(), id)))
+        .min();
+    if let Some(out) = pick.and_then(|(_, id)| with(id, ZSTD_LEVEL).map(|o| (id, o))) {
+        if out.1.len() < plain_zstd.len() {
+            return Ok(out);
+        }
+    }
+    Ok((0, plain_zstd))
 }
 
 /// The recoder for the container walker: parses a stream into tokens, codes its side info,
@@ -733,7 +770,13 @@ struct Model {
     k0: [u16; BUCKETS * 2],
     k: Gamma,
     dist: Gamma,
+    up_j: Gamma,
+    up_short: Gamma,
+    /// The last `REPS` distinct match distances, most recent first (0: none yet).
+    reps: [usize; REPS],
 }
+
+const REPS: usize = 4;
 
 const BUCKETS: usize = 10;
 
@@ -759,6 +802,9 @@ impl Model {
             k0: [PROB_INIT; BUCKETS * 2],
             k: Gamma::new(),
             dist: Gamma::new(),
+            up_j: Gamma::new(),
+            up_short: Gamma::new(),
+            reps: [0; REPS],
         }
     }
 }
@@ -804,7 +850,8 @@ impl<'a> Matcher<'a> {
         Matcher {
             d,
             head: vec![0; 1 << HASH_BITS],
-            prev: vec![0; RING],
+            // A text shorter than the ring never wraps it: the chains are the same.
+            prev: vec![0; d.len().next_power_of_two().clamp(1, RING)],
             inserted: 0,
         }
     }
@@ -822,7 +869,8 @@ impl<'a> Matcher<'a> {
         while self.inserted < end {
             let q = self.inserted;
             let h = self.hash(q);
-            self.prev[q & (RING - 1)] = self.head[h];
+            let mask = self.prev.len() - 1;
+            self.prev[q & mask] = self.head[h];
             self.head[h] = q as u32 + 1;
             self.inserted += 1;
         }
@@ -845,13 +893,27 @@ impl<'a> Matcher<'a> {
         }
     }
 
+    /// Candidates at `p` in order: the recent distances that are in range, then the chain.
+    #[inline]
+    fn cands<'s>(
+        &'s self,
+        p: usize,
+        reps: &'s [usize; REPS],
+        limit: usize,
+    ) -> impl Iterator<Item = usize> + 's {
+        reps.iter()
+            .filter(move |&&r| r >= 1 && r <= p && r <= WINDOW)
+            .map(move |&r| p - r)
+            .chain(self.chain(p, limit))
+    }
+
     /// Longest match at `p` among the first `LMAX_WALK` candidates, at most `cap` (>= 3), and
     /// the nearest candidate reaching it (0 if none).
     #[inline]
-    fn lmax(&self, p: usize, cap: usize) -> (usize, usize) {
+    fn lmax(&self, p: usize, cap: usize, reps: &[usize; REPS]) -> (usize, usize) {
         let d = self.d;
         let (mut best, mut at) = (0, 0);
-        for c in self.chain(p, lmax_walk()) {
+        for c in self.cands(p, reps, LMAX_WALK) {
             if best > 0 && d[c + best] != d[p + best] {
                 continue;
             }
@@ -870,9 +932,9 @@ impl<'a> Matcher<'a> {
     /// Whether a candidate among the first `LMAX_WALK` at `p` matches more than `lm` bytes
     /// (`lm` < `cap`): the same as `lmax(p, cap).0 > lm`, faster.
     #[inline]
-    fn beats(&self, p: usize, cap: usize, lm: usize) -> bool {
+    fn beats(&self, p: usize, cap: usize, lm: usize, reps: &[usize; REPS]) -> bool {
         let d = self.d;
-        for c in self.chain(p, lmax_walk()) {
+        for c in self.cands(p, reps, LMAX_WALK) {
             if d[c + lm] == d[p + lm] && match_len(d, c, p, lm + 1) > lm {
                 return true;
             }
@@ -882,9 +944,9 @@ impl<'a> Matcher<'a> {
     }
 
     /// Index of distance `dist` among the candidates matching at least `len` bytes.
-    fn index_of(&self, p: usize, len: usize, dist: usize) -> Option<u32> {
+    fn index_of(&self, p: usize, len: usize, dist: usize, reps: &[usize; REPS]) -> Option<u32> {
         let mut k = 0;
-        for c in self.chain(p, DIST_WALK as usize) {
+        for c in self.cands(p, reps, DIST_WALK as usize) {
             if p - c == dist {
                 return Some(k);
             }
@@ -895,10 +957,61 @@ impl<'a> Matcher<'a> {
         None
     }
 
-    /// Distance of the `k`-th candidate matching at least `len` bytes.
-    fn kth(&self, p: usize, len: usize, k: u32) -> Option<usize> {
+    /// For a match at `p` at distance `dist` longer than `lm`: its index among the candidates
+    /// (within `DIST_WALK`) matching more than `lm` bytes, and its full match length (<= cap).
+    fn beyond(
+        &self,
+        p: usize,
+        cap: usize,
+        lm: usize,
+        dist: usize,
+        reps: &[usize; REPS],
+    ) -> Option<(u32, usize)> {
+        let mut j = 0;
+        for c in self.cands(p, reps, DIST_WALK as usize) {
+            if self.d[c + lm] != self.d[p + lm] {
+                continue;
+            }
+            let l = match_len(self.d, c, p, cap);
+            if p - c == dist {
+                return Some((j, l));
+            }
+            if l > lm {
+                j += 1;
+            }
+        }
+        None
+    }
+
+    /// The `j`-th candidate matching more than `lm` bytes and its match length (<= cap).
+    fn jth_beyond(
+        &self,
+        p: usize,
+        cap: usize,
+        lm: usize,
+        j: u32,
+        reps: &[usize; REPS],
+    ) -> Option<(usize, usize)> {
         let mut i = 0;
-        for c in self.chain(p, DIST_WALK as usize) {
+        for c in self.cands(p, reps, DIST_WALK as usize) {
+            if self.d[c + lm] != self.d[p + lm] {
+                continue;
+            }
+            let l = match_len(self.d, c, p, cap);
+            if l > lm {
+                if i == j {
+                    return Some((c, l));
+                }
+                i += 1;
+            }
+        }
+        None
+    }
+
+    /// Distance of the `k`-th candidate matching at least `len` bytes.
+    fn kth(&self, p: usize, len: usize, k: u32, reps: &[usize; REPS]) -> Option<usize> {
+        let mut i = 0;
+        for c in self.cands(p, reps, DIST_WALK as usize) {
             if match_len(self.d, c, p, len) >= len {
                 if i == k {
                     return Some(p - c);
@@ -926,7 +1039,7 @@ impl Iterator for Chain<'_> {
                 return None;
             }
             let c = self.next as usize - 1;
-            let after = self.m.prev[c & (RING - 1)];
+            let after = self.m.prev[c & (self.m.prev.len() - 1)];
             // Entries are only ever older than the one linking to them; a newer one means the
             // ring slot was reused and the chain ends.
             self.next = if (after as usize) < c + 1 { after } else { 0 };
@@ -967,12 +1080,16 @@ fn code_block<C: Coder>(
         };
         f.insert_upto(p);
         let cap = (end - p).min(258);
-        let (lm, lm_at) = if cap >= 3 { f.lmax(p, cap) } else { (0, 0) };
+        let (lm, lm_at) = if cap >= 3 {
+            f.lmax(p, cap, &m.reps)
+        } else {
+            (0, 0)
+        };
         let b = bucket(lm);
-        let lazy = if lazy_on() && lm >= 3 && lm < cap {
+        let lazy = if lm >= 3 && lm < cap {
             f.insert_upto(p + 1);
             let cap1 = (end - p - 1).min(258);
-            usize::from(cap1 > lm && f.beats(p + 1, cap1, lm))
+            usize::from(cap1 > lm && f.beats(p + 1, cap1, lm, &m.reps))
         } else {
             0
         };
@@ -983,46 +1100,54 @@ fn code_block<C: Coder>(
             prev = 0;
             continue;
         }
-        let len = if c.bit(&mut m.len_eq[b], u32::from(tl == lm)) == 1 {
-            lm
+        let (len, dist) = if c.bit(&mut m.len_eq[b], u32::from(tl == lm)) == 1 {
+            (lm, code_dist(c, m, f, p, lm, lm, lm_at, td)?)
+        } else if c.bit(&mut m.len_up[b], u32::from(tl > lm)) == 0 {
+            let mag = m.len_mag.code(c, (lm.abs_diff(tl) as u32).wrapping_sub(1))? as usize + 1;
+            let len = lm.checked_sub(mag).ok_or_else(|| malformed("length"))?;
+            if len < 3 {
+                return Err(malformed("match length out of range"));
+            }
+            (len, code_dist(c, m, f, p, len, lm, lm_at, td)?)
         } else {
-            let up = c.bit(&mut m.len_up[b], u32::from(tl > lm));
-            let mag = m.len_mag.code(c, (tl.abs_diff(lm) as u32).wrapping_sub(1))? as usize + 1;
-            if up == 1 {
-                lm + mag
+            // Longer than predicted: the index j of the match among the deeper candidates that
+            // beat Lmax, then how much shorter than that candidate's match it is.
+            let (j_in, m_in) = if C::ENCODING {
+                f.beyond(p, cap, lm, td, &m.reps).unwrap_or((DIST_WALK, 0))
             } else {
-                lm.checked_sub(mag).ok_or_else(|| malformed("length"))?
+                (0, 0)
+            };
+            let j = m.up_j.code(c, j_in)?;
+            if j >= DIST_WALK {
+                let len = lm + m.len_mag.code(c, tl.wrapping_sub(lm).wrapping_sub(1) as u32)? as usize + 1;
+                let d = m.dist.code(c, (td as u32).wrapping_sub(1))? as usize + 1;
+                if len > cap || d > WINDOW || d > p {
+                    return Err(malformed("match out of range"));
+                }
+                (len, d)
+            } else {
+                let (cand, full) = if C::ENCODING {
+                    (p - td, m_in)
+                } else {
+                    f.jth_beyond(p, cap, lm, j, &m.reps)
+                        .ok_or_else(|| malformed("no such match"))?
+                };
+                let short = m.up_short.code(c, (full.wrapping_sub(tl)) as u32)? as usize;
+                let len = full
+                    .checked_sub(short)
+                    .filter(|&l| l > lm && l >= 3)
+                    .ok_or_else(|| malformed("match length out of range"))?;
+                (len, p - cand)
             }
         };
-        if len < 3 || len > cap {
+        if len > cap {
             return Err(malformed("match length out of range"));
         }
-        let k_in = if C::ENCODING {
-            f.index_of(p, len, td).unwrap_or(DIST_WALK)
-        } else {
-            0
-        };
-        let kctx = b * 2 + usize::from(len == lm);
-        let k = if c.bit(&mut m.k0[kctx], u32::from(k_in == 0)) == 1 {
-            0
-        } else {
-            m.k.code(c, k_in.wrapping_sub(1))? + 1
-        };
-        let dist = if k >= DIST_WALK {
-            let d = m.dist.code(c, (td as u32).wrapping_sub(1))? as usize + 1;
-            if d > WINDOW || d > p {
-                return Err(malformed("distance out of range"));
-            }
-            d
-        } else if C::ENCODING {
-            td
-        } else if k == 0 && len == lm {
-            // The nearest candidate reaching Lmax is the first one matching Lmax bytes.
-            p - lm_at
-        } else {
-            f.kth(p, len, k).ok_or_else(|| malformed("no such match"))?
-        };
         emit(len, dist, p);
+        // Most recently used distances first.
+        let i = m.reps.iter().position(|&r| r == dist).unwrap_or(REPS - 1);
+        m.reps.copy_within(0..i, 1);
+        m.reps[0] = dist;
         p += len;
         prev = 1;
     }
@@ -1030,6 +1155,48 @@ fn code_block<C: Coder>(
         return Err(malformed("token count"));
     }
     Ok(())
+}
+
+/// Codes the distance of a match of `len` <= Lmax bytes at `p`: its index k among the
+/// candidates matching at least `len` bytes (escape: explicit distance).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn code_dist<C: Coder>(
+    c: &mut C,
+    m: &mut Model,
+    f: &Matcher,
+    p: usize,
+    len: usize,
+    lm: usize,
+    lm_at: usize,
+    td: usize,
+) -> Result<usize, CodecError> {
+    let k_in = if C::ENCODING {
+        f.index_of(p, len, td, &m.reps).unwrap_or(DIST_WALK)
+    } else {
+        0
+    };
+    let kctx = bucket(lm) * 2 + usize::from(len == lm);
+    let k = if c.bit(&mut m.k0[kctx], u32::from(k_in == 0)) == 1 {
+        0
+    } else {
+        m.k.code(c, k_in.wrapping_sub(1))? + 1
+    };
+    if k >= DIST_WALK {
+        let d = m.dist.code(c, (td as u32).wrapping_sub(1))? as usize + 1;
+        if d > WINDOW || d > p {
+            return Err(malformed("distance out of range"));
+        }
+        Ok(d)
+    } else if C::ENCODING {
+        Ok(td)
+    } else if k == 0 && len == lm {
+        // The nearest candidate reaching Lmax is the first one matching Lmax bytes.
+        Ok(p - lm_at)
+    } else {
+        f.kth(p, len, k, &m.reps)
+            .ok_or_else(|| malformed("no such match"))
+    }
 }
 
 /// Side info for a parsed stream (see the module doc).
@@ -1066,11 +1233,7 @@ fn code_side(s: &Parsed) -> Result<Vec<u8>, CodecError> {
         }
         at += b.plain;
     }
-    let hdr = side.len();
     side.extend_from_slice(&rc.finish());
-    if std::env::var_os("REFLATE_DEBUG").is_some() {
-        eprintln!("side: {} blocks, headers {hdr}, tokens {} in {} bytes", s.blocks.len(), s.tokens.len(), side.len() - hdr);
-    }
     Ok(side)
 }
 
