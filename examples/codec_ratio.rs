@@ -364,7 +364,9 @@ fn deflate_report(
             let col = &mut row.5[i];
             let mut out = Vec::new();
             let t = CpuTimer::now();
-            let r = reg.get(id)?.encode(&data, &EncodeParams::level(19), &mut out);
+            let r = reg
+                .get(id)?
+                .encode(&data, &EncodeParams::level(19), &mut out);
             let enc = t.elapsed();
             match r {
                 Ok(params) => {

@@ -5,7 +5,10 @@ use std::time::Duration;
 struct Instant(Duration);
 impl Instant {
     fn now() -> Instant {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: clock_gettime only writes the timespec it is given.
         unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
         Instant(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
@@ -18,7 +21,11 @@ impl Instant {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for path in std::env::args().skip(1) {
         let raw = std::fs::read(&path)?;
-        let Some(start) = (if raw.starts_with(&[0x1f, 0x8b]) { Some(10) } else { None }) else {
+        let Some(start) = (if raw.starts_with(&[0x1f, 0x8b]) {
+            Some(10)
+        } else {
+            None
+        }) else {
             continue;
         };
         let mut at = start;
@@ -43,8 +50,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let dec = t.elapsed() / 5;
         assert!(back == data[..used]);
         let fast = std::env::var_os("NOZ").is_some();
-        let z = if fast { vec![] } else { zstd::bulk::compress(&plain, 19)? };
-        let zs = if fast { vec![] } else { zstd::bulk::compress(&side, 19)? };
+        let z = if fast {
+            vec![]
+        } else {
+            zstd::bulk::compress(&plain, 19)?
+        };
+        let zs = if fast {
+            vec![]
+        } else {
+            zstd::bulk::compress(&side, 19)?
+        };
         println!(
             "{path}: stream {used} plain {} zstd19(plain) {} zstd(side) {} side {} | enc {:.1} MB/s dec {:.1} MB/s",
             plain.len(),

@@ -178,9 +178,14 @@ fn run(body: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
     if r.remaining() != 0 {
         return Err(malformed("bytes after the plain area"));
     }
-    execute(head.ops, verbatim, corr, plain, raw_len, &mut |text, corr, _limit| {
-        recreate(text, corr)
-    })
+    execute(
+        head.ops,
+        verbatim,
+        corr,
+        plain,
+        raw_len,
+        &mut |text, corr, _limit| recreate(text, corr),
+    )
 }
 
 /// The ops and area lengths at the start of a body (shared with `deflate_tokens`).

@@ -298,7 +298,12 @@ mod tests {
     #[test]
     fn whole_file_codecs_are_registered_and_roundtrip_their_samples() {
         let r = Registry::default();
-        for (id, class) in [(JPEG, "jpeg"), (DEFLATE, "zip"), (FLAC, "wav")] {
+        for (id, class) in [
+            (JPEG, "jpeg"),
+            (DEFLATE, "zip"),
+            (FLAC, "wav"),
+            (DEFLATE_TOKENS, "gzip"),
+        ] {
             let c = r.get(id).unwrap_or_else(|e| panic!("{e}"));
             assert!(matches!(c.granularity(), Granularity::WholeFile { .. }));
             assert!(c.is_lossless());
@@ -348,7 +353,7 @@ mod tests {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             assert!(r.decode(ZSTD, &junk, 3, 131072).is_err());
             assert!(r.decode(RAW, &junk, 0, len + 1).is_err());
-            for id in [JPEG, DEFLATE, FLAC] {
+            for id in [JPEG, DEFLATE, FLAC, DEFLATE_TOKENS] {
                 assert!(r.decode(id, &junk, 0, 131072).is_err(), "{id} len {len}");
             }
         }
