@@ -72,12 +72,12 @@ const PLAIN_AREA: u8 = 0;
 pub const PLAIN_IMAGE: u8 = 1;
 
 /// Chain candidates examined for Lmax (after the recent distances).
-const LMAX_WALK: usize = 32;
+const LMAX_WALK: usize = 16;
 /// Chain entries examined for a distance index; an index of this value is the escape.
 const DIST_WALK: u32 = 1024;
 const WINDOW: usize = 32768;
-const HASH_BITS: u32 = 16;
-const RING: usize = 1 << 16;
+const HASH_BITS: u32 = 15;
+const RING: usize = 1 << 15;
 /// Longest header of a dynamic block, in bits (14 + 19*3 + 320*(7+7) is below this).
 const MAX_HEADER_BITS: usize = 8192;
 
@@ -816,8 +816,9 @@ struct Matcher<'a> {
     d: &'a [u8],
     /// Most recent position + 1 with each hash (0: none).
     head: Vec<u32>,
-    /// Previous position + 1 with the same hash, by position modulo RING.
-    prev: Vec<u32>,
+    /// By position modulo the ring size: how far back the previous position with the same hash
+    /// is (0: none, or beyond the window).
+    prev: Vec<u16>,
     inserted: usize,
 }
 
@@ -871,7 +872,13 @@ impl<'a> Matcher<'a> {
             let q = self.inserted;
             let h = self.hash(q);
             let mask = self.prev.len() - 1;
-            self.prev[q & mask] = self.head[h];
+            let last = self.head[h] as usize;
+            // last - 1 is the previous position; gaps beyond the window end the chain.
+            self.prev[q & mask] = if last == 0 || q + 1 - last > WINDOW {
+                0
+            } else {
+                (q + 1 - last) as u16
+            };
             self.head[h] = q as u32 + 1;
             self.inserted += 1;
         }
@@ -1040,10 +1047,14 @@ impl Iterator for Chain<'_> {
                 return None;
             }
             let c = self.next as usize - 1;
-            let after = self.m.prev[c & (self.m.prev.len() - 1)];
-            // Entries are only ever older than the one linking to them; a newer one means the
-            // ring slot was reused and the chain ends.
-            self.next = if (after as usize) < c + 1 { after } else { 0 };
+            let gap = u32::from(self.m.prev[c & (self.m.prev.len() - 1)]);
+            // A slot reused by a newer position (only at the window's edge) gives a link that
+            // may be wrong, the same one on both sides; the window check ends the chain.
+            self.next = if gap == 0 {
+                0
+            } else {
+                self.next.saturating_sub(gap)
+            };
             if c >= self.p {
                 continue; // the position itself (inserted by the look-ahead)
             }
