@@ -29,8 +29,10 @@
 //!
 //! Side info of one deflate stream:
 //! ```text
-//! u8      plain coding: 0 = the plain text comes from the plain area (or the nested group);
-//!         1 = reserved for image-coded PNG pixels (a later version); others invalid
+//! u8      plain coding: 0 = the op's plain bytes (plain area, or the nested group) are the
+//!         stream's plain text; 1 = reserved for PNG IDAT streams: the op's plain bytes are
+//!         the pixel coder's encoding of the plain text, which it decodes back (not yet
+//!         accepted by this decoder: `Err`); others invalid
 //! varint  block count n >= 1; the last block is the one with BFINAL set
 //! n x     u8 BTYPE (0 stored, 1 fixed, 2 dynamic), varint plain bytes in the block, then
 //!           stored:  u8 value of the padding bits before LEN (LEN = plain bytes, NLEN = !LEN)
@@ -1256,14 +1258,34 @@ fn code_side(s: &Parsed) -> Result<Vec<u8>, CodecError> {
     Ok(side)
 }
 
-/// Rebuilds a raw deflate stream from its plain text and side info; the stream may not exceed
-/// `limit` bytes.
+/// Rebuilds a raw deflate stream from its plain text and side info (plain coding 0); the
+/// stream may not exceed `limit` bytes.
 pub fn rebuild(text: &[u8], side: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+    match side.first() {
+        Some(&PLAIN_AREA) => rebuild_tokens(text, side, limit),
+        Some(&PLAIN_IMAGE) => Err(malformed("image-coded plain text not supported")),
+        _ => Err(malformed("unknown plain coding")),
+    }
+}
+
+/// The plain coding tag of a stream's side info (its first byte).
+pub fn plain_coding(side: &[u8]) -> Option<u8> {
+    side.first().copied()
+}
+
+/// Sets the plain coding tag of a stream's side info (for the PNG pixel coder: `PLAIN_IMAGE`).
+pub fn set_plain_coding(side: &mut [u8], tag: u8) {
+    if let Some(t) = side.first_mut() {
+        *t = tag;
+    }
+}
+
+/// Rebuilds a raw deflate stream from its plain text `text` (already decoded by whatever the
+/// plain coding names) and its side info, whatever its plain coding tag (0 or 1).
+pub fn rebuild_tokens(text: &[u8], side: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
     let mut r = Reader::new(side);
-    match r.u8()? {
-        PLAIN_AREA => {}
-        PLAIN_IMAGE => return Err(malformed("image-coded plain text not supported")),
-        _ => return Err(malformed("unknown plain coding")),
+    if !matches!(r.u8()?, PLAIN_AREA | PLAIN_IMAGE) {
+        return Err(malformed("unknown plain coding"));
     }
     let n = r.len(side.len())?;
     if n == 0 {
@@ -1685,6 +1707,22 @@ mod tests {
         let mut junk = side[..side.len() / 2].to_vec();
         junk.extend((0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
         let _ = rebuild(&plain, &junk, used);
+    }
+
+    #[test]
+    fn image_plain_coding_hook() {
+        let t = text();
+        let s = deflate_raw(&t, 9);
+        let (plain, mut side, used) = analyze(&s, 1 << 30).unwrap();
+        assert_eq!(plain_coding(&side), Some(PLAIN_AREA));
+        set_plain_coding(&mut side, PLAIN_IMAGE);
+        assert_eq!(plain_coding(&side), Some(PLAIN_IMAGE));
+        // The codec's own decoder refuses it until the pixel coder is wired in; the pixel
+        // coder, having decoded the plain text itself, rebuilds the stream.
+        assert!(rebuild(&plain, &side, used).is_err());
+        assert_eq!(rebuild_tokens(&plain, &side, used).unwrap(), s);
+        set_plain_coding(&mut side, 2);
+        assert!(rebuild_tokens(&plain, &side, used).is_err());
     }
 
     #[test]

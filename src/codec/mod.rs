@@ -30,7 +30,10 @@ mod zstd_long;
 pub use self::audio::Flac;
 pub use self::deflate::Deflate;
 pub use self::deflate_tokens::{
-    analyze as deflate_tokens_analyze, rebuild as deflate_tokens_rebuild, DeflateTokens,
+    analyze as deflate_tokens_analyze, plain_coding as deflate_tokens_plain_coding,
+    rebuild as deflate_tokens_rebuild, rebuild_tokens as deflate_tokens_rebuild_tokens,
+    set_plain_coding as deflate_tokens_set_plain_coding, DeflateTokens,
+    PLAIN_IMAGE as DEFLATE_TOKENS_PLAIN_IMAGE,
 };
 pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
