@@ -1706,6 +1706,21 @@ mod tests {
         assert!(rebuild(&plain, &[0, 0, 0], used).is_err());
         assert!(rebuild(&plain, &[0, 1, 1, 5, 0], used).is_err());
         assert!(rebuild(&plain[1..], &side, used).is_err());
+        // Random multi-byte mutations of a smaller stream's side info (fixed seed).
+        let small = deflate_raw(&t[..30_000], 9);
+        let (plain, side, used) = analyze(&small, 1 << 30).unwrap();
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for _ in 0..3000 {
+            let mut bad = side.clone();
+            for _ in 0..1 + (x >> 60) % 3 {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let i = (x >> 33) as usize % bad.len();
+                bad[i] = (x >> 20) as u8;
+            }
+            if let Ok(out) = rebuild(&plain, &bad, used) {
+                assert!(out.len() <= used);
+            }
+        }
         // Garbage tokens for the right plain text.
         let mut junk = side[..side.len() / 2].to_vec();
         junk.extend((0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
