@@ -41,16 +41,29 @@
 //! u8      value of the padding bits after the last block (up to the byte boundary)
 //! ...     the rest: range-coded token choices of all fixed/dynamic blocks, in order
 //! ```
-//! Token choices: both sides walk the plain text with the same match finder (hash chains of
-//! 3-byte prefixes over the 32 KiB window). At each token position p of a block ending at e,
-//! with cap = min(258, e - p), Lmax = the longest match among the first `LMAX_WALK` chain
-//! candidates (0 if cap < 3) and `lazy` = whether Lmax at p+1 exceeds Lmax at p (when Lmax >= 3):
-//! - bit is-match (context: Lmax bucket, previous token a match, lazy); a literal is the
-//!   plain byte at p;
-//! - length L: bit L == Lmax (context: bucket); otherwise bit L > Lmax and gamma(|L-Lmax| - 1);
-//! - distance: k = index of the distance among the chain candidates (nearest first, within
-//!   the first `DIST_WALK` chain entries) whose match length is >= L: bit k == 0, else
-//!   gamma(k - 1); k == `DIST_WALK` escapes to gamma(distance - 1).
+//! Token choices: both sides walk the plain text with the same match finder: hash chains of
+//! 3-byte prefixes (15-bit multiplicative hash, every position inserted) over the 32 KiB
+//! window. The candidates at position p are, in this order: the `REPS` most recently used
+//! distances (most recent first, those in range), then the chain entries (nearest first). At
+//! each token position p of a block ending at e, with cap = min(258, e - p), Lmax = the
+//! longest match (at most cap) among the recent distances and the first `LMAX_WALK` chain
+//! entries (0 if cap < 3), its nearest candidate the first reaching it:
+//! - bit is-match (context: Lmax bucket, previous token a match); a literal is the byte at p;
+//! - bit L == Lmax (context: bucket): then the distance as below with L = Lmax;
+//! - else bit L > Lmax (context: bucket):
+//!   - 0 (shorter): gamma(Lmax - L - 1), then the distance as below;
+//!   - 1 (longer): gamma(j), j = index of the match among the candidates (recent distances,
+//!     then the first `DIST_WALK` chain entries) that match more than Lmax bytes; then
+//!     gamma(M - L), M = that candidate's match length (at most cap). j >= `DIST_WALK`
+//!     escapes: gamma(L - Lmax - 1), gamma(distance - 1);
+//! - distance of a match of L <= Lmax bytes: k = its index among the candidates (recent
+//!   distances, then the first `DIST_WALK` chain entries) matching at least L bytes: bit
+//!   k == 0 (context: bucket, L == Lmax), else gamma(k - 1); k >= `DIST_WALK` escapes to
+//!   gamma(distance - 1).
+//! Lmax buckets: 0 for Lmax < 3, 1..=4 for 3..=6, 5 for 7-8, 6 for 9-16, 7 for 17-64,
+//! 8 for 65-257, 9 for 258. After each match its distance moves to the front of the recent
+//! distances. Each gamma code
+//! has its own contexts (length difference, k, escaped distance, j, M - L).
 //!
 //! The binary coder is LZMA's range coder (12-bit probabilities, adaptation shift 5, every
 //! context starting at 1/2); gamma(n) is Elias gamma of n+1: unary bit count with one context
@@ -74,7 +87,7 @@ const PLAIN_AREA: u8 = 0;
 pub const PLAIN_IMAGE: u8 = 1;
 
 /// Chain candidates examined for Lmax (after the recent distances).
-const LMAX_WALK: usize = 16;
+const LMAX_WALK: usize = 32;
 /// Chain entries examined for a distance index; an index of this value is the escape.
 const DIST_WALK: u32 = 1024;
 const WINDOW: usize = 32768;
@@ -765,7 +778,7 @@ impl Gamma {
 
 /// All adaptive contexts of one stream's token model.
 struct Model {
-    flag: [u16; BUCKETS * 4],
+    flag: [u16; BUCKETS * 2],
     len_eq: [u16; BUCKETS],
     len_up: [u16; BUCKETS],
     len_mag: Gamma,
@@ -797,7 +810,7 @@ fn bucket(lm: usize) -> usize {
 impl Model {
     fn new() -> Self {
         Model {
-            flag: [PROB_INIT; BUCKETS * 4],
+            flag: [PROB_INIT; BUCKETS * 2],
             len_eq: [PROB_INIT; BUCKETS],
             len_up: [PROB_INIT; BUCKETS],
             len_mag: Gamma::new(),
@@ -939,20 +952,6 @@ impl<'a> Matcher<'a> {
         (best, at)
     }
 
-    /// Whether a candidate among the first `LMAX_WALK` at `p` matches more than `lm` bytes
-    /// (`lm` < `cap`): the same as `lmax(p, cap).0 > lm`, faster.
-    #[inline]
-    fn beats(&self, p: usize, cap: usize, lm: usize, reps: &[usize; REPS]) -> bool {
-        let d = self.d;
-        for c in self.cands(p, reps, LMAX_WALK) {
-            if d[c + lm] == d[p + lm] && match_len(d, c, p, lm + 1) > lm {
-                return true;
-            }
-        }
-        let _ = cap;
-        false
-    }
-
     /// Index of distance `dist` among the candidates matching at least `len` bytes.
     fn index_of(&self, p: usize, len: usize, dist: usize, reps: &[usize; REPS]) -> Option<u32> {
         let mut k = 0;
@@ -1058,7 +1057,7 @@ impl Iterator for Chain<'_> {
                 self.next.saturating_sub(gap)
             };
             if c >= self.p {
-                continue; // the position itself (inserted by the look-ahead)
+                continue; // never: only positions before p are inserted (defensive)
             }
             if self.p - c > WINDOW {
                 return None;
@@ -1100,14 +1099,7 @@ fn code_block<C: Coder>(
             (0, 0)
         };
         let b = bucket(lm);
-        let lazy = if lm >= 3 && lm < cap {
-            f.insert_upto(p + 1);
-            let cap1 = (end - p - 1).min(258);
-            usize::from(cap1 > lm && f.beats(p + 1, cap1, lm, &m.reps))
-        } else {
-            0
-        };
-        let is_match = c.bit(&mut m.flag[b * 4 + prev * 2 + lazy], u32::from(tl > 0));
+        let is_match = c.bit(&mut m.flag[b * 2 + prev], u32::from(tl > 0));
         if is_match == 0 {
             emit(0, 0, p);
             p += 1;
