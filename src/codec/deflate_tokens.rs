@@ -60,6 +60,7 @@
 //!   distances, then the first `DIST_WALK` chain entries) matching at least L bytes: bit
 //!   k == 0 (context: bucket, L == Lmax), else gamma(k - 1); k >= `DIST_WALK` escapes to
 //!   gamma(distance - 1).
+//!
 //! Lmax buckets: 0 for Lmax < 3, 1..=4 for 3..=6, 5 for 7-8, 6 for 9-16, 7 for 17-64,
 //! 8 for 65-257, 9 for 258. After each match its distance moves to the front of the recent
 //! distances. Each gamma code
