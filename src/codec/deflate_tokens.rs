@@ -33,6 +33,8 @@
 //!         stream's plain text; 1 = reserved for PNG IDAT streams: the op's plain bytes are
 //!         the pixel coder's encoding of the plain text, which it decodes back (not yet
 //!         accepted by this decoder: `Err`); others invalid
+//! u8      w: the match finder examines 2^w chain entries for Lmax (`LMAX_WALK` below),
+//!         0 <= w <= 10; the encoder uses 5, or 7 where that shrinks a poorly predicted stream
 //! varint  block count n >= 1; the last block is the one with BFINAL set
 //! n x     u8 BTYPE (0 stored, 1 fixed, 2 dynamic), varint plain bytes in the block, then
 //!           stored:  u8 value of the padding bits before LEN (LEN = plain bytes, NLEN = !LEN)
@@ -46,7 +48,7 @@
 //! window. The candidates at position p are, in this order: the `REPS` most recently used
 //! distances (most recent first, those in range), then the chain entries (nearest first). At
 //! each token position p of a block ending at e, with cap = min(258, e - p), Lmax = the
-//! longest match (at most cap) among the recent distances and the first `LMAX_WALK` chain
+//! longest match (at most cap) among the recent distances and the first `LMAX_WALK` = 2^w chain
 //! entries (0 if cap < 3), its nearest candidate the first reaching it:
 //! - bit is-match (context: Lmax bucket, previous token a match); a literal is the byte at p;
 //! - bit L == Lmax (context: bucket): then the distance as below with L = Lmax;
@@ -87,8 +89,11 @@ const PLAIN_AREA: u8 = 0;
 /// Reserved: the plain text of a PNG IDAT stream coded by the pixel coder.
 pub const PLAIN_IMAGE: u8 = 1;
 
-/// Chain candidates examined for Lmax (after the recent distances).
-const LMAX_WALK: usize = 32;
+/// log2 of the chain entries examined for Lmax (after the recent distances): the default, the
+/// deeper walk tried for poorly predicted streams, and the most a payload may ask for.
+const WALK_LOG: u8 = 5;
+const WALK_LOG_DEEP: u8 = 7;
+const WALK_LOG_MAX: u8 = 10;
 /// Chain entries examined for a distance index; an index of this value is the escape.
 const DIST_WALK: u32 = 1024;
 const WINDOW: usize = 32768;
@@ -242,7 +247,15 @@ impl Recoder for TokenRecoder {
 /// This is the entry point for a caller that walks containers itself (the PNG pixel coder).
 pub fn analyze(data: &[u8], budget: usize) -> Option<(Vec<u8>, Vec<u8>, usize)> {
     let parsed = inflate(data, budget)?;
-    let side = code_side(&parsed).ok()?;
+    let mut side = code_side(&parsed, WALK_LOG).ok()?;
+    // A poorly predicted stream (image data, say) may shrink with a deeper walk; well
+    // predicted ones keep the fast default.
+    if side.len() > parsed.used / 8 {
+        let deep = code_side(&parsed, WALK_LOG_DEEP).ok()?;
+        if deep.len() < side.len() - side.len() / 10 {
+            side = deep;
+        }
+    }
     if side.len() >= parsed.used {
         return None;
     }
@@ -836,6 +849,8 @@ struct Matcher<'a> {
     /// is (0: none, or beyond the window).
     prev: Vec<u16>,
     inserted: usize,
+    /// Chain entries examined for Lmax.
+    walk: usize,
 }
 
 #[inline]
@@ -863,8 +878,9 @@ fn match_len(d: &[u8], a: usize, b: usize, cap: usize) -> usize {
 }
 
 impl<'a> Matcher<'a> {
-    fn new(d: &'a [u8]) -> Self {
+    fn new(d: &'a [u8], walk_log: u8) -> Self {
         Matcher {
+            walk: 1 << walk_log.min(WALK_LOG_MAX),
             d,
             head: vec![0; 1 << HASH_BITS],
             // A text shorter than the ring never wraps it: the chains are the same.
@@ -937,7 +953,7 @@ impl<'a> Matcher<'a> {
     fn lmax(&self, p: usize, cap: usize, reps: &[usize; REPS]) -> (usize, usize) {
         let d = self.d;
         let (mut best, mut at) = (0, 0);
-        for c in self.cands(p, reps, LMAX_WALK) {
+        for c in self.cands(p, reps, self.walk) {
             if best > 0 && d[c + best] != d[p + best] {
                 continue;
             }
@@ -1217,8 +1233,8 @@ fn code_dist<C: Coder>(
 }
 
 /// Side info for a parsed stream (see the module doc).
-fn code_side(s: &Parsed) -> Result<Vec<u8>, CodecError> {
-    let mut side = vec![PLAIN_AREA];
+fn code_side(s: &Parsed, walk_log: u8) -> Result<Vec<u8>, CodecError> {
+    let mut side = vec![PLAIN_AREA, walk_log];
     put_varint(&mut side, s.blocks.len() as u64);
     for b in &s.blocks {
         side.push(b.btype);
@@ -1235,7 +1251,7 @@ fn code_side(s: &Parsed) -> Result<Vec<u8>, CodecError> {
     side.push(s.final_pad);
     let mut rc = RcEnc::new();
     let mut model = Model::new();
-    let mut f = Matcher::new(&s.plain);
+    let mut f = Matcher::new(&s.plain, walk_log);
     let mut at = 0;
     for b in &s.blocks {
         if b.btype != 0 {
@@ -1282,6 +1298,10 @@ pub fn rebuild_tokens(text: &[u8], side: &[u8], limit: usize) -> Result<Vec<u8>,
     let mut r = Reader::new(side);
     if !matches!(r.u8()?, PLAIN_AREA | PLAIN_IMAGE) {
         return Err(malformed("unknown plain coding"));
+    }
+    let walk_log = r.u8()?;
+    if walk_log > WALK_LOG_MAX {
+        return Err(malformed("match finder walk too deep"));
     }
     let n = r.len(side.len())?;
     if n == 0 {
@@ -1331,7 +1351,7 @@ pub fn rebuild_tokens(text: &[u8], side: &[u8], limit: usize) -> Result<Vec<u8>,
     let final_pad = r.u8()?;
     let mut rc = RcDec::new(r.rest());
     let mut model = Model::new();
-    let mut f = Matcher::new(text);
+    let mut f = Matcher::new(text, walk_log);
     let mut w = BitOut {
         out: Vec::with_capacity(text.len() / 2 + 64),
         acc: 0,
