@@ -68,6 +68,13 @@
 //! distances. Each gamma code
 //! has its own contexts (length difference, k, escaped distance, j, M - L).
 //!
+//! For the PNG pixel coder (plain coding 1, not wired in yet): `analyze(stream, budget)` gives
+//! a raw deflate stream's plain text (for PNG: the filtered scanlines), its side info and its
+//! length; `set_plain_coding(&mut side, PLAIN_IMAGE)` marks the side info; the op's plain
+//! bytes are then whatever the pixel coder stores, and after the pixel coder has rebuilt the
+//! plain text, `rebuild_tokens(text, side, limit)` rebuilds the exact stream. `rebuild`
+//! (what this codec's decoder calls) refuses plain coding 1 until the decoder learns it.
+//!
 //! The binary coder is LZMA's range coder (12-bit probabilities, adaptation shift 5, every
 //! context starting at 1/2); gamma(n) is Elias gamma of n+1: unary bit count with one context
 //! per position, then the mantissa bits MSB first with a context per (bit count, position).
