@@ -22,7 +22,8 @@
 //!           the op list and area lengths V, C, P exactly as in codec 3's body (see
 //!           deflate.rs), then V bytes verbatim area, then C bytes side area
 //! ...     the rest: one zstd frame holding the P bytes of the plain area (without a
-//!         dictionary: content size set)
+//!         dictionary: content size set); the encoder uses level 19, or above 1 MiB the
+//!         requested level clamped to 19..=22
 //! ```
 //! Ops are executed as in codec 3, except that a stream is rebuilt from its plain text and its
 //! side info (the C-area bytes an op names) by this module, not by preflate-rs.
@@ -122,7 +123,7 @@ impl Codec for DeflateTokens {
         Granularity::WholeFile { max_len: MAX_LEN }
     }
 
-    fn encode(&self, raw: &[u8], _p: &EncodeParams, out: &mut Vec<u8>) -> Result<u32, CodecError> {
+    fn encode(&self, raw: &[u8], p: &EncodeParams, out: &mut Vec<u8>) -> Result<u32, CodecError> {
         out.clear();
         super::check_whole_len(raw, MAX_LEN, "")?;
         let Some(kind) = Container::sniff(raw) else {
@@ -137,7 +138,7 @@ impl Codec for DeflateTokens {
         meta.extend_from_slice(&b.verbatim);
         meta.extend_from_slice(&b.corr);
         let meta = zstd_compress(&meta, ZSTD_LEVEL)?;
-        let (dict, plain) = compress_plain(&b.plain)?;
+        let (dict, plain) = compress_plain(&b.plain, p.level.clamp(ZSTD_LEVEL, 22))?;
         let mut payload = vec![VERSION, dict as u8];
         put_varint(&mut payload, meta.len() as u64);
         payload.extend_from_slice(&meta);
@@ -210,16 +211,18 @@ impl Codec for DeflateTokens {
     }
 }
 
-/// Plain areas up to this size also try the trained dictionaries of codec 6.
+/// Plain areas up to this size also try the trained dictionaries of codec 6 (at level 19).
 const DICT_TRY_MAX: usize = 1 << 20;
 
 /// Compresses the plain area: zstd -19 (long window), or with a trained dictionary when that is
 /// smaller. Returns the dictionary id (0: none) and the frame.
-fn compress_plain(plain: &[u8]) -> Result<(u32, Vec<u8>), CodecError> {
-    let plain_zstd = zstd_compress(plain, ZSTD_LEVEL)?;
+fn compress_plain(plain: &[u8], big_level: i32) -> Result<(u32, Vec<u8>), CodecError> {
     if plain.len() > DICT_TRY_MAX || plain.is_empty() {
-        return Ok((0, plain_zstd));
+        // Level 22 is about 3% smaller than 19 on megabytes of text and decodes as fast, but
+        // takes several times the memory to encode: only when asked for (like ZSTD_LONG).
+        return Ok((0, zstd_compress(plain, big_level)?));
     }
+    let plain_zstd = zstd_compress(plain, ZSTD_LEVEL)?;
     // The dictionary is chosen at a fast level, then used at the strong one.
     let with = |id: u32, level: i32| {
         let mut out = Vec::new();
