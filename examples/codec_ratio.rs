@@ -17,9 +17,10 @@
 //! re-encoders (preflate, codec 3, left out with `--no-preflate`; deflate-tokens, codec 8)
 //! with zstd -19 of the file: stored bytes (a file a codec refuses counts as its zstd -19 or
 //! raw size), % saved, and encode / decode MB/s of the original bytes over the files the codec
-//! took, every decode checked against the file.
+//! took, every decode checked against the file. `--level=N` is the encode level handed to the
+//! codecs (default 19, what recompression at level max uses).
 //!
-//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion] [--verbose] [--classify-only] [--dump-seeds=DIR] [--deflate [--no-preflate]]`
+//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion] [--verbose] [--classify-only] [--dump-seeds=DIR] [--deflate [--no-preflate] [--level=N]]`
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -104,7 +105,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     if args.iter().any(|a| a == "--deflate") {
         let preflate = !args.iter().any(|a| a == "--no-preflate");
-        return deflate_report(&files, preflate, verbose);
+        let level = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--level="))
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(19);
+        return deflate_report(&files, preflate, verbose, level);
     }
     let reg = Registry::default();
     let mut rows: BTreeMap<ContentClass, Row> = BTreeMap::new();
@@ -315,6 +321,7 @@ fn deflate_report(
     files: &[PathBuf],
     preflate: bool,
     verbose: bool,
+    level: i32,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use idcfs::codec::DEFLATE_TOKENS;
     let reg = Registry::default();
