@@ -373,7 +373,7 @@ fn deflate_report(
             let t = CpuTimer::now();
             let r = reg
                 .get(id)?
-                .encode(&data, &EncodeParams::level(19), &mut out);
+                .encode(&data, &EncodeParams::level(level), &mut out);
             let enc = t.elapsed();
             match r {
                 Ok(params) => {
