@@ -13,7 +13,14 @@
 //!
 //! Every chosen form is decoded and compared with the file; a mismatch is reported and fails.
 //!
-//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion] [--verbose] [--classify-only] [--dump-seeds=DIR]`
+//! With `--deflate` it instead compares, on the gzip, zip and PNG files only, the two deflate
+//! re-encoders (preflate, codec 3, left out with `--no-preflate`; deflate-tokens, codec 8)
+//! with zstd -19 of the file: stored bytes (a file a codec refuses counts as its zstd -19 or
+//! raw size), % saved, and encode / decode MB/s of the original bytes over the files the codec
+//! took, every decode checked against the file. `--level=N` is the encode level handed to the
+//! codecs (default 19, what recompression at level max uses).
+//!
+//! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion] [--verbose] [--classify-only] [--dump-seeds=DIR] [--deflate [--no-preflate] [--level=N]]`
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -96,6 +103,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut files = Vec::new();
     walk(&dir, &mut files)?;
     files.sort();
+    if args.iter().any(|a| a == "--deflate") {
+        let preflate = !args.iter().any(|a| a == "--no-preflate");
+        let level = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--level="))
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(19);
+        return deflate_report(&files, preflate, verbose, level);
+    }
     let reg = Registry::default();
     let mut rows: BTreeMap<ContentClass, Row> = BTreeMap::new();
     let mut matrix: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
@@ -286,4 +302,162 @@ fn print_row(name: &str, r: &Row) {
         mbs(r.dec),
         wins.join(", ")
     );
+}
+
+#[derive(Default)]
+struct DeflateCol {
+    /// Files the codec took, their bytes, what it stored for them.
+    took: usize,
+    took_bytes: u64,
+    took_stored: u64,
+    /// Stored bytes over all files of the class (zstd -19 or raw where the codec refused).
+    stored: u64,
+    enc: Duration,
+    dec: Duration,
+}
+
+/// Codec 3 vs codec 8 vs zstd -19 on the deflate containers (see the module doc).
+fn deflate_report(
+    files: &[PathBuf],
+    preflate: bool,
+    verbose: bool,
+    level: i32,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use idcfs::codec::DEFLATE_TOKENS;
+    let reg = Registry::default();
+    let mut codecs = vec![(DEFLATE_TOKENS, "deflate-tokens")];
+    if preflate {
+        codecs.push((DEFLATE, "preflate"));
+    }
+    // class -> (files, bytes, zstd19 bytes, zstd19 enc, zstd19 dec, per-codec columns)
+    type ClassRow = (usize, u64, u64, Duration, Duration, Vec<DeflateCol>);
+    let mut rows: BTreeMap<&'static str, ClassRow> = BTreeMap::new();
+    let mut mismatches = 0;
+    for path in files {
+        let data = std::fs::read(path)?;
+        let class = classify_file(&data[..data.len().min(MAX_HEAD)], data.len() as u64);
+        if !matches!(
+            class,
+            ContentClass::Gzip | ContentClass::Zip | ContentClass::Png
+        ) || data.is_empty()
+        {
+            continue;
+        }
+        let row = rows.entry(class.name()).or_insert_with(|| {
+            (
+                0,
+                0,
+                0,
+                Duration::ZERO,
+                Duration::ZERO,
+                codecs.iter().map(|_| DeflateCol::default()).collect(),
+            )
+        });
+        row.0 += 1;
+        row.1 += data.len() as u64;
+        let t = CpuTimer::now();
+        let z = zstd19_long(&data)?;
+        row.3 += t.elapsed();
+        let t = CpuTimer::now();
+        let zb = zstd::bulk::decompress(&z, data.len())?;
+        row.4 += t.elapsed();
+        if zb != data {
+            return Err("zstd round trip".into());
+        }
+        let fallback = z.len().min(data.len()) as u64;
+        row.2 += fallback;
+        let mut line = format!("{} {} zstd19 {}", path.display(), data.len(), z.len());
+        for (i, &(id, name)) in codecs.iter().enumerate() {
+            let col = &mut row.5[i];
+            let mut out = Vec::new();
+            let t = CpuTimer::now();
+            let r = reg
+                .get(id)?
+                .encode(&data, &EncodeParams::level(level), &mut out);
+            let enc = t.elapsed();
+            match r {
+                Ok(params) => {
+                    let t = CpuTimer::now();
+                    let back = reg.decode(id, &out, params, data.len())?;
+                    col.dec += t.elapsed();
+                    if back != data {
+                        mismatches += 1;
+                        eprintln!("MISMATCH {name}: {}", path.display());
+                    }
+                    col.enc += enc;
+                    col.took += 1;
+                    col.took_bytes += data.len() as u64;
+                    col.took_stored += out.len() as u64;
+                    col.stored += (out.len() as u64).min(fallback);
+                    line += &format!(" {name} {}", out.len());
+                }
+                Err(e) => {
+                    col.stored += fallback;
+                    line += &format!(" {name} ({e})");
+                }
+            }
+        }
+        if verbose {
+            println!("{line}");
+        }
+    }
+    let pct = |a: u64, b: u64| {
+        if b == 0 {
+            0.0
+        } else {
+            100.0 * (1.0 - a as f64 / b as f64)
+        }
+    };
+    let mbs = |b: u64, d: Duration| b as f64 / 1e6 / d.as_secs_f64().max(1e-9);
+    println!(
+        "{:<6} {:>5} {:>11} | {:>11} {:>6} {:>7} {:>7} | codec: files took, stored (fallback zstd19), saved, saved on the files it took, enc/dec MB/s of original bytes per core (thread CPU time)",
+        "class", "files", "bytes", "zstd19", "saved", "enc", "dec"
+    );
+    for (class, r) in &rows {
+        println!(
+            "{:<6} {:>5} {:>11} | {:>11} {:>5.1}% {:>7.1} {:>7.1}",
+            class,
+            r.0,
+            r.1,
+            r.2,
+            pct(r.2, r.1),
+            mbs(r.1, r.3),
+            mbs(r.1, r.4)
+        );
+        for (i, &(_, name)) in codecs.iter().enumerate() {
+            let c = &r.5[i];
+            println!(
+                "       {:<15} took {:>4}: {:>11} {:>5.1}%  (took {:>5.1}%)  enc {:>6.1}  dec {:>6.1}",
+                name,
+                c.took,
+                c.stored,
+                pct(c.stored, r.1),
+                pct(c.took_stored, c.took_bytes),
+                mbs(c.took_bytes, c.enc),
+                mbs(c.took_bytes, c.dec)
+            );
+        }
+    }
+    if mismatches > 0 {
+        return Err(format!("{mismatches} files did not round-trip").into());
+    }
+    Ok(())
+}
+
+/// This thread's CPU time: throughput per core even when other processes share the cores.
+struct CpuTimer(Duration);
+
+impl CpuTimer {
+    fn now() -> CpuTimer {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        CpuTimer(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+    fn elapsed(&self) -> Duration {
+        CpuTimer::now().0.saturating_sub(self.0)
+    }
 }

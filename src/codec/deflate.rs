@@ -75,7 +75,7 @@ const MAX_DEPTH: usize = 2 * MAX_NEST + 2;
 /// Most inflated bytes a file of `raw_len` bytes may expand to: enough for real archives
 /// (text deflates about 4-10x), small enough that a zip bomb or a corrupt payload cannot take
 /// the machine's memory. The decoder applies the same bound, so never lower it.
-fn plain_limit(raw_len: usize) -> usize {
+pub(super) fn plain_limit(raw_len: usize) -> usize {
     raw_len
         .saturating_mul(64)
         .saturating_add(1 << 20)
@@ -110,7 +110,8 @@ impl Codec for Deflate {
         // preflate cannot rebuild falls back to verbatim instead of failing the file.
         let mut last_err = None;
         for verify in [false, true] {
-            let b = build(raw, kind, verify);
+            let mut recoder = Preflate { verify };
+            let b = build(raw, kind, &mut recoder);
             if b.streams == 0 {
                 return Err(CodecError::NotWorthIt);
             }
@@ -170,43 +171,90 @@ impl Codec for Deflate {
 /// Executes the body's ops. Every length is checked against what is left before use.
 fn run(body: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
     let mut r = Reader::new(body);
-    let n_ops = r.len(body.len())?;
-    // Ops are parsed up front so the area lengths (which follow them) are known.
-    let mut ops = Vec::with_capacity(n_ops.min(1 << 16));
-    for _ in 0..n_ops {
-        let op = match r.u8()? {
-            OP_VERBATIM => Op::Verbatim(r.len(raw_len)?),
-            OP_DEFLATE => Op::Deflate {
-                plain: r.len(body.len())?,
-                corr: r.len(body.len())?,
-            },
-            OP_IDAT_BEGIN => {
-                let k = r.len(raw_len / 12 + 1)?;
-                let mut lens = Vec::with_capacity(k.min(1 << 16));
-                for _ in 0..k {
-                    lens.push(r.len(raw_len)?);
-                }
-                Op::IdatBegin(lens)
-            }
-            OP_IDAT_END => Op::IdatEnd,
-            OP_PUSH => Op::Push,
-            OP_DEFLATE_POP => Op::DeflatePop {
-                corr: r.len(body.len())?,
-            },
-            _ => return Err(malformed("unknown op")),
-        };
-        ops.push(op);
-    }
-    let v_len = r.len(body.len())?;
-    let c_len = r.len(body.len())?;
-    let p_len = r.len(body.len())?;
-    let mut verbatim = Reader::new(r.bytes(v_len)?);
-    let mut corr = Reader::new(r.bytes(c_len)?);
-    let mut plain = Reader::new(r.bytes(p_len)?);
+    let head = Head::parse(&mut r, raw_len, body.len())?;
+    let verbatim = r.bytes(head.verbatim)?;
+    let corr = r.bytes(head.corr)?;
+    let plain = r.bytes(head.plain)?;
     if r.remaining() != 0 {
         return Err(malformed("bytes after the plain area"));
     }
+    execute(
+        head.ops,
+        verbatim,
+        corr,
+        plain,
+        raw_len,
+        &mut |text, corr, _limit| recreate(text, corr),
+    )
+}
 
+/// The ops and area lengths at the start of a body (shared with `deflate_tokens`).
+pub(super) struct Head {
+    pub(super) ops: Vec<Op>,
+    pub(super) verbatim: usize,
+    pub(super) corr: usize,
+    pub(super) plain: usize,
+}
+
+impl Head {
+    /// Parses the op list and the three area lengths; `body_len` bounds every count.
+    pub(super) fn parse(
+        r: &mut Reader,
+        raw_len: usize,
+        body_len: usize,
+    ) -> Result<Head, CodecError> {
+        let n_ops = r.len(body_len)?;
+        // Ops are parsed up front so the area lengths (which follow them) are known.
+        let mut ops = Vec::with_capacity(n_ops.min(1 << 16));
+        for _ in 0..n_ops {
+            let op = match r.u8()? {
+                OP_VERBATIM => Op::Verbatim(r.len(raw_len)?),
+                OP_DEFLATE => Op::Deflate {
+                    plain: r.len(body_len)?,
+                    corr: r.len(body_len)?,
+                },
+                OP_IDAT_BEGIN => {
+                    let k = r.len(raw_len / 12 + 1)?;
+                    let mut lens = Vec::with_capacity(k.min(1 << 16));
+                    for _ in 0..k {
+                        lens.push(r.len(raw_len)?);
+                    }
+                    Op::IdatBegin(lens)
+                }
+                OP_IDAT_END => Op::IdatEnd,
+                OP_PUSH => Op::Push,
+                OP_DEFLATE_POP => Op::DeflatePop {
+                    corr: r.len(body_len)?,
+                },
+                _ => return Err(malformed("unknown op")),
+            };
+            ops.push(op);
+        }
+        Ok(Head {
+            ops,
+            verbatim: r.len(body_len)?,
+            corr: r.len(body_len)?,
+            plain: r.len(body_len)?,
+        })
+    }
+}
+
+/// Rebuilds a deflate stream from its plain text and its side data (preflate corrections
+/// or `deflate_tokens` side info); the stream may not exceed the given length.
+pub(super) type Recreate<'a> = dyn FnMut(&[u8], &[u8], usize) -> Result<Vec<u8>, CodecError> + 'a;
+
+/// Executes ops over the three areas, rebuilding each deflate stream with `recreate`.
+pub(super) fn execute(
+    ops: Vec<Op>,
+    verbatim: &[u8],
+    corr: &[u8],
+    plain: &[u8],
+    raw_len: usize,
+    recreate: &mut Recreate,
+) -> Result<Vec<u8>, CodecError> {
+    let mut verbatim = Reader::new(verbatim);
+    let mut corr = Reader::new(corr);
+    let mut plain = Reader::new(plain);
     let mut out = Vec::with_capacity(raw_len);
     // Open groups, innermost last: IDAT groups (with their chunk lengths) and nested
     // containers (whose bytes become the plain text of a deflate stream).
@@ -220,7 +268,7 @@ fn run(body: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
                 sink(&mut out, &mut stack).extend_from_slice(bytes);
             }
             Op::Deflate { plain: p, corr: c } => {
-                let stream = recreate(plain.bytes(p)?, corr.bytes(c)?)?;
+                let stream = recreate(plain.bytes(p)?, corr.bytes(c)?, nested_limit)?;
                 sink(&mut out, &mut stack).extend_from_slice(&stream);
             }
             Op::IdatBegin(lens) => push(&mut stack, Frame::Idat(lens))?,
@@ -229,7 +277,7 @@ fn run(body: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
                 let Some((Frame::Nested, text)) = stack.pop() else {
                     return Err(malformed("deflate pop without a nested group"));
                 };
-                let stream = recreate(&text, corr.bytes(c)?)?;
+                let stream = recreate(&text, corr.bytes(c)?, nested_limit)?;
                 sink(&mut out, &mut stack).extend_from_slice(&stream);
             }
             Op::IdatEnd => {
@@ -292,12 +340,12 @@ fn sink<'a>(out: &'a mut Vec<u8>, stack: &'a mut [(Frame, Vec<u8>)]) -> &'a mut 
     }
 }
 
-enum Frame {
+pub(super) enum Frame {
     Idat(Vec<usize>),
     Nested,
 }
 
-enum Op {
+pub(super) enum Op {
     Verbatim(usize),
     Deflate { plain: usize, corr: usize },
     IdatBegin(Vec<usize>),
@@ -307,14 +355,14 @@ enum Op {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Container {
+pub(super) enum Container {
     Gzip,
     Zip,
     Png,
 }
 
 impl Container {
-    fn sniff(d: &[u8]) -> Option<Container> {
+    pub(super) fn sniff(d: &[u8]) -> Option<Container> {
         if d.starts_with(&[0x1f, 0x8b, 0x08]) {
             Some(Container::Gzip)
         } else if d.starts_with(b"PK\x03\x04") {
@@ -329,17 +377,64 @@ impl Container {
 
 const PNG_SIG: &[u8] = b"\x89PNG\r\n\x1a\n";
 
+/// What a codec does with one raw deflate stream found by the walker.
+pub(super) trait Recoder {
+    /// Analyses the raw deflate stream at the start of `data`: `None` if it cannot be
+    /// re-encoded (the walker keeps it verbatim), else its re-encoding, whose plain text is at
+    /// most `budget` bytes.
+    fn recode(&mut self, data: &[u8], budget: usize) -> Option<Recoded>;
+}
+
+/// A re-encoded deflate stream: it covered `used` bytes, inflates to `text`, and is rebuilt
+/// from `text` and `side`.
+pub(super) struct Recoded {
+    pub(super) used: usize,
+    pub(super) text: Vec<u8>,
+    pub(super) side: Vec<u8>,
+}
+
+/// Codec 3's recoder: preflate-rs reconstruction data as the side data.
+struct Preflate {
+    verify: bool,
+}
+
+impl Recoder for Preflate {
+    fn recode(&mut self, data: &[u8], budget: usize) -> Option<Recoded> {
+        let config = PreflateConfig {
+            max_chain_length: 4096,
+            plain_text_limit: budget,
+            verify_compression: self.verify,
+        };
+        let (res, plain) = fence("preflate", || {
+            preflate_whole_deflate_stream(data, &config)
+                .map_err(|e| CodecError::Failed(e.to_string()))
+        })
+        .ok()?;
+        let used = res.compressed_size;
+        // Corrections this large mean the stream came from an encoder preflate does not model:
+        // verbatim is as good and cheaper to decode. It also keeps the decoder's body bound.
+        if used == 0 || used > data.len() || res.corrections.len() > used / 2 {
+            return None;
+        }
+        Some(Recoded {
+            used,
+            text: plain.text().to_vec(),
+            side: res.corrections,
+        })
+    }
+}
+
 /// Accumulates ops and areas while a container is walked.
-struct Builder {
-    ops: Vec<Op>,
-    verbatim: Vec<u8>,
-    corr: Vec<u8>,
-    plain: Vec<u8>,
+pub(super) struct Builder<'r> {
+    pub(super) ops: Vec<Op>,
+    pub(super) verbatim: Vec<u8>,
+    pub(super) corr: Vec<u8>,
+    pub(super) plain: Vec<u8>,
     /// Deflate streams re-encoded so far.
-    streams: usize,
+    pub(super) streams: usize,
     /// Inflated bytes still allowed (`plain_limit`).
     budget: usize,
-    verify: bool,
+    recoder: &'r mut dyn Recoder,
 }
 
 /// Enough of a `Builder`'s state to undo everything recorded after it.
@@ -353,7 +448,7 @@ struct Checkpoint {
     budget: usize,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             ops: self.ops.len(),
@@ -401,21 +496,10 @@ impl Builder {
         if data.len() < MIN_STREAM || self.budget == 0 {
             return None;
         }
-        let config = PreflateConfig {
-            max_chain_length: 4096,
-            plain_text_limit: self.budget,
-            verify_compression: self.verify,
-        };
-        let (res, plain) = fence("preflate", || {
-            preflate_whole_deflate_stream(data, &config)
-                .map_err(|e| CodecError::Failed(e.to_string()))
-        })
-        .ok()?;
-        let used = res.compressed_size;
-        let text = plain.text();
-        // Corrections this large mean the stream came from an encoder preflate does not model:
-        // verbatim is as good and cheaper to decode. It also keeps the decoder's body bound.
-        if used == 0 || used > data.len() || res.corrections.len() > used / 2 {
+        let res = self.recoder.recode(data, self.budget)?;
+        let used = res.used;
+        let text = &res.text[..];
+        if used == 0 || used > data.len() {
             return None;
         }
         if text.len() > self.budget {
@@ -431,9 +515,9 @@ impl Builder {
                 self.verbatim(&text[done..]);
                 if self.streams > before {
                     self.ops.push(Op::DeflatePop {
-                        corr: res.corrections.len(),
+                        corr: res.side.len(),
                     });
-                    self.corr.extend_from_slice(&res.corrections);
+                    self.corr.extend_from_slice(&res.side);
                     self.streams += 1;
                     return Some(used);
                 }
@@ -442,18 +526,27 @@ impl Builder {
         }
         self.ops.push(Op::Deflate {
             plain: text.len(),
-            corr: res.corrections.len(),
+            corr: res.side.len(),
         });
-        self.corr.extend_from_slice(&res.corrections);
+        self.corr.extend_from_slice(&res.side);
         self.plain.extend_from_slice(text);
         self.streams += 1;
         Some(used)
     }
 
     fn finish(self) -> Result<Vec<u8>, CodecError> {
-        let mut body = Vec::with_capacity(
-            self.verbatim.len() + self.corr.len() + self.plain.len() + 16 * self.ops.len() + 32,
-        );
+        let mut body = self.head();
+        body.extend_from_slice(&self.verbatim);
+        body.extend_from_slice(&self.corr);
+        body.extend_from_slice(&self.plain);
+        let mut out = vec![VERSION];
+        out.extend_from_slice(&zstd_compress(&body, ZSTD_LEVEL)?);
+        Ok(out)
+    }
+
+    /// The op list and the three area lengths (what `Head::parse` reads).
+    pub(super) fn head(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(16 * self.ops.len() + 32);
         put_varint(&mut body, self.ops.len() as u64);
         for op in &self.ops {
             match op {
@@ -484,16 +577,12 @@ impl Builder {
         put_varint(&mut body, self.verbatim.len() as u64);
         put_varint(&mut body, self.corr.len() as u64);
         put_varint(&mut body, self.plain.len() as u64);
-        body.extend_from_slice(&self.verbatim);
-        body.extend_from_slice(&self.corr);
-        body.extend_from_slice(&self.plain);
-        let mut out = vec![VERSION];
-        out.extend_from_slice(&zstd_compress(&body, ZSTD_LEVEL)?);
-        Ok(out)
+        body
     }
 }
 
-fn build(raw: &[u8], kind: Container, verify: bool) -> Builder {
+/// Walks `raw` as a container of `kind`, re-encoding its deflate streams with `recoder`.
+pub(super) fn build<'r>(raw: &[u8], kind: Container, recoder: &'r mut dyn Recoder) -> Builder<'r> {
     let mut b = Builder {
         ops: Vec::new(),
         verbatim: Vec::new(),
@@ -501,7 +590,7 @@ fn build(raw: &[u8], kind: Container, verify: bool) -> Builder {
         plain: Vec::new(),
         streams: 0,
         budget: plain_limit(raw.len()),
-        verify,
+        recoder,
     };
     let done = walk(kind, raw, &mut b, 0);
     b.verbatim(&raw[done..]);
@@ -807,7 +896,8 @@ mod tests {
             .max_by_key(|(_, b)| b.len())
             .unwrap();
         let outer = gzip_of_stored(&inner);
-        let b = build(&outer, Container::Gzip, true);
+        let mut recoder = Preflate { verify: true };
+        let b = build(&outer, Container::Gzip, &mut recoder);
         assert!(
             b.ops.iter().any(|o| matches!(o, Op::Push)),
             "nested walk not used"

@@ -16,6 +16,7 @@
 
 mod audio;
 mod deflate;
+mod deflate_tokens;
 mod exec;
 mod jpeg;
 pub(crate) mod pixels;
@@ -29,6 +30,12 @@ mod zstd_long;
 
 pub use self::audio::Flac;
 pub use self::deflate::Deflate;
+pub use self::deflate_tokens::{
+    analyze as deflate_tokens_analyze, plain_coding as deflate_tokens_plain_coding,
+    rebuild as deflate_tokens_rebuild, rebuild_tokens as deflate_tokens_rebuild_tokens,
+    set_plain_coding as deflate_tokens_set_plain_coding, DeflateTokens,
+    PLAIN_IMAGE as DEFLATE_TOKENS_PLAIN_IMAGE,
+};
 pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
 pub use self::raw::Raw;
@@ -85,6 +92,9 @@ pub const ZSTD_LONG: CodecId = 5;
 pub const ZSTD_DICT: CodecId = 6;
 /// ELF/PE executables: LZMA2 behind a branch/call/jump filter for their machine (whole file).
 pub const EXEC: CodecId = 7;
+/// gzip / zip / PNG with each deflate stream replaced by its plain text and its token choices
+/// predicted from that text (fast exact rebuild), then zstd (whole file).
+pub const DEFLATE_TOKENS: CodecId = 8;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +209,7 @@ impl Default for Registry {
         r.add(Arc::new(ZstdLong));
         r.add(Arc::new(ZstdDict));
         r.add(Arc::new(Exec));
+        r.add(Arc::new(DeflateTokens));
         r
     }
 }
@@ -315,7 +326,12 @@ mod tests {
     #[test]
     fn whole_file_codecs_are_registered_and_roundtrip_their_samples() {
         let r = Registry::default();
-        for (id, class) in [(JPEG, "jpeg"), (DEFLATE, "zip"), (FLAC, "wav")] {
+        for (id, class) in [
+            (JPEG, "jpeg"),
+            (DEFLATE, "zip"),
+            (FLAC, "wav"),
+            (DEFLATE_TOKENS, "gzip"),
+        ] {
             let c = r.get(id).unwrap_or_else(|e| panic!("{e}"));
             assert!(matches!(c.granularity(), Granularity::WholeFile { .. }));
             assert!(c.is_lossless());
@@ -365,7 +381,7 @@ mod tests {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             assert!(r.decode(ZSTD, &junk, 3, 131072).is_err());
             assert!(r.decode(RAW, &junk, 0, len + 1).is_err());
-            for id in [JPEG, DEFLATE, FLAC] {
+            for id in [JPEG, DEFLATE, FLAC, DEFLATE_TOKENS] {
                 assert!(r.decode(id, &junk, 0, 131072).is_err(), "{id} len {len}");
             }
         }
