@@ -180,7 +180,11 @@ fn golden_stores_cover_every_op_and_codec() {
     let all = stores();
     // The newest golden store holds everything this build writes.
     let newest = all.last().map(|(_, p)| expected_coverage(p)).unwrap();
-    assert_eq!(newest.0.last(), Some(&wire::tag::LAST), "a golden store holds the newest op tags");
+    assert_eq!(
+        newest.0.last(),
+        Some(&wire::tag::LAST),
+        "a golden store holds the newest op tags"
+    );
     for (ver, golden) in all {
         let (every_tag, every_codec) = expected_coverage(&golden);
         let (tags, codecs, versions) = coverage(&golden.join("store"));

@@ -383,6 +383,9 @@ pub(super) trait Recoder {
     /// re-encoded (the walker keeps it verbatim), else its re-encoding, whose plain text is at
     /// most `budget` bytes.
     fn recode(&mut self, data: &[u8], budget: usize) -> Option<Recoded>;
+    /// The walker is about to hand over the IDAT stream of the PNG file `png` (`None`: the
+    /// streams that follow are not a PNG's). Recoders that code images may use it.
+    fn png(&mut self, _png: Option<&[u8]>) {}
 }
 
 /// A re-encoded deflate stream: it covered `used` bytes, inflates to `text`, and is rebuilt
@@ -766,7 +769,10 @@ fn walk_png(raw: &[u8], b: &mut Builder, depth: usize) -> usize {
     b.ops
         .push(Op::IdatBegin(run.iter().map(|&(_, l)| l).collect()));
     b.verbatim(&joined[..2]);
-    let Some(used) = b.stream(&joined[2..], depth) else {
+    b.recoder.png(Some(raw));
+    let streamed = b.stream(&joined[2..], depth);
+    b.recoder.png(None);
+    let Some(used) = streamed else {
         b.rollback(cp);
         return 0;
     };

@@ -34,7 +34,7 @@ pub use self::deflate_tokens::{
     analyze as deflate_tokens_analyze, plain_coding as deflate_tokens_plain_coding,
     rebuild as deflate_tokens_rebuild, rebuild_tokens as deflate_tokens_rebuild_tokens,
     set_plain_coding as deflate_tokens_set_plain_coding, DeflateTokens,
-    PLAIN_IMAGE as DEFLATE_TOKENS_PLAIN_IMAGE,
+    IMAGE_LEVEL as DEFLATE_TOKENS_IMAGE_LEVEL, PLAIN_IMAGE as DEFLATE_TOKENS_PLAIN_IMAGE,
 };
 pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;

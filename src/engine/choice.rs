@@ -21,8 +21,8 @@
 use super::layout::BLOCK_U64;
 use crate::classify::ContentClass as C;
 use crate::codec::{
-    CodecId, DEFLATE, DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, JPEG, ZSTD, ZSTD_DICT,
-    ZSTD_LONG,
+    CodecId, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL, DICT_JSON, DICT_SOURCE,
+    DICT_TEXT, EXEC, FLAC, JPEG, ZSTD, ZSTD_DICT, ZSTD_LONG,
 };
 use crate::policy::{Effective, Level, Medium, Quality};
 
@@ -111,31 +111,39 @@ pub fn dict_for(class: Option<C>, size: u64) -> Option<u32> {
 /// a cold random read then costs at most this much decoding (~0.35 s for LZMA2 at ~90 MB/s).
 pub const BALANCED_WHOLE_MAX: u64 = 32 << 20;
 
-/// The format-aware whole-file codec for a file of this class and size at `level`, if any.
-/// Every codec listed at `balanced` (the default) decodes at 20 MB/s of output per core or
-/// more (BENCHMARKS.md); slower ones are only for data declared cold (`max`, `archive`).
-fn whole_file_codec(class: Option<C>, size: u64, level: Level) -> Option<CodecId> {
+/// The format-aware whole-file codecs for a file of this class and size at `level`, with the
+/// effort to ask of each, strongest first. Every codec listed at `balanced` (the default)
+/// decodes at 20 MB/s of output per core or more (BENCHMARKS.md); slower ones are only for
+/// data declared cold (`max`, `archive`).
+fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId, i32)> {
     if level < Level::Balanced {
-        return None;
+        return Vec::new();
     }
     let cold = level >= Level::Max;
-    match class? {
-        C::Jpeg => Some(JPEG),
-        C::Wav => Some(FLAC),
-        // Rebuilding a deflate stream with preflate runs at ~1 MB/s, inline in the first read
-        // after a cache miss: only for data declared cold.
-        C::Png | C::Gzip | C::Zip if cold => Some(DEFLATE),
+    let Some(class) = class else {
+        return Vec::new();
+    };
+    match class {
+        C::Jpeg => vec![(JPEG, 19)],
+        C::Wav => vec![(FLAC, 19)],
+        // Deflate streams rebuilt from their recorded choices (fast); at max, PNG pixels are
+        // also coded as images (~6 MB/s of PNG to decode), and preflate (~1 MB/s) is the
+        // fallback for streams the token recoder cannot rebuild.
+        C::Png | C::Gzip | C::Zip if cold => {
+            vec![(DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL), (DEFLATE, 19)]
+        }
+        C::Png | C::Gzip | C::Zip => vec![(DEFLATE_TOKENS, 9)],
         // LZMA2 behind a branch filter decodes at ~90 MB/s, slower than zstd but fast enough
         // for the default level up to a size.
-        C::Elf | C::Pe if cold || size <= BALANCED_WHOLE_MAX => Some(EXEC),
+        C::Elf | C::Pe if cold || size <= BALANCED_WHOLE_MAX => vec![(EXEC, 19)],
         // Text-like files: one zstd frame over the whole file, except small files with a
         // dictionary for their class, which do better with it (per block).
         C::Text | C::Source | C::Log | C::Json | C::Csv | C::Xml
-            if (cold || size <= BALANCED_WHOLE_MAX) && dict_for(class, size).is_none() =>
+            if (cold || size <= BALANCED_WHOLE_MAX) && dict_for(Some(class), size).is_none() =>
         {
-            Some(ZSTD_LONG)
+            vec![(ZSTD_LONG, 19)]
         }
-        _ => None,
+        _ => Vec::new(),
     }
 }
 
@@ -173,8 +181,8 @@ pub fn candidates(
     }
     let mut v = Vec::new();
     if stage == Stage::Recompress {
-        if let Some(id) = whole_file_codec(class, size, policy.level) {
-            v.push(Candidate::whole(id, 19));
+        for (id, effort) in whole_file_codecs(class, size, policy.level) {
+            v.push(Candidate::whole(id, effort));
         }
     }
     if let Some(d) = dict_for(class, size) {
@@ -274,21 +282,29 @@ mod tests {
                 Balanced,
                 BIG,
                 Recompress,
-                vec![(ZSTD, 9, false)],
+                vec![(DEFLATE_TOKENS, 9, true), (ZSTD, 9, false)],
             ),
             (
                 Some(C::Png),
                 Max,
                 BIG,
                 Recompress,
-                vec![(DEFLATE, 19, true), (ZSTD, 19, false)],
+                vec![
+                    (DEFLATE_TOKENS, 19, true),
+                    (DEFLATE, 19, true),
+                    (ZSTD, 19, false),
+                ],
             ),
             (
                 Some(C::Zip),
                 Archive,
                 BIG,
                 Recompress,
-                vec![(DEFLATE, 19, true), (ZSTD, 19, false)],
+                vec![
+                    (DEFLATE_TOKENS, 19, true),
+                    (DEFLATE, 19, true),
+                    (ZSTD, 19, false),
+                ],
             ),
             (
                 Some(C::Elf),
