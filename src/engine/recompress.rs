@@ -182,9 +182,10 @@ impl Engine {
         }
         let eff = self.effective_policy(inode.parent).unwrap_or_default();
         let cands = self.recompress_candidates(&inode, &eff);
-        // Format-aware whole-file codecs first (balanced and stronger).
-        for c in cands.iter().filter(|c| c.whole_file) {
-            match self.try_whole_file(ino, &inode, c, eff.dedup) {
+        // Format-aware whole-file codecs first (balanced and stronger): the smallest wins.
+        let whole: Vec<&Candidate> = cands.iter().filter(|c| c.whole_file).collect();
+        if !whole.is_empty() {
+            match self.try_whole_file(ino, &inode, &whole, eff.dedup) {
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
@@ -355,6 +356,63 @@ impl Engine {
         )
     }
 
+    /// One whole-file encoding of `data` by `cand`, verified by decoding it; None when the
+    /// codec refuses, does not pay, times out or fails verification (logged and counted).
+    fn encode_whole(
+        &self,
+        ino: Ino,
+        cand: &Candidate,
+        data: &std::sync::Arc<Vec<u8>>,
+    ) -> Result<Option<(u32, Vec<u8>)>> {
+        let codec = self.codecs.get(cand.codec)?.clone();
+        if let Granularity::WholeFile { max_len } = codec.granularity() {
+            if data.len() > max_len {
+                return Ok(None);
+            }
+        } else {
+            return Ok(None);
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        {
+            let (codec, data) = (codec.clone(), data.clone());
+            let params = EncodeParams {
+                level: cand.level,
+                model: cand.model,
+            };
+            // On its own thread so a pathological input cannot stall recompression for good.
+            std::thread::Builder::new()
+                .name("idcfs-recode".into())
+                .spawn(move || {
+                    let mut out = Vec::new();
+                    let r = codec.encode(&data, &params, &mut out).map(|p| (p, out));
+                    let _ = tx.send(r);
+                })?;
+        }
+        let path = || self.path_of(ino);
+        let (params, out) = match rx.recv_timeout(WHOLE_FILE_TIMEOUT) {
+            Ok(Ok(x)) => x,
+            Ok(Err(crate::codec::CodecError::NotWorthIt)) => return Ok(None),
+            Ok(Err(e)) => {
+                self.recomp.fell_back();
+                tracing::info!(path = %path(), codec = codec.name(), "format-aware codec refused the file, keeping generic blocks: {e}");
+                return Ok(None);
+            }
+            Err(_) => {
+                self.recomp.fell_back();
+                tracing::warn!(path = %path(), codec = codec.name(), "format-aware encoding timed out, keeping generic blocks");
+                return Ok(None);
+            }
+        };
+        // Verify independently of the codec's own check before anything is replaced.
+        let back = self.codecs.decode(cand.codec, &out, params, data.len());
+        if !back.as_ref().is_ok_and(|b| accept(cand.fidelity, data, b)) {
+            self.recomp.fell_back();
+            tracing::error!(path = %path(), codec = codec.name(), "format-aware round trip mismatch, keeping generic blocks");
+            return Ok(None);
+        }
+        Ok(Some((params, out)))
+    }
+
     /// Re-encode a whole file with the format-aware codec of its class (JPEG, deflate
     /// containers, PCM audio) as one object. `None` when it does not apply or does not pay;
     /// failures, mismatches and timeouts are logged and counted, and the file keeps its blocks.
@@ -362,16 +420,16 @@ impl Engine {
         &self,
         ino: Ino,
         inode: &crate::meta::Inode,
-        cand: &Candidate,
+        cands: &[&Candidate],
         dedup: bool,
     ) -> Result<Option<RecompressReport>> {
-        let codec_id = cand.codec;
-        let codec = self.codecs.get(codec_id)?.clone();
-        let max = match codec.granularity() {
-            // Objects are decoded whole and cached whole: keep them well inside the cache.
-            Granularity::WholeFile { max_len } => max_len.min(self.opts.cache_bytes / 2) as u64,
-            Granularity::Block => return Ok(None),
-        };
+        // Objects are decoded whole and cached whole: keep them well inside the cache.
+        let mut max = 0;
+        for c in cands {
+            if let Granularity::WholeFile { max_len } = self.codecs.get(c.codec)?.granularity() {
+                max = max.max(max_len.min(self.opts.cache_bytes / 2) as u64);
+            }
+        }
         if inode.size == 0 || inode.size > max {
             return Ok(None);
         }
@@ -416,47 +474,24 @@ impl Engine {
             }));
         }
         let data = std::sync::Arc::new(data);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        {
-            let (codec, data) = (codec.clone(), data.clone());
-            let params = EncodeParams {
-                level: cand.level,
-                model: cand.model,
+        // Every candidate is tried; the smallest verified encoding wins.
+        let mut best: Option<(crate::codec::CodecId, u32, Vec<u8>)> = None;
+        for cand in cands {
+            let Some((params, out)) = self.encode_whole(ino, cand, &data)? else {
+                continue;
             };
-            // On its own thread so a pathological input cannot stall recompression for good.
-            std::thread::Builder::new()
-                .name("idcfs-recode".into())
-                .spawn(move || {
-                    let mut out = Vec::new();
-                    let r = codec.encode(&data, &params, &mut out).map(|p| (p, out));
-                    let _ = tx.send(r);
-                })?;
+            if out.len() as u64 >= old_stored
+                || best.as_ref().is_some_and(|b| b.2.len() <= out.len())
+            {
+                continue;
+            }
+            best = Some((cand.codec, params, out));
         }
-        let path = || self.path_of(ino);
-        let (params, out) = match rx.recv_timeout(WHOLE_FILE_TIMEOUT) {
-            Ok(Ok(x)) => x,
-            Ok(Err(crate::codec::CodecError::NotWorthIt)) => return Ok(None),
-            Ok(Err(e)) => {
-                self.recomp.fell_back();
-                tracing::info!(path = %path(), codec = codec.name(), "format-aware codec refused the file, keeping generic blocks: {e}");
-                return Ok(None);
-            }
-            Err(_) => {
-                self.recomp.fell_back();
-                tracing::warn!(path = %path(), codec = codec.name(), "format-aware encoding timed out, keeping generic blocks");
-                return Ok(None);
-            }
+        let Some((codec_id, params, out)) = best else {
+            return Ok(None);
         };
-        // Verify independently of the codec's own check before anything is replaced.
-        let back = self.codecs.decode(codec_id, &out, params, data.len());
-        if !back.as_ref().is_ok_and(|b| accept(cand.fidelity, &data, b)) {
-            self.recomp.fell_back();
-            tracing::error!(path = %path(), codec = codec.name(), "format-aware round trip mismatch, keeping generic blocks");
-            return Ok(None);
-        }
-        if out.len() as u64 >= old_stored {
-            return Ok(None);
-        }
+        let path = || self.path_of(ino);
+        let codec = self.codecs.get(codec_id)?.clone();
         let h = BlockHeader {
             codec: codec_id,
             params,
