@@ -1,4 +1,4 @@
-//! The journal: the pack log is the source of truth, the sled index a replayable cache of it.
+//! The journal: the pack log is the source of truth, the redb index a replayable cache of it.
 //!
 //! `commit` appends one record (metadata ops plus at most one block payload) and applies it to
 //! the index under one lock, so index order equals log order. Recovery replays the records
@@ -73,8 +73,9 @@ impl Journal {
             // The index is a cache: a damaged one is set aside and rebuilt from the journal,
             // never a reason not to mount. (I/O errors such as a full disk or permissions are
             // reported instead: rebuilding would not help.)
-            Err(e @ (Error::Index(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
-            | Error::Corrupt(_))) => {
+            Err(e) if matches!(&e, Error::Index(r) if crate::error::index_corrupt(r))
+                || matches!(e, Error::Corrupt(_)) =>
+            {
                 let t = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
@@ -128,6 +129,18 @@ impl Journal {
             }
         };
         j.index.set_format(INDEX_FORMAT)?;
+        // Builds before the redb index kept a sled database in `index/`: once the new index
+        // holds everything, that cache is dead weight.
+        let old = index_path.with_file_name("index");
+        if old != index_path && old.is_dir() {
+            tracing::warn!(
+                "the metadata index engine changed (sled to redb): the index was rebuilt into {}; removing the old one at {}",
+                index_path.display(),
+                old.display()
+            );
+            j.index.flush()?;
+            std::fs::remove_dir_all(&old)?;
+        }
         Ok((j, rec))
     }
 
