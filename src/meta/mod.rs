@@ -388,13 +388,31 @@ impl Index {
     /// Open the index database file at `path`, creating it when missing, with a page cache of
     /// `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Index> {
-        let mut db = redb::Builder::new()
-            .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
-            .create(path)?;
-        // Reads trust the pages they find: verify every checksum once (one pass over a file of
-        // a few hundred bytes per file stored). A damaged index fails here, with `Corrupted`,
-        // and is rebuilt rather than misread.
-        if !db.check_integrity()? {
+        let open = || -> Result<(Database, bool)> {
+            let mut db = redb::Builder::new()
+                .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
+                .create(path)?;
+            // Reads trust the pages they find: verify every checksum once (one pass over a file
+            // of a few hundred bytes per file stored). A damaged index fails here, with
+            // `Corrupted`, and is rebuilt rather than misread.
+            let intact = db.check_integrity()?;
+            Ok((db, intact))
+        };
+        // redb 4.6 panics on some damaged pages (an `unreachable!` when a page has no valid
+        // type byte) instead of returning `Corrupted`: that is damage too. Nothing is shared
+        // with the closure but the path, so unwinding leaves no broken state behind.
+        let (db, intact) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).map_err(|p| {
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Error::Index(redb::Error::Corrupted(format!(
+                    "the database failed while opening: {why}"
+                )))
+            })??;
+        if !intact {
             tracing::warn!(
                 "metadata index at {} was damaged and repaired to its last intact commit",
                 path.display()
