@@ -30,6 +30,16 @@ type Ns = BTreeMap<String, (Ino, bool)>;
 const WHO: Caller = Caller { uid: 0, gid: 0 };
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
+/// A directory for the store's index: on tmpfs when there is one. The simulated disk is in
+/// memory; the index file is real, and opening and closing it costs a few fsyncs that a
+/// loaded disk makes slow (the simulation opens thousands of times).
+fn scratch() -> std::io::Result<tempfile::TempDir> {
+    match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => Ok(d),
+        Err(_) => tempfile::tempdir(),
+    }
+}
+
 fn opts() -> Options {
     Options {
         workers: 2,
@@ -404,7 +414,7 @@ struct Tally {
 }
 
 fn simulate(seed: u64, rounds: u64, t: &mut Tally) -> Result<u64, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = scratch().map_err(|e| e.to_string())?;
     let disk = MemBackend::new();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut ns = Ns::new();
@@ -540,7 +550,7 @@ fn write_file(e: &Engine, name: &str, data: &[u8]) -> Ino {
 /// with exactly the tree the journal holds.
 #[test]
 fn index_in_any_state_is_rebuilt_or_replayed_from_the_journal() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = scratch().unwrap_or_else(|e| panic!("{e}"));
     let disk = MemBackend::new();
     let idx = dir.path().join("index.redb");
     let early = dir.path().join("index.early");
@@ -686,7 +696,7 @@ fn read_all(e: &Engine, ino: Ino, len: usize) -> idcfs::error::Result<Vec<u8>> {
 #[test]
 fn disk_faults_are_contained_and_lose_nothing_acknowledged() {
     for fault in ["fsync", "write"] {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = scratch().unwrap_or_else(|e| panic!("{e}"));
         let disk = MemBackend::new();
         let e = open(dir.path(), &disk).unwrap_or_else(|m| panic!("{m}"));
         let (a, b) = (noise(1, 300_000), noise(2, 200_000));
@@ -759,7 +769,7 @@ fn disk_faults_are_contained_and_lose_nothing_acknowledged() {
 
     // Read errors: the blocks in the failing pack read as EIO, never as other bytes, and
     // everything else reads.
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = scratch().unwrap_or_else(|e| panic!("{e}"));
     let disk = MemBackend::new();
     let e = open(dir.path(), &disk).unwrap_or_else(|m| panic!("{m}"));
     let files: Vec<(Ino, Vec<u8>)> = (0..6u64)

@@ -47,6 +47,7 @@ use redb::{
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The one table of the index.
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idx");
@@ -64,6 +65,8 @@ pub struct Index {
     db: Database,
     /// The database file (None: in memory, tests).
     path: Option<PathBuf>,
+    /// Some commit since the last durable one (a flush has something to make durable).
+    dirty: AtomicBool,
     /// In-memory mirrors of the 'S' and 'P' accounting, updated after each applied batch.
     codec_stats: Mutex<BTreeMap<u16, CodecStats>>,
     pack_stats: Mutex<BTreeMap<PackId, PackStats>>,
@@ -431,6 +434,7 @@ impl Index {
         let ix = Index {
             db,
             path,
+            dirty: AtomicBool::new(false),
             codec_stats: Mutex::new(BTreeMap::new()),
             pack_stats: Mutex::new(BTreeMap::new()),
         };
@@ -490,12 +494,22 @@ impl Index {
         } else {
             Durability::None
         })?;
-        let out = {
-            let mut t = tx.open_table(TABLE)?;
-            f(&mut t)?
-        };
-        tx.commit()?;
-        Ok(out)
+        // Write transactions are exclusive: no other commit can slip between this and ours.
+        let was_dirty = durable && self.dirty.swap(false, Ordering::SeqCst);
+        let res = (|| {
+            let out = {
+                let mut t = tx.open_table(TABLE)?;
+                f(&mut t)?
+            };
+            tx.commit()?;
+            Ok(out)
+        })();
+        if !durable && res.is_ok() {
+            self.dirty.store(true, Ordering::SeqCst);
+        } else if was_dirty && res.is_err() {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        res
     }
 
     fn load_mirrors(&self) -> Result<()> {
@@ -524,8 +538,12 @@ impl Index {
         self.load_mirrors()
     }
 
-    /// Make every commit so far durable (one fsync).
+    /// Make every commit so far durable (an empty durable commit; nothing when there is
+    /// nothing to make durable).
     pub fn flush(&self) -> Result<()> {
+        if !self.dirty.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         self.write(true, |_| Ok(()))
     }
 
@@ -699,6 +717,9 @@ impl Index {
 
     /// Whether the last close was clean; clears the mark (durably) for this session.
     pub fn take_clean(&self) -> Result<bool> {
+        if self.get(&key_meta("clean"))?.is_none() {
+            return Ok(false);
+        }
         self.write(true, |t| {
             Ok(t.remove(key_meta("clean").as_slice())?.is_some())
         })
