@@ -145,7 +145,25 @@ mod tests {
             ),
             (Error::Store(StoreError::Corrupt("bad".into())), libc::EIO),
             (Error::Poisoned("disk".into()), libc::EROFS),
+            (
+                Error::Index(redb::Error::Io(io::Error::from_raw_os_error(libc::ENOSPC))),
+                libc::ENOSPC,
+            ),
+            (
+                Error::Index(redb::Error::Io(io::Error::from_raw_os_error(libc::EACCES))),
+                libc::EACCES,
+            ),
+            (Error::Index(redb::Error::Corrupted("x".into())), libc::EIO),
+            (Error::Index(redb::Error::PreviousIo), libc::EIO),
         ];
+        assert!(index_corrupt(&redb::Error::Corrupted("x".into())));
+        assert!(index_corrupt(&redb::Error::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a database"
+        ))));
+        assert!(!index_corrupt(&redb::Error::Io(
+            io::Error::from_raw_os_error(libc::ENOSPC)
+        )));
         for (e, n) in cases {
             assert_eq!(e.errno(), n, "{e}");
         }
