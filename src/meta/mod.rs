@@ -504,9 +504,8 @@ impl Index {
             tx.commit()?;
             Ok(out)
         })();
-        if !durable && res.is_ok() {
-            self.dirty.store(true, Ordering::SeqCst);
-        } else if was_dirty && res.is_err() {
+        // A non-durable commit leaves work for the next flush; so does a failed durable one.
+        if (!durable && res.is_ok()) || (was_dirty && res.is_err()) {
             self.dirty.store(true, Ordering::SeqCst);
         }
         res
