@@ -519,8 +519,10 @@ impl Engine {
             self.space
                 .release("flushing the metadata index on a full store");
         }
+        // The index file is compacted (when bloated) only with room to spare.
+        let compact = !self.space.meta_low();
         retry_enospc(&self.space, "flushing the metadata index", || {
-            self.j.checkpoint_index()
+            self.j.checkpoint_index_with(compact)
         })
     }
 

@@ -40,14 +40,14 @@ pub use self::types::*;
 
 use crate::error::{Error, Result};
 use crate::store::{BlockHeader, Loc, PackId};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The one table of the index.
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idx");
@@ -61,12 +61,22 @@ type Entries = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'static>;
 /// layout is rebuilt from the journal, never read.
 pub const INDEX_FORMAT: u64 = 1;
 
+/// Index files smaller than this are never compacted.
+#[cfg(not(test))]
+const COMPACT_MIN: u64 = 2 << 20;
+#[cfg(test)]
+const COMPACT_MIN: u64 = 256 << 10;
+
 pub struct Index {
-    db: Database,
+    /// Locked for writing only by `compact_if_bloated` (redb compacts through `&mut`); every
+    /// other use holds it just long enough to begin a transaction.
+    db: RwLock<Database>,
     /// The database file (None: in memory, tests).
     path: Option<PathBuf>,
     /// Some commit since the last durable one (a flush has something to make durable).
     dirty: AtomicBool,
+    /// File size after the last compaction (0: none yet in this session).
+    compacted_len: AtomicU64,
     /// In-memory mirrors of the 'S' and 'P' accounting, updated after each applied batch.
     codec_stats: Mutex<BTreeMap<u16, CodecStats>>,
     pack_stats: Mutex<BTreeMap<PackId, PackStats>>,
@@ -432,13 +442,14 @@ impl Index {
 
     fn from_db(db: Database, path: Option<PathBuf>) -> Result<Index> {
         let ix = Index {
-            db,
+            db: RwLock::new(db),
             path,
             dirty: AtomicBool::new(false),
+            compacted_len: AtomicU64::new(0),
             codec_stats: Mutex::new(BTreeMap::new()),
             pack_stats: Mutex::new(BTreeMap::new()),
         };
-        let exists = match ix.db.begin_read()?.open_table(TABLE) {
+        let exists = match ix.db.read().begin_read()?.open_table(TABLE) {
             Ok(_) => true,
             Err(redb::TableError::TableDoesNotExist(_)) => false,
             Err(e) => return Err(e.into()),
@@ -452,7 +463,8 @@ impl Index {
 
     /// A read transaction's view of the table: everything committed so far (durable or not).
     fn table(&self) -> Result<RTable> {
-        Ok(self.db.begin_read()?.open_table(TABLE)?)
+        let tx = self.db.read().begin_read()?;
+        Ok(tx.open_table(TABLE)?)
     }
 
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -488,7 +500,7 @@ impl Index {
     /// Run `f` in one write transaction and commit it: with fsync when `durable`, otherwise
     /// visible at once but durable only with the next durable commit. An error aborts it.
     fn write<T>(&self, durable: bool, f: impl FnOnce(&mut WTable<'_>) -> Result<T>) -> Result<T> {
-        let mut tx = self.db.begin_write()?;
+        let mut tx = self.db.read().begin_write()?;
         tx.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -544,6 +556,41 @@ impl Index {
             return Ok(());
         }
         self.write(true, |_| Ok(()))
+    }
+
+    /// Rewrite the database file compactly when it has grown past `COMPACT_MIN` and to twice
+    /// its size after the last compaction (so the cost stays proportional to the growth).
+    /// redb reuses freed pages but never returns them to the filesystem: churn (recompression,
+    /// compaction, deletes) leaves the file several times larger than its live pages.
+    ///
+    /// Call only with everything durable and no commit in between (compaction commits
+    /// durably): the journal calls it under its commit lock right after a checkpoint. Returns
+    /// whether it compacted; a transaction still alive elsewhere (an iterator) defers it.
+    pub fn compact_if_bloated(&self) -> Result<bool> {
+        let len = self.size_on_disk();
+        if self.path.is_none()
+            || len < COMPACT_MIN
+            || len < self.compacted_len.load(Ordering::Relaxed).saturating_mul(2)
+        {
+            return Ok(false);
+        }
+        let mut db = self.db.write();
+        // Readers that began just before the lock was taken finish within microseconds.
+        for attempt in 0..5 {
+            match db.compact() {
+                Ok(_) => break,
+                Err(redb::CompactionError::TransactionInProgress) if attempt < 4 => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(redb::CompactionError::TransactionInProgress) => return Ok(false),
+                Err(e) => return Err(Error::Index(e.into())),
+            }
+        }
+        drop(db);
+        let after = self.size_on_disk();
+        self.compacted_len.store(after, Ordering::Relaxed);
+        tracing::debug!(before = len, after, "metadata index compacted");
+        Ok(true)
     }
 
     /// Bytes the index occupies on disk.
@@ -1328,6 +1375,54 @@ mod tests {
         ix.clear().unwrap();
         assert_eq!(ix.all_inodes().count(), 0);
         assert_eq!(ix.applied().unwrap(), Applied::default());
+    }
+
+    /// Churn bloats the file; compaction gives the space back, and readers keep working.
+    #[test]
+    fn bloated_file_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        let ix = Index::open(&path, 1 << 20).unwrap();
+        let mut seq = 0;
+        // A live iterator (a checkpoint's scan, say) pins the pages of its snapshot: what the
+        // commits meanwhile free cannot be reused.
+        let pin = ix.all_inodes();
+        for round in 0..4u64 {
+            for i in 0..3000u64 {
+                seq += 1;
+                create(&ix, seq, 10 + i, format!("file-{round}-{i}").as_bytes());
+            }
+            for i in 0..3000u64 {
+                seq += 1;
+                let loc = Loc {
+                    pack: 1,
+                    off: seq * 100,
+                    len: 100,
+                };
+                let ops = [
+                    Op::DelDirent {
+                        parent: ROOT_INO,
+                        name: format!("file-{round}-{i}").into_bytes(),
+                    },
+                    Op::DelInode { ino: 10 + i },
+                ];
+                ix.apply(seq, loc, &ops, None).unwrap();
+            }
+            ix.flush().unwrap();
+        }
+        assert!(ix.compact_if_bloated().is_ok_and(|done| !done), "pinned");
+        drop(pin);
+        create(&ix, seq + 1, 5, b"kept");
+        ix.flush().unwrap();
+        let before = ix.size_on_disk();
+        assert!(before >= COMPACT_MIN, "{before}");
+        assert!(ix.compact_if_bloated().unwrap());
+        let after = ix.size_on_disk();
+        assert!(after < before / 2, "{before} -> {after}");
+        assert!(ix.inode(5).unwrap().is_some());
+        assert_eq!(ix.all_inodes().count(), 1);
+        // Not again until it doubles.
+        assert!(!ix.compact_if_bloated().unwrap());
     }
 
     /// A file that is not a redb database is reported as damage (set aside and rebuilt by the
