@@ -55,7 +55,52 @@ const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idx");
 type RTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 type WTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 /// Entries (key, value) in key order.
-type Entries = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'static>;
+type Entries<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a>;
+
+/// Entries a scan reads per read transaction.
+const SCAN_CHUNK: usize = 512;
+
+/// The entries of a key range, read in chunks, each in its own short read transaction: a long
+/// scan (a checkpoint, fsck, stats) never pins the pages that commits made meanwhile free,
+/// which would grow the file and block its compaction. Like sled's iterators before, a scan is
+/// not one snapshot: it sees commits made while it runs.
+struct Chunked<'a> {
+    ix: &'a Index,
+    /// Where the next chunk starts (None: the range is exhausted).
+    next: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    buf: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Iterator for Chunked<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            let start = self.next.take()?;
+            let chunk = self
+                .ix
+                .range_iter(&start, self.end.as_deref())
+                .and_then(|it| it.take(SCAN_CHUNK).collect::<Result<Vec<_>>>());
+            match chunk {
+                Ok(v) => {
+                    if v.len() == SCAN_CHUNK {
+                        // The smallest key after the last one read.
+                        self.next = v.last().map(|(k, _)| {
+                            let mut n = k.clone();
+                            n.push(0);
+                            n
+                        });
+                    }
+                    self.buf.extend(v);
+                }
+                // `next` stays None: the scan ends after its error.
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        self.buf.pop_front().map(Ok)
+    }
+}
 
 /// Layout version of the index's keys and values (the 'M' "format" key). An index of another
 /// layout is rebuilt from the journal, never read.
@@ -490,11 +535,13 @@ impl Index {
     }
 
     /// Entries whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Entries {
-        match self.range_iter(prefix, prefix_end(prefix).as_deref()) {
-            Ok(it) => Box::new(it),
-            Err(e) => Box::new(std::iter::once(Err(e))),
-        }
+    fn scan_prefix(&self, prefix: &[u8]) -> Entries<'_> {
+        Box::new(Chunked {
+            ix: self,
+            next: Some(prefix.to_vec()),
+            end: prefix_end(prefix),
+            buf: Default::default(),
+        })
     }
 
     /// Run `f` in one write transaction and commit it: with fsync when `durable`, otherwise
@@ -1384,9 +1431,9 @@ mod tests {
         let path = dir.path().join("index.redb");
         let ix = Index::open(&path, 1 << 20).unwrap();
         let mut seq = 0;
-        // A live iterator (a checkpoint's scan, say) pins the pages of its snapshot: what the
-        // commits meanwhile free cannot be reused.
-        let pin = ix.all_inodes();
+        // A live read transaction pins the pages of its snapshot: what the commits meanwhile
+        // free cannot be reused (why scans read in chunks).
+        let pin = ix.table().unwrap();
         for round in 0..4u64 {
             for i in 0..3000u64 {
                 seq += 1;
@@ -1423,6 +1470,13 @@ mod tests {
         assert_eq!(ix.all_inodes().count(), 1);
         // Not again until it doubles.
         assert!(!ix.compact_if_bloated().unwrap());
+        // Scans longer than a chunk see every entry once, in order.
+        for i in 0..(SCAN_CHUNK as u64 * 2 + 7) {
+            create(&ix, seq + 2 + i, 100_000 + i, format!("s{i:05}").as_bytes());
+        }
+        let inos: Vec<Ino> = ix.all_inodes().map(|i| i.unwrap().ino).collect();
+        assert_eq!(inos.len(), SCAN_CHUNK * 2 + 8);
+        assert!(inos.windows(2).all(|w| w[0] < w[1]));
     }
 
     /// A file that is not a redb database is reported as damage (set aside and rebuilt by the
