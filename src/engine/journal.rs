@@ -316,13 +316,14 @@ impl Journal {
 
     /// Make the index durable too (cheapens the next recovery; not needed for safety).
     pub fn checkpoint_index(&self) -> Result<()> {
-        self.checkpoint_index_with(false)
+        self.checkpoint_index_with(None)
     }
 
-    /// `checkpoint_index`, then, with `compact`, compact the index file if it has grown
-    /// bloated (still under the commit lock: compaction commits durably, so nothing newer than
-    /// the journal sync may be pending). Pass `compact` only with room on the disk.
-    pub fn checkpoint_index_with(&self, compact: bool) -> Result<()> {
+    /// `checkpoint_index`, then, with `compact` = Some(growth percent), compact the index file
+    /// if it has grown that much since its last compaction (still under the commit lock:
+    /// compaction commits durably, so nothing newer than the journal sync may be pending).
+    /// Ask for compaction only with room on the disk.
+    pub fn checkpoint_index_with(&self, compact: Option<u64>) -> Result<()> {
         // Under the commit lock, so the position noted as synced is one the sync covered.
         let _seq = self.next_seq.lock();
         self.sync()?;
@@ -332,8 +333,8 @@ impl Journal {
                 self.set_read_only(format!("metadata index flush failed: {e}"));
             }
         })?;
-        if compact {
-            if let Err(e) = self.index.compact_if_bloated() {
+        if let Some(growth_pct) = compact {
+            if let Err(e) = self.index.compact_if_bloated(growth_pct) {
                 // redb keeps a failed write's error: later index updates fail and turn the
                 // journal read-only on their own.
                 tracing::error!("compacting the metadata index failed: {e}");

@@ -513,6 +513,13 @@ impl Engine {
 
     /// Make the journal and the index durable, with the reserve's help on a full store.
     fn checkpoint_index_freeing(&self) -> Result<()> {
+        // Background checkpoints compact the index file once it has grown by half.
+        self.checkpoint_index_compacting(150)
+    }
+
+    /// `checkpoint_index_freeing`, compacting the index file if it has grown to `growth_pct`
+    /// percent of its size after the last compaction.
+    fn checkpoint_index_compacting(&self, growth_pct: u64) -> Result<()> {
         if self.space.meta_low() {
             // Before the flush: redb keeps the first I/O error it meets and fails every
             // later operation with it, so it must not meet ENOSPC at all.
@@ -520,7 +527,7 @@ impl Engine {
                 .release("flushing the metadata index on a full store");
         }
         // The index file is compacted (when bloated) only with room to spare.
-        let compact = !self.space.meta_low();
+        let compact = (!self.space.meta_low()).then_some(growth_pct);
         retry_enospc(&self.space, "flushing the metadata index", || {
             self.j.checkpoint_index_with(compact)
         })
