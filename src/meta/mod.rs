@@ -605,8 +605,8 @@ impl Index {
         self.write(true, |_| Ok(()))
     }
 
-    /// Rewrite the database file compactly when it has grown past `COMPACT_MIN` and to
-    /// `growth_pct` percent of its size after the last compaction (above 100, the cost stays
+    /// Rewrite the database file compactly when its allocated size has grown past
+    /// `COMPACT_MIN` and to `growth_pct` percent of its size after the last compaction (above 100, the cost stays
     /// proportional to the growth).
     /// redb reuses freed pages but never returns them to the filesystem: churn (recompression,
     /// compaction, deletes) leaves the file several times larger than its live pages.
@@ -646,12 +646,14 @@ impl Index {
         Ok(true)
     }
 
-    /// Bytes the index occupies on disk.
+    /// Bytes the index occupies on disk: its allocated blocks. (redb grows the file by
+    /// doubling it with `set_len`; the unwritten tail is a hole that costs nothing.)
     pub fn size_on_disk(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
         self.path
             .as_ref()
             .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len())
+            .map_or(0, |m| m.blocks() * 512)
     }
 
     pub fn applied(&self) -> Result<Applied> {
