@@ -1,8 +1,9 @@
 //! Counts the metadata index's keys and bytes per key tag (what each kind of entry costs) and
 //! the size of its file.
-//! Usage: [COMPACT=1] cargo run --release --example index_census -- STORE/index.redb [COPY]
-//! (store not mounted; COMPACT=1 compacts the file in place first). With COPY: also copy every entry into a fresh, compacted database there (what a
-//! defragmented index would take).
+//! Usage: cargo run --release --example index_census -- STORE/index.redb [COPY]
+//! (store not mounted). With COPY: also copy every entry into a fresh, compacted database there
+//! (what a defragmented index would take). COMPACT=1 compacts the file in place first (what the
+//! mounted store does); BENCH=1 times lookups.
 use redb::{Database, ReadableDatabase, TableDefinition};
 use std::collections::BTreeMap;
 
@@ -44,6 +45,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         vb += v;
     }
     println!("all  {n}  {kb}  {vb}  (file {file_bytes} bytes)");
+    if std::env::var("BENCH").is_ok() {
+        // What a lookup costs with a read transaction of its own (what the index does) and
+        // within one long-lived transaction.
+        let keys: Vec<Vec<u8>> = table
+            .range::<&[u8]>(..)?
+            .filter_map(|kv| kv.ok().map(|(k, _)| k.value().to_vec()))
+            .collect();
+        let rounds = 200_000usize;
+        let t = std::time::Instant::now();
+        let mut hits = 0;
+        for i in 0..rounds {
+            let k = &keys[i % keys.len().max(1)];
+            let tx = db.begin_read()?;
+            let tb = tx.open_table(TABLE)?;
+            hits += usize::from(tb.get(k.as_slice())?.is_some());
+        }
+        let own = t.elapsed().as_nanos() as f64 / rounds as f64;
+        let t = std::time::Instant::now();
+        for i in 0..rounds {
+            let k = &keys[i % keys.len().max(1)];
+            hits += usize::from(table.get(k.as_slice())?.is_some());
+        }
+        let shared = t.elapsed().as_nanos() as f64 / rounds as f64;
+        println!(
+            "lookup: {own:.0} ns with its own read transaction, {shared:.0} ns in a shared one ({hits} hits)"
+        );
+    }
     if let Some(out) = std::env::args().nth(2) {
         let _ = std::fs::remove_file(&out);
         let mut fresh = Database::create(&out)?;
