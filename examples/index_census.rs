@@ -1,16 +1,36 @@
-//! Counts the metadata index's keys and bytes per key tag (what each kind of entry costs).
-//! Usage: cargo run --release --example index_census -- STORE/index   (store not mounted)
+//! Counts the metadata index's keys and bytes per key tag (what each kind of entry costs) and
+//! the size of its file.
+//! Usage: cargo run --release --example index_census -- STORE/index.redb [COPY]
+//! (store not mounted). With COPY: also copy every entry into a fresh, compacted database there
+//! (what a defragmented index would take). COMPACT=1 compacts the file in place first (what the
+//! mounted store does); BENCH=1 times lookups.
+use redb::{Database, ReadableDatabase, TableDefinition};
 use std::collections::BTreeMap;
+
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idx");
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
-        .ok_or("usage: index_census STORE/index")?;
-    let db = sled::Config::new().path(&path).open()?;
-    let tree = db.open_tree("idx")?;
+        .ok_or("usage: index_census STORE/index.redb [COPY]")?;
+    let file_bytes = std::fs::metadata(&path)?.len();
+    if std::env::var("COMPACT").is_ok() {
+        // Compact the file in place first (what the mounted store does when it has doubled).
+        let mut db = Database::open(&path)?;
+        while db.compact()? {}
+        drop(db);
+        println!(
+            "compacted in place: {file_bytes} -> {} bytes",
+            std::fs::metadata(&path)?.len()
+        );
+    }
+    let db = Database::open(&path)?;
+    let rt = db.begin_read()?;
+    let table = rt.open_table(TABLE)?;
     let mut by: BTreeMap<u8, (u64, u64, u64)> = BTreeMap::new();
-    for kv in tree.iter() {
+    for kv in table.range::<&[u8]>(..)? {
         let (k, v) = kv?;
+        let (k, v) = (k.value(), v.value());
         let e = by.entry(k.first().copied().unwrap_or(0)).or_default();
         e.0 += 1;
         e.1 += k.len() as u64;
@@ -24,33 +44,60 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         kb += k;
         vb += v;
     }
-    println!(
-        "all  {n}  {kb}  {vb}  (on disk {} bytes)",
-        db.size_on_disk()?
-    );
-    // With a second argument: copy every entry into a fresh database there (what a
-    // defragmented index would take).
+    println!("all  {n}  {kb}  {vb}  (file {file_bytes} bytes)");
+    if std::env::var("BENCH").is_ok() {
+        // What a lookup costs with a read transaction of its own (what the index does) and
+        // within one long-lived transaction.
+        let keys: Vec<Vec<u8>> = table
+            .range::<&[u8]>(..)?
+            .filter_map(|kv| kv.ok().map(|(k, _)| k.value().to_vec()))
+            .collect();
+        let rounds = 200_000usize;
+        let t = std::time::Instant::now();
+        let mut hits = 0;
+        for i in 0..rounds {
+            let k = &keys[i % keys.len().max(1)];
+            let tx = db.begin_read()?;
+            let tb = tx.open_table(TABLE)?;
+            hits += usize::from(tb.get(k.as_slice())?.is_some());
+        }
+        let own = t.elapsed().as_nanos() as f64 / rounds as f64;
+        let t = std::time::Instant::now();
+        for i in 0..rounds {
+            let k = &keys[i % keys.len().max(1)];
+            hits += usize::from(table.get(k.as_slice())?.is_some());
+        }
+        let shared = t.elapsed().as_nanos() as f64 / rounds as f64;
+        println!(
+            "lookup: {own:.0} ns with its own read transaction, {shared:.0} ns in a shared one ({hits} hits)"
+        );
+    }
     if let Some(out) = std::env::args().nth(2) {
-        let mode = if std::env::var("LOWSPACE").is_ok() {
-            sled::Mode::LowSpace
-        } else {
-            sled::Mode::HighThroughput
-        };
-        let fresh = sled::Config::new().path(&out).mode(mode).open()?;
-        let t = fresh.open_tree("idx")?;
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for kv in tree.iter() {
-            let (k, v) = kv?;
-            batch.insert(k, v);
-            n += 1;
-            if n % 2000 == 0 {
-                t.apply_batch(std::mem::take(&mut batch))?;
+        let _ = std::fs::remove_file(&out);
+        let mut fresh = Database::create(&out)?;
+        let mut it = table.range::<&[u8]>(..)?;
+        loop {
+            let w = fresh.begin_write()?;
+            let mut done = true;
+            {
+                let mut t = w.open_table(TABLE)?;
+                for kv in it.by_ref().take(2000) {
+                    let (k, v) = kv?;
+                    t.insert(k.value(), v.value())?;
+                    done = false;
+                }
+            }
+            w.commit()?;
+            if done {
+                break;
             }
         }
-        t.apply_batch(batch)?;
-        fresh.flush()?;
-        println!("fresh copy: {} bytes on disk", fresh.size_on_disk()?);
+        fresh.compact()?;
+        drop(fresh);
+        println!(
+            "fresh copy: {} bytes on disk",
+            std::fs::metadata(&out)?.len()
+        );
     }
     Ok(())
 }

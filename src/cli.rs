@@ -188,7 +188,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             json,
         } => {
             if rebuild {
-                let idx = store.join("index");
+                let idx = store.join(crate::store::manifest::INDEX_FILE);
                 if idx.exists() {
                     let t = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

@@ -49,12 +49,44 @@ pub enum Error {
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error("metadata index: {0}")]
-    Index(#[from] sled::Error),
+    Index(#[from] redb::Error),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// redb's specific errors all fold into `redb::Error`.
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Error {
+                Error::Index(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Whether an error of the index database means its file is damaged (or not a database at
+/// all), as opposed to a failing disk: a damaged index is set aside and rebuilt.
+pub fn index_corrupt(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => true,
+        // redb reports a file that holds no database as an I/O error of this kind.
+        redb::Error::Io(io) => {
+            io.raw_os_error().is_none() && io.kind() == io::ErrorKind::InvalidData
+        }
+        _ => false,
+    }
+}
 
 impl Error {
     /// The errno the kernel should see for this error.
@@ -76,7 +108,8 @@ impl Error {
             Error::FileTooBig => EFBIG,
             Error::TooManyLinks => EMLINK,
             Error::Poisoned(_) => EROFS,
-            Error::Index(sled::Error::Io(e)) => io_errno(e),
+            Error::Index(e) if index_corrupt(e) => EIO,
+            Error::Index(redb::Error::Io(e)) => io_errno(e),
             Error::Corrupt(_) | Error::Codec(_) | Error::Index(_) => EIO,
             Error::Store(e) => e.errno(),
             Error::Io(e) => io_errno(e),
@@ -112,7 +145,25 @@ mod tests {
             ),
             (Error::Store(StoreError::Corrupt("bad".into())), libc::EIO),
             (Error::Poisoned("disk".into()), libc::EROFS),
+            (
+                Error::Index(redb::Error::Io(io::Error::from_raw_os_error(libc::ENOSPC))),
+                libc::ENOSPC,
+            ),
+            (
+                Error::Index(redb::Error::Io(io::Error::from_raw_os_error(libc::EACCES))),
+                libc::EACCES,
+            ),
+            (Error::Index(redb::Error::Corrupted("x".into())), libc::EIO),
+            (Error::Index(redb::Error::PreviousIo), libc::EIO),
         ];
+        assert!(index_corrupt(&redb::Error::Corrupted("x".into())));
+        assert!(index_corrupt(&redb::Error::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a database"
+        ))));
+        assert!(!index_corrupt(&redb::Error::Io(
+            io::Error::from_raw_os_error(libc::ENOSPC)
+        )));
         for (e, n) in cases {
             assert_eq!(e.errno(), n, "{e}");
         }

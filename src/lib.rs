@@ -6,7 +6,7 @@
 //!   fuse              kernel requests -> engine calls (the only user of fuser)
 //!   engine            POSIX semantics, write buffering, read cache, journal, compaction
 //!   meta   classify   codec            store
-//!   (sled index)      (pure functions) (pack files: ids and bytes only)
+//!   (redb index)      (pure functions) (pack files: ids and bytes only)
 //! ```
 //! Invariants: the pack files are the source of truth (the index can be rebuilt from them);
 //! codecs and the store never import each other; only `error.rs` maps errors to errno.

@@ -444,7 +444,7 @@ fn dedup_stores_copies_once() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    fs::remove_dir_all(m.store.join("index")).unwrap();
+    fs::remove_file(m.store.join("index.redb")).unwrap();
     m.mount();
     assert!(fs::read(m.path("d/sub/b")).unwrap() == x);
     assert!(fs::read(m.path("d/c")).unwrap() == y);

@@ -42,7 +42,10 @@ impl Engine {
     /// Compact sealed packs that are mostly garbage. `force` ignores the minimum gain.
     pub fn compact(&self, force: bool) -> Result<CompactReport> {
         if force {
-            self.compact_with(LIVE_THRESHOLD_FORCED, 0, None)
+            let r = self.compact_with(LIVE_THRESHOLD_FORCED, 0, None)?;
+            // Asked for: compact the index file too, if it grew at all since its last one.
+            self.checkpoint_index_compacting(100)?;
+            Ok(r)
         } else {
             self.compact_with(LIVE_THRESHOLD, MIN_RECLAIM, None)
         }

@@ -1,4 +1,4 @@
-//! The journal: the pack log is the source of truth, the sled index a replayable cache of it.
+//! The journal: the pack log is the source of truth, the redb index a replayable cache of it.
 //!
 //! `commit` appends one record (metadata ops plus at most one block payload) and applies it to
 //! the index under one lock, so index order equals log order. Recovery replays the records
@@ -73,8 +73,9 @@ impl Journal {
             // The index is a cache: a damaged one is set aside and rebuilt from the journal,
             // never a reason not to mount. (I/O errors such as a full disk or permissions are
             // reported instead: rebuilding would not help.)
-            Err(e @ (Error::Index(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
-            | Error::Corrupt(_))) => {
+            Err(e) if matches!(&e, Error::Index(r) if crate::error::index_corrupt(r))
+                || matches!(e, Error::Corrupt(_)) =>
+            {
                 let t = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
@@ -128,6 +129,18 @@ impl Journal {
             }
         };
         j.index.set_format(INDEX_FORMAT)?;
+        // Builds before the redb index kept a sled database in `index/`: once the new index
+        // holds everything, that cache is dead weight.
+        let old = index_path.with_file_name("index");
+        if old != index_path && old.is_dir() {
+            tracing::warn!(
+                "the metadata index engine changed (sled to redb): the index was rebuilt into {}; removing the old one at {}",
+                index_path.display(),
+                old.display()
+            );
+            j.index.flush()?;
+            std::fs::remove_dir_all(&old)?;
+        }
         Ok((j, rec))
     }
 
@@ -303,6 +316,14 @@ impl Journal {
 
     /// Make the index durable too (cheapens the next recovery; not needed for safety).
     pub fn checkpoint_index(&self) -> Result<()> {
+        self.checkpoint_index_with(None)
+    }
+
+    /// `checkpoint_index`, then, with `compact` = Some(growth percent), compact the index file
+    /// if it has grown that much since its last compaction (still under the commit lock:
+    /// compaction commits durably, so nothing newer than the journal sync may be pending).
+    /// Ask for compaction only with room on the disk.
+    pub fn checkpoint_index_with(&self, compact: Option<u64>) -> Result<()> {
         // Under the commit lock, so the position noted as synced is one the sync covered.
         let _seq = self.next_seq.lock();
         self.sync()?;
@@ -311,7 +332,15 @@ impl Journal {
             if e.errno() != libc::ENOSPC {
                 self.set_read_only(format!("metadata index flush failed: {e}"));
             }
-        })
+        })?;
+        if let Some(growth_pct) = compact {
+            if let Err(e) = self.index.compact_if_bloated(growth_pct) {
+                // redb keeps a failed write's error: later index updates fail and turn the
+                // journal read-only on their own.
+                tracing::error!("compacting the metadata index failed: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Whether the journal still holds every record from `from` (a position known durable)

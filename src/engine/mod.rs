@@ -80,7 +80,7 @@ pub struct Options {
     pub dirty_limit: usize,
     /// Compression worker threads.
     pub workers: usize,
-    /// sled page cache.
+    /// Page cache of the metadata index (redb).
     pub index_cache: u64,
     /// Size at which a pack file is sealed.
     pub pack_max: u64,
@@ -258,7 +258,7 @@ impl Engine {
         let open_journal = || match &backend {
             Some(b) => Journal::open_with(
                 b.clone(),
-                &dir.join("index"),
+                &dir.join(crate::store::manifest::INDEX_FILE),
                 dir,
                 opts.index_cache,
                 pack_max,
@@ -513,14 +513,23 @@ impl Engine {
 
     /// Make the journal and the index durable, with the reserve's help on a full store.
     fn checkpoint_index_freeing(&self) -> Result<()> {
+        // Background checkpoints compact the index file once it has grown by half.
+        self.checkpoint_index_compacting(150)
+    }
+
+    /// `checkpoint_index_freeing`, compacting the index file if it has grown to `growth_pct`
+    /// percent of its size after the last compaction.
+    fn checkpoint_index_compacting(&self, growth_pct: u64) -> Result<()> {
         if self.space.meta_low() {
-            // Before the flush: sled keeps the first I/O error it meets and fails every
+            // Before the flush: redb keeps the first I/O error it meets and fails every
             // later operation with it, so it must not meet ENOSPC at all.
             self.space
                 .release("flushing the metadata index on a full store");
         }
+        // The index file is compacted (when bloated) only with room to spare.
+        let compact = (!self.space.meta_low()).then_some(growth_pct);
         retry_enospc(&self.space, "flushing the metadata index", || {
-            self.j.checkpoint_index()
+            self.j.checkpoint_index_with(compact)
         })
     }
 
@@ -571,8 +580,8 @@ impl Engine {
         }
     }
 
-    /// Write the index to disk without syncing the journal first: what sled may do on its own
-    /// at any time. Crash tests use it to put the index ahead of the durable journal.
+    /// Make the index durable without syncing the journal first (what a flush racing a power
+    /// cut can leave). Crash tests use it to put the index ahead of the durable journal.
     pub fn flush_index_unsynced(&self) -> Result<()> {
         self.j.index.flush()
     }

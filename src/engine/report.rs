@@ -111,7 +111,7 @@ impl Engine {
         for p in backend.list()? {
             pack_bytes += backend.len(p).unwrap_or(0);
         }
-        let index_bytes = dir_size(&self.store_dir.join("index"));
+        let index_bytes = self.j.index.size_on_disk();
         let logical: u64 = cs.values().map(|c| c.logical).sum();
         let records: u64 = cs.values().map(|c| c.records).sum();
         let stored = pack_bytes + index_bytes;

@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - New data is admitted only while the store's filesystem keeps `floor()` bytes free after
-//!   it: a margin for metadata (journal records, the sled index, the log), plus the reserve's
+//!   it: a margin for metadata (journal records, the redb index, the log), plus the reserve's
 //!   size while the reserve file is not in place. So data never eats the room that deleting
 //!   needs, and `statfs` reports exactly what can still be written (free minus floor).
 //! - `STORE/reserve` is a fully allocated, synced file. It is deleted when a metadata commit

@@ -6,7 +6,8 @@
 //! ```text
 //! STORE/MANIFEST      "idcfs-store-format 2" and informational lines; written last, atomically
 //! STORE/journal/      pack files XXXXXXXX.pack (the journal: the source of truth)
-//! STORE/index/        sled index (a cache of the journal, rebuildable)
+//! STORE/index.redb   redb index (a cache of the journal, rebuildable; builds before it had a
+//!                     sled database in STORE/index/, which the next open replaces)
 //! STORE/packs         a regular FILE on purpose: builds before format 2 open STORE/packs as a
 //!                     directory and would cut records they cannot parse; a file makes them
 //!                     fail to open the store instead
@@ -32,6 +33,9 @@ pub const OLDEST_READABLE: u32 = 1;
 const MANIFEST: &str = "MANIFEST";
 const MAGIC_LINE: &str = "idcfs-store-format";
 const JOURNAL_DIR: &str = "journal";
+/// The metadata index (a redb database file). Builds before it kept a sled database in the
+/// directory `index/`, which opening a store rebuilds into this file and then removes.
+pub const INDEX_FILE: &str = "index.redb";
 const TRIPWIRE: &str = "packs";
 const TRIPWIRE_TEXT: &str = "This idcfs store is in on-disk format 2 or later (see MANIFEST); its pack files are in journal/.\nThis file stands where format-1 stores kept their packs/ directory, so that idcfs builds that predate\nformat 2 refuse to open the store instead of misreading it.\n";
 
@@ -128,7 +132,7 @@ fn finish(dir: &Path, upgraded_from: Option<u32>) -> io::Result<()> {
 fn layout(dir: &Path) -> Layout {
     Layout {
         packs: dir.join(JOURNAL_DIR),
-        index: dir.join("index"),
+        index: dir.join(INDEX_FILE),
     }
 }
 
