@@ -199,6 +199,28 @@ fn per_path_stats_of_siblings_add_up_to_their_parent() {
         "{names:?}"
     );
     assert!(whole["logical_bytes"].as_u64().unwrap() >= 2_005_000);
+    // A directory with more entries than an answer carries rows for: the smallest are
+    // folded into one row, and the rows still add up.
+    fs::create_dir(m.path("many")).unwrap();
+    for i in 0..250 {
+        fs::write(
+            m.path(&format!("many/file-with-a-longish-name-{i:04}")),
+            vec![b'x'; 100 + i],
+        )
+        .unwrap();
+    }
+    let many = stats_of(&m, "many");
+    let rows = many["top_dirs"].as_array().unwrap();
+    assert!(
+        rows.len() <= 100 && rows.iter().any(|r| r["name"] == "(151 more)"),
+        "{many}"
+    );
+    let sum: u64 = rows
+        .iter()
+        .map(|r| r["logical_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, many["logical_bytes"].as_u64().unwrap());
+    assert_eq!(many["files"].as_u64().unwrap(), 250);
     // Human output names the path.
     let out = m.idcfs(&["stats", m.path("p/a").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);

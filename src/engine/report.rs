@@ -88,6 +88,30 @@ pub struct CodecRow {
     pub stored_bytes: u64,
 }
 
+/// Rows kept per breakdown: the answer travels as an extended attribute value (at most
+/// 64 KiB), so the smallest rows beyond these are folded into one.
+const MAX_ROWS: usize = 100;
+
+/// Sorts `rows` largest stored first and folds those beyond `MAX_ROWS` into one row named
+/// "(N more)", so the rows still add up to the whole.
+fn cap_rows(mut rows: Vec<GroupRow>) -> Vec<GroupRow> {
+    rows.sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
+    if rows.len() > MAX_ROWS {
+        let rest = rows.split_off(MAX_ROWS - 1);
+        let mut other = GroupRow {
+            name: format!("({} more)", rest.len()),
+            ..Default::default()
+        };
+        for r in rest {
+            other.files += r.files;
+            other.logical_bytes += r.logical_bytes;
+            other.stored_bytes += r.stored_bytes;
+        }
+        rows.push(other);
+    }
+    rows
+}
+
 /// Total size of the regular files below `dir`.
 pub fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
@@ -230,10 +254,8 @@ impl Engine {
                 _ => {}
             }
         }
-        let mut top_dirs: Vec<GroupRow> = below.into_values().collect();
-        top_dirs.sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
-        let mut classes: Vec<GroupRow> = classes.into_values().collect();
-        classes.sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
+        let top_dirs = cap_rows(below.into_values().collect());
+        let classes = cap_rows(classes.into_values().collect());
         Ok(Stats {
             store: self.store_dir.display().to_string(),
             logical_bytes: logical,
@@ -298,12 +320,8 @@ impl Engine {
             }
             last_ino = ino;
         }
-        st.top_dirs = tops.into_values().collect();
-        st.top_dirs
-            .sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
-        st.classes = classes.into_values().collect();
-        st.classes
-            .sort_by_key(|r| std::cmp::Reverse(r.stored_bytes));
+        st.top_dirs = cap_rows(tops.into_values().collect());
+        st.classes = cap_rows(classes.into_values().collect());
         Ok(st)
     }
 
