@@ -72,6 +72,8 @@ chmod 4755 max/users
 
 # Round 2, after the checkpoint: the ops that must also appear in the live journal.
 cp "$DATA"/jpeg/*sddm-preview.jpg dedup/preview.jpg
+# Revision 1 (object dedup): an identical copy references the first one's shared object.
+cp "$DATA"/jpeg/*sddm-preview.jpg dedup/preview-copy.jpg
 cp "$DATA"/json/*examples-1.json dedup/three.json
 cp "$DATA"/text/*.pod deep/a/doomed.pod
 rm deep/a/doomed.pod
@@ -94,6 +96,10 @@ f.write(b"more")
 f.close()
 PY
 printf 'appended\n' >> max/perlsolaris.pod
+# A whole-file object committed after the compaction (background reclaim may have folded the
+# first round's PutObject records into MoveObject ones).
+cp "$DATA"/elf/users max/users-again
+"$BIN" recompress "$MNT/max/users-again" >/dev/null
 "$BIN" recompress "$MNT/dedup" >/dev/null
 cd /
 "$BIN" umount "$MNT"
@@ -103,5 +109,5 @@ cd /
 python3 "$HERE/lists.py" "$MNT" "$OUT"
 "$BIN" umount "$MNT"
 # Logs and the lock are not part of the format; the index is a cache the test rebuilds too.
-rm -f "$OUT/store/idcfs.log" "$OUT/store/lock"
+rm -f "$OUT/store/idcfs.log" "$OUT/store/lock" "$OUT/store/reserve"
 du -sh "$OUT/store"/* || true
