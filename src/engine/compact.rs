@@ -11,7 +11,7 @@
 //!
 //! Once the mount is idle (`compact_idle`), garbage anywhere (the active pack included) is
 //! reclaimed whenever it exceeds `IDLE_GARBAGE` of the packs, emptiest packs first, until at
-//! most half that share is left; the newest checkpoint is needed, so it never counts as
+//! most `IDLE_GARBAGE_LEFT` is left; the newest checkpoint is needed, so it never counts as
 //! garbage (otherwise each compaction's own checkpoint would trigger the next).
 
 use super::Engine;
@@ -28,6 +28,9 @@ const LIVE_THRESHOLD_FORCED: f64 = 0.9;
 const MIN_RECLAIM: u64 = 16 << 20;
 /// Share of the packs that may stay garbage once the mount is idle.
 const IDLE_GARBAGE: f64 = 0.10;
+/// What an idle compaction leaves at most (low, so the footprint a user sees after a busy
+/// period is close to the live data, not 10% above it).
+const IDLE_GARBAGE_LEFT: f64 = 0.02;
 /// Idle compaction does not bother below this much garbage (tiny stores).
 const IDLE_MIN_RECLAIM: u64 = 1 << 20;
 
@@ -68,7 +71,8 @@ impl Engine {
     }
 
     /// Idle-time reclaim: when more than `IDLE_GARBAGE` of the packs (the active one
-    /// included) is garbage, compact the emptiest packs until at most half that is left.
+    /// included) is garbage, compact the emptiest packs until at most `IDLE_GARBAGE_LEFT`
+    /// is left.
     pub(super) fn compact_idle(&self) -> Result<CompactReport> {
         let _one = self.compacting.lock();
         self.check_writable()?;
@@ -98,7 +102,7 @@ impl Engine {
         let mut left = garbage;
         let mut victims = Vec::new();
         for (p, len, live) in packs {
-            if (left as f64) <= IDLE_GARBAGE / 2.0 * total as f64 {
+            if (left as f64) <= IDLE_GARBAGE_LEFT * total as f64 {
                 break;
             }
             if len == live {
