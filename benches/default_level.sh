@@ -32,13 +32,14 @@ now() { date +%s.%N; }
 mount_it() { "$IDCFS" mount "$MNT" --store "$WORK/store" --config "$WORK/config.toml" >/dev/null; }
 js() { "$IDCFS" stats "${1:-$MNT}" --json; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-# Waits until the recompression queue is empty and the packs hold at most 10% garbage.
+# Waits until the recompression queue is empty and the packs hold at most 4% garbage (what
+# idle reclaim leaves; src/engine/compact.rs IDLE_GARBAGE).
 settle() {
   local t0; t0=$(now)
   while :; do
     q=$(getfattr --only-values -n user.idcfs.status "$MNT" 2>/dev/null | field recompress_queue)
     s=$(js); packs=$(echo "$s" | field pack_bytes); garb=$(echo "$s" | field unreferenced_bytes)
-    if [ "$q" = 0 ] && [ $((garb * 10)) -le "$packs" ]; then break; fi
+    if [ "$q" = 0 ] && [ $((garb * 25)) -le "$packs" ]; then break; fi
     if [ "$(echo "$(now) - $t0 > $SETTLE_MAX" | bc)" = 1 ]; then echo "did not settle in ${SETTLE_MAX}s (queue $q, garbage $garb of $packs)" >&2; break; fi
     sleep 5
   done
