@@ -44,6 +44,8 @@ pub(super) struct RecompressState {
     last_io: AtomicU64,
     /// Whole-file encodings that failed, did not pay or timed out (the file kept its blocks).
     fallbacks: AtomicU64,
+    /// Files taken off the queue and being recompressed now.
+    running: AtomicU64,
 }
 
 impl RecompressState {
@@ -67,8 +69,10 @@ impl RecompressState {
             .collect()
     }
 
+    /// Files waiting for recompression, the one being recompressed included (so that an
+    /// empty queue means the background work is done).
     pub(super) fn queued(&self) -> u64 {
-        self.queue.lock().len() as u64
+        self.queue.lock().len() as u64 + self.running.load(Ordering::Relaxed)
     }
 
     fn fell_back(&self) {
@@ -120,8 +124,11 @@ impl Engine {
                 self.recomp.queue(ino, Instant::now());
                 continue;
             }
+            self.recomp.running.fetch_add(1, Ordering::Relaxed);
             self.recomp.remove(ino);
-            match self.recompress_file(ino, true) {
+            let res = self.recompress_file(ino, true);
+            self.recomp.running.fetch_sub(1, Ordering::Relaxed);
+            match res {
                 Ok(r) if r.recoded > 0 => {
                     tracing::debug!(
                         ino,
