@@ -137,7 +137,6 @@ impl Engine {
         }
         let index_bytes = self.j.index.size_on_disk();
         let logical: u64 = cs.values().map(|c| c.logical).sum();
-        let records: u64 = cs.values().map(|c| c.records).sum();
         let stored = pack_bytes + index_bytes;
         let codecs = cs
             .iter()
@@ -161,7 +160,16 @@ impl Engine {
             },
             pack_bytes,
             index_bytes,
-            unreferenced_bytes: pack_bytes.saturating_sub(records),
+            // Per pack (a deduplicated record is live once there, however many use it).
+            unreferenced_bytes: {
+                let ps = self.j.index.pack_stats();
+                let mut g = 0;
+                for p in backend.list()? {
+                    let len = backend.len(p).unwrap_or(0);
+                    g += len.saturating_sub(ps.get(&p).map_or(0, |s| s.live_bytes));
+                }
+                g
+            },
             files: self.ns.inodes_allocated(),
             corrupt_reads: self.reads.corrupt_reads.load(Ordering::Relaxed),
             format_fallbacks: self.recomp.fallbacks(),

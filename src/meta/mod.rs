@@ -352,7 +352,7 @@ impl<'a> View<'a> {
     fn unmap_block(&mut self, ino: Ino, key: Vec<u8>, old: &[u8]) -> Result<()> {
         let b: BlockRef = dec(old)?;
         let idx = u64_of(&key[9..17]);
-        self.account(&b, -1);
+        self.account(&b, -1)?;
         self.deref(&b.loc, ino, idx)?;
         self.del(key);
         self.bump_count(ino, -1)
@@ -369,6 +369,8 @@ impl<'a> View<'a> {
         sh.refs = sh.refs.saturating_sub(1);
         if sh.refs == 0 {
             self.del(rk);
+            // A shared record is live in its pack once, whatever its references.
+            self.pack_delta.entry(loc.pack).or_default().0 -= loc.len as i64;
             let hk = key_hash(&sh.hash);
             if self
                 .get(&hk)?
@@ -395,6 +397,7 @@ impl<'a> View<'a> {
             None => match offer {
                 Some(hash) => {
                     self.put(key_hash(&hash), enc(&b.loc)?);
+                    self.pack_delta.entry(b.loc.pack).or_default().0 += b.loc.len as i64;
                     Shared {
                         hash,
                         refs: 1,
@@ -409,7 +412,11 @@ impl<'a> View<'a> {
         Ok(())
     }
 
-    fn account(&mut self, b: &BlockRef, sign: i64) {
+    /// Count one reference to `b`'s record in or out of the codec and pack statistics.
+    /// Codec rows count every reference; a pack's live bytes count a shared record once (its
+    /// whole length, added and removed by `addref`/`deref` with the record's sharing), so
+    /// garbage in packs holding deduplicated records stays visible to compaction.
+    fn account(&mut self, b: &BlockRef, sign: i64) -> Result<()> {
         let c = self.codec_delta.entry(b.codec).or_default();
         c.0 += sign;
         c.1 += sign * b.raw_len as i64;
@@ -417,9 +424,13 @@ impl<'a> View<'a> {
         // Blocks of one object share its record: each counts its share.
         let rec = b.record_share() as i64;
         c.3 += sign * rec;
+        let shared = self.get(&key_loc(b'R', &b.loc))?.is_some();
         let p = self.pack_delta.entry(b.loc.pack).or_default();
-        p.0 += sign * rec;
+        if !shared {
+            p.0 += sign * rec;
+        }
         p.1 += sign;
+        Ok(())
     }
 
     fn bump_count(&mut self, ino: Ino, d: i64) -> Result<()> {
@@ -833,6 +844,12 @@ impl Index {
         let mut cs: BTreeMap<u16, CodecStats> = BTreeMap::new();
         let mut ps: BTreeMap<PackId, PackStats> = BTreeMap::new();
         let mut counts: BTreeMap<Ino, u64> = BTreeMap::new();
+        // Shared records: their reference counts and reverse references, from the block map.
+        let mut shared: BTreeMap<Loc, Shared> = BTreeMap::new();
+        for sh in self.all_shared() {
+            let sh = sh?;
+            shared.insert(sh.bref.loc, Shared { refs: 0, ..sh });
+        }
         for b in self.all_blocks() {
             let (ino, _, r) = b?;
             let c = cs.entry(r.codec).or_default();
@@ -841,15 +858,12 @@ impl Index {
             c.payload += r.stored as u64;
             c.records += r.record_share();
             let p = ps.entry(r.loc.pack).or_default();
-            p.live_bytes += r.record_share();
+            // A shared record counts once in its pack (added below).
+            if !shared.contains_key(&r.loc) {
+                p.live_bytes += r.record_share();
+            }
             p.live_blocks += 1;
             *counts.entry(ino).or_default() += 1;
-        }
-        // Shared records: their reference counts and reverse references, from the block map.
-        let mut shared: BTreeMap<Loc, Shared> = BTreeMap::new();
-        for sh in self.all_shared() {
-            let sh = sh?;
-            shared.insert(sh.bref.loc, Shared { refs: 0, ..sh });
         }
         let mut qrefs: Vec<(Loc, Ino, u64)> = Vec::new();
         for b in self.all_blocks() {
@@ -857,6 +871,11 @@ impl Index {
             if let Some(sh) = shared.get_mut(&r.loc) {
                 sh.refs += 1;
                 qrefs.push((r.loc, ino, idx));
+            }
+        }
+        for (loc, sh) in &shared {
+            if sh.refs > 0 {
+                ps.entry(loc.pack).or_default().live_bytes += loc.len as u64;
             }
         }
         self.write(false, |t| {
@@ -1110,7 +1129,11 @@ impl Index {
                 }
             }
             Op::SnapShared { hash, bref } => {
-                // References follow as SnapBlocks and count themselves in.
+                // References follow as SnapBlocks and count themselves in; the record is
+                // live in its pack once.
+                if v.get(&key_loc(b'R', &bref.loc))?.is_none() {
+                    v.pack_delta.entry(bref.loc.pack).or_default().0 += bref.loc.len as i64;
+                }
                 v.put(key_hash(hash), enc(&bref.loc)?);
                 v.put(
                     key_loc(b'R', &bref.loc),
@@ -1277,13 +1300,14 @@ impl Index {
                     // Replay of an op already applied: nothing changes.
                     return Ok(());
                 }
-                v.account(&old, -1);
+                v.account(&old, -1)?;
                 v.deref(&old.loc, ino, idx)?;
             }
             None => v.bump_count(ino, 1)?,
         }
-        v.account(&b, 1);
+        // After addref: a record shared by it is counted in its pack by addref, once.
         v.addref(&b, ino, idx, offer)?;
+        v.account(&b, 1)?;
         v.put(k, enc(&b)?);
         Ok(())
     }
