@@ -33,13 +33,16 @@ mount_it() { "$IDCFS" mount "$MNT" --store "$WORK/store" --config "$WORK/config.
 js() { "$IDCFS" stats "${1:-$MNT}" --json; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 # Waits until the recompression queue is empty and the packs hold at most 4% garbage (what
-# idle reclaim leaves; src/engine/compact.rs IDLE_GARBAGE).
+# idle reclaim leaves; src/engine/compact.rs IDLE_GARBAGE), or their garbage has not changed
+# for 30 s (idle reclaim does not count the newest checkpoint, which stats do).
 settle() {
-  local t0; t0=$(now)
+  local t0 last=-1 same=0; t0=$(now)
   while :; do
     q=$(getfattr --only-values -n user.idcfs.status "$MNT" 2>/dev/null | field recompress_queue)
     s=$(js); packs=$(echo "$s" | field pack_bytes); garb=$(echo "$s" | field unreferenced_bytes)
-    if [ "$q" = 0 ] && [ $((garb * 25)) -le "$packs" ]; then break; fi
+    if [ "$q" = 0 ] && [ "$garb" = "$last" ]; then same=$((same + 1)); else same=0; fi
+    last=$garb
+    if [ "$q" = 0 ] && { [ $((garb * 25)) -le "$packs" ] || [ $same -ge 6 ]; }; then break; fi
     if [ "$(echo "$(now) - $t0 > $SETTLE_MAX" | bc)" = 1 ]; then echo "did not settle in ${SETTLE_MAX}s (queue $q, garbage $garb of $packs)" >&2; break; fi
     sleep 5
   done
@@ -55,11 +58,11 @@ settle_s=$(settle)
 js > "$WORK/stats.json"
 for d in "$sub"/*/; do n=$(basename "$d"); js "$d" > "$WORK/dir-$n.json"; done
 if [ "$DEDUP" = 1 ]; then
-  s1=$(js | field pack_bytes)
+  s1=$(js | field pack_bytes); g1=$(js | field unreferenced_bytes)
   cp -a "$CORPUS/." "$MNT/b/" 2>/dev/null || { mkdir -p "$MNT/b"; cp -a "$CORPUS/." "$MNT/b/"; }
   sync
   settle2_s=$(settle)
-  s2=$(js | field pack_bytes)
+  s2=$(js | field pack_bytes); g2=$(js | field unreferenced_bytes)
 fi
 "$IDCFS" umount "$MNT"
 mount_it
@@ -109,5 +112,5 @@ echo
 cat "$WORK/reads.md"
 if [ "$DEDUP" = 1 ]; then
   echo
-  echo "dedup=on: a second copy of the corpus grew the packs from $s1 to $s2 bytes: $(echo "100 * ($s2 - $s1) / $s1" | bc -l | xargs printf '%.2f')% of the first copy's packs (settled in $(printf '%.0f' "$settle2_s") s)."
+  echo "dedup=on: a second copy of the corpus grew the packs from $s1 to $s2 bytes: $(echo "100 * ($s2 - $s1) / $s1" | bc -l | xargs printf '%.2f')% of the first copy's packs; their live part (packs minus unreferenced bytes) from $((s1 - g1)) to $((s2 - g2)) bytes: $(echo "100 * ($s2 - $g2 - $s1 + $g1) / ($s1 - $g1)" | bc -l | xargs printf '%.2f')% (settled in $(printf '%.0f' "$settle2_s") s)."
 fi
