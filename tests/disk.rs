@@ -3,7 +3,7 @@
 //! mount/fsck on a full disk, honest statfs, and read-only (EROFS) after a disk write fault
 //! with everything fsynced recovered by the next mount.
 
-use crate::util::{is_mounted, sh, Mounted, BIN};
+use crate::util::{is_mounted, random, sh, Mounted, BIN};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -136,20 +136,6 @@ fn within<T: Send + 'static>(what: &str, secs: u64, f: impl FnOnce() -> T + Send
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
     }
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    // Incompressible, so sizes on disk are predictable.
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 /// Create `p` with `data`, fsync it; the errno of the first failure.

@@ -2,24 +2,10 @@
 //! files and tails included, concurrent writers), per-path stats, garbage reclaimed without
 //! `idcfs compact`, and whole-file objects compacted any number of times.
 
-use crate::util::{data, sh, Mounted, BIN};
+use crate::util::{data, random, sh, Mounted, BIN};
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Incompressible pseudo-random bytes (xorshift).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 fn pack_bytes(m: &Mounted) -> u64 {
     m.stats_json()["pack_bytes"].as_u64().unwrap()
@@ -48,7 +34,7 @@ fn tree(root: &Path, seed: u64) -> u64 {
             _ => 300_000 + (i * 3331) as usize % 100_000,
         };
         let dir = if i % 2 == 0 { "" } else { "sub/" };
-        fs::write(root.join(format!("{dir}f{i}")), noise(seed + i, len)).unwrap();
+        fs::write(root.join(format!("{dir}f{i}")), random(len, seed + i)).unwrap();
         total += len as u64;
     }
     total
@@ -151,7 +137,7 @@ fn per_path_stats_of_siblings_add_up_to_their_parent() {
         .collect();
     fs::write(m.path("p/a/t1"), &text[..1_000_000]).unwrap();
     fs::write(m.path("p/a/deep/t2"), &text[..300_000]).unwrap();
-    fs::write(m.path("p/b/r"), noise(5, 200_000)).unwrap();
+    fs::write(m.path("p/b/r"), random(200_000, 5)).unwrap();
     fs::write(m.path("p/own"), &text[..5000]).unwrap();
     fs::write(m.path("q/elsewhere"), data(6, 500_000)).unwrap();
     // A hard link inside the tree counts once.

@@ -112,6 +112,15 @@ fn cap_rows(mut rows: Vec<GroupRow>) -> Vec<GroupRow> {
     rows
 }
 
+/// logical / stored (0 when nothing is stored).
+fn ratio(logical: u64, stored: u64) -> f64 {
+    if stored > 0 {
+        logical as f64 / stored as f64
+    } else {
+        0.0
+    }
+}
+
 /// Total size of the regular files below `dir`.
 pub fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
@@ -153,11 +162,7 @@ impl Engine {
             logical_bytes: logical,
             stored_bytes: stored,
             saved_bytes: logical as i64 - stored as i64,
-            ratio: if stored > 0 {
-                logical as f64 / stored as f64
-            } else {
-                0.0
-            },
+            ratio: ratio(logical, stored),
             pack_bytes,
             index_bytes,
             // Per pack (a deduplicated record is live once there, however many use it).
@@ -269,11 +274,7 @@ impl Engine {
             logical_bytes: logical,
             stored_bytes: stored,
             saved_bytes: logical as i64 - stored as i64,
-            ratio: if stored > 0 {
-                logical as f64 / stored as f64
-            } else {
-                0.0
-            },
+            ratio: ratio(logical, stored),
             pack_bytes: 0,
             index_bytes: 0,
             unreferenced_bytes: 0,

@@ -335,3 +335,17 @@ pub fn sha(p: &Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Incompressible pseudo-random bytes (xorshift), so sizes on disk are predictable.
+pub fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
