@@ -1,4 +1,4 @@
-//! Command line: `mount`, `umount`, `stats`, `fsck`, `compact`.
+//! Command line: `mount`, `umount`, `stats`, `fsck`, `compact`, `init`, `passwd`, …
 //!
 //! Exit codes: 0 success, 1 problems found (fsck), 2 operational error.
 
@@ -23,6 +23,20 @@ pub struct Cli {
     pub verbose: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
+}
+
+/// How an encrypted store is unlocked, or a new one protected. Without either option the
+/// passphrase comes from a systemd credential (`idcfs-passphrase` or `idcfs-key` in
+/// `$CREDENTIALS_DIRECTORY`) or is asked for on the terminal.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KeyArgs {
+    /// A key file: its bytes (at least 16, random) are the secret, e.g. from
+    /// `head -c 32 /dev/urandom`.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Read the passphrase from the first line of this file instead of prompting.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -52,6 +66,36 @@ pub enum Cmd {
         /// Size at which pack files are sealed, in MiB (compaction works on sealed packs).
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
         pack_mib: u64,
+        /// Create the store encrypted when it does not exist yet (see `idcfs init --encrypt`).
+        #[arg(long)]
+        encrypt: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Internal: the background daemon receives the unlocked key on stdin.
+        #[arg(long, hide = true)]
+        key_stdin: bool,
+    },
+    /// Create an empty store; with --encrypt, an encrypted one (AES-256-GCM-SIV; the key is
+    /// protected by a passphrase or a key file).
+    Init {
+        store: PathBuf,
+        #[arg(long)]
+        encrypt: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Change the passphrase (or key file) of an encrypted store; no data is rewritten.
+    Passwd {
+        store: PathBuf,
+        /// The current secret.
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// The new secret: a key file.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+        /// The new secret: a passphrase from the first line of this file.
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
     },
     /// Flush and unmount; returns after the daemon has written everything.
     #[command(alias = "unmount")]
@@ -61,6 +105,8 @@ pub enum Cmd {
         path: PathBuf,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Check every reference and checksum of an unmounted store; exit 1 when problems exist.
     Fsck {
@@ -71,11 +117,21 @@ pub enum Cmd {
         rebuild: bool,
         #[arg(long)]
         json: bool,
+        /// On an encrypted store: check what can be checked without the key (record
+        /// framing and checksums) instead of asking for it.
+        #[arg(long)]
+        locked: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Re-encode every file below PATH (on a mount) with the strongest choice its policy
     /// allows now, then reclaim pack space; with a progress line and a summary. PATH may
     /// also be an unmounted store (pack compaction only).
-    Compact { path: PathBuf },
+    Compact {
+        path: PathBuf,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
     /// Apply the current policies to existing files below PATH (re-encode them now).
     Recompress { path: PathBuf },
     /// Per-directory policies: set, unset, show.
@@ -114,6 +170,9 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             dirty_mib,
             pack_mib,
             config,
+            encrypt,
+            keys,
+            key_stdin,
         } => {
             let conf = crate::config::load(config.as_deref())?;
             let mp = std::fs::canonicalize(&mountpoint)
@@ -124,6 +183,19 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             };
             // Refuse a store of another format here, with the reason, before any daemon starts.
             daemon::check_format(&store)?;
+            // Unlock (or create) an encrypted store here, where the terminal is: a wrong
+            // passphrase is refused before anything is written or any daemon starts.
+            let key = if key_stdin {
+                let mut line = zeroize::Zeroizing::new(String::new());
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| format!("reading the key from the parent: {e}"))?;
+                Some(std::sync::Arc::new(
+                    crate::crypto::StoreKey::from_master_line(&line).map_err(|e| e.to_string())?,
+                ))
+            } else {
+                daemon::unlock_or_create(&store, &keys, encrypt)?
+            };
             if foreground {
                 let opts = Options {
                     zstd_level,
@@ -133,6 +205,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     default_policy: conf.policy.clone(),
                     idle_secs: conf.idle_secs.unwrap_or(60),
                     codecs_disabled: conf.codecs_disabled.clone(),
+                    key,
                     ..Options::default()
                 };
                 daemon::run_foreground(&mp, &store, opts)?;
@@ -150,7 +223,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 if cli.verbose {
                     extra.push("--verbose".into());
                 }
-                daemon::spawn_background(&mp, &store, &extra)?;
+                daemon::spawn_background(&mp, &store, &extra, key.as_deref())?;
             }
             Ok(EXIT_OK)
         }
@@ -158,11 +231,47 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             daemon::unmount(&mountpoint)?;
             Ok(EXIT_OK)
         }
-        Cmd::Stats { path, json } => {
+        Cmd::Init {
+            store,
+            encrypt,
+            keys,
+        } => {
+            let store = absolute(&store)?;
+            if encrypt {
+                daemon::unlock_or_create(&store, &keys, true)?;
+                println!("idcfs: created encrypted store {}", store.display());
+                println!("idcfs: keep a copy of {} (and of your passphrase or key file): without them the data cannot be read", store.join(crate::crypto::KEYS_FILE).display());
+            } else {
+                crate::store::manifest::open(&store)
+                    .map_err(|e| format!("cannot create store {}: {e}", store.display()))?;
+                println!("idcfs: created store {}", store.display());
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Passwd {
+            store,
+            keys,
+            new_key_file,
+            new_passphrase_file,
+        } => {
+            let old = daemon::secret(&keys, false)?;
+            let new = daemon::secret(
+                &KeyArgs {
+                    key_file: new_key_file,
+                    passphrase_file: new_passphrase_file,
+                },
+                true,
+            )?;
+            crate::crypto::change_secret(&store, &old, &new)
+                .map_err(|e| format!("cannot change the secret of {}: {e}", store.display()))?;
+            println!("idcfs: secret changed; the data keys are unchanged, nothing was rewritten");
+            Ok(EXIT_OK)
+        }
+        Cmd::Stats { path, json, keys } => {
             let mut stats: Stats = match daemon::control_get(&path, "stats") {
                 Ok(bytes) => serde_json::from_slice(&bytes)
                     .map_err(|e| format!("bad stats from the daemon: {e}"))?,
-                Err(_) => daemon::open_offline(&path)?
+                Err(_) => daemon::open_offline(&path, &keys)?
                     .stats_detailed()
                     .map_err(|e| e.to_string())?,
             };
@@ -186,7 +295,12 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             store,
             rebuild,
             json,
+            locked,
+            keys,
         } => {
+            if locked {
+                return daemon::fsck_locked(&store, json);
+            }
             if rebuild {
                 let idx = store.join(crate::store::manifest::INDEX_FILE);
                 if idx.exists() {
@@ -199,7 +313,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     eprintln!("idcfs: old index kept at {}", aside.display());
                 }
             }
-            let engine = daemon::open_offline(&store)?;
+            let engine = daemon::open_offline(&store, &keys)?;
             let report = engine.fsck().map_err(|e| e.to_string())?;
             engine.shutdown().map_err(|e| e.to_string())?;
             if json {
@@ -233,7 +347,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 EXIT_PROBLEMS
             })
         }
-        Cmd::Compact { path } => {
+        Cmd::Compact { path, keys } => {
             if daemon::control_get(&path, "pid").is_ok() {
                 recompress_with_progress(&path)?;
                 daemon::control_set(&path, "compact")
@@ -249,7 +363,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     st.ratio
                 );
             } else {
-                let e = daemon::open_offline(&path)?;
+                let e = daemon::open_offline(&path, &keys)?;
                 let r = e.compact(true).map_err(|e| e.to_string())?;
                 e.shutdown().map_err(|e| e.to_string())?;
                 println!(

@@ -181,7 +181,12 @@ pub fn run_foreground(mp: &Path, store: &Path, opts: Options) -> Result<(), Stri
 }
 
 /// Start the daemon in the background and return once the mount is live.
-pub fn spawn_background(mp: &Path, store: &Path, extra_args: &[String]) -> Result<(), String> {
+pub fn spawn_background(
+    mp: &Path,
+    store: &Path,
+    extra_args: &[String],
+    key: Option<&crate::crypto::StoreKey>,
+) -> Result<(), String> {
     check_mountpoint(mp)?;
     std::fs::create_dir_all(store)
         .map_err(|e| format!("cannot create store {}: {e}", store.display()))?;
@@ -201,13 +206,32 @@ pub fn spawn_background(mp: &Path, store: &Path, extra_args: &[String]) -> Resul
         .arg("--store")
         .arg(store)
         .args(extra_args)
+        .args(key.map(|_| "--key-stdin"))
         .arg(mp)
-        .stdin(Stdio::null())
+        .stdin(if key.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(log)
         .stderr(log2)
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start the daemon: {e}"))?;
+    if let Some(k) = key {
+        // The unlocked key goes to the daemon over a pipe: never an argument or a file that
+        // another user could read.
+        use std::io::Write;
+        let sent = child
+            .stdin
+            .take()
+            .ok_or_else(|| io::Error::other("no pipe"))
+            .and_then(|mut p| p.write_all(k.master_line().as_bytes()));
+        if let Err(e) = sent {
+            let _ = child.kill();
+            return Err(format!("cannot hand the key to the daemon: {e}"));
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if is_mounted(mp) {
@@ -397,7 +421,7 @@ pub fn upgrade(store: &Path) -> Result<String, String> {
     let lock = crate::engine::lock_store(store).map_err(|e| e.to_string())?;
     let what = upgrade(store).map_err(|e| format!("cannot upgrade {}: {e}", store.display()))?;
     drop(lock);
-    let e = open_offline(store)?;
+    let e = open_offline(store, &crate::cli::KeyArgs::default())?;
     e.shutdown().map_err(|e| e.to_string())?;
     Ok(match what {
         Upgraded::From(v) => format!(
@@ -411,8 +435,191 @@ pub fn upgrade(store: &Path) -> Result<String, String> {
     })
 }
 
+/// The secret the user gives: a key file, a passphrase file, a systemd credential, or the
+/// terminal (asked twice when `confirm`, for a new secret).
+pub fn secret(keys: &crate::cli::KeyArgs, confirm: bool) -> Result<crate::crypto::Secret, String> {
+    use crate::crypto::Secret;
+    if let Some(p) = &keys.key_file {
+        return Secret::from_key_file(p);
+    }
+    if let Some(p) = &keys.passphrase_file {
+        return Secret::from_passphrase_file(p);
+    }
+    // systemd `LoadCredential=idcfs-passphrase:…` or `idcfs-key:…` (see systemd/).
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let dir = PathBuf::from(dir);
+        if dir.join("idcfs-key").is_file() {
+            return Secret::from_key_file(&dir.join("idcfs-key"));
+        }
+        if dir.join("idcfs-passphrase").is_file() {
+            return Secret::from_passphrase_file(&dir.join("idcfs-passphrase"));
+        }
+    }
+    let no_tty = |e: io::Error| {
+        format!("no passphrase given and none can be asked for ({e}): use --passphrase-file, --key-file or a systemd credential")
+    };
+    let p = zeroize::Zeroizing::new(
+        rpassword::prompt_password(if confirm {
+            "New passphrase: "
+        } else {
+            "Passphrase: "
+        })
+        .map_err(no_tty)?,
+    );
+    if p.is_empty() {
+        return Err("empty passphrase refused".into());
+    }
+    if confirm {
+        let again = zeroize::Zeroizing::new(
+            rpassword::prompt_password("Repeat the passphrase: ").map_err(no_tty)?,
+        );
+        if *again != *p {
+            return Err("the passphrases differ; nothing was changed".into());
+        }
+    }
+    Ok(Secret::Passphrase(zeroize::Zeroizing::new(p.to_string())))
+}
+
+/// The key of `store`: unlocked when it is encrypted, created when `create` and the store does
+/// not exist yet; None for a plain store. Once a key is held, the process stops producing
+/// core dumps and refuses ptrace by other processes of the user (key memory must not leak).
+pub fn unlock_or_create(
+    store: &Path,
+    keys: &crate::cli::KeyArgs,
+    create: bool,
+) -> Result<Option<Arc<crate::crypto::StoreKey>>, String> {
+    use crate::store::manifest::{inspect, Found, FORMAT_ENCRYPTED};
+    let found = inspect(store).unwrap_or(Found::Empty);
+    let encrypted = match found {
+        Found::Format(FORMAT_ENCRYPTED) => true,
+        Found::Unfinished => crate::crypto::has_keys(store),
+        Found::Empty if create => {
+            let secret = secret(keys, true)?;
+            std::fs::create_dir_all(store)
+                .map_err(|e| format!("cannot create store {}: {e}", store.display()))?;
+            let mut made = None;
+            crate::store::manifest::create_encrypted(store, |dir| {
+                made = Some(
+                    crate::crypto::create(dir, &secret).map_err(|e| io::Error::other(e.to_string()))?,
+                );
+                Ok(())
+            })
+            .map_err(|e| format!("cannot create encrypted store {}: {e}", store.display()))?;
+            protect_key_memory();
+            return Ok(made.map(Arc::new));
+        }
+        _ if create => {
+            return Err(format!(
+                "{} already holds a store, which is not encrypted: encryption is chosen when a store is created",
+                store.display()
+            ))
+        }
+        _ => false,
+    };
+    if !encrypted {
+        if keys.key_file.is_some() || keys.passphrase_file.is_some() {
+            return Err(format!(
+                "store {} is not encrypted; --key-file/--passphrase-file apply only to encrypted stores",
+                store.display()
+            ));
+        }
+        return Ok(None);
+    }
+    let secret = secret(keys, false)?;
+    let key = crate::crypto::unlock(store, &secret)
+        .map_err(|e| format!("cannot unlock store {}: {e}", store.display()))?;
+    protect_key_memory();
+    Ok(Some(Arc::new(key)))
+}
+
+/// No core dumps (`RLIMIT_CORE` 0, not dumpable: also refuses ptrace by the same user) once
+/// key material is in memory. The systemd unit sets `LimitCORE=0` as well.
+fn protect_key_memory() {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid arguments; failure only leaves dumps possible,
+    // which is logged.
+    let (a, b) = unsafe {
+        (
+            libc::setrlimit(libc::RLIMIT_CORE, &zero),
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
+        )
+    };
+    if a != 0 || b != 0 {
+        tracing::warn!("could not disable core dumps of key memory");
+    }
+}
+
+/// `fsck --locked`: what can be checked of an encrypted store without its key.
+pub fn fsck_locked(store: &Path, json: bool) -> Result<u8, String> {
+    let layout = crate::store::manifest::open(store).map_err(|e| e.to_string())?;
+    let backend: Arc<dyn crate::store::PackBackend> =
+        Arc::new(crate::store::LocalDir::open(&layout.packs).map_err(|e| e.to_string())?);
+    let log =
+        crate::store::PackLog::open(backend.clone(), u64::MAX, None).map_err(|e| e.to_string())?;
+    let (mut records, mut sealed, mut bytes) = (0u64, 0u64, 0u64);
+    let mut problems = Vec::new();
+    let packs = backend.list().map_err(|e| e.to_string())?;
+    let newest = packs.last().copied();
+    for p in packs {
+        let end = log
+            .scan_framing(p, |loc, r| {
+                records += 1;
+                bytes += loc.len as u64;
+                sealed += u64::from(r.seal.key_id != 0);
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+        if let crate::store::ScanEnd::Torn { off, reason, .. } = end {
+            if Some(p) != newest {
+                problems.push(format!("pack {p} is damaged at offset {off}: {reason}"));
+            } else {
+                problems.push(format!(
+                    "pack {p} (the newest) ends in an incomplete record at offset {off}: {reason} (cut at the next mount)"
+                ));
+            }
+        }
+    }
+    let plain = records - sealed;
+    if layout.encrypted && plain > 0 {
+        problems.push(format!(
+            "{plain} record(s) of an encrypted store are not sealed"
+        ));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"locked": true, "records": records, "sealed": sealed, "bytes": bytes, "problems": problems})
+        );
+    } else {
+        println!(
+            "locked check (no key): {records} records ({sealed} sealed), {} of packs: framing and checksums only",
+            bytes
+        );
+        println!("not checked without the key: authentication of each record, the index, references and decoded data (run `idcfs fsck` with the key)");
+        for p in &problems {
+            println!("PROBLEM: {p}");
+        }
+        println!(
+            "{}",
+            if problems.is_empty() {
+                "clean (as far as checked)".to_string()
+            } else {
+                format!("{} problem(s)", problems.len())
+            }
+        );
+    }
+    Ok(if problems.is_empty() {
+        crate::cli::EXIT_OK
+    } else {
+        crate::cli::EXIT_PROBLEMS
+    })
+}
+
 /// Open a store that is not mounted, for offline commands.
-pub fn open_offline(store: &Path) -> Result<Arc<Engine>, String> {
+pub fn open_offline(store: &Path, keys: &crate::cli::KeyArgs) -> Result<Arc<Engine>, String> {
     use crate::store::manifest::{inspect, Found};
     match inspect(store) {
         Ok(Found::Empty) => {
@@ -424,9 +631,11 @@ pub fn open_offline(store: &Path) -> Result<Arc<Engine>, String> {
         Err(e) => return Err(format!("cannot read store {}: {e}", store.display())),
         Ok(_) => check_format(store)?,
     }
+    let key = unlock_or_create(store, keys, false)?;
     let opts = Options {
         workers: 1,
         background: false,
+        key,
         ..Options::default()
     };
     Engine::open(store, opts).map_err(|e| format!("cannot open store {}: {e}", store.display()))

@@ -44,6 +44,9 @@ pub enum Error {
     /// failed after its record was appended); the next mount recovers.
     #[error("the filesystem is read-only after an error: {0}")]
     Poisoned(String),
+    /// An encrypted store opened without its key, or a key given for a plain store.
+    #[error("{0}")]
+    Locked(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -108,6 +111,7 @@ impl Error {
             Error::FileTooBig => EFBIG,
             Error::TooManyLinks => EMLINK,
             Error::Poisoned(_) => EROFS,
+            Error::Locked(_) => EACCES,
             Error::Index(e) if index_corrupt(e) => EIO,
             Error::Index(redb::Error::Io(e)) => io_errno(e),
             Error::Corrupt(_) | Error::Codec(_) | Error::Index(_) => EIO,

@@ -15,6 +15,7 @@ pub mod classify;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
 pub mod engine;
 pub mod error;

@@ -152,7 +152,7 @@ fn coverage(store: &Path) -> (BTreeSet<u8>, BTreeSet<u16>, BTreeSet<u8>) {
         store.join("packs")
     };
     let backend: Arc<dyn PackBackend> = Arc::new(LocalDir::open(&packs).unwrap());
-    let log = PackLog::open(backend.clone(), u64::MAX).unwrap();
+    let log = PackLog::open(backend.clone(), u64::MAX, None).unwrap();
     let (mut tags, mut codecs, mut versions) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for p in backend.list().unwrap() {
         let end = log

@@ -17,7 +17,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(h) = RawHeader::parse(data) {
         let hl = h.header_len();
         if data.len() as u64 >= h.total_len() {
-            if let Ok(r) = h.finish(&data[hl..h.total_len() as usize]) {
+            if let Ok(r) = h.finish(&data[hl..h.total_len() as usize], None, 1, 0) {
                 let _ = decode_ops(r.version, &r.meta);
             }
         }

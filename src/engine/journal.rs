@@ -16,11 +16,10 @@
 //! - Packs are only deleted when every record in them is older than the newest checkpoint and
 //!   the index has been flushed past them.
 
+use crate::crypto::StoreKey;
 use crate::error::{Error, Result};
 use crate::meta::{decode_ops, encode_ops, Applied, Applying, Index, Ino, Op, INDEX_FORMAT};
-use crate::store::{
-    encode_record, BlockHeader, Loc, LocalDir, PackBackend, PackLog, Record, ScanEnd,
-};
+use crate::store::{BlockHeader, Loc, LocalDir, PackBackend, PackLog, Record, ScanEnd};
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
@@ -50,10 +49,30 @@ pub const PACK_MAX: u64 = 256 << 20;
 impl Journal {
     /// Open the store's packs and index, replaying what the index misses. A missing index is
     /// rebuilt from the packs; an index that is ahead of the packs (lost pack data) is rebuilt.
-    pub fn open(store: &Path, index_cache: u64, pack_max: u64) -> Result<(Journal, Recovery)> {
+    pub fn open(
+        store: &Path,
+        index_cache: u64,
+        pack_max: u64,
+        key: Option<Arc<StoreKey>>,
+    ) -> Result<(Journal, Recovery)> {
         let layout = crate::store::manifest::open(store)?;
+        match (layout.encrypted, &key) {
+            (true, None) => {
+                return Err(Error::Locked(format!(
+                    "store {} is encrypted: unlock it with its passphrase (prompt, --passphrase-file) or --key-file",
+                    store.display()
+                )))
+            }
+            (false, Some(_)) => {
+                return Err(Error::Locked(format!(
+                    "store {} is not encrypted; encryption is chosen when a store is created (`idcfs init --encrypt` on an empty directory)",
+                    store.display()
+                )))
+            }
+            _ => {}
+        }
         let backend: Arc<dyn PackBackend> = Arc::new(LocalDir::open(&layout.packs)?);
-        Self::open_with(backend, &layout.index, store, index_cache, pack_max)
+        Self::open_with(backend, &layout.index, store, index_cache, pack_max, key)
     }
 
     /// Open over an injected pack backend, with the index at `index_path` (`store` names the
@@ -64,11 +83,12 @@ impl Journal {
         store: &Path,
         index_cache: u64,
         pack_max: u64,
+        key: Option<Arc<StoreKey>>,
     ) -> Result<(Journal, Recovery)> {
-        let log = PackLog::open(backend, pack_max)?;
+        let log = PackLog::open(backend, pack_max, key.clone())?;
         let index_path = index_path.to_path_buf();
         let mut fresh = !index_path.exists();
-        let index = match Index::open(&index_path, index_cache) {
+        let index = match Index::open(&index_path, index_cache, key.clone()) {
             Ok(i) => i,
             // The index is a cache: a damaged one is set aside and rebuilt from the journal,
             // never a reason not to mount. (I/O errors such as a full disk or permissions are
@@ -87,7 +107,7 @@ impl Journal {
                 );
                 std::fs::rename(&index_path, &aside)?;
                 fresh = true;
-                Index::open(&index_path, index_cache)?
+                Index::open(&index_path, index_cache, key.clone())?
             }
             Err(e) => {
                 return Err(Error::Corrupt(format!(
@@ -193,6 +213,15 @@ impl Journal {
         Ok(true)
     }
 
+    /// The content hash recorded for raw data (checksums, dedup): keyed in an encrypted
+    /// store, so equal content is recognisable only to the key holder.
+    pub fn content_hash(&self, data: &[u8]) -> [u8; 16] {
+        match self.log.key() {
+            Some(k) => k.content_hash(data),
+            None => crate::store::raw_hash(data),
+        }
+    }
+
     fn commit_locked(
         &self,
         seq: &mut u64,
@@ -201,8 +230,10 @@ impl Journal {
     ) -> Result<Loc> {
         self.check_poison()?;
         let meta = encode_ops(ops);
-        let rec = encode_record(*seq, &meta, block)?;
-        let loc = self.log.append(&rec).map_err(|e| self.append_failed(e))?;
+        let loc = self
+            .log
+            .append_record(*seq, &meta, block)
+            .map_err(|e| self.append_failed(e))?;
         let applied = self
             .index
             .apply(*seq, loc, ops, block.map(|(h, p)| (h, p.len() as u32)));
@@ -262,8 +293,7 @@ impl Journal {
         let first = *seq;
         let mut locs = Vec::with_capacity(recs.len());
         for (i, ((_, block), meta)) in recs.iter().zip(&metas).enumerate() {
-            let rec = encode_record(first + i as u64, meta, *block)?;
-            match self.log.append(&rec) {
+            match self.log.append_record(first + i as u64, meta, *block) {
                 Ok(loc) => locs.push(loc),
                 Err(e) => {
                     // Records already appended are valid journal entries: apply them so the
@@ -576,8 +606,10 @@ impl Journal {
         self.check_poison()?;
         let begin = *seq;
         let emit = |ops: &[Op], seq: &mut u64| -> Result<()> {
-            let rec = encode_record(*seq, &encode_ops(ops), None)?;
-            let loc = self.log.append(&rec).map_err(|e| self.append_failed(e))?;
+            let loc = self
+                .log
+                .append_record(*seq, &encode_ops(ops), None)
+                .map_err(|e| self.append_failed(e))?;
             // Snapshot ops restate the current state: only the applied position moves.
             self.index.apply(*seq, loc, &[], None)?;
             *seq += 1;

@@ -92,6 +92,8 @@ pub struct Options {
     pub idle_secs: u64,
     /// Codecs never chosen for new data on this mount (config `[codecs] disabled`).
     pub codecs_disabled: Vec<String>,
+    /// The unlocked key of an encrypted store (None: a plain store).
+    pub key: Option<Arc<crate::crypto::StoreKey>>,
 }
 
 impl Default for Options {
@@ -108,6 +110,7 @@ impl Default for Options {
             default_policy: crate::policy::Policy::default(),
             idle_secs: 60,
             codecs_disabled: Vec::new(),
+            key: None,
         }
     }
 }
@@ -262,8 +265,9 @@ impl Engine {
                 dir,
                 opts.index_cache,
                 pack_max,
+                opts.key.clone(),
             ),
-            None => Journal::open(dir, opts.index_cache, pack_max),
+            None => Journal::open(dir, opts.index_cache, pack_max, opts.key.clone()),
         };
         let (j, recovery) = match open_journal() {
             // The index's open error is not typed: release the reserve if space is short.
@@ -593,7 +597,7 @@ impl Engine {
         let mut first_err = None;
         for st in states {
             if let Err(e) = self.drain_with(&st, false) {
-                tracing::error!(path = %self.path_of(st.ino), "flush failed: {e}");
+                tracing::error!(path = %self.log_name(st.ino), "flush failed: {e}");
                 first_err.get_or_insert(e);
             }
         }

@@ -118,7 +118,7 @@ impl Engine {
         match parse_policy(&text) {
             Ok(p) => Ok(Some(p)),
             Err(e) => {
-                tracing::warn!(path = %self.path_of(ino), "policy refused: {e}");
+                tracing::warn!(path = %self.log_name(ino), "policy refused: {e}");
                 Err(Error::Invalid("bad policy (the daemon log says why)"))
             }
         }

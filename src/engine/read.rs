@@ -12,7 +12,7 @@ use super::layout::{blocks_for, spans, BlockSpan, BLOCK, BLOCK_U64};
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::meta::{BlockRef, Ino, Kind};
-use crate::store::raw_hash;
+
 use crate::store::Loc;
 use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex};
@@ -152,7 +152,7 @@ impl Engine {
             let raw = self
                 .codecs
                 .decode(h.codec, &payload, h.params, h.raw_len as usize)?;
-            if raw_hash(&raw) != h.raw_hash {
+            if self.j.content_hash(&raw) != h.raw_hash {
                 return Err(Error::Corrupt(
                     "block checksum mismatch after decoding".into(),
                 ));
@@ -169,7 +169,7 @@ impl Engine {
                 self.reads
                     .corrupt_reads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let path = self.path_of(ino);
+                let path = self.log_name(ino);
                 tracing::error!(ino, block = idx, pack = b.loc.pack, offset = b.loc.off, %path, "unreadable block: {e}");
                 Err(match e {
                     Error::Io(io) => Error::Io(io),

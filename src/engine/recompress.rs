@@ -14,7 +14,7 @@ use crate::codec::{zstd_dict_level, EncodeParams, Granularity, RAW, ZSTD, ZSTD_D
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
 use crate::policy::Effective;
-use crate::store::{raw_hash, BlockHeader};
+use crate::store::BlockHeader;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -319,7 +319,7 @@ impl Engine {
                     codec,
                     params,
                     raw_len: data.len() as u32,
-                    raw_hash: raw_hash(&data),
+                    raw_hash: self.j.content_hash(&data),
                 };
                 encoded.push((idx, b.loc, h, out));
             }
@@ -395,7 +395,7 @@ impl Engine {
                     let _ = tx.send(r);
                 })?;
         }
-        let path = || self.path_of(ino);
+        let path = || self.log_name(ino);
         let (params, out) = match rx.recv_timeout(WHOLE_FILE_TIMEOUT) {
             Ok(Ok(x)) => x,
             Ok(Err(crate::codec::CodecError::NotWorthIt)) => return Ok(None),
@@ -468,11 +468,11 @@ impl Engine {
                 data.resize(start + want, 0);
             }
         }
-        let hash = raw_hash(&data);
+        let hash = self.j.content_hash(&data);
         // Under dedup=on, a file identical to one already stored as a shared object just
         // references it (no encoding at all).
         if dedup && self.j.ref_object(ino, froms.clone(), hash)? {
-            tracing::debug!(path = %self.path_of(ino), "whole-file deduplication");
+            tracing::debug!(path = %self.log_name(ino), "whole-file deduplication");
             return Ok(Some(RecompressReport {
                 blocks: n,
                 recoded: n,
@@ -497,7 +497,7 @@ impl Engine {
         let Some((codec_id, params, out)) = best else {
             return Ok(None);
         };
-        let path = || self.path_of(ino);
+        let path = || self.log_name(ino);
         let codec = self.codecs.get(codec_id)?.clone();
         let h = BlockHeader {
             codec: codec_id,

@@ -394,6 +394,16 @@ impl Engine {
     }
 
     /// A path of `ino` for log messages (a scan: only used on errors).
+    /// How logs name a file: its path, or in an encrypted store only its inode number (the
+    /// log lives in the store directory and must not reveal names).
+    pub fn log_name(&self, ino: Ino) -> String {
+        if self.opts.key.is_some() {
+            format!("inode {ino}")
+        } else {
+            self.path_of(ino)
+        }
+    }
+
     pub fn path_of(&self, ino: Ino) -> String {
         let mut parts = Vec::new();
         let mut cur = ino;

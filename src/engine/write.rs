@@ -19,7 +19,7 @@ use crate::classify::{classify_block, ContentClass};
 use crate::codec::{EncodeParams, RAW};
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Op, Ts};
-use crate::store::{raw_hash, BlockHeader};
+use crate::store::BlockHeader;
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,7 +128,11 @@ impl Engine {
                 codec,
                 params,
                 raw_len,
-                raw_hash: if hole { [0; 16] } else { raw_hash(data) },
+                raw_hash: if hole {
+                    [0; 16]
+                } else {
+                    self.j.content_hash(data)
+                },
             },
             payload,
             class,
@@ -253,7 +257,7 @@ impl Engine {
                 g.attr_dirty = true;
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     tracing::debug!(
-                        path = %self.path_of(j.st.ino),
+                        path = %self.log_name(j.st.ino),
                         class = class.name(),
                         codec = self.codecs.name(e.header.codec),
                         params = e.header.params,

@@ -456,11 +456,21 @@ impl<'a> View<'a> {
 impl Index {
     /// Open the index database file at `path`, creating it when missing, with a page cache of
     /// `cache_bytes`.
-    pub fn open(path: &Path, cache_bytes: u64) -> Result<Index> {
+    /// With `key` (an encrypted store) the file is sealed unit by unit (`crypto::SealedFile`).
+    pub fn open(
+        path: &Path,
+        cache_bytes: u64,
+        key: Option<std::sync::Arc<crate::crypto::StoreKey>>,
+    ) -> Result<Index> {
         let open = || -> Result<(Database, bool)> {
-            let mut db = redb::Builder::new()
-                .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
-                .create(path)?;
+            let mut b = redb::Builder::new();
+            b.set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX));
+            let mut db = match &key {
+                Some(k) => {
+                    b.create_with_backend(crate::crypto::SealedFile::open(path, k.clone())?)?
+                }
+                None => b.create(path)?,
+            };
             // Reads trust the pages they find: verify every checksum once (one pass over a file
             // of a few hundred bytes per file stored). A damaged index fails here, with
             // `Corrupted`, and is rebuilt rather than misread.
@@ -1411,7 +1421,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.redb");
         {
-            let ix = std::sync::Arc::new(Index::open(&path, 1 << 20).unwrap());
+            let ix = std::sync::Arc::new(Index::open(&path, 1 << 20, None).unwrap());
             for i in 0..50u64 {
                 create(&ix, i + 1, 10 + i, format!("f{i}").as_bytes());
                 let r = ix.clone();
@@ -1446,7 +1456,7 @@ mod tests {
             ix.flush().unwrap();
             ix.recount().unwrap();
         }
-        let ix = Index::open(&path, 1 << 20).unwrap();
+        let ix = Index::open(&path, 1 << 20, None).unwrap();
         assert_eq!(ix.applied().unwrap().seq, 50);
         assert_eq!(ix.synced().unwrap().map(|a| a.seq), Some(50));
         assert_eq!(ix.all_dirents().count(), 50);
@@ -1461,7 +1471,7 @@ mod tests {
     fn bloated_file_is_compacted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.redb");
-        let ix = Index::open(&path, 1 << 20).unwrap();
+        let ix = Index::open(&path, 1 << 20, None).unwrap();
         let mut seq = 0;
         // A live read transaction pins the pages of its snapshot: what the commits meanwhile
         // free cannot be reused (why scans read in chunks).
@@ -1519,7 +1529,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.redb");
         std::fs::write(&path, vec![0x5au8; 64 << 10]).unwrap();
-        match Index::open(&path, 1 << 20) {
+        match Index::open(&path, 1 << 20, None) {
             Err(Error::Index(e)) => assert!(crate::error::index_corrupt(&e), "{e:?}"),
             Err(e) => panic!("{e:?}"),
             Ok(_) => panic!("garbage opened as an index"),

@@ -27,6 +27,10 @@ use std::path::{Path, PathBuf};
 
 /// The store format this build writes.
 pub const FORMAT: u32 = 2;
+/// Format 2 plus encryption at rest: `keys.json` holds the wrapped key, every record is
+/// sealed and the index file is encrypted. A distinct number so that builds without key
+/// support refuse such a store instead of adding plain records to it.
+pub const FORMAT_ENCRYPTED: u32 = 3;
 /// The oldest store format this build can read (after `idcfs upgrade` for those below FORMAT).
 pub const OLDEST_READABLE: u32 = 1;
 
@@ -57,6 +61,8 @@ pub enum Found {
 pub struct Layout {
     pub packs: PathBuf,
     pub index: PathBuf,
+    /// Format 3: records and index are encrypted; opening needs the key.
+    pub encrypted: bool,
 }
 
 fn err(kind: io::ErrorKind, msg: String) -> io::Error {
@@ -109,11 +115,15 @@ fn write_atomic(dir: &Path, name: &str, text: &str) -> io::Result<()> {
     sync_dir(dir)
 }
 
-fn manifest_text(upgraded_from: Option<u32>) -> String {
+fn manifest_text(upgraded_from: Option<u32>, encrypted: bool) -> String {
     let mut t = format!(
-        "{MAGIC_LINE} {FORMAT}\nwritten-by idcfs {}\n",
+        "{MAGIC_LINE} {}\nwritten-by idcfs {}\n",
+        if encrypted { FORMAT_ENCRYPTED } else { FORMAT },
         env!("CARGO_PKG_VERSION")
     );
+    if encrypted {
+        t.push_str("encryption aes-256-gcm-siv (key in keys.json)\n");
+    }
     if let Some(v) = upgraded_from {
         t.push_str(&format!("upgraded-from {v}\n"));
     }
@@ -126,14 +136,43 @@ fn finish(dir: &Path, upgraded_from: Option<u32>) -> io::Result<()> {
     if !tw.is_file() {
         write_atomic(dir, TRIPWIRE, TRIPWIRE_TEXT)?;
     }
-    write_atomic(dir, MANIFEST, &manifest_text(upgraded_from))
+    // The key file is written before the manifest: a creation interrupted in between is an
+    // encrypted store, never a plain one next to a key.
+    let encrypted = dir.join(crate::crypto::KEYS_FILE).exists();
+    write_atomic(dir, MANIFEST, &manifest_text(upgraded_from, encrypted))
 }
 
 fn layout(dir: &Path) -> Layout {
     Layout {
         packs: dir.join(JOURNAL_DIR),
         index: dir.join(INDEX_FILE),
+        encrypted: false,
     }
+}
+
+/// Create an encrypted store in the empty directory `dir`; `write_keys` puts the key file in
+/// place (before the manifest, the commit point).
+pub fn create_encrypted(
+    dir: &Path,
+    write_keys: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<Layout> {
+    match inspect(dir)? {
+        Found::Empty => {}
+        _ => {
+            return Err(err(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} already holds an idcfs store; encryption is chosen when a store is created (copy the files into a new encrypted store)",
+                    dir.display()
+                ),
+            ))
+        }
+    }
+    fs::create_dir_all(dir.join(JOURNAL_DIR))?;
+    sync_dir(dir)?;
+    write_keys(dir)?;
+    finish(dir, None)?;
+    open(dir)
 }
 
 /// Open the store in `dir` for this build, creating it when the directory holds no store.
@@ -141,17 +180,33 @@ fn layout(dir: &Path) -> Layout {
 pub fn open(dir: &Path) -> io::Result<Layout> {
     match inspect(dir)? {
         Found::Format(FORMAT) => Ok(layout(dir)),
-        Found::Format(v) if v > FORMAT => Err(err(
+        Found::Format(FORMAT_ENCRYPTED) => {
+            if !dir.join(crate::crypto::KEYS_FILE).is_file() {
+                return Err(err(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "store {} is encrypted but its key file {} is missing: restore it from your backup (without it the data cannot be read)",
+                        dir.display(),
+                        crate::crypto::KEYS_FILE
+                    ),
+                ));
+            }
+            Ok(Layout {
+                encrypted: true,
+                ..layout(dir)
+            })
+        }
+        Found::Format(v) if v > FORMAT_ENCRYPTED => Err(err(
             io::ErrorKind::Unsupported,
             format!(
-                "store {} is in on-disk format {v}, written by a newer idcfs; this build reads formats {OLDEST_READABLE} to {FORMAT}: use a newer idcfs",
+                "store {} is in on-disk format {v}, written by a newer idcfs; this build reads formats {OLDEST_READABLE} to {FORMAT_ENCRYPTED}: use a newer idcfs",
                 dir.display()
             ),
         )),
         Found::Format(v) => Err(err(
             io::ErrorKind::Unsupported,
             format!(
-                "store {} declares on-disk format {v}, which no idcfs wrote; this build reads formats {OLDEST_READABLE} to {FORMAT}",
+                "store {} declares on-disk format {v}, which no idcfs wrote; this build reads formats {OLDEST_READABLE} to {FORMAT_ENCRYPTED}",
                 dir.display()
             ),
         )),
@@ -165,7 +220,7 @@ pub fn open(dir: &Path) -> io::Result<Layout> {
         Found::Unfinished => {
             tracing::warn!(store = %dir.display(), "completing an interrupted store creation or upgrade");
             finish(dir, None)?;
-            Ok(layout(dir))
+            open(dir)
         }
         Found::Empty => {
             fs::create_dir_all(dir.join(JOURNAL_DIR))?;
@@ -192,7 +247,7 @@ pub enum Upgraded {
 /// keeps its layout. A crash at any step leaves a store that this build opens or finishes.
 pub fn upgrade(dir: &Path) -> io::Result<Upgraded> {
     match inspect(dir)? {
-        Found::Format(FORMAT) => Ok(Upgraded::AlreadyCurrent),
+        Found::Format(FORMAT | FORMAT_ENCRYPTED) => Ok(Upgraded::AlreadyCurrent),
         Found::V1 => {
             fs::rename(dir.join(TRIPWIRE), dir.join(JOURNAL_DIR))?;
             sync_dir(dir)?;
@@ -285,7 +340,7 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            e.contains("format 9") && e.contains("formats 1 to 2"),
+            e.contains("format 9") && e.contains("formats 1 to 3"),
             "{e}"
         );
         fs::write(d.path().join("MANIFEST"), "hello\n").unwrap_or_else(|e| panic!("{e}"));

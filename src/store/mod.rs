@@ -22,6 +22,13 @@
 //! 64..80  blake3 of bytes 0..64 ++ meta ++ payload, first 16 bytes (checked on every read)
 //! 80..    meta (M bytes, the tagged ops of `meta::wire`), then payload (P bytes)
 //! ```
+//! A *sealed* record (key id ≠ 0, encrypted stores) keeps this header with codec, raw length,
+//! params and raw hash zero, M = 0, flag bit 0 set, and P bytes of AES-256-GCM-SIV ciphertext
+//! ending in its 16-byte tag; the plaintext is the inner header (flags, codec, params, raw
+//! length, keyed raw hash, meta length: `SEALED_INNER` bytes), the meta and the payload. Its
+//! associated data binds it to the store and to its location (`sealed_ad`), so a record
+//! copied, swapped or replayed anywhere else fails authentication.
+//!
 //! Version 1 (stores written before format 2; read, never written): the same fields up to
 //! byte 48, then the checksum at 48..64 over bytes 0..48 ++ meta ++ payload, body from 64;
 //! its meta is the frozen postcard encoding of `meta::v1`.
@@ -45,6 +52,7 @@ pub use self::local::LocalDir;
 pub use self::log::{PackLog, ScanEnd};
 pub use self::mem::{Fault, MemBackend};
 
+use crate::crypto::{StoreKey, TAG_LEN};
 use serde::{Deserialize, Serialize};
 use std::io;
 
@@ -103,15 +111,22 @@ pub enum StoreError {
     Corrupt(String),
     #[error("pack store I/O: {0}")]
     Io(#[from] io::Error),
-    /// Data of a format this build does not know (written by a newer idcfs).
+    /// Data of a format this build does not know (written by a newer idcfs), or sealed
+    /// with a key this process does not hold.
     #[error("unsupported format: {0}")]
     Unsupported(String),
+    /// A sealed record whose checksum holds but whose authentication fails: not a torn
+    /// write (those break the checksum) but bytes altered, moved or replayed on purpose.
+    #[error("record failed authentication: {0}")]
+    Tampered(String),
 }
 
 impl StoreError {
     pub fn errno(&self) -> i32 {
         match self {
-            StoreError::Corrupt(_) | StoreError::Unsupported(_) => libc::EIO,
+            StoreError::Corrupt(_) | StoreError::Unsupported(_) | StoreError::Tampered(_) => {
+                libc::EIO
+            }
             StoreError::Io(e) => crate::error::io_errno(e),
         }
     }
@@ -125,21 +140,20 @@ pub fn raw_hash(data: &[u8]) -> [u8; 16] {
     out
 }
 
-/// Serialize a record (current version, not sealed).
+/// Serialize a plain record (current version, not sealed).
 pub fn encode_record(
     seq: u64,
     meta: &[u8],
     block: Option<(&BlockHeader, &[u8])>,
 ) -> Result<Vec<u8>, StoreError> {
-    encode_record_sealed(seq, meta, block, Seal::default())
+    encode_plain(seq, meta, block)
 }
 
-/// Serialize a record with the given seal (key id and nonce of an encrypted payload).
-pub fn encode_record_sealed(
+/// Serialize a plain record (key id 0).
+fn encode_plain(
     seq: u64,
     meta: &[u8],
     block: Option<(&BlockHeader, &[u8])>,
-    seal: Seal,
 ) -> Result<Vec<u8>, StoreError> {
     let payload_len = block.map_or(0, |(_, p)| p.len());
     if meta.len() > MAX_META as usize || payload_len > MAX_PAYLOAD as usize {
@@ -149,22 +163,22 @@ pub fn encode_record_sealed(
         )));
     }
     let mut buf = Vec::with_capacity(HEADER_LEN + meta.len() + payload_len);
-    buf.extend_from_slice(MAGIC);
-    buf.push(RECORD_VERSION);
-    buf.push(u8::from(block.is_some()));
     let (codec, params, raw_len, rh) = match block {
         Some((h, _)) => (h.codec, h.params, h.raw_len, h.raw_hash),
         None => (0, 0, 0, [0u8; 16]),
     };
-    buf.extend_from_slice(&codec.to_le_bytes());
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&(payload_len as u32).to_le_bytes());
-    buf.extend_from_slice(&raw_len.to_le_bytes());
-    buf.extend_from_slice(&params.to_le_bytes());
-    buf.extend_from_slice(&rh);
-    buf.extend_from_slice(&seal.key_id.to_le_bytes());
-    buf.extend_from_slice(&seal.nonce);
+    push_header(
+        &mut buf,
+        u8::from(block.is_some()),
+        codec,
+        seq,
+        meta.len() as u32,
+        payload_len as u32,
+        raw_len,
+        params,
+        &rh,
+        Seal::default(),
+    );
     let mut hasher = blake3::Hasher::new();
     hasher.update(&buf[..64]);
     hasher.update(meta);
@@ -176,6 +190,127 @@ pub fn encode_record_sealed(
     if let Some((_, p)) = block {
         buf.extend_from_slice(p);
     }
+    Ok(buf)
+}
+
+/// Header bytes 0..64 (without the checksum).
+#[allow(clippy::too_many_arguments)]
+fn push_header(
+    buf: &mut Vec<u8>,
+    flags: u8,
+    codec: u16,
+    seq: u64,
+    meta_len: u32,
+    payload_len: u32,
+    raw_len: u32,
+    params: u32,
+    rh: &[u8; 16],
+    seal: Seal,
+) {
+    buf.extend_from_slice(MAGIC);
+    buf.push(RECORD_VERSION);
+    buf.push(flags);
+    buf.extend_from_slice(&codec.to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&meta_len.to_le_bytes());
+    buf.extend_from_slice(&payload_len.to_le_bytes());
+    buf.extend_from_slice(&raw_len.to_le_bytes());
+    buf.extend_from_slice(&params.to_le_bytes());
+    buf.extend_from_slice(rh);
+    buf.extend_from_slice(&seal.key_id.to_le_bytes());
+    buf.extend_from_slice(&seal.nonce);
+}
+
+/// Plaintext header inside a sealed record: flags 1, codec 2, params 4, raw length 4,
+/// raw hash 16, meta length 4.
+pub const SEALED_INNER: usize = 31;
+
+/// Length of the record `encode` makes for this meta and payload.
+pub fn record_len(meta_len: usize, payload_len: usize, sealed: bool) -> u64 {
+    let body = if sealed {
+        SEALED_INNER + meta_len + payload_len + TAG_LEN
+    } else {
+        meta_len + payload_len
+    };
+    (HEADER_LEN + body) as u64
+}
+
+/// Associated data of a sealed record at `pack`/`off`: the store, the location and the
+/// header up to and including the key id (the nonce is the AEAD's own input).
+fn sealed_ad(key: &StoreKey, pack: PackId, off: u64, header: &[u8]) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(16 + 16 + 12 + 52);
+    ad.extend_from_slice(b"idcfs record v2\0");
+    ad.extend_from_slice(&key.store_id);
+    ad.extend_from_slice(&pack.to_le_bytes());
+    ad.extend_from_slice(&off.to_le_bytes());
+    ad.extend_from_slice(&header[..52]);
+    ad
+}
+
+/// Serialize a record to be appended at `pack`/`off`: sealed under `key` when given, plain
+/// otherwise.
+pub fn encode(
+    seq: u64,
+    meta: &[u8],
+    block: Option<(&BlockHeader, &[u8])>,
+    key: Option<&StoreKey>,
+    pack: PackId,
+    off: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let Some(key) = key else {
+        return encode_plain(seq, meta, block);
+    };
+    let payload = block.map_or(&[][..], |(_, p)| p);
+    let body_len = SEALED_INNER + meta.len() + payload.len() + TAG_LEN;
+    if meta.len() > MAX_META as usize || body_len > MAX_PAYLOAD as usize {
+        return Err(StoreError::Corrupt(format!(
+            "record too large: meta {} payload {}",
+            meta.len(),
+            payload.len()
+        )));
+    }
+    let mut buf = Vec::with_capacity(HEADER_LEN + body_len);
+    // Header with a zero nonce first: the associated data covers bytes 0..52.
+    push_header(
+        &mut buf,
+        1,
+        0,
+        seq,
+        0,
+        body_len as u32,
+        0,
+        0,
+        &[0; 16],
+        Seal {
+            key_id: key.key_id,
+            nonce: [0; 12],
+        },
+    );
+    let ad = sealed_ad(key, pack, off, &buf);
+    buf.extend_from_slice(&[0u8; 16]); // checksum, filled below
+    let (codec, params, raw_len, rh) = match block {
+        Some((h, _)) => (h.codec, h.params, h.raw_len, h.raw_hash),
+        None => (0, 0, 0, [0u8; 16]),
+    };
+    let inner = HEADER_LEN;
+    buf.push(u8::from(block.is_some()));
+    buf.extend_from_slice(&codec.to_le_bytes());
+    buf.extend_from_slice(&params.to_le_bytes());
+    buf.extend_from_slice(&raw_len.to_le_bytes());
+    buf.extend_from_slice(&rh);
+    buf.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    buf.extend_from_slice(meta);
+    buf.extend_from_slice(payload);
+    let (nonce, tag) = key
+        .seal_record(&ad, &mut buf[inner..])
+        .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?;
+    buf.extend_from_slice(&tag);
+    buf[52..64].copy_from_slice(&nonce);
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&buf[..64]);
+    hasher.update(&buf[HEADER_LEN..]);
+    let sum = hasher.finalize();
+    buf[64..80].copy_from_slice(&sum.as_bytes()[..16]);
     Ok(buf)
 }
 
@@ -254,10 +389,10 @@ impl RawHeader {
         self.header_len() as u64 + self.meta_len as u64 + self.payload_len as u64
     }
 
-    /// Verify the body against the header checksum and build the record.
-    pub fn finish(&self, body: &[u8]) -> Result<Record, StoreError> {
-        let m = self.meta_len as usize;
-        if body.len() != m + self.payload_len as usize {
+    /// Verify the body against the header checksum (framing only: a sealed record's content
+    /// is not authenticated by this).
+    pub fn verify(&self, body: &[u8]) -> Result<(), StoreError> {
+        if body.len() != self.meta_len as usize + self.payload_len as usize {
             return Err(StoreError::Corrupt("record body length mismatch".into()));
         }
         let hl = self.header_len();
@@ -267,6 +402,30 @@ impl RawHeader {
         if hasher.finalize().as_bytes()[..16] != self.bytes[hl - 16..hl] {
             return Err(StoreError::Corrupt("record checksum mismatch".into()));
         }
+        Ok(())
+    }
+
+    /// The key id of a version-2 record (0: plain).
+    pub fn key_id(&self) -> u32 {
+        if self.version >= 2 {
+            let h = &self.bytes;
+            u32::from_le_bytes([h[48], h[49], h[50], h[51]])
+        } else {
+            0
+        }
+    }
+
+    /// Verify the body against the header checksum and build the record. A sealed record
+    /// is opened with `key` and must authenticate at `pack`/`off`.
+    pub fn finish(
+        &self,
+        body: &[u8],
+        key: Option<&StoreKey>,
+        pack: PackId,
+        off: u64,
+    ) -> Result<Record, StoreError> {
+        self.verify(body)?;
+        let m = self.meta_len as usize;
         let h = &self.bytes;
         let block = if self.has_block {
             let mut rh = [0u8; 16];
@@ -287,18 +446,98 @@ impl RawHeader {
             seal.nonce.copy_from_slice(&h[52..64]);
         }
         if seal.key_id != 0 {
-            // Encrypted payloads come with the encryption feature; until then such a record
-            // is refused rather than decoded as plain bytes.
-            return Err(StoreError::Unsupported(format!(
-                "record {} is sealed with key {}, and this build has no key support",
-                self.seq, seal.key_id
-            )));
+            return self.unseal(body, seal, key, pack, off);
         }
         Ok(Record {
             version: self.version,
             seq: self.seq,
             seal,
             meta: body[..m].to_vec(),
+            block,
+        })
+    }
+}
+
+impl RawHeader {
+    /// Open a sealed record (its checksum already verified).
+    fn unseal(
+        &self,
+        body: &[u8],
+        seal: Seal,
+        key: Option<&StoreKey>,
+        pack: PackId,
+        off: u64,
+    ) -> Result<Record, StoreError> {
+        let key = match key {
+            Some(k) if k.key_id == seal.key_id => k,
+            Some(k) => {
+                return Err(StoreError::Unsupported(format!(
+                    "record {} is sealed with key {}, the store key is {}",
+                    self.seq, seal.key_id, k.key_id
+                )))
+            }
+            // Never decoded as plain bytes: a locked store, or a build without the key.
+            None => {
+                return Err(StoreError::Unsupported(format!(
+                    "record {} is encrypted (key {}) and the store is not unlocked",
+                    self.seq, seal.key_id
+                )))
+            }
+        };
+        let h = &self.bytes;
+        let tampered = |why: &str| {
+            StoreError::Tampered(format!(
+                "record {} at pack {pack} offset {off}: {why}",
+                self.seq
+            ))
+        };
+        if self.version != 2
+            || self.meta_len != 0
+            || !self.has_block
+            || h[6..8] != [0, 0]
+            || h[24..48].iter().any(|&b| b != 0)
+            || body.len() < SEALED_INNER + TAG_LEN
+        {
+            return Err(tampered("malformed sealed header"));
+        }
+        let ad = sealed_ad(key, pack, off, &h[..]);
+        let (ct, tag) = body.split_at(body.len() - TAG_LEN);
+        let mut plain = ct.to_vec();
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
+        key.open_record(&seal.nonce, &ad, &mut plain, &t)
+            .map_err(|_| tampered("authentication failed (altered, moved or replayed)"))?;
+        let p = &plain;
+        let u32_at = |o: usize| u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]);
+        let flags = p[0];
+        let meta_len = u32_at(27) as usize;
+        if flags & !1 != 0 || meta_len > p.len() - SEALED_INNER {
+            return Err(tampered("malformed inner header"));
+        }
+        let meta = p[SEALED_INNER..SEALED_INNER + meta_len].to_vec();
+        if flags & 1 == 0 && p.len() != SEALED_INNER + meta_len {
+            return Err(tampered("payload bytes in a record without a block"));
+        }
+        let block = if flags & 1 == 1 {
+            let mut rh = [0u8; 16];
+            rh.copy_from_slice(&p[11..27]);
+            Some((
+                BlockHeader {
+                    codec: u16::from_le_bytes([p[1], p[2]]),
+                    params: u32_at(3),
+                    raw_len: u32_at(7),
+                    raw_hash: rh,
+                },
+                p[SEALED_INNER + meta_len..].to_vec(),
+            ))
+        } else {
+            None
+        };
+        Ok(Record {
+            version: self.version,
+            seq: self.seq,
+            seal,
+            meta,
             block,
         })
     }
@@ -345,7 +584,7 @@ mod tests {
         assert_eq!(h.total_len(), rec.len() as u64);
         assert_eq!(h.version, RECORD_VERSION);
         let r = h
-            .finish(&rec[HEADER_LEN..])
+            .finish(&rec[HEADER_LEN..], None, 1, 0)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.seq, 42);
         assert_eq!(r.meta, b"meta");
@@ -353,8 +592,68 @@ mod tests {
         for i in [0usize, 5, 10, 40, 50, 60, 70, 80, rec.len() - 1] {
             let mut bad = rec.clone();
             bad[i] ^= 0x40;
-            let res = RawHeader::parse(&bad).and_then(|h| h.finish(&bad[HEADER_LEN..]));
+            let res = RawHeader::parse(&bad).and_then(|h| h.finish(&bad[HEADER_LEN..], None, 1, 0));
             assert!(res.is_err(), "flip at {i} not detected");
         }
+    }
+
+    #[test]
+    fn sealed_record_roundtrip_binding_and_tampering() {
+        let key = StoreKey::from_master(&[9; 32], [8; 16], 1);
+        let payload = b"compressed secret bytes".to_vec();
+        let hdr = BlockHeader {
+            codec: 2,
+            params: 7,
+            raw_len: 100,
+            raw_hash: key.content_hash(b"raw"),
+        };
+        let rec = encode(
+            5,
+            b"file-name.txt",
+            Some((&hdr, &payload)),
+            Some(&key),
+            3,
+            4096,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rec.len() as u64, record_len(13, payload.len(), true));
+        assert!(!rec.windows(9).any(|w| w == b"file-name"));
+        assert!(!rec.windows(6).any(|w| w == b"secret"));
+        let h = RawHeader::parse(&rec).unwrap_or_else(|e| panic!("{e}"));
+        let body = &rec[HEADER_LEN..];
+        let r = h
+            .finish(body, Some(&key), 3, 4096)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.meta, b"file-name.txt");
+        assert_eq!(r.block, Some((hdr, payload)));
+        // Another location (moved, swapped, replayed elsewhere): authentication fails.
+        assert!(matches!(
+            h.finish(body, Some(&key), 3, 0),
+            Err(StoreError::Tampered(_))
+        ));
+        assert!(matches!(
+            h.finish(body, Some(&key), 4, 4096),
+            Err(StoreError::Tampered(_))
+        ));
+        // No key, or another store's key: never read as plain bytes.
+        assert!(matches!(
+            h.finish(body, None, 3, 4096),
+            Err(StoreError::Unsupported(_))
+        ));
+        let other = StoreKey::from_master(&[9; 32], [7; 16], 1);
+        assert!(h.finish(body, Some(&other), 3, 4096).is_err());
+        // A flipped ciphertext byte with a recomputed checksum is tampering, not a torn write.
+        let mut bad = rec.clone();
+        bad[HEADER_LEN + 3] ^= 1;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&bad[..64]);
+        hasher.update(&bad[HEADER_LEN..]);
+        let sum = hasher.finalize();
+        bad[64..80].copy_from_slice(&sum.as_bytes()[..16]);
+        let h = RawHeader::parse(&bad).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            h.finish(&bad[HEADER_LEN..], Some(&key), 3, 4096),
+            Err(StoreError::Tampered(_))
+        ));
     }
 }
