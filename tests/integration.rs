@@ -5,6 +5,7 @@
 mod util;
 
 mod crash;
+mod crypt;
 mod disk;
 mod formats;
 mod golden;

@@ -596,7 +596,7 @@ fn index_in_any_state_is_rebuilt_or_replayed_from_the_journal() {
 
     restore(&late);
     {
-        let ix = idcfs::meta::Index::open(&idx, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        let ix = idcfs::meta::Index::open(&idx, 1 << 20, None).unwrap_or_else(|e| panic!("{e}"));
         ix.set_format(99).unwrap_or_else(|e| panic!("{e}"));
         ix.flush().unwrap_or_else(|e| panic!("{e}"));
     }

@@ -430,7 +430,28 @@ impl Journal {
         let packs = self.log.backend().list()?;
         let mut rec = Recovery::default();
         let mut last_seq = applied.seq;
-        if let Some(synced) = self.index.synced()? {
+        // A pack shorter than what the index knows to be durable was cut on purpose (or by a
+        // disk that lies): no crash does that. In an encrypted store the index is
+        // authenticated, so it is kept: records past the cut read as EIO (their files only),
+        // fsck names them, and new records go to a fresh pack so that no location the index
+        // names is ever reused. (A plain store rebuilds, as for any index ahead of the journal.)
+        let mut truncated = false;
+        if let (Some(synced), Some(_)) = (self.index.synced()?, self.log.key()) {
+            if packs.contains(&synced.pack) {
+                let len = self.log.backend().len(synced.pack)?;
+                if len < synced.off {
+                    tracing::error!(
+                        pack = synced.pack,
+                        len,
+                        durable = synced.off,
+                        "the journal was truncated below what was durable (tampering or a lying disk): files whose records were cut read as EIO; run `idcfs fsck`"
+                    );
+                    self.log.start_new_pack()?;
+                    truncated = true;
+                }
+            }
+        }
+        if let (Some(synced), false) = (self.index.synced()?, truncated) {
             if applied.seq > synced.seq && !self.journal_holds(synced, applied)? {
                 return Err(Error::Corrupt(format!(
                     "index ahead of the pack files (records up to sequence {} were applied, the journal holds fewer)",
@@ -438,7 +459,7 @@ impl Journal {
                 )));
             }
         }
-        if applied.seq > 0 {
+        if applied.seq > 0 && !truncated {
             let exists = packs.contains(&applied.pack);
             let len = if exists {
                 self.log.backend().len(applied.pack)?

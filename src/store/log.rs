@@ -18,8 +18,9 @@ pub struct PackLog {
     backend: Arc<dyn PackBackend>,
     active: Mutex<Active>,
     pack_max: u64,
-    /// Records skipped by scans because they failed authentication.
-    tampered: std::sync::atomic::AtomicU64,
+    /// Records skipped by scans because they failed authentication (why, for fsck; the
+    /// first 1000).
+    tampered: Mutex<Vec<String>>,
     /// An encrypted store's key: every record is sealed with it and bound to its location.
     key: Option<Arc<StoreKey>>,
 }
@@ -75,9 +76,9 @@ impl PackLog {
         (a.id, a.len)
     }
 
-    /// Records scans skipped because they failed authentication (since open).
-    pub fn tampered(&self) -> u64 {
-        self.tampered.load(std::sync::atomic::Ordering::Relaxed)
+    /// Records scans skipped because they failed authentication since the last call.
+    pub fn take_tampered(&self) -> Vec<String> {
+        std::mem::take(&mut *self.tampered.lock())
     }
 
     pub fn key(&self) -> Option<&Arc<StoreKey>> {
@@ -141,6 +142,14 @@ impl PackLog {
         if a.len > 0 {
             self.rotate(&mut a)?;
         }
+        Ok(a.id)
+    }
+
+    /// Seal the active pack even when empty (after a truncation: its offsets may be named
+    /// by the index and must not be reused).
+    pub fn start_new_pack(&self) -> Result<PackId, StoreError> {
+        let mut a = self.active.lock();
+        self.rotate(&mut a)?;
         Ok(a.id)
     }
 
@@ -283,8 +292,10 @@ impl PackLog {
                 // lost, reads of it give EIO, fsck reports it) and never cut what follows.
                 Err(StoreError::Tampered(why)) => {
                     tracing::error!("skipping a record that failed authentication: {why}");
-                    self.tampered
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut t = self.tampered.lock();
+                    if t.len() < 1000 {
+                        t.push(why);
+                    }
                     off += h.total_len();
                     continue;
                 }

@@ -56,6 +56,13 @@ impl Mounted {
         Self::layout(None, None, extra)
     }
 
+    /// The same directories with other extra `mount` arguments (e.g. a key file made in
+    /// the test directory).
+    pub fn with_extra(mut self, extra: &[&str]) -> Mounted {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     pub fn with_args(extra: &[&str]) -> Mounted {
         Self::build(None, None, extra)
     }
