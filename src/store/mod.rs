@@ -448,6 +448,14 @@ impl RawHeader {
         if seal.key_id != 0 {
             return self.unseal(body, seal, key, pack, off);
         }
+        if key.is_some() {
+            // An encrypted store holds only sealed records: a plain one was put there (or a
+            // sealed one downgraded by zeroing its key id) to inject unauthenticated metadata.
+            return Err(StoreError::Tampered(format!(
+                "record {} at pack {pack} offset {off} is not sealed, in an encrypted store",
+                self.seq
+            )));
+        }
         Ok(Record {
             version: self.version,
             seq: self.seq,
@@ -642,6 +650,13 @@ mod tests {
         ));
         let other = StoreKey::from_master(&[9; 32], [7; 16], 1);
         assert!(h.finish(body, Some(&other), 3, 4096).is_err());
+        // A plain record in an encrypted store is refused (no unauthenticated metadata).
+        let plain = encode_record(6, b"injected", None).unwrap_or_else(|e| panic!("{e}"));
+        let hp = RawHeader::parse(&plain).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            hp.finish(&plain[HEADER_LEN..], Some(&key), 3, 0),
+            Err(StoreError::Tampered(_))
+        ));
         // A flipped ciphertext byte with a recomputed checksum is tampering, not a torn write.
         let mut bad = rec.clone();
         bad[HEADER_LEN + 3] ^= 1;
