@@ -23,7 +23,8 @@
 #
 # Environment knobs:
 #   IDCFS        idcfs binary (default: target/release/idcfs, relative to the repo root)
-#   TARGETS      targets to run, in this order (default: "idcfs bindfs btrfs raw")
+#   TARGETS      targets to run, in this order (default: "idcfs bindfs btrfs raw"; also
+#                idcfs-enc: an encrypted store unlocked with a key file)
 #   WORKLOADS    workloads to run (default: "text random tree")
 #   RUNS         repetitions of every workload on every target; medians are reported (default: 3)
 #   BENCH_DIR    work dir: cached inputs, stores, loop image, results (default: /var/tmp/idcfs-bench)
@@ -173,7 +174,7 @@ daemon_pids() {
   return 0
 }
 
-fuse_program() { case $1 in idcfs) basename "$IDCFS" ;; bindfs) echo bindfs ;; esac; }
+fuse_program() { case $1 in idcfs|idcfs-enc) basename "$IDCFS" ;; bindfs) echo bindfs ;; esac; }
 
 remember_daemons() {
   local prog pid
@@ -211,6 +212,7 @@ mount_target() {
   local t=$1 dir=$WORK/$1
   case $t in
     idcfs) timeout "$OP_TIMEOUT" "$IDCFS" mount "$MNT" --store "$dir/store" ;;
+    idcfs-enc) timeout "$OP_TIMEOUT" "$IDCFS" mount "$MNT" --store "$dir/store" --key-file "$dir/key" ;;
     bindfs) bindfs "$dir/src" "$MNT" ;;
   esac
   mountpoint -q "$MNT" || die "$t: $MNT is not mounted"
@@ -220,11 +222,11 @@ mount_target() {
 umount_target() {
   local t=$1
   case $t in
-    idcfs) timeout "$OP_TIMEOUT" "$IDCFS" umount "$MNT" ;;
+    idcfs|idcfs-enc) timeout "$OP_TIMEOUT" "$IDCFS" umount "$MNT" ;;
     bindfs|btrfs) umount "$MNT" ;;
   esac
   ! mountpoint -q "$MNT" || die "$t: $MNT still mounted after unmount"
-  case $t in idcfs|bindfs) wait_daemons_gone "$t" ;; esac
+  case $t in idcfs|idcfs-enc|bindfs) wait_daemons_gone "$t" ;; esac
 }
 
 setup_target() {
@@ -234,6 +236,10 @@ setup_target() {
   MNT=$dir/mnt
   case $t in
     idcfs) mkdir -p "$dir/store"; mount_target idcfs ;;
+    idcfs-enc) # an encrypted store (key file), otherwise the same as idcfs
+      head -c 32 /dev/urandom >"$dir/key"
+      "$IDCFS" init --encrypt "$dir/store" --key-file "$dir/key" >/dev/null
+      mount_target idcfs-enc ;;
     bindfs) mkdir -p "$dir/src"; mount_target bindfs ;;
     btrfs)
       truncate -s "$BTRFS_IMG" "$dir/disk.img"
@@ -248,7 +254,7 @@ setup_target() {
 
 teardown_target() {
   local t=$1 dir=$WORK/$1 dev
-  case $t in idcfs|bindfs|btrfs) umount_target "$t" ;; esac
+  case $t in idcfs|idcfs-enc|bindfs|btrfs) umount_target "$t" ;; esac
   if [[ $t == btrfs ]]; then
     for dev in $(losetup -l -n -O NAME -j "$dir/disk.img"); do losetup -d "$dev"; done
   fi
@@ -257,17 +263,17 @@ teardown_target() {
 
 # unmount + mount again so that nothing is left in the daemon's or the kernel's caches
 remount_target() {
-  case $1 in idcfs|bindfs) umount_target "$1"; mount_target "$1" ;; esac
+  case $1 in idcfs|idcfs-enc|bindfs) umount_target "$1"; mount_target "$1" ;; esac
 }
 
 # stored_bytes TARGET PATH: bytes the target really stores for PATH (see header)
 stored_bytes() {
   local t=$1 path=$2 json
   case $t in
-    idcfs)
+    idcfs|idcfs-enc)
       json=$(timeout "$OP_TIMEOUT" "$IDCFS" stats "$MNT" --json)
-      log "  idcfs stats: logical_bytes=$(json_field logical_bytes <<<"$json")," \
-        "store du=$(du -s -B1 "$WORK/idcfs/store" | cut -f1)"
+      log "  $t stats: logical_bytes=$(json_field logical_bytes <<<"$json")," \
+        "store du=$(du -s -B1 "$WORK/$t/store" | cut -f1)"
       json_field stored_bytes <<<"$json"
       ;;
     btrfs) sync; compsize -b "$path" | awk '$1 == "TOTAL" { print $3 }' ;;
@@ -484,14 +490,14 @@ main() {
   local t wl
   for t in $TARGETS; do
     case $t in
-      idcfs) [[ -x $IDCFS ]] || { echo "idcfs binary $IDCFS not found: cargo build --release, or set IDCFS" >&2; exit 1; }
+      idcfs|idcfs-enc) [[ -x $IDCFS ]] || { echo "idcfs binary $IDCFS not found: cargo build --release, or set IDCFS" >&2; exit 1; }
              [[ -e /dev/fuse ]] || { echo "/dev/fuse missing" >&2; exit 1; } ;;
       bindfs) command -v bindfs >/dev/null || { echo "bindfs missing: apt-get install bindfs" >&2; exit 1; } ;;
       btrfs) for c in mkfs.btrfs compsize losetup; do
                command -v "$c" >/dev/null || { echo "$c missing: apt-get install btrfs-progs btrfs-compsize" >&2; exit 1; }
              done ;;
       raw) ;;
-      *) echo "unknown target '$t' (known: idcfs bindfs btrfs raw)" >&2; exit 1 ;;
+      *) echo "unknown target '$t' (known: idcfs idcfs-enc bindfs btrfs raw)" >&2; exit 1 ;;
     esac
   done
   for wl in $WORKLOADS; do

@@ -40,9 +40,20 @@ fn stores() -> Vec<(u32, PathBuf)> {
     v.into_iter().map(|((f, _), p)| (f, p)).collect()
 }
 
+/// The key file of an encrypted golden store (format 3), as `--key-file` arguments.
+fn key_args(golden: &Path) -> Vec<String> {
+    let k = golden.join("key");
+    if k.is_file() {
+        vec!["--key-file".into(), k.to_string_lossy().into_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Op tags and codec ids a golden store must hold: everything its revision could write.
 fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
-    let revision1 = golden.file_name().is_some_and(|n| n == "v2.1");
+    // v2.1 and later (v3 is v2.1 encrypted) hold the tags and codecs of revision 1.
+    let revision1 = golden.file_name().is_some_and(|n| n == "v2.1" || n == "v3");
     let last_tag = if revision1 {
         wire::tag::REF_OBJECT
     } else {
@@ -92,7 +103,9 @@ fn every_golden_store_reads_back_exactly() {
         "expected the golden stores of formats 1 and 2, found {all:?}"
     );
     for (ver, golden) in all {
-        let mut m = Mounted::from_store_copy(&golden.join("store"));
+        let keys = key_args(&golden);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut m = Mounted::from_store_copy(&golden.join("store")).with_extra(&keys);
         if ver < idcfs::store::manifest::FORMAT {
             // Mounting as is must be refused, naming the upgrade command; nothing changes.
             let out = m.idcfs(&[
@@ -122,10 +135,15 @@ fn every_golden_store_reads_back_exactly() {
         m.mount();
         check_lists(&m, &golden, "mounted");
         m.unmount();
-        let (rc, out) = m.fsck();
-        assert_eq!(rc, 0, "fsck of golden v{ver}: {out}");
+        let store = m.store.to_str().unwrap().to_string();
+        let out = m.idcfs(&[&["fsck", store.as_str()][..], &keys].concat());
+        assert!(
+            out.status.success(),
+            "fsck of golden v{ver}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         // The index is a cache: rebuilt from the journal alone, the tree must be the same.
-        let out = m.idcfs(&["fsck", "--rebuild", m.store.to_str().unwrap()]);
+        let out = m.idcfs(&[&["fsck", "--rebuild", store.as_str()][..], &keys].concat());
         assert!(
             out.status.success(),
             "fsck --rebuild of golden v{ver}: {}",
@@ -145,14 +163,20 @@ fn every_golden_store_reads_back_exactly() {
 }
 
 /// Op tags and codec ids found in a store's journal.
-fn coverage(store: &Path) -> (BTreeSet<u8>, BTreeSet<u16>, BTreeSet<u8>) {
+fn coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>, BTreeSet<u8>) {
+    let store = golden.join("store");
+    let key = golden.join("key");
+    let key = key.is_file().then(|| {
+        let s = idcfs::crypto::Secret::from_key_file(&key).unwrap();
+        Arc::new(idcfs::crypto::unlock(&store, &s).unwrap())
+    });
     let packs = if store.join("journal").is_dir() {
         store.join("journal")
     } else {
         store.join("packs")
     };
     let backend: Arc<dyn PackBackend> = Arc::new(LocalDir::open(&packs).unwrap());
-    let log = PackLog::open(backend.clone(), u64::MAX, None).unwrap();
+    let log = PackLog::open(backend.clone(), u64::MAX, key).unwrap();
     let (mut tags, mut codecs, mut versions) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for p in backend.list().unwrap() {
         let end = log
@@ -191,7 +215,7 @@ fn golden_stores_cover_every_op_and_codec() {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (tags, codecs, versions) = coverage(&golden.join("store"));
+        let (tags, codecs, versions) = coverage(&golden);
         let want_version = if ver == 1 { 1 } else { 2 };
         let ver = name;
         assert_eq!(

@@ -9,6 +9,7 @@
 # of an open file, so the final store holds records of each kind.
 #
 # Usage: tests/golden/make-golden.sh BIN OUT   (as root; needs fusermount3, python3, attr)
+#        KEYFILE=F tests/golden/make-golden.sh BIN OUT   (an encrypted store, format 3)
 set -euo pipefail
 BIN=$(realpath "$1")
 HERE=$(realpath "$(dirname "$0")")
@@ -17,10 +18,17 @@ DATA=$(realpath "$(dirname "$0")/../data")
 [ ! -e "$OUT" ] || { echo "$OUT exists" >&2; exit 1; }
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
+# KEYFILE=F: an encrypted store (format 3) unlocked with key file F, kept as OUT/key.
+KEYARGS=()
+if [ -n "${KEYFILE:-}" ]; then
+  cp "$KEYFILE" "$OUT/key"
+  KEYARGS=(--key-file "$OUT/key")
+  "$BIN" init --encrypt "$OUT/store" "${KEYARGS[@]}"
+fi
 MNT=$(mktemp -d /tmp/idcfs-golden-mnt.XXXXXX)
 trap 'fusermount3 -uz "$MNT" 2>/dev/null || true; rmdir "$MNT" 2>/dev/null || true' EXIT
 
-"$BIN" mount --store "$OUT/store" "$MNT"
+"$BIN" mount --store "$OUT/store" "${KEYARGS[@]}" "$MNT"
 cd "$MNT"
 
 # Round 1: every content class the codecs know, under policies.
@@ -105,7 +113,7 @@ cd /
 "$BIN" umount "$MNT"
 
 # The lists a later build compares against (paths relative to the mount root).
-"$BIN" mount --store "$OUT/store" "$MNT"
+"$BIN" mount --store "$OUT/store" "${KEYARGS[@]}" "$MNT"
 python3 "$HERE/lists.py" "$MNT" "$OUT"
 "$BIN" umount "$MNT"
 # Logs and the lock are not part of the format; the index is a cache the test rebuilds too.
