@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use idcfs::classify::classify_block;
 use idcfs::codec::{EncodeParams, Registry, ZSTD};
-use idcfs::store::{encode_record, raw_hash, BlockHeader};
+use idcfs::store::{encode, encode_record, raw_hash, BlockHeader, RawHeader, HEADER_LEN};
 
 const BLOCK: usize = 128 * 1024;
 
@@ -83,6 +83,20 @@ fn bench(c: &mut Criterion) {
             g.bench_function("encode_record", |b| {
                 b.iter(|| encode_record(1, b"meta", Some((&hdr, &payload))))
             });
+            // Encrypted stores: sealing (AES-256-GCM-SIV, keyed hash) and opening a record.
+            let key = idcfs::crypto::StoreKey::from_master(&[7; 32], [1; 16], 1);
+            g.bench_function("seal_record", |b| {
+                b.iter(|| encode(1, b"meta", Some((&hdr, &payload)), Some(&key), 1, 0))
+            });
+            if let Ok(sealed) = encode(1, b"meta", Some((&hdr, &payload)), Some(&key), 1, 0) {
+                g.bench_function("open_sealed_record", |b| {
+                    b.iter(|| {
+                        RawHeader::parse(&sealed)
+                            .and_then(|h| h.finish(&sealed[HEADER_LEN..], Some(&key), 1, 0))
+                    })
+                });
+            }
+            g.bench_function("content_hash_keyed", |b| b.iter(|| key.content_hash(&data)));
         }
         g.finish();
     }

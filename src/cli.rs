@@ -298,7 +298,10 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             locked,
             keys,
         } => {
-            if locked {
+            if locked || daemon::no_secret_available(&store, &keys) {
+                if !locked {
+                    eprintln!("idcfs: {} is encrypted and no key was given (--key-file, --passphrase-file, a credential or a terminal): checking what can be checked without it", store.display());
+                }
                 return daemon::fsck_locked(&store, json);
             }
             if rebuild {

@@ -552,6 +552,23 @@ fn protect_key_memory() {
     }
 }
 
+/// An encrypted store and no way to get its secret: no key or passphrase file, no systemd
+/// credential, no terminal to ask on.
+pub fn no_secret_available(store: &Path, keys: &crate::cli::KeyArgs) -> bool {
+    use std::io::IsTerminal;
+    let encrypted = matches!(
+        crate::store::manifest::inspect(store),
+        Ok(crate::store::manifest::Found::Format(
+            crate::store::manifest::FORMAT_ENCRYPTED
+        ))
+    );
+    encrypted
+        && keys.key_file.is_none()
+        && keys.passphrase_file.is_none()
+        && std::env::var_os("CREDENTIALS_DIRECTORY").is_none()
+        && !std::io::stdin().is_terminal()
+}
+
 /// `fsck --locked`: what can be checked of an encrypted store without its key.
 pub fn fsck_locked(store: &Path, json: bool) -> Result<u8, String> {
     let layout = crate::store::manifest::open(store).map_err(|e| e.to_string())?;

@@ -172,13 +172,85 @@ fn nothing_readable_in_an_encrypted_store() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("not checked without the key"), "{text}");
-    // And a mount without any secret is refused (no terminal to ask on).
+    // fsck with no way to get the key (no terminal) falls back to the locked check.
     let out = Command::new(BIN)
         .args(["fsck", m.store.to_str().unwrap()])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("locked check"),
+        "{text}"
+    );
+    // A mount without any secret is refused, saying how to unlock.
+    let out = Command::new(BIN)
+        .args([
+            "mount",
+            "--store",
+            m.store.to_str().unwrap(),
+            m.mnt.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--passphrase-file"), "{err}");
+    // A systemd credential unlocks it (LoadCredential=idcfs-key:… in the unit).
+    let creds = m.dir.path().join("creds");
+    fs::create_dir(&creds).unwrap();
+    fs::copy(&key, creds.join("idcfs-key")).unwrap();
+    let out = Command::new(BIN)
+        .args(["fsck", m.store.to_str().unwrap()])
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("clean"));
+}
+
+#[test]
+fn mount_encrypt_creates_an_encrypted_store() {
+    let m = Mounted::unmounted(&[]);
+    let pass = m.dir.path().join("pass");
+    fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let out = m.idcfs(&[
+        "mount",
+        "--encrypt",
+        "--store",
+        m.store.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+        m.mnt.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(m.path("hello.txt"), b"hello encrypted world").unwrap();
+    let out = m.idcfs(&["umount", m.mnt.to_str().unwrap()]);
+    assert!(out.status.success());
+    let manifest = fs::read_to_string(m.store.join("MANIFEST")).unwrap();
+    assert!(manifest.starts_with("idcfs-store-format 3\n"), "{manifest}");
+    let mut files = Vec::new();
+    all_store_bytes(&m.store, &mut files);
+    for (p, b) in &files {
+        assert!(!contains(b, b"hello encrypted"), "{}", p.display());
+        assert!(!contains(b, b"hello.txt"), "{}", p.display());
+    }
+    let mut m = m.with_extra(&["--passphrase-file", pass.to_str().unwrap()]);
+    m.mount();
+    assert_eq!(
+        fs::read(m.path("hello.txt")).unwrap(),
+        b"hello encrypted world"
+    );
+    m.unmount();
 }
 
 #[test]
