@@ -190,9 +190,10 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 std::io::stdin()
                     .read_line(&mut line)
                     .map_err(|e| format!("reading the key from the parent: {e}"))?;
-                Some(std::sync::Arc::new(
-                    crate::crypto::StoreKey::from_master_line(&line).map_err(|e| e.to_string())?,
-                ))
+                let key =
+                    crate::crypto::StoreKey::from_master_line(&line).map_err(|e| e.to_string())?;
+                daemon::protect_key_memory();
+                Some(std::sync::Arc::new(key))
             } else {
                 daemon::unlock_or_create(&store, &keys, encrypt)?
             };

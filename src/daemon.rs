@@ -534,7 +534,7 @@ pub fn unlock_or_create(
 
 /// No core dumps (`RLIMIT_CORE` 0, not dumpable: also refuses ptrace by the same user) once
 /// key material is in memory. The systemd unit sets `LimitCORE=0` as well.
-fn protect_key_memory() {
+pub fn protect_key_memory() {
     let zero = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
