@@ -200,12 +200,18 @@ impl StoreKey {
     /// One line that hands the unlocked key to the daemon over a pipe (never a file or
     /// an argument, which other users could read).
     pub fn master_line(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!(
-            "{} {} {}\n",
-            hex::encode(*self.master),
-            hex::encode(self.store_id),
-            self.key_id
-        ))
+        // Hex into zeroized buffers only: no temporary copy of the key outlives this call.
+        let mut hexed = Zeroizing::new([0u8; 64]);
+        let mut line = Zeroizing::new(String::with_capacity(128));
+        if hex::encode_to_slice(&self.master[..], &mut hexed[..]).is_ok() {
+            line.extend(hexed.iter().map(|&b| b as char));
+        }
+        line.push(' ');
+        line.push_str(&hex::encode(self.store_id));
+        line.push(' ');
+        line.push_str(&self.key_id.to_string());
+        line.push('\n');
+        line
     }
 
     pub fn from_master_line(line: &str) -> Result<StoreKey, CryptoError> {
