@@ -12,7 +12,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // Arbitrary bytes as a sealed record.
     if let Ok(h) = RawHeader::parse(data) {
         if data.len() as u64 >= h.total_len() {
-            let _ = h.finish(&data[h.header_len()..h.total_len() as usize], Some(&key), 1, 0);
+            let _ = h.finish(
+                &data[h.header_len()..h.total_len() as usize],
+                Some(&key),
+                1,
+                0,
+            );
         }
     }
     // A real sealed record of the input, then one flipped byte.

@@ -18,8 +18,15 @@ fn original() -> &'static (Vec<u8>, Vec<u64>) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let disk = MemBackend::new();
         let b: Arc<dyn PackBackend> = Arc::new(disk.handle());
-        let (j, _) = Journal::open_with(b, &dir.path().join("index"), dir.path(), 1 << 20, 1 << 30)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (j, _) = Journal::open_with(
+            b,
+            &dir.path().join("index"),
+            dir.path(),
+            1 << 20,
+            1 << 30,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let mut ends = Vec::new();
         for i in 0..12u64 {
             let ops = vec![
@@ -81,7 +88,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if replay {
         a.append(&pack[..floor]).unwrap_or_else(|e| panic!("{e}"));
         let b: Arc<dyn PackBackend> = Arc::new(disk.handle());
-        let opened = Journal::open_with(b, &index, dir.path(), 1 << 20, 1 << 30);
+        let opened = Journal::open_with(b, &index, dir.path(), 1 << 20, 1 << 30, None);
         let (j, _) = opened.unwrap_or_else(|e| panic!("undamaged prefix: {e}"));
         j.checkpoint_index().unwrap_or_else(|e| panic!("{e}"));
         drop(j);
@@ -91,7 +98,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     drop(a);
     let b: Arc<dyn PackBackend> = Arc::new(disk.handle());
-    let Ok((j, _)) = Journal::open_with(b, &index, dir.path(), 1 << 20, 1 << 30) else {
+    let Ok((j, _)) = Journal::open_with(b, &index, dir.path(), 1 << 20, 1 << 30, None) else {
         return;
     };
     // What survived must be a prefix of the original records, cut at a record boundary.
@@ -113,6 +120,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for i in 0..ends.len() {
         let name = format!("f{i}");
         let present = j.index.dirent(1, name.as_bytes()).ok().flatten().is_some();
-        assert_eq!(present, i < kept, "record {i}: applied={present}, kept {kept}");
+        assert_eq!(
+            present,
+            i < kept,
+            "record {i}: applied={present}, kept {kept}"
+        );
     }
 });
