@@ -1125,10 +1125,16 @@ impl<'a> Matcher<'a> {
             return (0, 0);
         };
         let (mut best, mut at) = (0, 0);
-        // One candidate: a quick test of the byte that would make it longer than the best
-        // so far, then the full comparison. Returns true once the match reaches `cap`.
+        // One candidate: a quick test of the 4 bytes up to the one that would make it longer
+        // than the best so far (all must match for it to be longer), then the full
+        // comparison. Returns true once the match reaches `cap`.
         let mut try_at = |c: usize| -> bool {
-            if best > 0 && d.get(c + best) != cur.get(best) {
+            if best >= 3 {
+                let at4 = best - 3;
+                if d.get(c + at4..c + best + 1) != cur.get(at4..best + 1) {
+                    return false;
+                }
+            } else if best > 0 && d.get(c + best) != cur.get(best) {
                 return false;
             }
             let l = match_len(d, c, p, cap);
