@@ -376,11 +376,79 @@ fn len_code(len: usize) -> usize {
     }
 }
 
-/// Distance code (0..30) of a distance 1..=32768.
+/// Distance code (0..30) of a distance 1..=32768 (the reference for `dist_code_fast`).
+#[cfg(test)]
 fn dist_code(dist: usize) -> usize {
     match DIST_BASE.binary_search(&(dist as u16)) {
         Ok(i) => i,
         Err(i) => i.saturating_sub(1),
+    }
+}
+
+/// Distance code of distance - 1 (< 256), then of (distance - 1) >> 7 (as zlib's table).
+const DIST_CODE: [u8; 512] = {
+    let mut t = [0u8; 512];
+    let mut code = 0;
+    while code < 30 {
+        let lo = DIST_BASE[code] as usize - 1;
+        let hi = lo + (1 << DIST_EXTRA[code]);
+        let mut d = lo;
+        while d < hi {
+            if d < 256 {
+                t[d] = code as u8;
+            } else {
+                t[256 + (d >> 7)] = code as u8;
+            }
+            d += 1;
+        }
+        code += 1;
+    }
+    t
+};
+
+/// `dist_code` by table lookup, for distances 1..=32768 (others give some code < 30).
+#[inline]
+fn dist_code_fast(dist: usize) -> usize {
+    let d = dist.wrapping_sub(1) & 0x7fff;
+    usize::from(DIST_CODE[if d < 256 { d } else { 256 + (d >> 7) }])
+}
+
+/// One block's Huffman codes as ready-to-write bit patterns (code, then extra bits for the
+/// lengths) with their bit counts; a count of 0 means the symbol has no code in this block.
+struct OutCodes {
+    lit: [(u32, u32); 256],
+    /// By match length 3..=258: length code and extra bits.
+    len: [(u32, u32); 259],
+    /// By distance code: the code alone (the extra bits depend on the distance).
+    dist: [(u32, u32); 30],
+}
+
+impl OutCodes {
+    fn new(ll: &[u8], lc: &[u16], dl: &[u8], dc: &[u16]) -> OutCodes {
+        let code = |lens: &[u8], codes: &[u16], s: usize| match (lens.get(s), codes.get(s)) {
+            (Some(&n), Some(&c)) => (u32::from(c), u32::from(n)),
+            _ => (0, 0),
+        };
+        let mut o = OutCodes {
+            lit: [(0, 0); 256],
+            len: [(0, 0); 259],
+            dist: [(0, 0); 30],
+        };
+        for (s, e) in o.lit.iter_mut().enumerate() {
+            *e = code(ll, lc, s);
+        }
+        for (len, e) in o.len.iter_mut().enumerate().skip(3) {
+            let li = len_code(len);
+            let (c, n) = code(ll, lc, 257 + li);
+            if n > 0 {
+                let extra = (len - usize::from(LEN_BASE[li])) as u32;
+                *e = (c | extra << n, n + u32::from(LEN_EXTRA[li]));
+            }
+        }
+        for (di, e) in o.dist.iter_mut().enumerate() {
+            *e = code(dl, dc, di);
+        }
+        o
     }
 }
 
@@ -923,11 +991,14 @@ impl Model {
 
 struct Matcher<'a> {
     d: &'a [u8],
-    /// Most recent position + 1 with each hash (0: none).
-    head: Vec<u32>,
+    /// Most recent position + 1 with each hash (0: none). A fixed-size array, so that a hash
+    /// (always below 2^HASH_BITS) indexes it without a bounds check.
+    head: Box<[u32; 1 << HASH_BITS]>,
     /// By position modulo the ring size: how far back the previous position with the same hash
     /// is (0: none, or beyond the window).
     prev: Vec<u16>,
+    /// `prev.len() - 1` (a power of two minus one).
+    mask: usize,
     inserted: usize,
     /// Chain entries examined for Lmax.
     walk: usize,
@@ -943,58 +1014,75 @@ fn read_u64(d: &[u8], at: usize) -> u64 {
 /// Length of the common prefix of d[a..] and d[b..], a < b, at most `cap` (b + cap <= len).
 #[inline]
 fn match_len(d: &[u8], a: usize, b: usize, cap: usize) -> usize {
+    // Slicing once up front lets the loops below run without per-byte bounds checks.
+    let (Some(x), Some(y)) = (d.get(a..a + cap), d.get(b..b + cap)) else {
+        return 0;
+    };
     let mut n = 0;
-    while n + 8 <= cap {
-        let x = read_u64(d, a + n) ^ read_u64(d, b + n);
-        if x != 0 {
-            return n + (x.trailing_zeros() / 8) as usize;
+    for (u, v) in x.chunks_exact(8).zip(y.chunks_exact(8)) {
+        let diff = read_u64(u, 0) ^ read_u64(v, 0);
+        if diff != 0 {
+            return n + (diff.trailing_zeros() / 8) as usize;
         }
         n += 8;
     }
-    while n < cap && d[a + n] == d[b + n] {
-        n += 1;
-    }
-    n
+    n + x[n..]
+        .iter()
+        .zip(&y[n..])
+        .take_while(|(u, v)| u == v)
+        .count()
+}
+
+/// The 15-bit multiplicative hash of the 3 bytes at the start of `b` (at least 3 long).
+#[inline]
+fn hash3(b: &[u8]) -> usize {
+    let v = u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
+    (v.wrapping_mul(0x9e37_79b1) >> (32 - HASH_BITS)) as usize
 }
 
 impl<'a> Matcher<'a> {
     fn new(d: &'a [u8], walk_log: u8) -> Self {
+        // A text shorter than the ring never wraps it: the chains are the same.
+        let ring = d.len().next_power_of_two().clamp(1, RING);
         Matcher {
             walk: 1 << walk_log.min(WALK_LOG_MAX),
             d,
-            head: vec![0; 1 << HASH_BITS],
-            // A text shorter than the ring never wraps it: the chains are the same.
-            prev: vec![0; d.len().next_power_of_two().clamp(1, RING)],
+            head: Box::new([0; 1 << HASH_BITS]),
+            prev: vec![0; ring],
+            mask: ring - 1,
             inserted: 0,
         }
     }
 
     #[inline]
     fn hash(&self, p: usize) -> usize {
-        let v =
-            u32::from(self.d[p]) | u32::from(self.d[p + 1]) << 8 | u32::from(self.d[p + 2]) << 16;
-        (v.wrapping_mul(0x9e37_79b1) >> (32 - HASH_BITS)) as usize
+        self.d.get(p..p + 3).map_or(0, hash3)
     }
 
     /// Inserts every position before `p` into the chains.
     #[inline]
     fn insert_upto(&mut self, p: usize) {
         let end = p.min(self.d.len().saturating_sub(2));
-        while self.inserted < end {
-            let q = self.inserted;
-            let h = self.hash(q);
-            let mask = self.prev.len() - 1;
-            let last = self.head[h] as usize;
-            // last - 1 is the previous position; gaps beyond the window end the chain.
-            self.prev[q & mask] = if last == 0 || q + 1 - last > WINDOW {
-                0
-            } else {
-                (q + 1 - last) as u16
-            };
-            self.head[h] = q as u32 + 1;
-            self.inserted += 1;
+        let mut q = self.inserted;
+        if q < end {
+            let mask = self.mask;
+            let prev = &mut self.prev[..=mask];
+            let head = &mut *self.head;
+            // Every window of 3 bytes starting before `end` (end + 2 <= len).
+            for w in self.d[q..end + 2].windows(3) {
+                let h = hash3(w) & ((1 << HASH_BITS) - 1);
+                let last = head[h] as usize;
+                // last - 1 is the previous position; gaps beyond the window end the chain.
+                prev[q & mask] = if last != 0 && q + 1 - last <= WINDOW {
+                    (q + 1 - last) as u16
+                } else {
+                    0
+                };
+                head[h] = q as u32 + 1;
+                q += 1;
+            }
         }
-        self.inserted = self.inserted.max(p);
+        self.inserted = q.max(p);
     }
 
     /// Chain candidates before `p` (nearest first) within the window, at most `limit`.
@@ -1028,22 +1116,45 @@ impl<'a> Matcher<'a> {
     }
 
     /// Longest match at `p` among the first `LMAX_WALK` candidates, at most `cap` (>= 3), and
-    /// the nearest candidate reaching it (0 if none).
+    /// the nearest candidate reaching it (0 if none). The decoder's hottest loop: written out
+    /// by hand (same candidates, same order as `cands`).
     #[inline]
     fn lmax(&self, p: usize, cap: usize, reps: &[usize; REPS]) -> (usize, usize) {
         let d = self.d;
+        let Some(cur) = d.get(p..p + cap) else {
+            return (0, 0);
+        };
         let (mut best, mut at) = (0, 0);
-        for c in self.cands(p, reps, self.walk) {
-            if best > 0 && d[c + best] != d[p + best] {
-                continue;
+        // One candidate: a quick test of the 4 bytes up to the one that would make it longer
+        // than the best so far (all must match for it to be longer), then the full
+        // comparison. Returns true once the match reaches `cap`.
+        let mut try_at = |c: usize| -> bool {
+            if best >= 3 {
+                let at4 = best - 3;
+                if d.get(c + at4..c + best + 1) != cur.get(at4..best + 1) {
+                    return false;
+                }
+            } else if best > 0 && d.get(c + best) != cur.get(best) {
+                return false;
             }
             let l = match_len(d, c, p, cap);
             if l > best {
                 best = l;
                 at = c;
-                if best >= cap {
-                    break;
-                }
+            }
+            best >= cap
+        };
+        for &r in reps {
+            if r >= 1 && r <= p && r <= WINDOW && try_at(p - r) {
+                return (best, at);
+            }
+        }
+        if p + 2 >= d.len() {
+            return (best, at);
+        }
+        for c in self.chain(p, self.walk) {
+            if try_at(c) {
+                break;
             }
         }
         (best, at)
@@ -1145,7 +1256,7 @@ impl Iterator for Chain<'_> {
                 return None;
             }
             let c = self.next as usize - 1;
-            let gap = u32::from(self.m.prev[c & (self.m.prev.len() - 1)]);
+            let gap = u32::from(self.m.prev[c & self.m.mask]);
             // A slot reused by a newer position (only at the window's edge) gives a link that
             // may be wrong, the same one on both sides; the window check ends the chain.
             self.next = if gap == 0 {
@@ -1480,6 +1591,7 @@ pub fn rebuild_tokens(text: &[u8], side: &[u8], limit: usize) -> Result<Vec<u8>,
                 };
                 let lc = canonical(&ll).ok_or_else(|| malformed("literal code"))?;
                 let dc = canonical(&dl).ok_or_else(|| malformed("distance code"))?;
+                let oc = OutCodes::new(&ll, &lc, &dl, &dc);
                 let mut bad = false;
                 code_block(
                     &mut rc,
@@ -1489,26 +1601,18 @@ pub fn rebuild_tokens(text: &[u8], side: &[u8], limit: usize) -> Result<Vec<u8>,
                     &[],
                     |len, dist, p| {
                         if len == 0 {
-                            let s = usize::from(text[p]);
-                            bad |= ll[s] == 0;
-                            w.put(u32::from(lc[s]), u32::from(ll[s]));
+                            let (v, n) = text.get(p).map_or((0, 0), |&b| oc.lit[usize::from(b)]);
+                            bad |= n == 0;
+                            w.put(v, n);
                         } else {
-                            let li = len_code(len);
-                            let s = 257 + li;
-                            let di = dist_code(dist);
-                            bad |= ll.get(s).is_none_or(|&l| l == 0)
-                                || dl.get(di).is_none_or(|&l| l == 0);
+                            let (v, n) = oc.len.get(len).copied().unwrap_or((0, 0));
+                            let di = dist_code_fast(dist);
+                            let (dv, dn) = oc.dist[di];
+                            bad |= n == 0 || dn == 0;
                             if !bad {
-                                w.put(u32::from(lc[s]), u32::from(ll[s]));
-                                w.put(
-                                    (len - usize::from(LEN_BASE[li])) as u32,
-                                    u32::from(LEN_EXTRA[li]),
-                                );
-                                w.put(u32::from(dc[di]), u32::from(dl[di]));
-                                w.put(
-                                    (dist - usize::from(DIST_BASE[di])) as u32,
-                                    u32::from(DIST_EXTRA[di]),
-                                );
+                                w.put(v, n);
+                                let extra = (dist - usize::from(DIST_BASE[di])) as u32;
+                                w.put(dv | extra << dn, dn + u32::from(DIST_EXTRA[di]));
                             }
                         }
                     },
@@ -1905,6 +2009,33 @@ mod tests {
         assert_eq!(rebuild_tokens(&plain, &side, used).unwrap(), s);
         set_plain_coding(&mut side, 2);
         assert!(rebuild_tokens(&plain, &side, used).is_err());
+    }
+
+    #[test]
+    fn output_code_tables_agree_with_the_deflate_tables() {
+        for dist in 1..=WINDOW {
+            assert_eq!(dist_code_fast(dist), dist_code(dist), "distance {dist}");
+        }
+        let (ll, dl) = fixed_lens();
+        let (lc, dc) = (canonical(&ll).unwrap(), canonical(&dl).unwrap());
+        let oc = OutCodes::new(&ll, &lc, &dl, &dc);
+        for len in 3..=258 {
+            let li = len_code(len);
+            let n = u32::from(ll[257 + li]);
+            let extra = (len - usize::from(LEN_BASE[li])) as u32;
+            assert_eq!(
+                oc.len[len],
+                (
+                    u32::from(lc[257 + li]) | extra << n,
+                    n + u32::from(LEN_EXTRA[li])
+                )
+            );
+        }
+        // A block whose codes lack a symbol: its entries say so (bit count 0).
+        let oc = OutCodes::new(&ll[..257], &lc[..257], &dl[..1], &dc[..1]);
+        assert_eq!(oc.len[3].1, 0);
+        assert_eq!(oc.dist[1].1, 0);
+        assert!(oc.lit.iter().all(|e| e.1 == 8 || e.1 == 9));
     }
 
     #[test]
