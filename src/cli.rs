@@ -433,9 +433,10 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     match st {
                         Some(s) => {
                             println!(
-                                "{}  store {}  pid {}  up {}s  cache {}/{}  dirty {}/{}  live files {}  recompress queue {}",
+                                "{}  store {}{}  pid {}  up {}s  cache {}/{}  dirty {}/{}  live files {}  recompress queue {}",
                                 mp.display(),
                                 s.store,
+                                if s.encrypted { " (encrypted)" } else { "" },
                                 s.pid,
                                 s.uptime_secs,
                                 human(s.cache_bytes),

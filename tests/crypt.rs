@@ -123,6 +123,16 @@ fn nothing_readable_in_an_encrypted_store() {
         .status()
         .unwrap();
     assert!(st.success());
+    let out = m.idcfs(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mine = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mountpoint"].as_str() == m.mnt.to_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(mine["status"]["encrypted"], true, "{mine}");
     m.unmount();
     let mut files = Vec::new();
     all_store_bytes(&m.store, &mut files);

@@ -29,6 +29,9 @@ pub struct Status {
     /// Codecs that may not encode here, each with the reason.
     #[serde(default)]
     pub unavailable_codecs: Vec<String>,
+    /// The store is encrypted (and unlocked, since it is mounted).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// What `idcfs stats` reports.
@@ -390,10 +393,10 @@ impl Engine {
                 .into_iter()
                 .map(|(name, why)| format!("{name}: {why}"))
                 .collect(),
+            encrypted: self.opts.key.is_some(),
         }
     }
 
-    /// A path of `ino` for log messages (a scan: only used on errors).
     /// How logs name a file: its path, or in an encrypted store only its inode number (the
     /// log lives in the store directory and must not reveal names).
     pub fn log_name(&self, ino: Ino) -> String {
@@ -404,6 +407,7 @@ impl Engine {
         }
     }
 
+    /// A path of `ino` for messages (a scan: only used on errors and for policies).
     pub fn path_of(&self, ino: Ino) -> String {
         let mut parts = Vec::new();
         let mut cur = ino;
