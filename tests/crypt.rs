@@ -3,7 +3,7 @@
 //! refused without writing, passphrase changes, rebuild, compaction and dedup on encrypted
 //! stores, and two stores with the same content sharing nothing.
 
-use crate::util::{random, Mounted, BIN};
+use crate::util::{idcfs, random, Mounted, BIN};
 use idcfs::crypto::{unlock, Secret, StoreKey};
 use idcfs::store::{Loc, LocalDir, PackBackend, PackLog};
 use std::fs;
@@ -16,18 +16,13 @@ fn encrypted() -> (Mounted, PathBuf) {
     let m = Mounted::unmounted(&[]);
     let key = m.dir.path().join("key");
     fs::write(&key, random(32, 77)).unwrap();
-    let out = m.idcfs(&[
+    ok(&[
         "init",
         "--encrypt",
         m.store.to_str().unwrap(),
         "--key-file",
         key.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let mut m = m.with_extra(&["--key-file", key.to_str().unwrap()]);
     m.mount();
     (m, key)
@@ -68,24 +63,27 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// `idcfs ARGS`, which must succeed; what it printed.
+fn ok(args: &[&str]) -> String {
+    let (code, out) = idcfs(args);
+    assert_eq!(code, 0, "idcfs {args:?} failed:\n{out}");
+    out
+}
+
+/// `idcfs ARGS`, which must fail; what it printed.
+fn fails(args: &[&str]) -> String {
+    let (code, out) = idcfs(args);
+    assert_ne!(code, 0, "idcfs {args:?} should have failed:\n{out}");
+    out
+}
+
 fn fsck(store: &Path, key: &Path) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args([
-            "fsck",
-            store.to_str().unwrap(),
-            "--key-file",
-            key.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    idcfs(&[
+        "fsck",
+        store.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ])
 }
 
 /// Rewrite the record checksum after changing its bytes, so the change looks like a
@@ -123,8 +121,7 @@ fn nothing_readable_in_an_encrypted_store() {
         .status()
         .unwrap();
     assert!(st.success());
-    let out = m.idcfs(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&["status", "--json"])).unwrap();
     let mine = v
         .as_array()
         .unwrap()
@@ -178,9 +175,7 @@ fn nothing_readable_in_an_encrypted_store() {
     let (code, out) = fsck(&m.store, &key);
     assert_eq!(code, 0, "{out}");
     // Without the key: a locked check, which says what it could not check.
-    let out = m.idcfs(&["fsck", "--locked", m.store.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = ok(&["fsck", "--locked", m.store.to_str().unwrap()]);
     assert!(text.contains("not checked without the key"), "{text}");
     // fsck with no way to get the key (no terminal) falls back to the locked check.
     let out = Command::new(BIN)
@@ -229,7 +224,7 @@ fn mount_encrypt_creates_an_encrypted_store() {
     let m = Mounted::unmounted(&[]);
     let pass = m.dir.path().join("pass");
     fs::write(&pass, "correct horse battery staple\n").unwrap();
-    let out = m.idcfs(&[
+    ok(&[
         "mount",
         "--encrypt",
         "--store",
@@ -238,14 +233,8 @@ fn mount_encrypt_creates_an_encrypted_store() {
         pass.to_str().unwrap(),
         m.mnt.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     fs::write(m.path("hello.txt"), b"hello encrypted world").unwrap();
-    let out = m.idcfs(&["umount", m.mnt.to_str().unwrap()]);
-    assert!(out.status.success());
+    ok(&["umount", m.mnt.to_str().unwrap()]);
     let manifest = fs::read_to_string(m.store.join("MANIFEST")).unwrap();
     assert!(manifest.starts_with("idcfs-store-format 3\n"), "{manifest}");
     let mut files = Vec::new();
@@ -272,7 +261,7 @@ fn wrong_secret_is_refused_and_nothing_is_written() {
     all_store_bytes(&m.store, &mut before);
     let wrong = m.dir.path().join("wrong");
     fs::write(&wrong, random(32, 78)).unwrap();
-    let out = m.idcfs(&[
+    let err = fails(&[
         "mount",
         "--store",
         m.store.to_str().unwrap(),
@@ -280,23 +269,20 @@ fn wrong_secret_is_refused_and_nothing_is_written() {
         wrong.to_str().unwrap(),
         m.mnt.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrong passphrase or key file"), "{err}");
     let pass = m.dir.path().join("pass");
     fs::write(&pass, "a passphrase\n").unwrap();
-    let out = m.idcfs(&[
+    fails(&[
         "fsck",
         m.store.to_str().unwrap(),
         "--passphrase-file",
         pass.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
     let mut after = Vec::new();
     all_store_bytes(&m.store, &mut after);
     assert_eq!(before, after, "a refused unlock changed the store");
     // Change the secret to a passphrase: the old key file stops working, data stays.
-    let out = m.idcfs(&[
+    ok(&[
         "passwd",
         m.store.to_str().unwrap(),
         "--key-file",
@@ -304,48 +290,35 @@ fn wrong_secret_is_refused_and_nothing_is_written() {
         "--new-passphrase-file",
         pass.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = m.idcfs(&[
+    fails(&[
         "fsck",
         m.store.to_str().unwrap(),
         "--key-file",
         key.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    let out = m.idcfs(&[
+    ok(&[
         "fsck",
         m.store.to_str().unwrap(),
         "--passphrase-file",
         pass.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
     // A plain store refuses a key; an existing plain store cannot be turned encrypted.
     let mut plain = Mounted::new();
     plain.unmount();
-    let out = m.idcfs(&[
+    fails(&[
         "fsck",
         plain.store.to_str().unwrap(),
         "--key-file",
         key.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    let out = m.idcfs(&[
+    let err = fails(&[
         "init",
         "--encrypt",
         plain.store.to_str().unwrap(),
         "--key-file",
         key.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not encrypted"));
+    assert!(err.contains("not encrypted"), "{err}");
 }
 
 /// Files of equal size and random content: each is one record whose payload is the file.
@@ -549,18 +522,13 @@ fn rebuild_compaction_dedup_on_an_encrypted_store() {
         .status
         .success());
     m.unmount();
-    let out = m.idcfs(&[
+    ok(&[
         "fsck",
         "--rebuild",
         m.store.to_str().unwrap(),
         "--key-file",
         key.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
     m.mount();
     assert_eq!(fs::read(m.path("dedup/one")).unwrap(), data);
     assert_eq!(fs::read(m.path("dedup/two")).unwrap(), data);

@@ -3,7 +3,7 @@
 //! mount/fsck on a full disk, honest statfs, and read-only (EROFS) after a disk write fault
 //! with everything fsynced recovered by the next mount.
 
-use crate::util::{is_mounted, random, sh, Mounted, BIN};
+use crate::util::{idcfs, is_mounted, random, sh, Mounted};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -179,18 +179,6 @@ fn wait_avail(mnt: &Path, want: u64, secs: u64) -> u64 {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn idcfs(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// Issue run 2: store on a 64 MiB tmpfs, 4 MiB files fsynced until ENOSPC, all but two

@@ -103,6 +103,13 @@ pub fn random<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(b)
 }
 
+/// What a sealed byte string is: each purpose has its own key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Record,
+    IndexUnit,
+}
+
 /// The unlocked keys of one store.
 pub struct StoreKey {
     pub store_id: [u8; 16],
@@ -160,41 +167,38 @@ impl StoreKey {
         out
     }
 
-    /// Encrypt a record body in place; returns its nonce and tag.
-    pub fn seal_record(
+    /// Encrypt `buf` in place under the key for `what`; returns its nonce and tag.
+    pub fn seal(
         &self,
+        what: Purpose,
         ad: &[u8],
         buf: &mut [u8],
     ) -> Result<([u8; NONCE_LEN], [u8; TAG_LEN]), CryptoError> {
-        seal(&self.record, ad, buf)
+        seal(self.cipher(what), ad, buf)
     }
 
-    pub fn open_record(
+    /// Decrypt `buf` in place; fails when anything (bytes, nonce, tag, AD) was altered.
+    pub fn open(
         &self,
+        what: Purpose,
         nonce: &[u8; NONCE_LEN],
         ad: &[u8],
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), CryptoError> {
-        open(&self.record, nonce, ad, buf, tag).map_err(|_| CryptoError::Auth("record"))
+        open(self.cipher(what), nonce, ad, buf, tag).map_err(|_| {
+            CryptoError::Auth(match what {
+                Purpose::Record => "record",
+                Purpose::IndexUnit => "index unit",
+            })
+        })
     }
 
-    pub(crate) fn seal_page(
-        &self,
-        ad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<([u8; NONCE_LEN], [u8; TAG_LEN]), CryptoError> {
-        seal(&self.index, ad, buf)
-    }
-
-    pub(crate) fn open_page(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        ad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8; TAG_LEN],
-    ) -> Result<(), CryptoError> {
-        open(&self.index, nonce, ad, buf, tag).map_err(|_| CryptoError::Auth("index page"))
+    fn cipher(&self, what: Purpose) -> &Aes256GcmSiv {
+        match what {
+            Purpose::Record => &self.record,
+            Purpose::IndexUnit => &self.index,
+        }
     }
 
     /// One line that hands the unlocked key to the daemon over a pipe (never a file or
@@ -481,18 +485,20 @@ mod tests {
     fn seal_open_detects_tampering() {
         let k = StoreKey::from_master(&[1; 32], [2; 16], 1);
         let mut buf = b"secret data".to_vec();
-        let (n, t) = k.seal_record(b"ad", &mut buf).unwrap();
+        let (n, t) = k.seal(Purpose::Record, b"ad", &mut buf).unwrap();
         assert_ne!(&buf[..], b"secret data");
         let mut ok = buf.clone();
-        k.open_record(&n, b"ad", &mut ok, &t).unwrap();
+        k.open(Purpose::Record, &n, b"ad", &mut ok, &t).unwrap();
         assert_eq!(&ok[..], b"secret data");
         let mut bad = buf.clone();
-        assert!(k.open_record(&n, b"other ad", &mut bad, &t).is_err());
+        assert!(k
+            .open(Purpose::Record, &n, b"other ad", &mut bad, &t)
+            .is_err());
         let mut bad = buf.clone();
         bad[0] ^= 1;
-        assert!(k.open_record(&n, b"ad", &mut bad, &t).is_err());
+        assert!(k.open(Purpose::Record, &n, b"ad", &mut bad, &t).is_err());
         // Another purpose's key does not open it.
         let mut bad = buf;
-        assert!(k.open_page(&n, b"ad", &mut bad, &t).is_err());
+        assert!(k.open(Purpose::IndexUnit, &n, b"ad", &mut bad, &t).is_err());
     }
 }

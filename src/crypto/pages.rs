@@ -15,7 +15,7 @@
 //! double-buffered header cannot protect a unit sealed as a whole, so an encrypted index may
 //! be rebuilt after a power cut where a plain one would not.
 
-use super::{StoreKey, NONCE_LEN, TAG_LEN};
+use super::{Purpose, StoreKey, NONCE_LEN, TAG_LEN};
 use parking_lot::RwLock;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -85,7 +85,7 @@ impl SealedFile {
         tag.copy_from_slice(&phys[NONCE_LEN..NONCE_LEN + TAG_LEN]);
         out.copy_from_slice(&phys[NONCE_LEN + TAG_LEN..]);
         self.key
-            .open_page(&nonce, &self.ad(unit), out, &tag)
+            .open(Purpose::IndexUnit, &nonce, &self.ad(unit), out, &tag)
             .map_err(|_| damaged(format!("encrypted index unit {unit} failed authentication")))
     }
 
@@ -94,7 +94,11 @@ impl SealedFile {
         phys[NONCE_LEN + TAG_LEN..].copy_from_slice(plain);
         let (nonce, tag) = self
             .key
-            .seal_page(&self.ad(unit), &mut phys[NONCE_LEN + TAG_LEN..])
+            .seal(
+                Purpose::IndexUnit,
+                &self.ad(unit),
+                &mut phys[NONCE_LEN + TAG_LEN..],
+            )
             .map_err(io::Error::other)?;
         phys[..NONCE_LEN].copy_from_slice(&nonce);
         phys[NONCE_LEN..NONCE_LEN + TAG_LEN].copy_from_slice(&tag);
@@ -109,6 +113,22 @@ impl SealedFile {
         }
         Ok(())
     }
+}
+
+/// The units a byte range touches: (unit, offset in the unit, bytes, offset in the range).
+fn spans(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize, usize)> {
+    let end = offset + len as u64;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let in_unit = (pos % UNIT) as usize;
+        let n = ((UNIT as usize) - in_unit).min((end - pos) as usize);
+        let span = (pos / UNIT, in_unit, n, (pos - offset) as usize);
+        pos += n as u64;
+        Some(span)
+    })
 }
 
 impl redb::StorageBackend for SealedFile {
@@ -127,15 +147,9 @@ impl redb::StorageBackend for SealedFile {
             ));
         }
         let mut buf = [0u8; UNIT as usize];
-        let mut pos = offset;
-        while pos < end {
-            let unit = pos / UNIT;
-            let in_unit = (pos % UNIT) as usize;
-            let n = ((UNIT as usize) - in_unit).min((end - pos) as usize);
+        for (unit, in_unit, n, at) in spans(offset, out.len()) {
             self.read_unit(unit, &mut buf)?;
-            let at = (pos - offset) as usize;
             out[at..at + n].copy_from_slice(&buf[in_unit..in_unit + n]);
-            pos += n as u64;
         }
         Ok(())
     }
@@ -159,18 +173,13 @@ impl redb::StorageBackend for SealedFile {
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
         let _g = self.lock.write();
-        let end = offset + data.len() as u64;
         let have = self.units()?;
         let first = offset / UNIT;
         if first > have {
             self.extend_to(have, first)?;
         }
         let mut buf = [0u8; UNIT as usize];
-        let mut pos = offset;
-        while pos < end {
-            let unit = pos / UNIT;
-            let in_unit = (pos % UNIT) as usize;
-            let n = ((UNIT as usize) - in_unit).min((end - pos) as usize);
+        for (unit, in_unit, n, at) in spans(offset, data.len()) {
             if n < UNIT as usize {
                 // Partial unit: keep the bytes around the write.
                 if unit < have {
@@ -179,10 +188,8 @@ impl redb::StorageBackend for SealedFile {
                     buf = [0u8; UNIT as usize];
                 }
             }
-            let at = (pos - offset) as usize;
             buf[in_unit..in_unit + n].copy_from_slice(&data[at..at + n]);
             self.write_unit(unit, &buf)?;
-            pos += n as u64;
         }
         Ok(())
     }

@@ -302,7 +302,7 @@ pub fn encode(
     buf.extend_from_slice(meta);
     buf.extend_from_slice(payload);
     let (nonce, tag) = key
-        .seal_record(&ad, &mut buf[inner..])
+        .seal(crate::crypto::Purpose::Record, &ad, &mut buf[inner..])
         .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?;
     buf.extend_from_slice(&tag);
     buf[52..64].copy_from_slice(&nonce);
@@ -513,8 +513,14 @@ impl RawHeader {
         let mut plain = ct.to_vec();
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag);
-        key.open_record(&seal.nonce, &ad, &mut plain, &t)
-            .map_err(|_| tampered("authentication failed (altered, moved or replayed)"))?;
+        key.open(
+            crate::crypto::Purpose::Record,
+            &seal.nonce,
+            &ad,
+            &mut plain,
+            &t,
+        )
+        .map_err(|_| tampered("authentication failed (altered, moved or replayed)"))?;
         let p = &plain;
         let u32_at = |o: usize| u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]);
         let flags = p[0];
