@@ -226,7 +226,10 @@ impl Engine {
             })
             .collect();
         // Lock each file once, in inode order (the only place holding several file locks).
-        work.sort_by_key(|(j, _, _)| (j.st.ino, j.idx));
+        // One inode may have two states here: a stale job of a state dropped since (its
+        // block was truncated away) next to jobs of the state that replaced it. Ordering by
+        // state too keeps each state's jobs together, so no state is locked twice.
+        work.sort_by_key(|(j, _, _)| (j.st.ino, Arc::as_ptr(&j.st) as usize, j.idx));
         let mut states: Vec<Arc<FileState>> = Vec::new();
         for (j, _, _) in &work {
             if states.last().is_none_or(|s| !Arc::ptr_eq(s, &j.st)) {

@@ -1584,6 +1584,43 @@ mod tests {
         assert_eq!(ix.applied().unwrap(), Applied::default());
     }
 
+    /// With batching, applied records wait in one open transaction: visible at once to
+    /// every reader (other threads too) and to scans, committed by a flush; without the
+    /// flush, closing the index drops them (the journal replays them at the next open).
+    #[test]
+    fn batched_updates_are_visible_at_once_and_durable_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        {
+            let ix = Index::open(&path, 1 << 20).unwrap();
+            ix.set_batching(true).unwrap();
+            for i in 0..10u64 {
+                create(&ix, i + 1, 10 + i, format!("f{i}").as_bytes());
+                assert!(ix.inode(10 + i).unwrap().is_some(), "visible at once");
+            }
+            std::thread::scope(|s| {
+                s.spawn(|| assert!(ix.dirent(ROOT_INO, b"f9").unwrap().is_some()));
+            });
+            assert_eq!(ix.all_dirents().count(), 10);
+            assert_eq!(ix.readdir(ROOT_INO, 0, 4).unwrap().len(), 4);
+            assert_eq!(ix.applied().unwrap().seq, 10);
+            ix.flush().unwrap();
+            for i in 10..20u64 {
+                create(&ix, i + 1, 10 + i, format!("f{i}").as_bytes());
+            }
+            assert_eq!(ix.applied().unwrap().seq, 20);
+        }
+        let ix = Index::open(&path, 1 << 20).unwrap();
+        assert_eq!(ix.applied().unwrap().seq, 10, "flushed batches only");
+        assert_eq!(ix.all_inodes().count(), 10);
+        assert!(ix.inode(15).unwrap().is_none());
+        // Turning batching off commits what waits.
+        ix.set_batching(true).unwrap();
+        create(&ix, 11, 20, b"g");
+        ix.set_batching(false).unwrap();
+        assert!(ix.inode(20).unwrap().is_some());
+    }
+
     /// Churn bloats the file; compaction gives the space back, and readers keep working.
     #[test]
     fn bloated_file_is_compacted() {
@@ -1593,7 +1630,7 @@ mod tests {
         let mut seq = 0;
         // A live read transaction pins the pages of its snapshot: what the commits meanwhile
         // free cannot be reused (why scans read in chunks).
-        let pin = ix.table().unwrap();
+        let pin = ix.db.read().begin_read().unwrap();
         for round in 0..4u64 {
             for i in 0..3000u64 {
                 seq += 1;
