@@ -613,8 +613,10 @@ impl Index {
         match open.take() {
             Some(mut o) => {
                 o.tx.set_durability(Durability::None)?;
-                o.tx.commit()?;
-                Ok(())
+                o.tx.commit().map_err(|e| {
+                    self.lost.store(true, Ordering::SeqCst);
+                    e.into()
+                })
             }
             None => Ok(()),
         }
@@ -643,6 +645,18 @@ impl Index {
         }
         let db = self.db.read();
         let mut open = self.open.lock();
+        if durable {
+            // A durable commit may fail for lack of space, which is tolerated (the next flush
+            // tries again): the batches waiting are committed on their own first, so such a
+            // failure never takes them along.
+            if let Some(mut o) = open.take() {
+                o.tx.set_durability(Durability::None)?;
+                if let Err(e) = o.tx.commit() {
+                    self.lost.store(true, Ordering::SeqCst);
+                    return Err(e.into());
+                }
+            }
+        }
         let mut o = match open.take() {
             Some(o) => o,
             None => OpenBatch {
