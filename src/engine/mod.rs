@@ -308,8 +308,9 @@ impl Engine {
         e.ensure_root()?;
         e.recover_marks()?;
         e.space.ensure();
-        if e.space.pressure() {
-            // Index updates share commits only with room on the disk (the syncer keeps it so).
+        if !e.space.roomy() {
+            // Index updates share commits only with plenty of room on the disk (the syncer
+            // keeps it so).
             e.j.index.set_batching(false)?;
         }
         e.start_threads()?;
@@ -439,13 +440,10 @@ impl Engine {
                 // Nothing can be written: keep buffered data for the writers' fsync/close.
                 continue;
             }
-            // Index updates share commits only with room on the disk: a commit that fails
-            // for lack of space must not take other updates with it (see `meta`).
-            let batch = !self.space.pressure();
+            // Index updates share commits only with plenty of room on the disk: a commit
+            // that fails for lack of space must not take other updates with it (see `meta`).
+            let batch = self.space.roomy();
             if batch != self.j.index.batching() {
-                if self.space.meta_low() {
-                    self.space.release("committing index updates on a full store");
-                }
                 if let Err(e) = self.j.index.set_batching(batch) {
                     tracing::warn!("committing waiting index updates failed: {e}");
                 }
