@@ -188,12 +188,11 @@ impl Space {
     }
 
     /// Whether the disk has so much room that metadata index updates may wait and share
-    /// commits (`meta` batching): a quarter of the filesystem and at least 1 GiB writable.
-    /// Far from the space floor, so no batch is ever committed near a full disk, where a
-    /// failed commit would take the waiting updates (and redb) down with it.
+    /// commits (`meta` batching): no space pressure and at least 1 GiB writable. Far from
+    /// the space floor, so no batch is ever committed near a full disk, where a failed
+    /// commit would take the waiting updates (and redb) down with it.
     pub fn roomy(&self) -> bool {
-        let want = (self.total / 4).max(1 << 30);
-        self.writable().is_ok_and(|w| w >= want)
+        !self.pressure() && self.writable().is_ok_and(|w| w >= 1 << 30)
     }
 
     /// Whether a metadata commit may not find room (then the reserve is released first).
