@@ -13,5 +13,6 @@ mod model;
 mod policy;
 mod posix;
 mod sim;
+mod smallfiles;
 mod space;
 mod tools;

@@ -403,6 +403,9 @@ fn looks_csv(lines: &[&str]) -> bool {
     if lines.len() < 3 {
         return false;
     }
+    // Words per line do not depend on the separator: counted once, and only for a separator
+    // that passes the cheaper tests first (this runs on every small file written).
+    let words = std::cell::OnceCell::new();
     [b',', b'\t', b';', b'|'].iter().any(|&sep| {
         let count = |l: &str| {
             let mut in_q = false;
@@ -420,10 +423,17 @@ fn looks_csv(lines: &[&str]) -> bool {
         let first = count(lines[0]);
         let fields = lines.len() * (first + 1);
         // Prose with a comma per line has the same count too; records have short fields.
-        let words: usize = lines.iter().map(|l| l.split_whitespace().count()).sum();
+        let words = || {
+            *words.get_or_init(|| {
+                lines
+                    .iter()
+                    .map(|l| l.split_whitespace().count())
+                    .sum::<usize>()
+            })
+        };
         first > 0
-            && words <= fields * 4
             && lines.iter().filter(|l| count(l) == first).count() * 10 >= lines.len() * 9
+            && words() <= fields * 4
     })
 }
 

@@ -149,6 +149,8 @@ impl Journal {
             }
         };
         j.index.set_format(INDEX_FORMAT)?;
+        // Recovered: from now on, consecutive index updates share redb commits.
+        j.index.set_batching(true)?;
         // Builds before the redb index kept a sled database in `index/`: once the new index
         // holds everything, that cache is dead weight.
         let old = index_path.with_file_name("index");
@@ -524,6 +526,18 @@ impl Journal {
 
     /// Recreate the index from the pack files alone.
     pub fn rebuild(&self) -> Result<Recovery> {
+        // Each record is committed on its own: one that cannot be applied is skipped without
+        // taking the records before it along.
+        let batching = self.index.batching();
+        self.index.set_batching(false)?;
+        let rec = self.rebuild_inner();
+        if batching {
+            self.index.set_batching(true)?;
+        }
+        rec
+    }
+
+    fn rebuild_inner(&self) -> Result<Recovery> {
         self.index.clear()?;
         let packs = self.log.backend().list()?;
         // Pass 1: the newest complete checkpoint.

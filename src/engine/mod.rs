@@ -312,6 +312,11 @@ impl Engine {
         e.ensure_root()?;
         e.recover_marks()?;
         e.space.ensure();
+        if !e.space.roomy() {
+            // Index updates share commits only with plenty of room on the disk (the syncer
+            // keeps it so).
+            e.j.index.set_batching(false)?;
+        }
         e.start_threads()?;
         Ok(e)
     }
@@ -438,6 +443,14 @@ impl Engine {
             if self.j.read_only().is_some() {
                 // Nothing can be written: keep buffered data for the writers' fsync/close.
                 continue;
+            }
+            // Index updates share commits only with plenty of room on the disk: a commit
+            // that fails for lack of space must not take other updates with it (see `meta`).
+            let batch = self.space.roomy();
+            if batch != self.j.index.batching() {
+                if let Err(e) = self.j.index.set_batching(batch) {
+                    tracing::warn!("committing waiting index updates failed: {e}");
+                }
             }
             let states: Vec<Arc<FileState>> = self.files.lock().values().cloned().collect();
             for st in states {

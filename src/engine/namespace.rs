@@ -615,6 +615,25 @@ impl Engine {
         Ok(out)
     }
 
+    /// `readdir` with each entry's attributes (the kernel caches them with the names, so a
+    /// walk of the tree needs no lookup per name). An entry removed meanwhile is left out.
+    pub fn readdir_plus(
+        &self,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<(DirEntry, Attr)>> {
+        let mut out = Vec::new();
+        for e in self.readdir(ino, offset, limit)? {
+            match self.getattr(e.ino) {
+                Ok(a) => out.push((e, a)),
+                Err(Error::NotFound) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(out)
+    }
+
     pub fn setattr(&self, ino: Ino, sa: &SetAttr) -> Result<Attr> {
         let _ns = self.ns.lock();
         if let Some(size) = sa.size {
@@ -802,7 +821,12 @@ impl Engine {
         if !name.starts_with(VIRTUAL_PREFIX) || name == POLICY_XATTR {
             return Ok(None);
         }
-        let v = match &name[VIRTUAL_PREFIX.len()..] {
+        let what = &name[VIRTUAL_PREFIX.len()..];
+        if matches!(what, b"stats" | b"fileinfo" | b"class") {
+            // Closes return before their data is committed: count it first.
+            self.settle_closed();
+        }
+        let v = match what {
             b"stats" => serde_json::to_vec(&if ino == ROOT_INO {
                 self.stats_detailed()?
             } else {

@@ -187,6 +187,14 @@ impl Space {
         self.writable().map_or(true, |w| w < low)
     }
 
+    /// Whether the disk has so much room that metadata index updates may wait and share
+    /// commits (`meta` batching): no space pressure and at least 1 GiB writable. Far from
+    /// the space floor, so no batch is ever committed near a full disk, where a failed
+    /// commit would take the waiting updates (and redb) down with it.
+    pub fn roomy(&self) -> bool {
+        !self.pressure() && self.writable().is_ok_and(|w| w >= 1 << 30)
+    }
+
     /// Whether a metadata commit may not find room (then the reserve is released first).
     pub fn meta_low(&self) -> bool {
         self.avail().map_or(true, |a| a < self.margin / 2)

@@ -174,25 +174,24 @@ impl Engine {
     }
 
     /// Compress and commit sealed blocks as one group (one index batch), each only if it
-    /// is still the newest version of its block.
-    pub(super) fn run_jobs(&self, jobs: Vec<Job>) {
-        self.run_jobs_with(jobs, false)
-    }
-
-    /// `attach_inode`: the jobs are one file's last buffered blocks (a drain); when nothing
-    /// else of that file is pending, its inode rides in the same record as its last block
-    /// (one record fewer per small file).
+    /// is still the newest version of its block. A file whose every pending block is in the
+    /// group gets its inode in the same batch, riding in the record of its last block (one
+    /// record and one index update fewer per small file), and a closed file that is then
+    /// clean leaves the open-file table at once.
     ///
     /// Never leaves a job half done: if encoding or committing panics (a bug), each job that
     /// is still in flight goes back to its file's write buffer with EIO for its writer, and
     /// its dirty budget is released, so no drain or writer waits for it forever.
-    fn run_jobs_with(&self, jobs: Vec<Job>, attach_inode: bool) {
+    pub(super) fn run_jobs(&self, jobs: Vec<Job>) {
         let keys: Vec<_> = jobs
             .iter()
             .map(|j| (j.st.clone(), j.idx, j.gen, j.data.clone()))
             .collect();
-        let run = std::panic::AssertUnwindSafe(|| self.run_jobs_inner(jobs, attach_inode));
-        if std::panic::catch_unwind(run).is_ok() {
+        let run = std::panic::AssertUnwindSafe(|| self.run_jobs_inner(jobs));
+        if let Ok(states) = std::panic::catch_unwind(run) {
+            for st in &states {
+                self.try_detach(st);
+            }
             return;
         }
         tracing::error!(
@@ -214,7 +213,8 @@ impl Engine {
         }
     }
 
-    fn run_jobs_inner(&self, jobs: Vec<Job>, attach_inode: bool) {
+    /// Returns the files of the group.
+    fn run_jobs_inner(&self, jobs: Vec<Job>) -> Vec<Arc<FileState>> {
         let mut work: Vec<(Job, Encoded, Option<ContentClass>)> = jobs
             .into_iter()
             .map(|j| {
@@ -230,7 +230,10 @@ impl Engine {
             })
             .collect();
         // Lock each file once, in inode order (the only place holding several file locks).
-        work.sort_by_key(|(j, _, _)| (j.st.ino, j.idx));
+        // One inode may have two states here: a stale job of a state dropped since (its
+        // block was truncated away) next to jobs of the state that replaced it. Ordering by
+        // state too keeps each state's jobs together, so no state is locked twice.
+        work.sort_by_key(|(j, _, _)| (j.st.ino, Arc::as_ptr(&j.st) as usize, j.idx));
         let mut states: Vec<Arc<FileState>> = Vec::new();
         for (j, _, _) in &work {
             if states.last().is_none_or(|s| !Arc::ptr_eq(s, &j.st)) {
@@ -273,13 +276,18 @@ impl Engine {
             }
         }
         let mut recs: Vec<super::journal::NewRecord<'_>> = Vec::new();
+        // The file (index into `states`) of each record, and each file's live jobs.
+        let mut rec_file: Vec<usize> = Vec::new();
+        let mut live_of = vec![0usize; states.len()];
         let mut live = Vec::new();
         for (k, (j, e, _)) in work.iter().enumerate() {
-            let g = &guards[guard_of(&j.st)];
+            let f = guard_of(&j.st);
+            let g = &guards[f];
             if g.detached || !matches!(g.inflight.get(&j.idx), Some((g2, _)) if *g2 == j.gen) {
                 continue;
             }
             live.push(k);
+            live_of[f] += 1;
             if e.hole {
                 // Zeros: unmap the block (if it was mapped) instead of storing it.
                 if matches!(self.j.index.block(j.st.ino, j.idx), Ok(None)) {
@@ -302,25 +310,40 @@ impl Engine {
                 };
                 recs.push((vec![op], Some((&e.header, e.payload.as_slice()))));
             }
+            rec_file.push(f);
         }
-        let mut attached = false;
-        if attach_inode && states.len() == 1 && !recs.is_empty() {
-            let g = &guards[0];
-            let ours = live.len();
-            if !g.detached && g.dirty.is_empty() && g.inflight.len() == ours && g.attr_dirty {
-                if let Some(last) = recs.last_mut() {
-                    last.0.push(Op::PutInode(g.attr.clone()));
-                    attached = true;
+        // A file with nothing buffered and nothing in flight but this group's blocks: every
+        // byte below its size is committed with this batch, so its inode may be logged in
+        // the same batch, after its last block (sizes are logged only after their data).
+        let mut attached = Vec::new();
+        for (f, g) in guards.iter().enumerate() {
+            let ours = live_of[f];
+            if ours == 0
+                || g.detached
+                || !g.attr_dirty
+                || !g.dirty.is_empty()
+                || g.inflight.len() != ours
+            {
+                continue;
+            }
+            match rec_file.iter().rposition(|&r| r == f) {
+                Some(r) => recs[r].0.push(Op::PutInode(g.attr.clone())),
+                None => {
+                    recs.push((vec![Op::PutInode(g.attr.clone())], None));
+                    rec_file.push(f);
                 }
             }
+            attached.push(f);
         }
         let res = if recs.is_empty() {
             Ok(Vec::new())
         } else {
             self.j.commit_many(&recs)
         };
-        if attached && res.is_ok() {
-            guards[0].attr_dirty = false;
+        if res.is_ok() {
+            for &f in &attached {
+                guards[f].attr_dirty = false;
+            }
         }
         for k in live {
             let (j, _, _) = &work[k];
@@ -350,6 +373,7 @@ impl Engine {
         for (j, _, _) in &work {
             self.budget.release(j.data.len());
         }
+        states
     }
 
     /// Take block `idx` out of the write buffer as a new in-flight version, counted in the
@@ -382,6 +406,12 @@ impl Engine {
     fn seal(&self, st: &Arc<FileState>, g: &mut FileInner, idx: u64) -> Option<Job> {
         let (level, dedup) = self.write_policy(g.attr.parent);
         let job = self.take_block(st, g, idx, level, dedup)?;
+        self.submit(job)
+    }
+
+    /// Queue a job on the compression pool; gives it back when the pool is full or gone
+    /// (shutdown), for the caller to run inline.
+    fn submit(&self, job: Job) -> Option<Job> {
         match self.jobs.lock().as_ref() {
             Some(tx) => match tx.try_send(job) {
                 Ok(()) => None,
@@ -389,6 +419,48 @@ impl Engine {
             },
             None => Some(job),
         }
+    }
+
+    /// close() while the store has room: hand the file's buffered blocks to the compression
+    /// pool instead of compressing and committing them in the caller, so a writer of many
+    /// small files never waits for its last file (the pool commits them in groups, each
+    /// file's inode in the record of its last block, within milliseconds). Reports a
+    /// write-back error met earlier, like `drain`; one met by the pool afterwards stays with
+    /// the file for a later fsync and is logged, and the blocks stay buffered for a retry
+    /// (the background flush), as for any write-back failure.
+    pub(super) fn hand_off(&self, st: &Arc<FileState>) -> Result<()> {
+        let inline = {
+            let mut g = st.inner.lock();
+            if g.detached {
+                return Ok(());
+            }
+            if let Some(errno) = g.err.take() {
+                return Err(Error::Io(std::io::Error::from_raw_os_error(errno)));
+            }
+            if g.dirty.is_empty() {
+                if g.inflight.is_empty() && g.attr_dirty {
+                    // Only attributes changed: one small record, as `drain` writes it.
+                    self.j.commit(&[Op::PutInode(g.attr.clone())], None)?;
+                    g.attr_dirty = false;
+                    g.dirty_since = None;
+                }
+                // Blocks in flight carry the inode with the last of them.
+                return Ok(());
+            }
+            let (level, dedup) = self.write_policy(g.attr.parent);
+            let idxs: Vec<u64> = g.dirty.keys().copied().collect();
+            let mut inline = Vec::new();
+            for idx in idxs {
+                if let Some(job) = self.take_block(st, &mut g, idx, level, dedup) {
+                    inline.extend(self.submit(job));
+                }
+            }
+            inline
+        };
+        if !inline.is_empty() {
+            self.run_jobs(inline);
+        }
+        Ok(())
     }
 
     /// The write buffer for block `s.idx`, loaded from the newest version when the write
@@ -516,11 +588,10 @@ impl Engine {
                     jobs.push(job);
                 }
             }
-            let alone = g.inflight.len() == jobs.len();
             tried = true;
             drop(g);
             // The caller waits anyway: compress here rather than hand off to the pool.
-            self.run_jobs_with(jobs, alone);
+            self.run_jobs(jobs);
         }
     }
 

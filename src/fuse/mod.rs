@@ -12,8 +12,8 @@ use crate::meta::Kind;
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -21,9 +21,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// How long the kernel may cache attributes and entries. We are the only writer of the
-/// store, so caching is safe; the kernel invalidates on its own changes.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and entries. Every change to names and
+/// attributes arrives through this mount's kernel (the daemon is the only writer of the
+/// store and changes no name or attribute on its own: background recompression and
+/// compaction move data only), and the kernel updates or invalidates its cache on each of
+/// its own requests, so a cached entry or attribute is never stale. A long lifetime saves a
+/// LOOKUP or GETATTR round trip on every path walked again (`tar -x` then `find`, `rm -rf`).
+const TTL: Duration = Duration::from_secs(60);
 
 pub struct IdcFuse {
     engine: Arc<Engine>,
@@ -45,6 +49,10 @@ impl Filesystem for IdcFuse {
         let _ = config.set_congestion_threshold(48);
         let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Listings carry each entry's attributes (`readdirplus`), so walking a tree does not
+        // cost one LOOKUP per name; the kernel picks plain or plus listings per directory.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -299,7 +307,7 @@ impl Filesystem for IdcFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        guarded("flush", || match self.engine.flush(ino.0) {
+        guarded("flush", || match self.engine.close(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         });
@@ -352,6 +360,36 @@ impl Filesystem for IdcFuse {
                             e.offset,
                             file_type(e.kind),
                             OsStr::from_bytes(&e.name),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        guarded("readdirplus", || {
+            match self.engine.readdir_plus(ino.0, offset, 256) {
+                Ok(entries) => {
+                    for (e, a) in entries {
+                        if reply.add(
+                            INodeNo(e.ino),
+                            e.offset,
+                            OsStr::from_bytes(&e.name),
+                            &TTL,
+                            &attr_of(&a),
+                            Generation(0),
                         ) {
                             break;
                         }

@@ -5,7 +5,11 @@
 //! also records the last record's sequence number and end position, so the index always names
 //! a prefix of the journal it fully holds and recovery replays the rest. Ordinary batches
 //! commit without fsync (`Durability::None`: visible at once, durable with the next durable
-//! commit); `flush` makes everything durable.
+//! commit); `flush` makes everything durable. Once the journal has recovered, consecutive
+//! batches share one open write transaction (`batch`), committed every `BATCH_UPDATES`
+//! batches or `BATCH_AGE`, and at every flush: a redb commit costs more than a small batch
+//! itself (one per created or deleted file otherwise). Readers read through the open
+//! transaction, so every applied batch is visible at once, as before.
 //!
 //! ## Key layout (one redb table `idx` of `&[u8] -> &[u8]`; integers big-endian so ranges sort
 //! numerically)
@@ -41,9 +45,7 @@ pub use self::types::*;
 use crate::error::{Error, Result};
 use crate::store::{BlockHeader, Loc, PackId};
 use parking_lot::{Mutex, RwLock};
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,7 +54,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// The one table of the index.
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idx");
 
-type RTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 type WTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 /// Entries (key, value) in key order.
 type Entries<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a>;
@@ -80,8 +81,7 @@ impl Iterator for Chunked<'_> {
             let start = self.next.take()?;
             let chunk = self
                 .ix
-                .range_iter(&start, self.end.as_deref())
-                .and_then(|it| it.take(SCAN_CHUNK).collect::<Result<Vec<_>>>());
+                .with_table(|t| t.range_lim(&start, self.end.as_deref(), SCAN_CHUNK));
             match chunk {
                 Ok(v) => {
                     if v.len() == SCAN_CHUNK {
@@ -125,7 +125,37 @@ pub struct Index {
     /// In-memory mirrors of the 'S' and 'P' accounting, updated after each applied batch.
     codec_stats: Mutex<BTreeMap<u16, CodecStats>>,
     pack_stats: Mutex<BTreeMap<PackId, PackStats>>,
+    /// Non-durable batches applied but not yet committed to redb (see the module comment).
+    /// Lock order: `codec_stats`, `pack_stats`, then this.
+    open: Mutex<Option<OpenBatch>>,
+    /// Whether non-durable batches may wait in `open` (off during recovery and rebuild, where
+    /// a failing record must not take earlier ones with it).
+    batching: AtomicBool,
+    /// A failed write dropped batches applied before it: the index no longer holds what the
+    /// journal applied, so every later write fails (the journal turns read-only and the next
+    /// mount replays the journal).
+    lost: AtomicBool,
 }
+
+impl Drop for Index {
+    /// Batches still waiting are dropped (aborted) before the database closes, as a crash
+    /// would drop them; a clean close flushes first.
+    fn drop(&mut self) {
+        self.open.get_mut().take();
+    }
+}
+
+/// The write transaction holding the batches not yet committed.
+struct OpenBatch {
+    tx: redb::WriteTransaction,
+    batches: usize,
+    since: std::time::Instant,
+}
+
+/// Commit the open transaction after this many batches...
+const BATCH_UPDATES: usize = 256;
+/// ...or once it is this old (checked at the next batch; `flush` commits it in any case).
+const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One journal record to apply.
 pub struct Applying<'a> {
@@ -274,6 +304,13 @@ fn u64_of(b: &[u8]) -> u64 {
 trait Src {
     fn get_vec(&self, k: &[u8]) -> Result<Option<Vec<u8>>>;
     fn range_vec(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// At most `limit` entries from `start` up to `end` (None: to the end of the table).
+    fn range_lim(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 }
 
 impl<T: ReadableTable<&'static [u8], &'static [u8]>> Src for T {
@@ -284,8 +321,21 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> Src for T {
             .map(|v| v.value().to_vec()))
     }
     fn range_vec(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.range_lim(start, Some(end), usize::MAX)
+    }
+    fn range_lim(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let r = match end {
+            Some(end) => self.range::<&[u8]>(start..end),
+            None => self.range::<&[u8]>(start..),
+        }
+        .map_err(redb::Error::from)?;
         let mut out = Vec::new();
-        for kv in self.range::<&[u8]>(start..end).map_err(redb::Error::from)? {
+        for kv in r.take(limit) {
             let (k, v) = kv.map_err(redb::Error::from)?;
             out.push((k.value().to_vec(), v.value().to_vec()));
         }
@@ -514,6 +564,9 @@ impl Index {
             compacted_len: AtomicU64::new(0),
             codec_stats: Mutex::new(BTreeMap::new()),
             pack_stats: Mutex::new(BTreeMap::new()),
+            open: Mutex::new(None),
+            batching: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
         };
         let exists = match ix.db.read().begin_read()?.open_table(TABLE) {
             Ok(_) => true,
@@ -527,32 +580,56 @@ impl Index {
         Ok(ix)
     }
 
-    /// A read transaction's view of the table: everything committed so far (durable or not).
-    fn table(&self) -> Result<RTable> {
-        let tx = self.db.read().begin_read()?;
-        Ok(tx.open_table(TABLE)?)
+    /// Run `f` on a view of everything applied so far: through the open batch's write
+    /// transaction when there is one, else a read transaction (committed, durable or not).
+    /// `f` must not call back into the index.
+    fn with_table<T>(&self, f: impl FnOnce(&dyn Src) -> Result<T>) -> Result<T> {
+        let db = self.db.read();
+        let open = self.open.lock();
+        if let Some(o) = open.as_ref() {
+            let t = o.tx.open_table(TABLE)?;
+            return f(&t);
+        }
+        // Begun under the lock: no batch can slip in between the check and the snapshot.
+        let tx = db.begin_read()?;
+        drop(open);
+        let t = tx.open_table(TABLE)?;
+        f(&t)
     }
 
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.table()?.get_vec(k)
+        self.with_table(|t| t.get_vec(k))
     }
 
-    /// Entries from `start` up to `end` (None: to the end of the table), in key order.
-    fn range_iter(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'static> {
-        let t = self.table()?;
-        // The range keeps its transaction alive on its own.
-        let r = match end {
-            Some(end) => t.range::<&[u8]>(start..end)?,
-            None => t.range::<&[u8]>(start..)?,
-        };
-        Ok(r.map(|kv| {
-            let (k, v) = kv?;
-            Ok((k.value().to_vec(), v.value().to_vec()))
-        }))
+    /// Let non-durable batches wait in one open write transaction (see the module comment).
+    /// Off while recovering, where each record is committed on its own; turning it off
+    /// commits what waits.
+    pub fn set_batching(&self, on: bool) -> Result<()> {
+        self.batching.store(on, Ordering::SeqCst);
+        if !on {
+            self.commit_open()?;
+        }
+        Ok(())
+    }
+
+    pub fn batching(&self) -> bool {
+        self.batching.load(Ordering::SeqCst)
+    }
+
+    /// Commit the open batch without fsync (nothing when there is none).
+    fn commit_open(&self) -> Result<()> {
+        let _db = self.db.read();
+        let mut open = self.open.lock();
+        match open.take() {
+            Some(mut o) => {
+                o.tx.set_durability(Durability::None)?;
+                o.tx.commit().map_err(|e| {
+                    self.lost.store(true, Ordering::SeqCst);
+                    e.into()
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     /// Entries whose key starts with `prefix`, in key order.
@@ -566,29 +643,84 @@ impl Index {
     }
 
     /// Run `f` in one write transaction and commit it: with fsync when `durable`, otherwise
-    /// visible at once but durable only with the next durable commit. An error aborts it.
+    /// visible at once but durable only with the next durable commit. With batching on, a
+    /// non-durable write joins the open batch and is committed with it later (still visible
+    /// at once); a durable one commits the open batch with it. An error aborts the
+    /// transaction, and with it the batches waiting in it (see `lost`).
     fn write<T>(&self, durable: bool, f: impl FnOnce(&mut WTable<'_>) -> Result<T>) -> Result<T> {
-        let mut tx = self.db.read().begin_write()?;
-        tx.set_durability(if durable {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::Corrupt(
+                "the metadata index lost updates after a failed write; remount to replay the journal".into(),
+            ));
+        }
+        let db = self.db.read();
+        let mut open = self.open.lock();
+        if durable {
+            // A durable commit may fail for lack of space, which is tolerated (the next flush
+            // tries again): the batches waiting are committed on their own first, so such a
+            // failure never takes them along.
+            if let Some(mut o) = open.take() {
+                o.tx.set_durability(Durability::None)?;
+                if let Err(e) = o.tx.commit() {
+                    self.lost.store(true, Ordering::SeqCst);
+                    return Err(e.into());
+                }
+            }
+        }
+        let mut o = match open.take() {
+            Some(o) => o,
+            None => OpenBatch {
+                tx: db.begin_write()?,
+                batches: 0,
+                since: std::time::Instant::now(),
+            },
+        };
+        let res = (|| {
+            let mut t = o.tx.open_table(TABLE)?;
+            f(&mut t)
+        })();
+        let out = match res {
+            Ok(out) => out,
+            Err(e) => {
+                if o.batches > 0 {
+                    tracing::error!(
+                        batches = o.batches,
+                        "an index update failed: the updates waiting with it are dropped too"
+                    );
+                    self.lost.store(true, Ordering::SeqCst);
+                }
+                // Dropping the transaction aborts it.
+                drop(o);
+                return Err(e);
+            }
+        };
+        o.batches += 1;
+        if !durable
+            && self.batching.load(Ordering::SeqCst)
+            && o.batches < BATCH_UPDATES
+            && o.since.elapsed() < BATCH_AGE
+        {
+            *open = Some(o);
+            self.dirty.store(true, Ordering::SeqCst);
+            return Ok(out);
+        }
+        o.tx.set_durability(if durable {
             Durability::Immediate
         } else {
             Durability::None
         })?;
-        // Write transactions are exclusive: no other commit can slip between this and ours.
+        // Write transactions are exclusive (and `open` is held): no other commit can slip
+        // between this and ours.
         let was_dirty = durable && self.dirty.swap(false, Ordering::SeqCst);
-        let res = (|| {
-            let out = {
-                let mut t = tx.open_table(TABLE)?;
-                f(&mut t)?
-            };
-            tx.commit()?;
-            Ok(out)
-        })();
+        let res = o.tx.commit().map_err(Error::from);
         // A non-durable commit leaves work for the next flush; so does a failed durable one.
         if (!durable && res.is_ok()) || (was_dirty && res.is_err()) {
             self.dirty.store(true, Ordering::SeqCst);
         }
-        res
+        if res.is_err() && o.batches > 1 {
+            self.lost.store(true, Ordering::SeqCst);
+        }
+        res.map(|()| out)
     }
 
     fn load_mirrors(&self) -> Result<()> {
@@ -642,6 +774,8 @@ impl Index {
         {
             return Ok(false);
         }
+        // Called right after a durable flush under the commit lock: nothing waits in a batch.
+        self.commit_open()?;
         let mut db = self.db.write();
         // Readers that began just before the lock was taken finish within microseconds. One
         // pass moves what fits below the end; a few more passes get most of the rest.
@@ -713,23 +847,33 @@ impl Index {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>, Dirent)>> {
-        let start = key_ino_u64(b'C', dir, after.saturating_add(1));
+        let mut start = key_ino_u64(b'C', dir, after.saturating_add(1));
         let end = key_ino(b'C', dir.saturating_add(1));
-        // One snapshot for the cookies and their entries.
-        let t = self.table()?;
-        let mut out = Vec::new();
-        for kv in t.range::<&[u8]>(start.as_slice()..end.as_slice())? {
-            let (k, name) = kv?;
-            let (k, name) = (k.value(), name.value());
-            let cookie = u64_of(&k[9..17]);
-            if let Some(d) = t.get_vec(&key_ino_name(b'D', dir, name))? {
-                out.push((cookie, name.to_vec(), dec(&d)?));
-                if out.len() >= limit {
-                    break;
+        let want = limit.max(1);
+        // One view for the cookies and their entries.
+        self.with_table(|t| {
+            let mut out = Vec::new();
+            loop {
+                let chunk = t.range_lim(&start, Some(&end), want)?;
+                let more = chunk.len() == want;
+                for (k, name) in &chunk {
+                    let cookie = u64_of(&k[9..17]);
+                    if let Some(d) = t.get_vec(&key_ino_name(b'D', dir, name))? {
+                        out.push((cookie, name.clone(), dec(&d)?));
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                match chunk.last() {
+                    Some((k, _)) if more => {
+                        start = k.clone();
+                        start.push(0);
+                    }
+                    _ => return Ok(out),
                 }
             }
-        }
-        Ok(out)
+        })
     }
 
     pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {
@@ -752,12 +896,8 @@ impl Index {
         let start = key_block(ino, from);
         let end = key_ino(b'B', ino.saturating_add(1));
         let mut out = Vec::new();
-        for kv in self.range_iter(&start, Some(&end))? {
-            let (k, v) = kv?;
+        for (k, v) in self.with_table(|t| t.range_lim(&start, Some(&end), limit))? {
             out.push((u64_of(&k[9..17]), dec(&v)?));
-            if out.len() >= limit {
-                break;
-            }
         }
         Ok(out)
     }
@@ -1324,32 +1464,34 @@ impl Index {
 
     /// The shared record holding data with this hash, if any.
     pub fn shared(&self, hash: &[u8; 16]) -> Result<Option<Shared>> {
-        let t = self.table()?;
-        let Some(l) = t.get_vec(&key_hash(hash))? else {
-            return Ok(None);
-        };
-        let loc: Loc = dec(&l)?;
-        match t.get_vec(&key_loc(b'R', &loc))? {
-            Some(v) => Ok(Some(dec(&v)?)),
-            None => Ok(None),
-        }
+        self.with_table(|t| {
+            let Some(l) = t.get_vec(&key_hash(hash))? else {
+                return Ok(None);
+            };
+            let loc: Loc = dec(&l)?;
+            match t.get_vec(&key_loc(b'R', &loc))? {
+                Some(v) => Ok(Some(dec(&v)?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Whether a shared whole-file object of `n` slices holds content `hash` (every slice
     /// still referenced, so a new reference can copy them).
     pub fn has_shared_object(&self, hash: &[u8; 16], n: usize) -> Result<bool> {
-        let t = self.table()?;
-        let Some(l) = t.get_vec(&key_hash(hash))? else {
-            return Ok(false);
-        };
-        let loc: Loc = dec(&l)?;
-        let v = View {
-            tree: &t,
-            pending: BTreeMap::new(),
-            codec_delta: BTreeMap::new(),
-            pack_delta: BTreeMap::new(),
-        };
-        Ok(n > 0 && object_slices(&v, &loc, n)?.is_some())
+        self.with_table(|t| {
+            let Some(l) = t.get_vec(&key_hash(hash))? else {
+                return Ok(false);
+            };
+            let loc: Loc = dec(&l)?;
+            let v = View {
+                tree: t,
+                pending: BTreeMap::new(),
+                codec_delta: BTreeMap::new(),
+                pack_delta: BTreeMap::new(),
+            };
+            Ok(n > 0 && object_slices(&v, &loc, n)?.is_some())
+        })
     }
 
     /// References (ino, idx) of the shared record at `loc`; empty when it is not shared.
@@ -1466,6 +1608,43 @@ mod tests {
         assert_eq!(ix.applied().unwrap(), Applied::default());
     }
 
+    /// With batching, applied records wait in one open transaction: visible at once to
+    /// every reader (other threads too) and to scans, committed by a flush; without the
+    /// flush, closing the index drops them (the journal replays them at the next open).
+    #[test]
+    fn batched_updates_are_visible_at_once_and_durable_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        {
+            let ix = Index::open(&path, 1 << 20).unwrap();
+            ix.set_batching(true).unwrap();
+            for i in 0..10u64 {
+                create(&ix, i + 1, 10 + i, format!("f{i}").as_bytes());
+                assert!(ix.inode(10 + i).unwrap().is_some(), "visible at once");
+            }
+            std::thread::scope(|s| {
+                s.spawn(|| assert!(ix.dirent(ROOT_INO, b"f9").unwrap().is_some()));
+            });
+            assert_eq!(ix.all_dirents().count(), 10);
+            assert_eq!(ix.readdir(ROOT_INO, 0, 4).unwrap().len(), 4);
+            assert_eq!(ix.applied().unwrap().seq, 10);
+            ix.flush().unwrap();
+            for i in 10..20u64 {
+                create(&ix, i + 1, 10 + i, format!("f{i}").as_bytes());
+            }
+            assert_eq!(ix.applied().unwrap().seq, 20);
+        }
+        let ix = Index::open(&path, 1 << 20).unwrap();
+        assert_eq!(ix.applied().unwrap().seq, 10, "flushed batches only");
+        assert_eq!(ix.all_inodes().count(), 10);
+        assert!(ix.inode(25).unwrap().is_none());
+        // Turning batching off commits what waits.
+        ix.set_batching(true).unwrap();
+        create(&ix, 11, 40, b"g");
+        ix.set_batching(false).unwrap();
+        assert!(ix.inode(40).unwrap().is_some());
+    }
+
     /// Churn bloats the file; compaction gives the space back, and readers keep working.
     #[test]
     fn bloated_file_is_compacted() {
@@ -1475,7 +1654,7 @@ mod tests {
         let mut seq = 0;
         // A live read transaction pins the pages of its snapshot: what the commits meanwhile
         // free cannot be reused (why scans read in chunks).
-        let pin = ix.table().unwrap();
+        let pin = ix.db.read().begin_read().unwrap();
         for round in 0..4u64 {
             for i in 0..3000u64 {
                 seq += 1;
