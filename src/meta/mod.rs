@@ -1616,7 +1616,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.redb");
         {
-            let ix = Index::open(&path, 1 << 20).unwrap();
+            let ix = Index::open(&path, 1 << 20, None).unwrap();
             ix.set_batching(true).unwrap();
             for i in 0..10u64 {
                 create(&ix, i + 1, 10 + i, format!("f{i}").as_bytes());
@@ -1634,7 +1634,7 @@ mod tests {
             }
             assert_eq!(ix.applied().unwrap().seq, 20);
         }
-        let ix = Index::open(&path, 1 << 20).unwrap();
+        let ix = Index::open(&path, 1 << 20, None).unwrap();
         assert_eq!(ix.applied().unwrap().seq, 10, "flushed batches only");
         assert_eq!(ix.all_inodes().count(), 10);
         assert!(ix.inode(25).unwrap().is_none());
