@@ -187,8 +187,35 @@ fn wait_avail(mnt: &Path, want: u64, secs: u64) -> u64 {
 /// statfs tells the truth, and everything fsynced survives.
 #[test]
 fn full_tmpfs_fill_delete_then_write() {
+    fill_delete_then_write(false);
+}
+
+/// The same on an encrypted store: sealed records and the encrypted index meet ENOSPC too.
+#[test]
+fn full_tmpfs_fill_delete_then_write_encrypted() {
+    fill_delete_then_write(true);
+}
+
+fn fill_delete_then_write(encrypted: bool) {
     let back = Backing::tmpfs(64);
-    let mut m = Mounted::with_store(&back.store(), &[]);
+    // The key file lives outside the small filesystem.
+    let keydir = tempfile::tempdir().unwrap();
+    let key = keydir.path().join("key");
+    let mut args: Vec<String> = Vec::new();
+    if encrypted {
+        fs::write(&key, random(32, 5)).unwrap();
+        let (code, out) = idcfs(&[
+            "init",
+            "--encrypt",
+            back.store().to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}");
+        args = vec!["--key-file".into(), key.to_string_lossy().into_owned()];
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut m = Mounted::with_store(&back.store(), &args);
     let (avail0, _) = statfs(&m.mnt);
     assert!(avail0 > 40 * MIB as u64, "statfs of a new store: {avail0}");
     let mut ok = Vec::new();
@@ -256,7 +283,8 @@ fn full_tmpfs_fill_delete_then_write() {
         m.unmount();
         m
     });
-    let (code, out) = m.fsck();
+    let store = m.store.to_string_lossy().into_owned();
+    let (code, out) = idcfs(&[&["fsck", store.as_str()][..], &args].concat());
     assert_eq!(code, 0, "fsck: {out}");
     m.mount();
     for &i in &keep {
