@@ -22,8 +22,12 @@
 //!
 //! Usage: `cargo run --release --example codec_ratio -- [DIR] [--confusion] [--verbose] [--classify-only] [--dump-seeds=DIR] [--deflate [--no-preflate] [--level=N]]`
 
+#[path = "common/mod.rs"]
+mod common;
+use common::walk;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use idcfs::classify::{classify_file, ContentClass, MAX_HEAD};
@@ -45,19 +49,6 @@ struct Row {
     dec: Duration,
     /// How many files each codec won.
     wins: BTreeMap<&'static str, usize>,
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let t = e.file_type()?;
-        if t.is_dir() {
-            walk(&e.path(), out)?;
-        } else if t.is_file() {
-            out.push(e.path());
-        }
-    }
-    Ok(())
 }
 
 fn zstd_blocks(data: &[u8], level: i32) -> std::io::Result<u64> {

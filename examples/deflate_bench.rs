@@ -7,35 +7,16 @@
 //!
 //! Usage: `cargo run --release --example deflate_bench -- DIR [--cache=DIR] [--level=N] [--rounds=N]`
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{cpu_now, walk};
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use idcfs::classify::{classify_file, ContentClass, MAX_HEAD};
 use idcfs::codec::{EncodeParams, Registry, DEFLATE_TOKENS};
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let t = e.file_type()?;
-        if t.is_dir() {
-            walk(&e.path(), out)?;
-        } else if t.is_file() {
-            out.push(e.path());
-        }
-    }
-    Ok(())
-}
-
-fn cpu_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

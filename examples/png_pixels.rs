@@ -8,25 +8,15 @@
 //!
 //! Usage: `cargo run --release --example png_pixels -- [DIR] [--verbose]`
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{cpu_now, walk};
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use idcfs::codec::pixels_bench;
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk(&p, out);
-        } else if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) {
-            out.push(p);
-        }
-    }
-}
 
 /// The concatenated IDAT data of a PNG file, or None when its chunks do not parse.
 fn idat(png: &[u8]) -> Option<Vec<u8>> {
@@ -47,17 +37,6 @@ fn idat(png: &[u8]) -> Option<Vec<u8>> {
     Some(data)
 }
 
-/// CPU time of the calling thread (robust against other load on a shared machine).
-fn cpu_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
 }
@@ -71,7 +50,11 @@ fn main() {
         .cloned()
         .unwrap_or_else(|| "/var/tmp/corpus".to_string());
     let mut files = Vec::new();
-    walk(Path::new(&dir), &mut files);
+    if let Err(e) = walk(Path::new(&dir), &mut files) {
+        eprintln!("{dir}: {e}");
+        std::process::exit(1);
+    }
+    files.retain(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")));
     files.sort();
     let (mut supported, mut mismatches) = (0usize, 0usize);
     let (mut idat_bytes, mut payload_bytes, mut raw_bytes, mut png_bytes) =

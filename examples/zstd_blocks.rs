@@ -2,21 +2,11 @@
 //! every 128 KiB block of every file compressed on its own with zstd -3, kept only when it saves
 //! (else stored raw), as btrfs does. The baseline of `benches/corpus.sh`.
 //! Usage: cargo run --release --example zstd_blocks -- DIR
-use std::collections::BTreeMap;
-use std::path::Path;
 
-fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let t = e.file_type()?;
-        if t.is_dir() {
-            walk(&e.path(), out)?;
-        } else if t.is_file() {
-            out.push(e.path());
-        }
-    }
-    Ok(())
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::walk;
+use std::collections::BTreeMap;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: zstd_blocks DIR")?);
