@@ -263,6 +263,10 @@ impl Engine {
                 .store(after.1.saturating_sub(before.1), Ordering::Relaxed);
         }
         self.checkpoint_index_freeing()?;
+        // The records that now hold the live blocks, and the checkpoint, must be durable in
+        // the backend's final home before the old packs go (an object store uploads in the
+        // background); outside the gc lock, so readers do not wait for an upload.
+        self.j.persist(true)?;
         let stats = self.j.index.pack_stats();
         let _gc = self.gc.write();
         for (p, len) in victims {

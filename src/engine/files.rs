@@ -257,12 +257,14 @@ impl Engine {
         if let Some(st) = st {
             self.drain(&st)?;
         }
-        self.j.sync()
+        self.j.sync()?;
+        self.j.persist(false)
     }
 
     /// Sync the journal (directories: their entries are committed as they change).
     pub fn fsync_dir(&self) -> Result<()> {
-        self.j.sync()
+        self.j.sync()?;
+        self.j.persist(false)
     }
 
     /// Last close of a file handle.

@@ -346,6 +346,13 @@ impl Journal {
         Ok(())
     }
 
+    /// Make every synced record durable in the backend's final home (an object store; a
+    /// no-op for a local directory). A failure keeps the data in the local cache for a later
+    /// retry, so it is reported without turning the journal read-only.
+    pub fn persist(&self, strict: bool) -> Result<()> {
+        self.log.backend().persist(strict).map_err(Error::Io)
+    }
+
     /// Make the index durable too (cheapens the next recovery; not needed for safety).
     pub fn checkpoint_index(&self) -> Result<()> {
         self.checkpoint_index_with(None)

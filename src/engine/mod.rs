@@ -573,6 +573,10 @@ impl Engine {
                 "store {} is read-only ({why}); the next mount recovers it",
                 self.store_dir.display()
             );
+            // Sealed packs still go up, and a lease is released.
+            if let Err(e) = self.j.log.backend().close() {
+                tracing::error!("closing the pack backend: {e}");
+            }
             self.closed.store(true, Ordering::Relaxed);
             return Ok(());
         }
@@ -580,6 +584,8 @@ impl Engine {
         retry_enospc(&self.space, "flushing the metadata index", || {
             self.j.index.mark_clean()
         })?;
+        // A remote backend uploads what is left and releases its lease.
+        self.j.log.backend().close()?;
         self.closed.store(true, Ordering::Relaxed);
         tracing::info!("store {} flushed", self.store_dir.display());
         Ok(())
@@ -615,6 +621,8 @@ impl Engine {
             }
         }
         self.checkpoint_index_freeing()?;
+        // `idcfs umount` flushes through here: acknowledged writes reach the final home.
+        self.j.persist(true)?;
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),

@@ -32,6 +32,9 @@ pub struct Status {
     /// The store is encrypted (and unlocked, since it is mounted).
     #[serde(default)]
     pub encrypted: bool,
+    /// A remote pack backend's upload queue, cache and health.
+    #[serde(default)]
+    pub backend: Option<crate::store::BackendStatus>,
 }
 
 /// What `idcfs stats` reports.
@@ -394,6 +397,7 @@ impl Engine {
                 .map(|(name, why)| format!("{name}: {why}"))
                 .collect(),
             encrypted: self.opts.key.is_some(),
+            backend: self.j.log.backend().status(),
         }
     }
 

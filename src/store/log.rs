@@ -48,7 +48,12 @@ impl PackLog {
         key: Option<Arc<StoreKey>>,
     ) -> Result<PackLog, StoreError> {
         let existing = backend.list()?;
-        let id = existing.last().copied().unwrap_or(1);
+        let id = match existing.last() {
+            // An uploaded pack cannot grow: start the next one (new packs may always start).
+            Some(&last) if backend.is_sealed(last) => last + 1,
+            Some(&last) => last,
+            None => 1,
+        };
         let app: Arc<dyn PackAppender> = Arc::from(backend.open_append(id)?);
         if existing.is_empty() {
             // A new store's first pack: make its creation durable before anything synced in
@@ -154,7 +159,7 @@ impl PackLog {
     }
 
     fn rotate(&self, a: &mut Active) -> Result<(), StoreError> {
-        a.app.sync()?;
+        self.backend.seal(a.id, &*a.app)?;
         let id = a.id + 1;
         let app: Arc<dyn PackAppender> = Arc::from(self.backend.open_append(id)?);
         self.backend.sync_dir()?;

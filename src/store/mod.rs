@@ -47,10 +47,12 @@ mod local;
 mod log;
 pub mod manifest;
 mod mem;
+pub mod object;
 
 pub use self::local::LocalDir;
 pub use self::log::{PackLog, ScanEnd};
 pub use self::mem::{Fault, MemBackend};
+pub use self::object::{ObjectBackend, ObjectConfig};
 
 use crate::crypto::{StoreKey, TAG_LEN};
 use serde::{Deserialize, Serialize};
@@ -570,6 +572,56 @@ pub trait PackBackend: Send + Sync {
     fn remove(&self, pack: PackId) -> io::Result<()>;
     /// Make pack creation and removal durable (directory fsync).
     fn sync_dir(&self) -> io::Result<()>;
+    /// `pack` is sealed: the log starts a newer pack and never appends to it again. It must
+    /// be durable where the backend keeps data first (a remote backend then uploads it in
+    /// the background). The local backend only syncs it.
+    fn seal(&self, _pack: PackId, app: &dyn PackAppender) -> io::Result<()> {
+        app.sync()
+    }
+    /// Whether `pack` is sealed for good: opening the log then starts a new pack after it
+    /// instead of appending (an uploaded object cannot grow).
+    fn is_sealed(&self, _pack: PackId) -> bool {
+        false
+    }
+    /// Wait until everything synced so far is durable in the backend's final home (an
+    /// object store), within the backend's own time bound. `strict` ignores a weaker
+    /// setting (`--fsync=local`): compaction needs it before deleting old packs. A failure
+    /// loses nothing (the data stays in the local cache and is retried) and is not a reason
+    /// to turn the journal read-only.
+    fn persist(&self, _strict: bool) -> io::Result<()> {
+        Ok(())
+    }
+    /// Unmount: make everything durable in the final home and release the backend (a
+    /// writer lease). Called once, after the last append.
+    fn close(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// What `idcfs status` shows of a remote backend (None: a local directory).
+    fn status(&self) -> Option<BackendStatus> {
+        None
+    }
+}
+
+/// The state of a remote pack backend, for `idcfs status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// Where the packs go (e.g. `s3://bucket/prefix`).
+    pub location: String,
+    /// Sealed packs waiting for upload, and their bytes.
+    pub upload_queue: u64,
+    pub upload_queue_bytes: u64,
+    /// Bytes of the active pack not yet durable remotely.
+    pub unpersisted_bytes: u64,
+    /// Local read cache use and limit.
+    pub cache_bytes: u64,
+    pub cache_limit: u64,
+    /// The last remote operation succeeded.
+    pub healthy: bool,
+    pub last_error: Option<String>,
+    pub puts: u64,
+    pub gets: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_downloaded: u64,
 }
 
 /// The writable end of the active pack.

@@ -1,0 +1,1124 @@
+//! Pack files in an S3-compatible object store (`--store s3://bucket/prefix`), through the
+//! `object_store` crate, with a local cache directory.
+//!
+//! What it owns: the bucket layout under the prefix, the local cache directory's `packs/`
+//! (packs not yet uploaded) and `chunks/` (the read cache), the upload queue, the writer
+//! lease, and a tokio runtime of its own (the trait is synchronous: its methods `block_on`
+//! that runtime and are never called from inside it).
+//!
+//! Bucket layout (`FORMAT.md`, "Object-store layout"):
+//! ```text
+//! PREFIX/MANIFEST                   "idcfs-object-store 1"
+//! PREFIX/lease                      the writer's lease (JSON: host, pid, cache, since)
+//! PREFIX/packs/XXXXXXXX.pack        a sealed pack: the same bytes as a local pack file
+//! PREFIX/packs/XXXXXXXX.seg/OOOO…   a segment of the active pack, starting at offset OOOO…
+//!                                   (16 hex digits): what fsync made durable before sealing
+//! ```
+//! Invariants:
+//! - Every object is written once and never modified; a sealed pack is uploaded whole, and
+//!   its segments are deleted only after that upload succeeded.
+//! - A local pack file is deleted only after its whole object is in the bucket.
+//! - The segments of a pack are contiguous from offset 0 and concatenate to a prefix of the
+//!   pack's bytes (only completed appends are uploaded; a truncation below what was uploaded
+//!   replaces them).
+//! - At open, a pack that exists only as segments is rebuilt into the cache from them; every
+//!   local pack but the newest is sealed and queued for upload.
+//! - Reads never wait longer than the configured timeout for the store: they fail with an
+//!   error (EIO) instead.
+
+use super::{BackendStatus, PackAppender, PackBackend, PackId};
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjPath;
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Granularity of the read cache and of remote reads: large enough that sequential scans
+/// (replay, rebuild, compaction) cost one GET per 2 MiB, not two per record.
+const CHUNK: u64 = 2 << 20;
+const MANIFEST_TEXT: &str = "idcfs-object-store 1\n";
+
+/// How to reach the bucket and how to cache it.
+#[derive(Clone, Debug)]
+pub struct ObjectConfig {
+    /// `s3://bucket/prefix`.
+    pub url: String,
+    /// Local cache directory (packs not yet uploaded, the read cache; the index beside them).
+    pub cache_dir: PathBuf,
+    /// Read-cache bound in bytes; also the upload backlog at which writers are slowed.
+    pub cache_bytes: u64,
+    /// `--fsync=local`: fsync returns once data is on local disk (weaker: see README).
+    pub fsync_local: bool,
+    /// Bound on one remote operation as a caller sees it (reads, fsync).
+    pub timeout: Duration,
+    /// Concurrent uploads.
+    pub uploads: usize,
+    /// Take the lease even when another holder has it.
+    pub break_lease: bool,
+}
+
+impl ObjectConfig {
+    pub fn new(url: &str, cache_dir: &Path) -> ObjectConfig {
+        ObjectConfig {
+            url: url.to_string(),
+            cache_dir: cache_dir.to_path_buf(),
+            cache_bytes: 1 << 30,
+            fsync_local: false,
+            timeout: Duration::from_secs(30),
+            uploads: 4,
+            break_lease: false,
+        }
+    }
+}
+
+/// Split `s3://bucket/prefix` into bucket and prefix (without slashes at the ends).
+pub fn parse_url(url: &str) -> io::Result<(String, String)> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{url}: an object store is named s3://bucket/prefix"),
+        )
+    })?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{url}: no bucket name"),
+        ));
+    }
+    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+/// Is `s` an object-store URL rather than a directory?
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("s3://")
+}
+
+#[derive(Default)]
+struct State {
+    /// Sealed packs in the bucket, with their lengths.
+    remote: BTreeMap<PackId, u64>,
+    /// Packs in the local cache: the active one and sealed ones awaiting upload.
+    local: BTreeMap<PackId, LocalPack>,
+    /// Uploads in flight.
+    uploading: HashSet<PackId>,
+    /// Failed uploads: retry not before this time, and how many attempts failed.
+    retry_at: HashMap<PackId, (Instant, u32)>,
+    /// Segment objects of packs not yet uploaded whole: (offset, length), ascending.
+    segments: BTreeMap<PackId, Vec<(u64, u64)>>,
+}
+
+struct LocalPack {
+    file: Arc<File>,
+    sealed: bool,
+    /// Bytes appended completely (what a segment may include).
+    appended: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Counters {
+    puts: AtomicU64,
+    gets: AtomicU64,
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+struct ChunkCache {
+    lru: lru::LruCache<(PackId, u64), u64>,
+    bytes: u64,
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    cfg: ObjectConfig,
+    packs_dir: PathBuf,
+    chunks_dir: PathBuf,
+    rt: tokio::runtime::Runtime,
+    state: Mutex<State>,
+    /// Signalled when an upload finishes or a pack is sealed.
+    changed: Condvar,
+    /// One tail-segment upload at a time (later fsyncs find their bytes already covered).
+    tail: Mutex<()>,
+    chunks: Mutex<ChunkCache>,
+    counters: Counters,
+    health: Mutex<(bool, Option<String>)>,
+    stop: AtomicBool,
+    lease_held: AtomicBool,
+}
+
+/// The object-store pack backend.
+pub struct ObjectBackend {
+    inner: Arc<Inner>,
+    uploader: Mutex<Option<std::thread::JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+fn other(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+fn timed_out(what: &str, t: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("object store: {what} did not complete within {t:?}"),
+    )
+}
+
+impl Inner {
+    fn path(&self, rel: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(rel)
+        } else {
+            ObjPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn pack_obj(&self, pack: PackId) -> ObjPath {
+        self.path(&format!("packs/{pack:08x}.pack"))
+    }
+
+    fn seg_obj(&self, pack: PackId, off: u64) -> ObjPath {
+        self.path(&format!("packs/{pack:08x}.seg/{off:016x}"))
+    }
+
+    fn local_path(&self, pack: PackId) -> PathBuf {
+        self.packs_dir.join(format!("{pack:08x}.pack"))
+    }
+
+    fn chunk_path(&self, pack: PackId, idx: u64) -> PathBuf {
+        self.chunks_dir.join(format!("{pack:08x}-{idx:08x}"))
+    }
+
+    /// Run a remote operation with a time bound, noting the store's health.
+    fn run<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        fut: impl Future<Output = object_store::Result<T>>,
+    ) -> io::Result<T> {
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(limit, fut).await });
+        match r {
+            Ok(Ok(v)) => {
+                *self.health.lock() = (true, None);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                let err = match e {
+                    object_store::Error::NotFound { .. } => {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{what}: {e}"))
+                    }
+                    object_store::Error::AlreadyExists { .. } => {
+                        io::Error::new(io::ErrorKind::AlreadyExists, format!("{what}: {e}"))
+                    }
+                    e => {
+                        *self.health.lock() = (false, Some(format!("{what}: {e}")));
+                        other(format!("object store: {what}: {e}"))
+                    }
+                };
+                Err(err)
+            }
+            Err(_) => {
+                *self.health.lock() = (false, Some(format!("{what}: timed out")));
+                Err(timed_out(what, limit))
+            }
+        }
+    }
+
+    fn put(&self, obj: &ObjPath, data: Vec<u8>, mode: PutMode, limit: Duration) -> io::Result<()> {
+        let n = data.len() as u64;
+        let payload = PutPayload::from(data);
+        let opts = PutOptions::from(mode);
+        self.run(
+            &format!("PUT {obj}"),
+            limit,
+            self.store.put_opts(obj, payload, opts),
+        )?;
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters.up.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn get_range(&self, obj: &ObjPath, start: u64, end: u64) -> io::Result<bytes::Bytes> {
+        let b = self.run(
+            &format!("GET {obj}"),
+            self.cfg.timeout,
+            self.store.get_range(obj, start..end),
+        )?;
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .down
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
+        if b.len() as u64 != end - start {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{obj}: short read"),
+            ));
+        }
+        Ok(b)
+    }
+
+    fn get_all(&self, obj: &ObjPath) -> io::Result<bytes::Bytes> {
+        let store = self.store.clone();
+        let o = obj.clone();
+        let b = self.run(&format!("GET {obj}"), self.cfg.timeout, async move {
+            store.get(&o).await?.bytes().await
+        })?;
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .down
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
+        Ok(b)
+    }
+
+    fn delete(&self, obj: &ObjPath) -> io::Result<()> {
+        match self.run(
+            &format!("DELETE {obj}"),
+            self.cfg.timeout,
+            self.store.delete(obj),
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Every object under the prefix's `packs/`: (name relative to `packs/`, size).
+    fn list_packs(&self) -> io::Result<Vec<(String, u64)>> {
+        let base = self.path("packs");
+        let store = self.store.clone();
+        let b = base.clone();
+        let metas: Vec<object_store::ObjectMeta> =
+            self.run("LIST packs", self.cfg.timeout, async move {
+                store.list(Some(&b)).try_collect::<Vec<_>>().await
+            })?;
+        let base_s = format!("{base}/");
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let s = m.location.to_string();
+                s.strip_prefix(&base_s).map(|r| (r.to_string(), m.size))
+            })
+            .collect())
+    }
+
+    /// A chunk of a sealed remote pack, from the cache or the store.
+    fn chunk(&self, pack: PackId, idx: u64, pack_len: u64) -> io::Result<Vec<u8>> {
+        let p = self.chunk_path(pack, idx);
+        if self.chunks.lock().lru.get(&(pack, idx)).is_some() {
+            if let Ok(b) = fs::read(&p) {
+                return Ok(b);
+            }
+        }
+        let start = idx * CHUNK;
+        let end = (start + CHUNK).min(pack_len);
+        let b = self.get_range(&self.pack_obj(pack), start, end)?.to_vec();
+        // The cache is best effort: a chunk that cannot be stored is fetched again next time.
+        let tmp = p.with_extension("tmp");
+        if fs::write(&tmp, &b)
+            .and_then(|_| fs::rename(&tmp, &p))
+            .is_ok()
+        {
+            let mut c = self.chunks.lock();
+            if let Some(old) = c.lru.put((pack, idx), b.len() as u64) {
+                c.bytes -= old;
+            }
+            c.bytes += b.len() as u64;
+            while c.bytes > self.cfg.cache_bytes {
+                match c.lru.pop_lru() {
+                    Some(((pk, ix), n)) => {
+                        c.bytes -= n;
+                        let _ = fs::remove_file(self.chunk_path(pk, ix));
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    fn drop_chunks(&self, pack: PackId) {
+        let mut c = self.chunks.lock();
+        let keys: Vec<(PackId, u64)> = c
+            .lru
+            .iter()
+            .filter(|((p, _), _)| *p == pack)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(n) = c.lru.pop(&k) {
+                c.bytes -= n;
+                let _ = fs::remove_file(self.chunk_path(k.0, k.1));
+            }
+        }
+    }
+
+    /// Upload one sealed local pack whole, then drop its segments and its local copy.
+    fn upload(&self, pack: PackId) -> io::Result<()> {
+        let file = match self.state.lock().local.get(&pack) {
+            Some(l) => l.file.clone(),
+            None => return Ok(()),
+        };
+        let len = file.metadata()?.len();
+        let mut data = vec![0u8; len as usize];
+        file.read_exact_at(&mut data, 0)?;
+        let limit = self.cfg.timeout.max(Duration::from_secs(120));
+        self.put(&self.pack_obj(pack), data, PutMode::Overwrite, limit)?;
+        let segs = {
+            let mut st = self.state.lock();
+            st.remote.insert(pack, len);
+            st.local.remove(&pack);
+            st.retry_at.remove(&pack);
+            st.segments.remove(&pack).unwrap_or_default()
+        };
+        // Superseded by the whole object: left-over segments are only clutter (open ignores
+        // segments of a pack that exists whole).
+        for (off, _) in segs {
+            if let Err(e) = self.delete(&self.seg_obj(pack, off)) {
+                tracing::debug!(pack, off, "deleting an uploaded pack's segment: {e}");
+            }
+        }
+        let _ = fs::remove_file(self.local_path(pack));
+        tracing::debug!(pack, len, "pack uploaded");
+        Ok(())
+    }
+
+    /// Sealed local packs waiting for upload, and their bytes.
+    fn backlog(&self) -> (u64, u64) {
+        let st = self.state.lock();
+        let mut n = 0;
+        let mut bytes = 0;
+        for l in st.local.values().filter(|l| l.sealed) {
+            n += 1;
+            bytes += l.appended.load(Ordering::Relaxed);
+        }
+        (n, bytes)
+    }
+
+    /// The uploader: sealed packs go up with bounded concurrency; a failed upload stays in
+    /// the cache and is retried with backoff.
+    fn upload_loop(self: &Arc<Self>) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let batch: Vec<PackId> = {
+                let mut st = self.state.lock();
+                let now = Instant::now();
+                let ready: Vec<PackId> = st
+                    .local
+                    .iter()
+                    .filter(|(p, l)| {
+                        l.sealed
+                            && !st.uploading.contains(p)
+                            && st.retry_at.get(p).is_none_or(|(t, _)| *t <= now)
+                    })
+                    .map(|(p, _)| *p)
+                    .take(self.cfg.uploads.max(1))
+                    .collect();
+                if ready.is_empty() {
+                    self.changed.wait_for(&mut st, Duration::from_millis(200));
+                    continue;
+                }
+                for p in &ready {
+                    st.uploading.insert(*p);
+                }
+                ready
+            };
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|&p| {
+                    let me = self.clone();
+                    std::thread::spawn(move || (p, me.upload(p)))
+                })
+                .collect();
+            for h in handles {
+                let Ok((p, r)) = h.join() else { continue };
+                let mut st = self.state.lock();
+                st.uploading.remove(&p);
+                if let Err(e) = r {
+                    let tries = st.retry_at.get(&p).map_or(0, |(_, n)| *n) + 1;
+                    let wait = Duration::from_millis(500u64 << tries.min(6));
+                    tracing::warn!(pack = p, tries, "upload failed, retrying in {wait:?}: {e}");
+                    st.retry_at.insert(p, (Instant::now() + wait, tries));
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    /// Wait until no sealed pack below `below` (all, when None) awaits upload, up to
+    /// `deadline`.
+    fn wait_uploads(&self, below: Option<PackId>, deadline: Instant) -> io::Result<()> {
+        let mut st = self.state.lock();
+        loop {
+            let pending = st
+                .local
+                .iter()
+                .any(|(id, l)| l.sealed && below.is_none_or(|b| *id < b));
+            if !pending {
+                return Ok(());
+            }
+            // Retry failed uploads now: someone is waiting for them.
+            let now = Instant::now();
+            for v in st.retry_at.values_mut() {
+                v.0 = v.0.min(now);
+            }
+            self.changed.notify_all();
+            if self.changed.wait_until(&mut st, deadline).timed_out() {
+                let why = self.health.lock().1.clone().unwrap_or_default();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("object store: sealed packs not uploaded in time ({why}); they stay in the cache and are retried"),
+                ));
+            }
+        }
+    }
+
+    /// Upload `pack`'s appended bytes not yet in the bucket as one segment (nothing when it
+    /// was uploaded whole meanwhile).
+    fn persist_tail(&self, pack: PackId) -> io::Result<()> {
+        let _t = self.tail.lock();
+        let (file, appended, done) = {
+            let st = self.state.lock();
+            let Some(l) = st.local.get(&pack) else {
+                return Ok(());
+            };
+            let done = st
+                .segments
+                .get(&pack)
+                .and_then(|s| s.last())
+                .map_or(0, |(o, n)| o + n);
+            (l.file.clone(), l.appended.load(Ordering::Acquire), done)
+        };
+        if appended <= done {
+            return Ok(());
+        }
+        let mut data = vec![0u8; (appended - done) as usize];
+        file.read_exact_at(&mut data, done)?;
+        let obj = self.seg_obj(pack, done);
+        self.put(&obj, data, PutMode::Overwrite, self.cfg.timeout)?;
+        let mut st = self.state.lock();
+        if st.local.contains_key(&pack) {
+            st.segments
+                .entry(pack)
+                .or_default()
+                .push((done, appended - done));
+        } else {
+            // Uploaded whole meanwhile: this segment is clutter.
+            drop(st);
+            let _ = self.delete(&obj);
+        }
+        Ok(())
+    }
+
+    /// Make everything appended so far durable in the bucket: sealed packs below the active
+    /// one uploaded whole, the active one's tail as a segment.
+    fn barrier(&self, deadline: Instant) -> io::Result<()> {
+        let active = {
+            let st = self.state.lock();
+            st.local
+                .iter()
+                .rev()
+                .find(|(_, l)| !l.sealed)
+                .map(|(p, _)| *p)
+        };
+        self.wait_uploads(active, deadline)?;
+        match active {
+            // Sealed since: its tail as a segment is as durable as its whole upload.
+            Some(p) => self.persist_tail(p),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+struct Lease {
+    host: String,
+    pid: u32,
+    cache: String,
+    since: u64,
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+impl ObjectBackend {
+    /// Connect (endpoint, region and credentials from the AWS_* environment), take the
+    /// writer lease and bring the cache in step with the bucket.
+    pub fn open(cfg: ObjectConfig) -> io::Result<ObjectBackend> {
+        let (bucket, prefix) = parse_url(&cfg.url)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("idcfs-s3")
+            .enable_all()
+            .build()?;
+        let retry = RetryConfig {
+            max_retries: 10,
+            retry_timeout: cfg.timeout,
+            ..RetryConfig::default()
+        };
+        let client = ClientOptions::new()
+            .with_timeout(cfg.timeout.max(Duration::from_secs(120)))
+            .with_connect_timeout(cfg.timeout.min(Duration::from_secs(5)));
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .with_retry(retry)
+            .with_client_options(client)
+            .build()
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("object store {}: {e}", cfg.url),
+                )
+            })?;
+        let packs_dir = cfg.cache_dir.join("packs");
+        let chunks_dir = cfg.cache_dir.join("chunks");
+        fs::create_dir_all(&packs_dir)?;
+        // The read cache starts empty: chunks of packs deleted meanwhile must not survive.
+        let _ = fs::remove_dir_all(&chunks_dir);
+        fs::create_dir_all(&chunks_dir)?;
+        let inner = Arc::new(Inner {
+            store: Arc::new(store),
+            prefix,
+            packs_dir,
+            chunks_dir,
+            rt,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            tail: Mutex::new(()),
+            chunks: Mutex::new(ChunkCache {
+                lru: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
+            counters: Counters::default(),
+            health: Mutex::new((true, None)),
+            stop: AtomicBool::new(false),
+            lease_held: AtomicBool::new(false),
+            cfg,
+        });
+        check_manifest(&inner)?;
+        take_lease(&inner)?;
+        let b = ObjectBackend {
+            inner: inner.clone(),
+            uploader: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        };
+        if let Err(e) = b.load() {
+            b.release_lease();
+            return Err(e);
+        }
+        let me = inner.clone();
+        *b.uploader.lock() = Some(
+            std::thread::Builder::new()
+                .name("idcfs-upload".into())
+                .spawn(move || me.upload_loop())?,
+        );
+        Ok(b)
+    }
+
+    /// Bring the cache in step with the bucket: list both, rebuild segment-only packs
+    /// locally, queue sealed local packs for upload.
+    fn load(&self) -> io::Result<()> {
+        let inner = &self.inner;
+        let mut remote = BTreeMap::new();
+        let mut segments: BTreeMap<PackId, Vec<(u64, u64)>> = BTreeMap::new();
+        for (name, size) in inner.list_packs()? {
+            if let Some(hex) = name.strip_suffix(".pack") {
+                if let Ok(id) = u32::from_str_radix(hex, 16) {
+                    remote.insert(id, size);
+                }
+            } else if let Some((hex, off)) = name.split_once(".seg/") {
+                if let (Ok(id), Ok(off)) =
+                    (u32::from_str_radix(hex, 16), u64::from_str_radix(off, 16))
+                {
+                    segments.entry(id).or_default().push((off, size));
+                }
+            }
+        }
+        let mut local_ids = Vec::new();
+        for e in fs::read_dir(&inner.packs_dir)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(hex) = name.strip_suffix(".pack") {
+                if let Ok(id) = u32::from_str_radix(hex, 16) {
+                    local_ids.push(id);
+                }
+            }
+        }
+        // Segment-only packs (fsynced, never uploaded whole): keep the contiguous run from 0.
+        for (id, segs) in segments.iter_mut() {
+            segs.sort_unstable();
+            let mut end = 0;
+            segs.retain(|&(o, n)| {
+                if o == end {
+                    end += n;
+                    true
+                } else {
+                    false
+                }
+            });
+            if remote.contains_key(id) {
+                continue;
+            }
+            let local_len = fs::metadata(inner.local_path(*id)).map_or(0, |m| m.len());
+            if local_len >= end {
+                // The cache holds at least what the bucket has (it is written first).
+                continue;
+            }
+            tracing::info!(pack = id, bytes = end, "restoring a pack from its segments");
+            let mut data = Vec::with_capacity(end as usize);
+            for &(o, _) in segs.iter() {
+                data.extend_from_slice(&inner.get_all(&inner.seg_obj(*id, o))?);
+            }
+            let p = inner.local_path(*id);
+            let tmp = p.with_extension("tmp");
+            let mut f = File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &p)?;
+            File::open(&inner.packs_dir)?.sync_all()?;
+            if !local_ids.contains(id) {
+                local_ids.push(*id);
+            }
+        }
+        local_ids.sort_unstable();
+        let newest = local_ids
+            .iter()
+            .chain(remote.keys())
+            .copied()
+            .max()
+            .unwrap_or(0);
+        let mut st = inner.state.lock();
+        for id in local_ids {
+            let p = inner.local_path(id);
+            let file = OpenOptions::new().read(true).append(true).open(&p)?;
+            let len = file.metadata()?.len();
+            if let Some(&rlen) = remote.get(&id) {
+                if rlen >= len {
+                    // Uploaded already (a crash came between the upload and the cleanup).
+                    drop(file);
+                    let _ = fs::remove_file(&p);
+                    continue;
+                }
+            }
+            let sealed = id < newest;
+            st.local.insert(
+                id,
+                LocalPack {
+                    file: Arc::new(file),
+                    sealed,
+                    appended: Arc::new(AtomicU64::new(len)),
+                },
+            );
+        }
+        for (id, segs) in segments {
+            if !remote.contains_key(&id) {
+                st.segments.insert(id, segs);
+            }
+        }
+        st.remote = remote;
+        let queued = st.local.values().filter(|l| l.sealed).count();
+        if queued > 0 {
+            tracing::info!(
+                packs = queued,
+                "uploading packs that were sealed but not uploaded"
+            );
+        }
+        Ok(())
+    }
+
+    fn release_lease(&self) {
+        if self.inner.lease_held.swap(false, Ordering::Relaxed) {
+            if let Err(e) = self.inner.delete(&self.inner.path("lease")) {
+                tracing::warn!("releasing the writer lease failed: {e}");
+            }
+        }
+    }
+
+    /// The backend's location, e.g. for messages.
+    pub fn location(&self) -> &str {
+        &self.inner.cfg.url
+    }
+}
+
+fn check_manifest(inner: &Inner) -> io::Result<()> {
+    let m = inner.path("MANIFEST");
+    match inner.get_all(&m) {
+        Ok(b) if b.as_ref() == MANIFEST_TEXT.as_bytes() => Ok(()),
+        Ok(b) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: MANIFEST says {:?}; this build reads {:?} (written by a newer idcfs?)",
+                inner.cfg.url,
+                String::from_utf8_lossy(&b).trim(),
+                MANIFEST_TEXT.trim()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match inner.put(
+                &m,
+                MANIFEST_TEXT.as_bytes().to_vec(),
+                PutMode::Create,
+                inner.cfg.timeout,
+            ) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One writer at a time: create the lease object only if it does not exist (conditional PUT).
+fn take_lease(inner: &Inner) -> io::Result<()> {
+    let obj = inner.path("lease");
+    let me = Lease {
+        host: hostname(),
+        pid: std::process::id(),
+        cache: inner.cfg.cache_dir.display().to_string(),
+        since: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let body = serde_json::to_vec(&me).map_err(|e| other(e.to_string()))?;
+    match inner.put(&obj, body.clone(), PutMode::Create, inner.cfg.timeout) {
+        Ok(()) => {
+            inner.lease_held.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let held = inner.get_all(&obj)?;
+    let holder: Option<Lease> = serde_json::from_slice(&held).ok();
+    let desc = match &holder {
+        Some(h) => format!(
+            "host {} pid {} (cache {}, since unix time {})",
+            h.host, h.pid, h.cache, h.since
+        ),
+        None => format!("an unreadable lease {:?}", String::from_utf8_lossy(&held)),
+    };
+    // Our own host's lease whose process is gone was left by a crash of this machine.
+    let stale_here = holder
+        .as_ref()
+        .is_some_and(|h| h.host == me.host && !Path::new(&format!("/proc/{}", h.pid)).exists());
+    if !(inner.cfg.break_lease || stale_here) {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{} is in use by another writer: {desc}; unmount it there, or if that mount is gone for good, mount with --break-lease",
+                inner.cfg.url
+            ),
+        ));
+    }
+    tracing::warn!(
+        "taking over the writer lease of {} from {desc}",
+        inner.cfg.url
+    );
+    inner.put(&obj, body, PutMode::Overwrite, inner.cfg.timeout)?;
+    inner.lease_held.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+impl PackBackend for ObjectBackend {
+    fn list(&self) -> io::Result<Vec<PackId>> {
+        let st = self.inner.state.lock();
+        let mut ids: Vec<PackId> = st.remote.keys().chain(st.local.keys()).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn len(&self, pack: PackId) -> io::Result<u64> {
+        let st = self.inner.state.lock();
+        if let Some(l) = st.local.get(&pack) {
+            return Ok(l.file.metadata()?.len());
+        }
+        st.remote.get(&pack).copied().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("pack {pack} not found"))
+        })
+    }
+
+    fn read_at(&self, pack: PackId, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        let (local, remote_len) = {
+            let st = self.inner.state.lock();
+            (
+                st.local.get(&pack).map(|l| l.file.clone()),
+                st.remote.get(&pack).copied(),
+            )
+        };
+        if let Some(f) = local {
+            return f.read_exact_at(buf, off);
+        }
+        let Some(len) = remote_len else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("pack {pack} not found"),
+            ));
+        };
+        let end = off + buf.len() as u64;
+        if end > len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("pack {pack}: read past its end"),
+            ));
+        }
+        let mut pos = off;
+        while pos < end {
+            let idx = pos / CHUNK;
+            let c = self.inner.chunk(pack, idx, len)?;
+            let c_off = (pos - idx * CHUNK) as usize;
+            let n = ((end - pos) as usize).min(c.len().saturating_sub(c_off));
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("pack {pack}: short chunk"),
+                ));
+            }
+            let b = (pos - off) as usize;
+            buf[b..b + n].copy_from_slice(&c[c_off..c_off + n]);
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    fn open_append(&self, pack: PackId) -> io::Result<Box<dyn PackAppender>> {
+        let inner = &self.inner;
+        let mut st = inner.state.lock();
+        if st.remote.contains_key(&pack) {
+            return Err(other(format!(
+                "pack {pack} is sealed in the object store and cannot be appended to"
+            )));
+        }
+        if let Some(l) = st.local.get(&pack) {
+            return Ok(Box::new(ObjectAppender {
+                file: l.file.clone(),
+                appended: l.appended.clone(),
+            }));
+        }
+        let file = Arc::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(inner.local_path(pack))?,
+        );
+        let appended = Arc::new(AtomicU64::new(file.metadata()?.len()));
+        st.local.insert(
+            pack,
+            LocalPack {
+                file: file.clone(),
+                sealed: false,
+                appended: appended.clone(),
+            },
+        );
+        Ok(Box::new(ObjectAppender { file, appended }))
+    }
+
+    fn remove(&self, pack: PackId) -> io::Result<()> {
+        let inner = &self.inner;
+        // Deleting is the last step of compaction, which made the new packs durable first
+        // (`persist(true)`); the remote copy goes before the local one, so a crash in
+        // between leaves at worst an unreferenced pack, never a lost one.
+        let (segs, was_remote) = {
+            let st = inner.state.lock();
+            (
+                st.segments.get(&pack).cloned().unwrap_or_default(),
+                st.remote.contains_key(&pack),
+            )
+        };
+        if was_remote {
+            inner.delete(&inner.pack_obj(pack))?;
+        }
+        for (off, _) in segs {
+            inner.delete(&inner.seg_obj(pack, off))?;
+        }
+        {
+            let mut st = inner.state.lock();
+            st.remote.remove(&pack);
+            st.segments.remove(&pack);
+            st.local.remove(&pack);
+            st.retry_at.remove(&pack);
+        }
+        match fs::remove_file(inner.local_path(pack)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        inner.drop_chunks(pack);
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.inner.packs_dir)?.sync_all()
+    }
+
+    fn seal(&self, pack: PackId, app: &dyn PackAppender) -> io::Result<()> {
+        app.sync()?;
+        let inner = &self.inner;
+        {
+            let mut st = inner.state.lock();
+            if let Some(l) = st.local.get_mut(&pack) {
+                l.sealed = true;
+            }
+        }
+        inner.changed.notify_all();
+        // A backlog beyond the cache size slows the writer (this is under the log's append
+        // lock) until uploads catch up, for at most the time bound: with the store down, the
+        // cache grows instead of the mount stalling.
+        let deadline = Instant::now() + inner.cfg.timeout;
+        loop {
+            let (_, bytes) = inner.backlog();
+            if bytes <= inner.cfg.cache_bytes || Instant::now() >= deadline {
+                if bytes > inner.cfg.cache_bytes {
+                    tracing::warn!(
+                        backlog = bytes,
+                        "the upload backlog exceeds the cache size (is the object store reachable?)"
+                    );
+                }
+                return Ok(());
+            }
+            let mut st = inner.state.lock();
+            inner.changed.wait_for(&mut st, Duration::from_millis(100));
+        }
+    }
+
+    fn is_sealed(&self, pack: PackId) -> bool {
+        let st = self.inner.state.lock();
+        st.remote.contains_key(&pack) || st.local.get(&pack).is_some_and(|l| l.sealed)
+    }
+
+    fn persist(&self, strict: bool) -> io::Result<()> {
+        if self.inner.cfg.fsync_local && !strict {
+            return Ok(());
+        }
+        self.inner.barrier(Instant::now() + self.inner.cfg.timeout)
+    }
+
+    fn close(&self) -> io::Result<()> {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        // Unmount waits for the uploads (with retries) much longer than one fsync would;
+        // what still fails stays in the cache and goes up at the next mount.
+        let deadline = Instant::now() + self.inner.cfg.timeout.max(Duration::from_secs(60)) * 10;
+        let r = self.inner.barrier(deadline);
+        self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.changed.notify_all();
+        if let Some(h) = self.uploader.lock().take() {
+            let _ = h.join();
+        }
+        if r.is_ok() {
+            self.release_lease();
+        } else {
+            // Kept: the next mount from this cache takes it back (same host, process gone).
+            tracing::error!("unmount: not everything reached the object store; the lease is kept and the next mount from {} uploads the rest", self.inner.cfg.cache_dir.display());
+        }
+        r
+    }
+
+    fn status(&self) -> Option<BackendStatus> {
+        let inner = &self.inner;
+        let (queue, queue_bytes) = inner.backlog();
+        let unpersisted = {
+            let st = inner.state.lock();
+            st.local
+                .iter()
+                .filter(|(_, l)| !l.sealed)
+                .map(|(p, l)| {
+                    let done = st
+                        .segments
+                        .get(p)
+                        .and_then(|s| s.last())
+                        .map_or(0, |(o, n)| o + n);
+                    l.appended.load(Ordering::Relaxed).saturating_sub(done)
+                })
+                .sum()
+        };
+        let (healthy, last_error) = inner.health.lock().clone();
+        let c = &inner.counters;
+        Some(BackendStatus {
+            location: inner.cfg.url.clone(),
+            upload_queue: queue,
+            upload_queue_bytes: queue_bytes,
+            unpersisted_bytes: unpersisted,
+            cache_bytes: inner.chunks.lock().bytes,
+            cache_limit: inner.cfg.cache_bytes,
+            healthy,
+            last_error,
+            puts: c.puts.load(Ordering::Relaxed),
+            gets: c.gets.load(Ordering::Relaxed),
+            bytes_uploaded: c.up.load(Ordering::Relaxed),
+            bytes_downloaded: c.down.load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl Drop for ObjectBackend {
+    fn drop(&mut self) {
+        // Without `close` (a failed open, a test): stop the uploader; the lease stays, and
+        // the next mount on this host takes it back.
+        self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.changed.notify_all();
+        if let Some(h) = self.uploader.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct ObjectAppender {
+    file: Arc<File>,
+    appended: Arc<AtomicU64>,
+}
+
+impl PackAppender for ObjectAppender {
+    fn append(&self, bytes: &[u8]) -> io::Result<()> {
+        // O_APPEND, one write_all per record (as the local backend); the count moves only
+        // after the whole record is in the file, so a segment never holds a partial one.
+        (&*self.file).write_all(bytes)?;
+        self.appended
+            .fetch_add(bytes.len() as u64, Ordering::Release);
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_all()?;
+        self.appended.store(len, Ordering::Release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("s3://b/p/q/").unwrap_or_else(|e| panic!("{e}")),
+            ("b".to_string(), "p/q".to_string())
+        );
+        assert_eq!(
+            parse_url("s3://b").unwrap_or_else(|e| panic!("{e}")),
+            ("b".to_string(), String::new())
+        );
+        assert!(parse_url("s3:///x").is_err());
+        assert!(parse_url("/data").is_err());
+        assert!(is_url("s3://b") && !is_url("/s3://b"));
+    }
+}
