@@ -39,13 +39,126 @@ pub struct KeyArgs {
     pub passphrase_file: Option<PathBuf>,
 }
 
+/// Where an object store's cache lives and how it behaves (with `--store s3://bucket/prefix`;
+/// endpoint, region and credentials come from the AWS_* environment variables).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ObjectArgs {
+    /// Local cache directory of an object store: packs not yet uploaded, the read cache and
+    /// the metadata index (default: where a local store would be).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Bound of the read cache, and the upload backlog at which writers are slowed
+    /// (e.g. 512M, 20G).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// When fsync returns: `remote` once the data is durable in the object store, `local`
+    /// once it is on the local disk (weaker: a lost machine loses what was not uploaded).
+    #[arg(long, default_value = "remote", value_parser = ["remote", "local"])]
+    pub fsync: String,
+    /// Seconds a read or an fsync waits for the object store before failing with EIO.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub store_timeout: u64,
+    /// Concurrent pack uploads.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub uploads: u64,
+    /// Take the bucket's writer lease even though another mount holds it (only when that
+    /// mount is gone for good: two writers corrupt the store).
+    #[arg(long)]
+    pub break_lease: bool,
+}
+
+impl ObjectArgs {
+    /// The backend configuration for `url`, with the cache at `cache`.
+    pub fn config(&self, url: &str, cache: &Path) -> crate::store::ObjectConfig {
+        let mut c = crate::store::ObjectConfig::new(url, cache);
+        c.cache_bytes = self.cache_size;
+        c.fsync_local = self.fsync == "local";
+        c.timeout = std::time::Duration::from_secs(self.store_timeout);
+        c.uploads = self.uploads as usize;
+        c.break_lease = self.break_lease;
+        c
+    }
+
+    /// The same options as daemon arguments.
+    fn to_args(&self, cache: &Path) -> Vec<String> {
+        let mut v = vec![
+            format!("--cache={}", cache.display()),
+            format!("--cache-size={}", self.cache_size),
+            format!("--fsync={}", self.fsync),
+            format!("--store-timeout={}", self.store_timeout),
+            format!("--uploads={}", self.uploads),
+        ];
+        if self.break_lease {
+            v.push("--break-lease".into());
+        }
+        v
+    }
+}
+
+/// `512M`, `20G`, `1048576`: bytes (K, M, G, T are powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s}: unknown size suffix (K, M, G, T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{s}: not a size"))
+}
+
+/// A store given on the command line: a directory, or an object store with its cache.
+pub struct StoreArg {
+    /// The store directory, or the object store's cache directory (index, lock, log).
+    pub dir: PathBuf,
+    pub object: Option<crate::store::ObjectConfig>,
+}
+
+impl StoreArg {
+    fn resolve(
+        store: &Path,
+        obj: &ObjectArgs,
+        default_dir: impl FnOnce() -> PathBuf,
+    ) -> Result<StoreArg, String> {
+        match store.to_str() {
+            Some(url) if crate::store::object::is_url(url) => {
+                crate::store::object::parse_url(url).map_err(|e| e.to_string())?;
+                let dir = match &obj.cache {
+                    Some(c) => absolute(c)?,
+                    None => default_dir(),
+                };
+                Ok(StoreArg {
+                    object: Some(obj.config(url, &dir)),
+                    dir,
+                })
+            }
+            _ => Ok(StoreArg {
+                dir: absolute(store)?,
+                object: None,
+            }),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Mount a compressed filesystem on MOUNTPOINT (an empty directory).
     Mount {
         mountpoint: PathBuf,
         /// Store directory (default: /var/lib/idcfs/<escaped mount point> for root,
-        /// ~/.local/share/idcfs/<escaped mount point> otherwise).
+        /// ~/.local/share/idcfs/<escaped mount point> otherwise), or an object store
+        /// `s3://bucket/prefix` (see --cache).
         #[arg(long)]
         store: Option<PathBuf>,
         /// Stay in the foreground (for systemd); otherwise return once the mount is live.
@@ -63,9 +176,10 @@ pub enum Cmd {
         /// Configuration file (TOML; default /etc/idcfs/config.toml when it exists).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Size at which pack files are sealed, in MiB (compaction works on sealed packs).
-        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
-        pack_mib: u64,
+        /// Size at which pack files are sealed, in MiB (compaction works on sealed packs;
+        /// an object store uploads sealed packs). Default 256, or 64 with an object store.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        pack_mib: Option<u64>,
         /// Create the store encrypted when it does not exist yet (see `idcfs init --encrypt`).
         #[arg(long)]
         encrypt: bool,
@@ -74,6 +188,8 @@ pub enum Cmd {
         /// Internal: the background daemon receives the unlocked key on stdin.
         #[arg(long, hide = true)]
         key_stdin: bool,
+        #[command(flatten)]
+        object: ObjectArgs,
     },
     /// Create an empty store; with --encrypt, an encrypted one (AES-256-GCM-SIV; the key is
     /// protected by a passphrase or a key file).
@@ -123,6 +239,8 @@ pub enum Cmd {
         locked: bool,
         #[command(flatten)]
         keys: KeyArgs,
+        #[command(flatten)]
+        object: ObjectArgs,
     },
     /// Re-encode every file below PATH (on a mount) with the strongest choice its policy
     /// allows now, then reclaim pack space; with a progress line and a summary. PATH may
@@ -173,16 +291,34 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             encrypt,
             keys,
             key_stdin,
+            object,
         } => {
             let conf = crate::config::load(config.as_deref())?;
             let mp = std::fs::canonicalize(&mountpoint)
                 .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
-            let store = match store {
-                Some(s) => absolute(&s)?,
-                None => daemon::default_store(&mp),
+            let target = match &store {
+                Some(s) => StoreArg::resolve(s, &object, || daemon::default_store(&mp))?,
+                None => StoreArg {
+                    dir: daemon::default_store(&mp),
+                    object: None,
+                },
             };
+            let store = target.dir.clone();
+            let pack_mib = pack_mib.unwrap_or(if target.object.is_some() { 64 } else { 256 });
+            if target.object.is_some()
+                && (encrypt
+                    || key_stdin
+                    || keys.key_file.is_some()
+                    || keys.passphrase_file.is_some())
+            {
+                return Err(
+                    "encryption is not supported with an object store yet (--store s3://…)".into(),
+                );
+            }
             // Refuse a store of another format here, with the reason, before any daemon starts.
-            daemon::check_format(&store)?;
+            if target.object.is_none() {
+                daemon::check_format(&store)?;
+            }
             // Unlock (or create) an encrypted store here, where the terminal is: a wrong
             // passphrase is refused before anything is written or any daemon starts.
             let key = if key_stdin {
@@ -194,6 +330,8 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     crate::crypto::StoreKey::from_master_line(&line).map_err(|e| e.to_string())?;
                 daemon::protect_key_memory();
                 Some(std::sync::Arc::new(key))
+            } else if target.object.is_some() {
+                None
             } else {
                 daemon::unlock_or_create(&store, &keys, encrypt)?
             };
@@ -209,7 +347,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     key,
                     ..Options::default()
                 };
-                daemon::run_foreground(&mp, &store, opts)?;
+                daemon::run_foreground(&mp, &target, opts)?;
             } else {
                 let extra = vec![
                     format!("--zstd-level={zstd_level}"),
@@ -224,7 +362,14 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 if cli.verbose {
                     extra.push("--verbose".into());
                 }
-                daemon::spawn_background(&mp, &store, &extra, key.as_deref())?;
+                let store_arg = match &target.object {
+                    Some(o) => {
+                        extra.extend(object.to_args(&store));
+                        std::ffi::OsString::from(&o.url)
+                    }
+                    None => store.clone().into_os_string(),
+                };
+                daemon::spawn_background(&mp, &store, &store_arg, &extra, key.as_deref())?;
             }
             Ok(EXIT_OK)
         }
@@ -298,8 +443,14 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             json,
             locked,
             keys,
+            object,
         } => {
-            if locked || daemon::no_secret_available(&store, &keys) {
+            let target = StoreArg::resolve(&store, &object, || store.clone())?;
+            if target.object.is_some() && object.cache.is_none() {
+                return Err("an object store is checked through a cache directory: give --cache DIR (an empty one rebuilds everything from the bucket with --rebuild)".into());
+            }
+            let store = target.dir.clone();
+            if target.object.is_none() && (locked || daemon::no_secret_available(&store, &keys)) {
                 if !locked {
                     eprintln!("idcfs: {} is encrypted and no key was given (--key-file, --passphrase-file, a credential or a terminal): checking what can be checked without it", store.display());
                 }
@@ -317,7 +468,10 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     eprintln!("idcfs: old index kept at {}", aside.display());
                 }
             }
-            let engine = daemon::open_offline(&store, &keys)?;
+            let engine = match &target.object {
+                Some(o) => daemon::open_object(&store, o, daemon::offline_options(None))?,
+                None => daemon::open_offline(&store, &keys)?,
+            };
             let report = engine.fsck().map_err(|e| e.to_string())?;
             engine.shutdown().map_err(|e| e.to_string())?;
             if json {
@@ -446,6 +600,26 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                                 s.live_files,
                                 s.recompress_queue
                             );
+                            if let Some(b) = &s.backend {
+                                println!(
+                                    "  object store {}: {}  upload queue {} pack(s) {}  not yet uploaded {}  read cache {}/{}  PUT {} ({})  GET {} ({})",
+                                    b.location,
+                                    if b.healthy {
+                                        "healthy".to_string()
+                                    } else {
+                                        format!("UNREACHABLE ({})", b.last_error.clone().unwrap_or_default())
+                                    },
+                                    b.upload_queue,
+                                    human(b.upload_queue_bytes),
+                                    human(b.unpersisted_bytes),
+                                    human(b.cache_bytes),
+                                    human(b.cache_limit),
+                                    b.puts,
+                                    human(b.bytes_uploaded),
+                                    b.gets,
+                                    human(b.bytes_downloaded)
+                                );
+                            }
                             if let Some(why) = &s.read_only {
                                 println!("  READ-ONLY: {why} (reads work; fix the disk, then remount)");
                             }

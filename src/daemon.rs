@@ -115,17 +115,29 @@ pub fn is_mounted(mp: &Path) -> bool {
 }
 
 /// Mount and serve until unmounted (or SIGTERM/SIGINT), then flush and return.
-pub fn run_foreground(mp: &Path, store: &Path, opts: Options) -> Result<(), String> {
+pub fn run_foreground(
+    mp: &Path,
+    target: &crate::cli::StoreArg,
+    opts: Options,
+) -> Result<(), String> {
     check_mountpoint(mp)?;
-    let engine = Engine::open(store, opts)
-        .map_err(|e| format!("cannot open store {}: {e}", store.display()))?;
+    let store = target.dir.as_path();
+    let engine = match &target.object {
+        Some(o) => open_object(store, o, opts)?,
+        None => Engine::open(store, opts)
+            .map_err(|e| format!("cannot open store {}: {e}", store.display()))?,
+    };
+    let fsname = match &target.object {
+        Some(o) => o.url.clone(),
+        None => store.display().to_string(),
+    };
     let r = &engine.recovery;
     if r.replayed > 0 || r.torn_tail.is_some() || r.rebuilt {
         tracing::info!(replayed = r.replayed, torn = ?r.torn_tail, rebuilt = r.rebuilt, "recovered store after an unclean stop");
     }
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
-        fuser::MountOption::FSName(format!("idcfs:{}", store.display())),
+        fuser::MountOption::FSName(format!("idcfs:{fsname}")),
         fuser::MountOption::Subtype("idcfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
@@ -164,11 +176,7 @@ pub fn run_foreground(mp: &Path, store: &Path, opts: Options) -> Result<(), Stri
             }
         }
     });
-    tracing::info!(
-        "idcfs mounted on {} (store {})",
-        mp.display(),
-        store.display()
-    );
+    tracing::info!("idcfs mounted on {} (store {fsname})", mp.display(),);
     let res = session.run();
     sig_handle.close();
     let _ = sig_thread.join();
@@ -184,6 +192,7 @@ pub fn run_foreground(mp: &Path, store: &Path, opts: Options) -> Result<(), Stri
 pub fn spawn_background(
     mp: &Path,
     store: &Path,
+    store_arg: &std::ffi::OsStr,
     extra_args: &[String],
     key: Option<&crate::crypto::StoreKey>,
 ) -> Result<(), String> {
@@ -204,7 +213,7 @@ pub fn spawn_background(
         .arg("mount")
         .arg("--foreground")
         .arg("--store")
-        .arg(store)
+        .arg(store_arg)
         .args(extra_args)
         .args(key.map(|_| "--key-stdin"))
         .arg(mp)
@@ -238,7 +247,7 @@ pub fn spawn_background(
             println!(
                 "idcfs: mounted {} (store {}, log {}, pid {})",
                 mp.display(),
-                store.display(),
+                store_arg.to_string_lossy(),
                 log_path.display(),
                 child.id()
             );
@@ -649,13 +658,37 @@ pub fn open_offline(store: &Path, keys: &crate::cli::KeyArgs) -> Result<Arc<Engi
         Ok(_) => check_format(store)?,
     }
     let key = unlock_or_create(store, keys, false)?;
-    let opts = Options {
+    Engine::open(store, offline_options(key))
+        .map_err(|e| format!("cannot open store {}: {e}", store.display()))
+}
+
+/// Engine options of offline commands (fsck, compact, stats).
+pub fn offline_options(key: Option<Arc<crate::crypto::StoreKey>>) -> Options {
+    Options {
         workers: 1,
         background: false,
         key,
         ..Options::default()
-    };
-    Engine::open(store, opts).map_err(|e| format!("cannot open store {}: {e}", store.display()))
+    }
+}
+
+/// Open a store whose packs live in an object store, with its cache (index, lock, packs
+/// not yet uploaded) in `cache`.
+pub fn open_object(
+    cache: &Path,
+    cfg: &crate::store::ObjectConfig,
+    opts: Options,
+) -> Result<Arc<Engine>, String> {
+    std::fs::create_dir_all(cache)
+        .map_err(|e| format!("cannot create cache {}: {e}", cache.display()))?;
+    // The cache directory's lock first: a second mount from the same cache must not touch
+    // the first one's packs (the bucket lease covers other caches and machines).
+    let lock = crate::engine::lock_store(cache).map_err(|e| e.to_string())?;
+    let backend = crate::store::ObjectBackend::open(cfg.clone())
+        .map_err(|e| format!("cannot open object store {}: {e}", cfg.url))?;
+    drop(lock);
+    Engine::open_with_backend(cache, opts, Arc::new(backend))
+        .map_err(|e| format!("cannot open store {}: {e}", cfg.url))
 }
 
 #[cfg(test)]

@@ -28,10 +28,10 @@
 
 use super::{BackendStatus, PackAppender, PackBackend, PackId};
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjPath;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -570,13 +570,20 @@ impl ObjectBackend {
             retry_timeout: cfg.timeout,
             ..RetryConfig::default()
         };
-        let client = ClientOptions::new()
-            .with_timeout(cfg.timeout.max(Duration::from_secs(120)))
-            .with_connect_timeout(cfg.timeout.min(Duration::from_secs(5)));
+        // Set through the config keys: a whole `ClientOptions` would replace what the
+        // environment set (AWS_ALLOW_HTTP among others). Humantime durations.
+        let secs = |d: Duration| format!("{}s", d.as_secs().max(1));
         let store = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
             .with_retry(retry)
-            .with_client_options(client)
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                secs(cfg.timeout.max(Duration::from_secs(120))),
+            )
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                secs(cfg.timeout.min(Duration::from_secs(5))),
+            )
             .build()
             .map_err(|e| {
                 io::Error::new(
