@@ -10,6 +10,7 @@ mod disk;
 mod formats;
 mod golden;
 mod model;
+mod objstore;
 mod policy;
 mod posix;
 mod sim;

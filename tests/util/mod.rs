@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -17,6 +19,8 @@ pub struct Mounted {
     pub log: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Environment of the daemon (an object store's endpoint and credentials).
+    envs: Vec<(String, String)>,
 }
 
 /// Whether `mp` is in the mount table.
@@ -101,7 +105,19 @@ impl Mounted {
             log,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            envs: Vec::new(),
         }
+    }
+
+    /// A mount of the object store `url` (`s3://bucket/prefix`) with its cache at `cache`,
+    /// the daemon run with `envs` (endpoint, credentials); not mounted yet.
+    pub fn object(url: &str, cache: &Path, envs: &[(String, String)], extra: &[&str]) -> Mounted {
+        let mut all = vec!["--cache".to_string(), cache.display().to_string()];
+        all.extend(extra.iter().map(|s| s.to_string()));
+        let mut m = Self::layout(Some(PathBuf::from(url)), None, &[]);
+        m.extra = all;
+        m.envs = envs.to_vec();
+        m
     }
 
     /// Start the daemon in the foreground as a child and wait until the mount is live.
@@ -120,6 +136,7 @@ impl Mounted {
             .arg(&self.store)
             .args(&self.extra)
             .arg(&self.mnt)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -169,6 +186,49 @@ impl Mounted {
             );
         }
         assert!(!is_mounted(&self.mnt), "still mounted after umount");
+    }
+
+    /// The daemon's pid, while mounted.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Start the daemon and return what it printed when it exits before mounting (None when
+    /// the mount came up: it then stays mounted).
+    pub fn try_mount(&mut self) -> Option<String> {
+        let out = Command::new(BIN)
+            .arg("mount")
+            .arg("--foreground")
+            .arg("--store")
+            .arg(&self.store)
+            .args(&self.extra)
+            .arg(&self.mnt)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn idcfs: {e}"));
+        let mut child = out;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if is_mounted(&self.mnt) {
+                self.child = Some(child);
+                return None;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                let mut s = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut s);
+                }
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("mount neither came up nor failed in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn remount(&mut self) {

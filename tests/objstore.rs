@@ -1,0 +1,291 @@
+//! The object-store backend (`--store s3://bucket/prefix`) through real FUSE mounts against a
+//! real S3-compatible server (moto) on 127.0.0.1: round trips, empty caches, a fresh machine
+//! rebuilding from the bucket, kill -9 during uploads, a server outage, the writer lease.
+
+use crate::util::s3::S3Server;
+use crate::util::{data, random, sh, Mounted, BIN};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A test tree: text and incompressible files of several sizes in nested directories,
+/// beside a copy of the project's own sources.
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("a/b/c")).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..20u64 {
+        let sub = ["", "a", "a/b", "a/b/c"][i as usize % 4];
+        let len = [0usize, 1, 4095, 70_000, 300_000][i as usize % 5];
+        std::fs::write(root.join(sub).join(format!("t{i}.txt")), data(i, len))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::fs::write(root.join("big.bin"), random(3 << 20, 7)).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(root.join("a/big.txt"), data(99, 5 << 20)).unwrap_or_else(|e| panic!("{e}"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    sh(
+        root,
+        &format!("cp -a {} {}/src", src.display(), root.display()),
+    );
+}
+
+struct Setup {
+    server: S3Server,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+fn setup(bucket: &str) -> Option<Setup> {
+    let server = S3Server::start()?;
+    server.create_bucket(bucket);
+    let dir = tempfile::Builder::new()
+        .prefix("idcfs-test-obj")
+        .tempdir_in("/var/tmp")
+        .unwrap_or_else(|e| panic!("{e}"));
+    Some(Setup {
+        url: format!("s3://{bucket}/fs1"),
+        server,
+        dir,
+    })
+}
+
+impl Setup {
+    fn cache(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn mount(&self, cache: &str, extra: &[&str]) -> Mounted {
+        let mut m = Mounted::object(&self.url, &self.cache(cache), &self.server.envs(), extra);
+        m.mount();
+        m
+    }
+
+    fn objects(&self) -> Vec<(String, u64)> {
+        let (bucket, _) = self.url["s3://".len()..]
+            .split_once('/')
+            .unwrap_or_default();
+        self.server.list(bucket, "fs1/")
+    }
+
+    /// `idcfs ARGS` with the server's environment: (exit code, stdout + stderr).
+    fn idcfs(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .envs(self.server.envs())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+fn diff(a: &Path, b: &Path) {
+    sh(
+        Path::new("/"),
+        &format!("diff -r {} {}", a.display(), b.display()),
+    );
+}
+
+#[test]
+fn objstore_round_trip_and_empty_cache_remount() {
+    let Some(s) = setup("roundtrip") else { return };
+    let src = s.dir.path().join("src");
+    make_tree(&src);
+    let mut m = s.mount("cache1", &["--pack-mib", "1"]);
+    sh(&m.mnt, &format!("cp -a {} tree", src.display()));
+    diff(&src, &m.path("tree"));
+    m.unmount();
+    // Everything sealed went up whole; unmount left the active pack's tail as a segment and
+    // released the lease.
+    let objs = s.objects();
+    let packs = objs.iter().filter(|(k, _)| k.ends_with(".pack")).count();
+    assert!(packs >= 5, "expected several uploaded packs: {objs:?}");
+    assert!(
+        !objs.iter().any(|(k, _)| k.ends_with("/lease")),
+        "lease left behind: {objs:?}"
+    );
+    let local: Vec<_> = std::fs::read_dir(s.cache("cache1").join("packs"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .collect();
+    assert!(
+        local.len() <= 1,
+        "sealed packs left in the cache after unmount: {local:?}"
+    );
+    // Another cache directory, empty: everything comes back from the bucket.
+    let mut m2 = s.mount("cache2", &["--pack-mib", "1"]);
+    diff(&src, &m2.path("tree"));
+    m2.unmount();
+}
+
+#[test]
+fn objstore_fresh_machine_rebuilds_from_the_bucket() {
+    let Some(s) = setup("rebuild") else { return };
+    let src = s.dir.path().join("src");
+    make_tree(&src);
+    let mut m = s.mount("cache1", &["--pack-mib", "2"]);
+    sh(&m.mnt, &format!("cp -a {} tree", src.display()));
+    // A rename and a delete, so the rebuild must replay more than creations.
+    sh(&m.mnt, "mv tree/a/t1.txt tree/moved.txt && rm tree/big.bin");
+    m.unmount();
+    std::fs::rename(src.join("a/t1.txt"), src.join("moved.txt")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(src.join("big.bin")).unwrap_or_else(|e| panic!("{e}"));
+    // The old machine is gone: only the bucket and the credentials remain.
+    std::fs::remove_dir_all(s.cache("cache1")).unwrap_or_else(|e| panic!("{e}"));
+    let fresh = s.cache("fresh");
+    let (code, out) = s.idcfs(&[
+        "fsck",
+        &s.url,
+        "--cache",
+        fresh.to_str().unwrap_or_default(),
+        "--rebuild",
+    ]);
+    assert_eq!(code, 0, "fsck --rebuild failed:\n{out}");
+    assert!(out.contains("clean"), "{out}");
+    assert!(fresh.join("index.redb").is_file(), "no index rebuilt");
+    let mut m2 = s.mount("fresh", &[]);
+    diff(&src, &m2.path("tree"));
+    m2.unmount();
+}
+
+#[test]
+fn objstore_kill9_during_uploads_loses_no_fsynced_file() {
+    let Some(s) = setup("crash") else { return };
+    let mut m = s.mount("cache1", &["--pack-mib", "1"]);
+    let dir = m.path("d");
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut synced = Vec::new();
+    for i in 0..40u64 {
+        let p = dir.join(format!("f{i}"));
+        let body = random(200_000 + i as usize * 1000, i);
+        let mut f = std::fs::File::create(&p).unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(&body).unwrap_or_else(|e| panic!("{e}"));
+        f.sync_all().unwrap_or_else(|e| panic!("fsync f{i}: {e}"));
+        synced.push((format!("f{i}"), body));
+    }
+    // Unsynced writes keep the uploader busy while the daemon dies.
+    for i in 0..10u64 {
+        let _ = std::fs::write(dir.join(format!("u{i}")), random(300_000, 1000 + i));
+    }
+    m.kill9();
+    let check = |m: &Mounted| {
+        for (name, body) in &synced {
+            let got = std::fs::read(m.path("d").join(name))
+                .unwrap_or_else(|e| panic!("{name} lost after kill -9: {e}"));
+            assert!(got == *body, "{name} differs after kill -9");
+        }
+    };
+    // The same cache: recovery uploads what was sealed but not uploaded (the dead
+    // process's lease on this host is taken back).
+    m.mount();
+    check(&m);
+    m.unmount();
+    // And the bucket alone holds every fsynced file.
+    let mut m2 = s.mount("fresh", &[]);
+    check(&m2);
+    m2.unmount();
+}
+
+#[test]
+fn objstore_outage_reads_eio_in_bounded_time_then_recovers() {
+    let Some(s) = setup("outage") else { return };
+    let timeout = 3u64;
+    let t = timeout.to_string();
+    let mut m = s.mount("cache1", &["--pack-mib", "1", "--store-timeout", &t]);
+    let old = random(4 << 20, 5);
+    std::fs::write(m.path("old.bin"), &old).unwrap_or_else(|e| panic!("{e}"));
+    m.unmount();
+    // A small read cache on an empty cache directory: reads of old.bin go to the server.
+    let mut m = s.mount(
+        "cache2",
+        &[
+            "--pack-mib",
+            "1",
+            "--store-timeout",
+            &t,
+            "--cache-size",
+            "1M",
+        ],
+    );
+    s.server.pause();
+    let t0 = Instant::now();
+    let r = std::fs::read(m.path("old.bin"));
+    let took = t0.elapsed();
+    let err = r
+        .err()
+        .unwrap_or_else(|| panic!("read served with the store down"));
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        took < Duration::from_secs(timeout * 6),
+        "a read with the store down took {took:?}"
+    );
+    // Writes land in the cache; fsync cannot reach the store and says so, in bounded time.
+    let new = random(3 << 20, 6);
+    let mut f = std::fs::File::create(m.path("new.bin")).unwrap_or_else(|e| panic!("{e}"));
+    f.write_all(&new).unwrap_or_else(|e| panic!("{e}"));
+    let t0 = Instant::now();
+    let synced = f.sync_all();
+    assert!(
+        t0.elapsed() < Duration::from_secs(timeout * 6),
+        "fsync with the store down took {:?}",
+        t0.elapsed()
+    );
+    assert!(synced.is_err(), "fsync succeeded with the store down");
+    s.server.resume();
+    // The mount recovers: the same fsync goes through, reads work.
+    f.sync_all()
+        .unwrap_or_else(|e| panic!("fsync after the store came back: {e}"));
+    drop(f);
+    assert!(std::fs::read(m.path("old.bin")).unwrap_or_default() == old);
+    m.unmount();
+    // Nothing was lost: a fresh cache sees both files.
+    let mut m3 = s.mount("fresh", &[]);
+    assert!(std::fs::read(m3.path("old.bin")).unwrap_or_default() == old);
+    assert!(std::fs::read(m3.path("new.bin")).unwrap_or_default() == new);
+    m3.unmount();
+}
+
+#[test]
+fn objstore_second_writer_refused_and_stale_lease_broken() {
+    let Some(s) = setup("lease") else { return };
+    let mut m1 = s.mount("cache1", &[]);
+    std::fs::write(m1.path("x"), b"first").unwrap_or_else(|e| panic!("{e}"));
+    let pid = m1.pid().unwrap_or_default();
+    let mut m2 = Mounted::object(&s.url, &s.cache("cache2"), &s.server.envs(), &[]);
+    let err = m2
+        .try_mount()
+        .unwrap_or_else(|| panic!("a second writable mount was allowed"));
+    assert!(
+        err.contains("in use by another writer") && err.contains(&format!("pid {pid}")),
+        "refusal does not name the holder: {err}"
+    );
+    m1.unmount();
+    // A lease left by a machine that is gone: refused, naming it, until broken explicitly.
+    let lease = br#"{"host":"gone-machine","pid":4242,"cache":"/srv/cache","since":1}"#;
+    let (code, body) = s.server.http("PUT", "/lease/fs1/lease", lease);
+    assert_eq!(code, 200, "{body}");
+    let err = m2
+        .try_mount()
+        .unwrap_or_else(|| panic!("a mount ignored another machine's lease"));
+    assert!(err.contains("gone-machine"), "{err}");
+    let mut m3 = Mounted::object(
+        &s.url,
+        &s.cache("cache2"),
+        &s.server.envs(),
+        &["--break-lease"],
+    );
+    m3.mount();
+    assert_eq!(
+        std::fs::read(m3.path("x")).unwrap_or_default(),
+        b"first".to_vec()
+    );
+    m3.unmount();
+    assert!(
+        !s.objects().iter().any(|(k, _)| k.ends_with("/lease")),
+        "lease not released"
+    );
+}

@@ -1,0 +1,198 @@
+//! A real S3-compatible server for the object-store tests: moto's server (`moto_server`,
+//! from PyPI `moto[server]`; `.ci/run` installs it in `$HOME/.cache/idcfs-ci/venv`), started
+//! on 127.0.0.1 on a free port, one per test. Found through `IDCFS_MOTO_SERVER`, then the CI
+//! venv, then `PATH`. Missing: a test fails under CI=true and says it skipped otherwise.
+//!
+//! moto keeps its objects in memory, so an outage is simulated by freezing the process
+//! (SIGSTOP: every request hangs, the harder case for timeouts) and thawing it (SIGCONT).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn find_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("IDCFS_MOTO_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let p = PathBuf::from(home).join(".cache/idcfs-ci/venv/bin/moto_server");
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("command -v moto_server")
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
+}
+
+impl S3Server {
+    /// Start a server, or None (with a message) when none is installed outside CI.
+    pub fn start() -> Option<S3Server> {
+        let Some(bin) = find_bin() else {
+            let msg = "no S3 server for the object-store tests: moto_server not found (IDCFS_MOTO_SERVER, $HOME/.cache/idcfs-ci/venv/bin, PATH); `.ci/run` installs it";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg}");
+            }
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("idcfs-test-s3")
+            .tempdir_in("/var/tmp")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let log = dir.path().join("moto.log");
+        // A port taken between our probe and the server's bind: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let f = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+            let f2 = f.try_clone().unwrap_or_else(|e| panic!("{e}"));
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(f)
+                .stderr(f2)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(S3Server {
+                        child,
+                        port,
+                        log,
+                        _dir: dir,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "moto_server did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The AWS_* environment of a client of this server.
+    pub fn envs(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// One plain HTTP request (moto does not check signatures); returns (status, body).
+    pub fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap_or_else(|e| panic!("{e}"));
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
+        );
+        s.write_all(head.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.write_all(body).unwrap_or_else(|e| panic!("{e}"));
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        let (code, body) = self.http("PUT", &format!("/{name}"), b"");
+        assert_eq!(code, 200, "creating bucket {name}: {body}");
+    }
+
+    /// Keys under `prefix` in `bucket`, with their sizes.
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
+        let (code, body) = self.http(
+            "GET",
+            &format!("/{bucket}?list-type=2&prefix={prefix}&max-keys=10000"),
+            b"",
+        );
+        assert_eq!(code, 200, "listing {bucket}: {body}");
+        let mut out = Vec::new();
+        for part in body.split("<Contents>").skip(1) {
+            let field = |tag: &str| {
+                part.split(&format!("<{tag}>"))
+                    .nth(1)
+                    .and_then(|r| r.split(&format!("</{tag}>")).next())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            out.push((field("Key"), field("Size").parse().unwrap_or(0)));
+        }
+        out
+    }
+
+    /// Freeze the server: requests hang until `resume`.
+    pub fn pause(&self) {
+        // SAFETY-free: kill(2) through the system tool.
+        let ok = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "could not stop the S3 server");
+    }
+
+    pub fn resume(&self) {
+        let ok = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "could not resume the S3 server");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
