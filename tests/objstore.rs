@@ -179,14 +179,66 @@ fn objstore_kill9_during_uploads_loses_no_fsynced_file() {
             assert!(got == *body, "{name} differs after kill -9");
         }
     };
-    // The same cache: recovery uploads what was sealed but not uploaded (the dead
-    // process's lease on this host is taken back).
-    m.mount();
-    check(&m);
-    m.unmount();
-    // And the bucket alone holds every fsynced file.
+    // The bucket alone holds every fsynced file: a fresh cache (another machine) sees them
+    // (the dead process's lease on this host is taken back).
     let mut m2 = s.mount("fresh", &[]);
     check(&m2);
+    std::fs::write(m2.path("later"), b"written by the second cache")
+        .unwrap_or_else(|e| panic!("{e}"));
+    m2.unmount();
+    // The crashed cache is now stale (another cache wrote since): it is set aside and read
+    // again from the bucket, never merged.
+    m.mount();
+    check(&m);
+    assert_eq!(
+        std::fs::read(m.path("later")).unwrap_or_default(),
+        b"written by the second cache".to_vec()
+    );
+    m.unmount();
+    assert!(
+        m.log_text().contains("another cache wrote"),
+        "stale cache not detected"
+    );
+}
+
+#[test]
+fn objstore_same_cache_recovers_after_kill9() {
+    let Some(s) = setup("recover") else { return };
+    let mut m = s.mount("cache1", &["--pack-mib", "1", "--fsync", "local"]);
+    let mut files = Vec::new();
+    for i in 0..12u64 {
+        let body = random(400_000, 50 + i);
+        let mut f =
+            std::fs::File::create(m.path(&format!("f{i}"))).unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(&body).unwrap_or_else(|e| panic!("{e}"));
+        f.sync_all().unwrap_or_else(|e| panic!("{e}"));
+        files.push(body);
+    }
+    m.kill9();
+    // With --fsync=local the data was only on local disk: the same cache recovers it and
+    // uploads what was sealed but not uploaded.
+    m.mount();
+    for (i, body) in files.iter().enumerate() {
+        assert!(
+            std::fs::read(m.path(&format!("f{i}"))).unwrap_or_default() == *body,
+            "f{i} lost"
+        );
+    }
+    m.unmount();
+    let local = std::fs::read_dir(s.cache("cache1").join("packs"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .count();
+    assert!(
+        local <= 1,
+        "{local} packs still waiting in the cache after unmount"
+    );
+    let mut m2 = s.mount("fresh", &[]);
+    for (i, body) in files.iter().enumerate() {
+        assert!(
+            std::fs::read(m2.path(&format!("f{i}"))).unwrap_or_default() == *body,
+            "f{i} missing from the bucket"
+        );
+    }
     m2.unmount();
 }
 

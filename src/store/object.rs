@@ -10,6 +10,8 @@
 //! ```text
 //! PREFIX/MANIFEST                   "idcfs-object-store 1"
 //! PREFIX/lease                      the writer's lease (JSON: host, pid, cache, since)
+//! PREFIX/writer                     id of the cache directory that wrote last (a cache
+//!                                   that is not it is stale and is read again)
 //! PREFIX/packs/XXXXXXXX.pack        a sealed pack: the same bytes as a local pack file
 //! PREFIX/packs/XXXXXXXX.seg/OOOO…   a segment of the active pack, starting at offset OOOO…
 //!                                   (16 hex digits): what fsync made durable before sealing
@@ -618,6 +620,10 @@ impl ObjectBackend {
         });
         check_manifest(&inner)?;
         take_lease(&inner)?;
+        if let Err(e) = adopt_cache(&inner) {
+            let _ = inner.delete(&inner.path("lease"));
+            return Err(e);
+        }
         let b = ObjectBackend {
             inner: inner.clone(),
             uploader: Mutex::new(None),
@@ -837,6 +843,64 @@ fn take_lease(inner: &Inner) -> io::Result<()> {
     );
     inner.put(&obj, body, PutMode::Overwrite, inner.cfg.timeout)?;
     inner.lease_held.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// This cache directory's identity (random, made on first use).
+fn cache_id(dir: &Path) -> io::Result<String> {
+    let p = dir.join("cache-id");
+    match fs::read_to_string(&p) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| other(e.to_string()))?;
+    let id = hex::encode(b);
+    let tmp = dir.join("cache-id.tmp");
+    fs::write(&tmp, &id)?;
+    File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, &p)?;
+    Ok(id)
+}
+
+/// Make sure this cache is the one that wrote the bucket last (the `writer` object): a cache
+/// that another cache has written after is stale (its local packs would collide with the
+/// newer packs' ids), so its packs and index are set aside and everything is read again from
+/// the bucket. Called with the lease held, before the cache is loaded.
+fn adopt_cache(inner: &Inner) -> io::Result<()> {
+    let dir = &inner.cfg.cache_dir;
+    let me = cache_id(dir)?;
+    let obj = inner.path("writer");
+    let last = match inner.get_all(&obj) {
+        Ok(b) => Some(String::from_utf8_lossy(&b).trim().to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let index = dir.join(super::manifest::INDEX_FILE);
+    let has_state =
+        index.exists() || fs::read_dir(&inner.packs_dir).is_ok_and(|mut d| d.next().is_some());
+    if last.as_deref().is_some_and(|w| w != me) && has_state {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = dir.join(format!("stale-{t}"));
+        fs::create_dir_all(&aside)?;
+        tracing::warn!(
+            "another cache wrote {} after this one: setting this cache's packs and index aside in {} and reading the bucket again (writes that were never fsynced to the object store are there)",
+            inner.cfg.url,
+            aside.display()
+        );
+        fs::rename(&inner.packs_dir, aside.join("packs"))?;
+        fs::create_dir_all(&inner.packs_dir)?;
+        if index.exists() {
+            fs::rename(&index, aside.join(super::manifest::INDEX_FILE))?;
+        }
+        File::open(dir)?.sync_all()?;
+    }
+    if last.as_deref() != Some(me.as_str()) {
+        inner.put(&obj, me.into_bytes(), PutMode::Overwrite, inner.cfg.timeout)?;
+    }
     Ok(())
 }
 
