@@ -84,6 +84,23 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// `idcfs status --json` of mount `m`.
+    fn status(&self, m: &Mounted) -> serde_json::Value {
+        let (code, out) = self.idcfs(&["status", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json: {e}\n{out}"));
+        v.as_array()
+            .and_then(|rows| {
+                rows.iter()
+                    .find(|r| r["mountpoint"].as_str() == m.mnt.to_str())
+            })
+            .map(|r| r["status"].clone())
+            .unwrap_or_else(|| panic!("mount not in status: {out}"))
+    }
+}
+
 fn diff(a: &Path, b: &Path) {
     sh(
         Path::new("/"),
@@ -287,12 +304,24 @@ fn objstore_outage_reads_eio_in_bounded_time_then_recovers() {
         t0.elapsed()
     );
     assert!(synced.is_err(), "fsync succeeded with the store down");
+    let st = s.status(&m);
+    assert_eq!(st["backend"]["healthy"], false, "{st}");
+    assert!(
+        st["backend"]["unpersisted_bytes"].as_u64().unwrap_or(0) > 0
+            || st["backend"]["upload_queue"].as_u64().unwrap_or(0) > 0,
+        "nothing shown as waiting for upload: {st}"
+    );
     s.server.resume();
     // The mount recovers: the same fsync goes through, reads work.
     f.sync_all()
         .unwrap_or_else(|e| panic!("fsync after the store came back: {e}"));
     drop(f);
     assert!(std::fs::read(m.path("old.bin")).unwrap_or_default() == old);
+    let st = s.status(&m);
+    assert_eq!(st["backend"]["healthy"], true, "{st}");
+    assert_eq!(st["backend"]["upload_queue"], 0, "{st}");
+    assert_eq!(st["backend"]["unpersisted_bytes"], 0, "{st}");
+    assert!(st["backend"]["gets"].as_u64().unwrap_or(0) > 0, "{st}");
     m.unmount();
     // Nothing was lost: a fresh cache sees both files.
     let mut m3 = s.mount("fresh", &[]);
