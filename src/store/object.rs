@@ -795,6 +795,17 @@ fn check_manifest(inner: &Inner) -> io::Result<()> {
     }
 }
 
+/// Whether process `pid` of this host is running (a zombie is not: it was killed and only
+/// waits to be reaped).
+fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// One writer at a time: create the lease object only if it does not exist (conditional PUT).
 fn take_lease(inner: &Inner) -> io::Result<()> {
     let obj = inner.path("lease");
@@ -827,7 +838,7 @@ fn take_lease(inner: &Inner) -> io::Result<()> {
     // Our own host's lease whose process is gone was left by a crash of this machine.
     let stale_here = holder
         .as_ref()
-        .is_some_and(|h| h.host == me.host && !Path::new(&format!("/proc/{}", h.pid)).exists());
+        .is_some_and(|h| h.host == me.host && !process_alive(h.pid));
     if !(inner.cfg.break_lease || stale_here) {
         return Err(io::Error::new(
             io::ErrorKind::WouldBlock,
