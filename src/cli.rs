@@ -305,16 +305,6 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             };
             let store = target.dir.clone();
             let pack_mib = pack_mib.unwrap_or(if target.object.is_some() { 64 } else { 256 });
-            if target.object.is_some()
-                && (encrypt
-                    || key_stdin
-                    || keys.key_file.is_some()
-                    || keys.passphrase_file.is_some())
-            {
-                return Err(
-                    "encryption is not supported with an object store yet (--store s3://…)".into(),
-                );
-            }
             // Refuse a store of another format here, with the reason, before any daemon starts.
             if target.object.is_none() {
                 daemon::check_format(&store)?;
@@ -330,8 +320,8 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     crate::crypto::StoreKey::from_master_line(&line).map_err(|e| e.to_string())?;
                 daemon::protect_key_memory();
                 Some(std::sync::Arc::new(key))
-            } else if target.object.is_some() {
-                None
+            } else if let Some(o) = &target.object {
+                daemon::object_key(o, &keys, encrypt)?
             } else {
                 daemon::unlock_or_create(&store, &keys, encrypt)?
             };
@@ -469,7 +459,10 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 }
             }
             let engine = match &target.object {
-                Some(o) => daemon::open_object(&store, o, daemon::offline_options(None))?,
+                Some(o) => {
+                    let key = daemon::object_key(o, &keys, false)?;
+                    daemon::open_object(&store, o, daemon::offline_options(key))?
+                }
                 None => daemon::open_offline(&store, &keys)?,
             };
             let report = engine.fsck().map_err(|e| e.to_string())?;

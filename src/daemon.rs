@@ -672,6 +672,55 @@ pub fn offline_options(key: Option<Arc<crate::crypto::StoreKey>>) -> Options {
     }
 }
 
+/// Unlock (or, with `create`, make) the key of an encrypted store in an object store: its
+/// `keys.json` lives in the bucket and is copied into the cache directory. None for a plain
+/// store.
+pub fn object_key(
+    cfg: &crate::store::ObjectConfig,
+    keys: &crate::cli::KeyArgs,
+    create: bool,
+) -> Result<Option<Arc<crate::crypto::StoreKey>>, String> {
+    use crate::crypto::KEYS_FILE;
+    let in_bucket = crate::store::object::fetch_keys(cfg, KEYS_FILE)
+        .map_err(|e| format!("cannot read {}: {e}", cfg.url))?;
+    let dir = &cfg.cache_dir;
+    if in_bucket {
+        if create {
+            tracing::info!("{} is already encrypted: unlocking it", cfg.url);
+        }
+        let secret = secret(keys, false)?;
+        let key = crate::crypto::unlock(dir, &secret)
+            .map_err(|e| format!("cannot unlock {}: {e}", cfg.url))?;
+        protect_key_memory();
+        return Ok(Some(Arc::new(key)));
+    }
+    if create {
+        let secret = secret(keys, true)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create cache {}: {e}", dir.display()))?;
+        let key = crate::crypto::create(dir, &secret)
+            .map_err(|e| format!("cannot create the key of {}: {e}", cfg.url))?;
+        crate::store::object::publish_keys(cfg, KEYS_FILE)
+            .map_err(|e| format!("cannot store the key file in {}: {e}", cfg.url))?;
+        protect_key_memory();
+        return Ok(Some(Arc::new(key)));
+    }
+    if keys.key_file.is_some() || keys.passphrase_file.is_some() {
+        return Err(format!(
+            "{} is not encrypted; --key-file/--passphrase-file apply only to encrypted stores",
+            cfg.url
+        ));
+    }
+    if dir.join(KEYS_FILE).exists() {
+        return Err(format!(
+            "the cache {} holds a key file but {} has none: is this the cache of another store?",
+            dir.display(),
+            cfg.url
+        ));
+    }
+    Ok(None)
+}
+
 /// Open a store whose packs live in an object store, with its cache (index, lock, packs
 /// not yet uploaded) in `cache`.
 pub fn open_object(

@@ -370,3 +370,60 @@ fn objstore_second_writer_refused_and_stale_lease_broken() {
         "lease not released"
     );
 }
+
+#[test]
+fn objstore_encrypted_store_sends_only_sealed_records() {
+    let Some(s) = setup("crypt") else { return };
+    let kf = s.dir.path().join("key");
+    std::fs::write(&kf, random(32, 77)).unwrap_or_else(|e| panic!("{e}"));
+    let kf = kf.to_str().unwrap_or_default().to_string();
+    let mut m = s.mount(
+        "cache1",
+        &["--encrypt", "--key-file", &kf, "--pack-mib", "1"],
+    );
+    let marker = "PLAINTEXT-MARKER-7f3a";
+    let text: String = (0..20_000)
+        .map(|i| format!("{marker} line {i}\n"))
+        .collect();
+    std::fs::write(m.path("confidential-name.txt"), &text).unwrap_or_else(|e| panic!("{e}"));
+    // In incompressible data the marker would be stored verbatim by a plain store (raw
+    // blocks), so its absence says the records are sealed, not merely compressed.
+    let mut big = random(3 << 20, 3);
+    for at in (1000..big.len() - 100).step_by(200_000) {
+        big[at..at + marker.len()].copy_from_slice(marker.as_bytes());
+    }
+    std::fs::write(m.path("big.bin"), &big).unwrap_or_else(|e| panic!("{e}"));
+    m.unmount();
+    let objs = s.objects();
+    assert!(
+        objs.iter().any(|(k, _)| k.ends_with("/keys.json")),
+        "no key file in the bucket: {objs:?}"
+    );
+    let mut pack_bytes = 0;
+    for (k, size) in &objs {
+        let body = s.server.get("crypt", k);
+        assert_eq!(body.len() as u64, *size, "{k}");
+        let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            !has(marker.as_bytes()) && !has(b"confidential-name"),
+            "{k} holds plaintext"
+        );
+        if k.contains("/packs/") {
+            pack_bytes += size;
+        }
+    }
+    assert!(
+        pack_bytes > 1 << 20,
+        "the data did not reach the bucket: {objs:?}"
+    );
+    // Another machine: the key file comes from the bucket; the secret is still needed.
+    let mut locked = Mounted::object(&s.url, &s.cache("nokey"), &s.server.envs(), &[]);
+    let err = locked
+        .try_mount()
+        .unwrap_or_else(|| panic!("an encrypted bucket mounted without its key"));
+    assert!(!err.is_empty());
+    let mut m2 = s.mount("fresh", &["--key-file", &kf]);
+    assert!(std::fs::read_to_string(m2.path("confidential-name.txt")).unwrap_or_default() == text);
+    assert!(std::fs::read(m2.path("big.bin")).unwrap_or_default() == big);
+    m2.unmount();
+}

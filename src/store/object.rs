@@ -10,6 +10,7 @@
 //! ```text
 //! PREFIX/MANIFEST                   "idcfs-object-store 1"
 //! PREFIX/lease                      the writer's lease (JSON: host, pid, cache, since)
+//! PREFIX/keys.json                  an encrypted store's wrapped key (as in a local store)
 //! PREFIX/writer                     id of the cache directory that wrote last (a cache
 //!                                   that is not it is stale and is read again)
 //! PREFIX/packs/XXXXXXXX.pack        a sealed pack: the same bytes as a local pack file
@@ -102,6 +103,120 @@ pub fn parse_url(url: &str) -> io::Result<(String, String)> {
     Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
 }
 
+/// A client of the bucket in `cfg.url` (endpoint, region, credentials from the AWS_*
+/// environment) on a runtime of its own; with the prefix.
+fn connect(
+    cfg: &ObjectConfig,
+) -> io::Result<(tokio::runtime::Runtime, Arc<dyn ObjectStore>, String)> {
+    let (bucket, prefix) = parse_url(&cfg.url)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("idcfs-s3")
+        .enable_all()
+        .build()?;
+    let retry = RetryConfig {
+        max_retries: 10,
+        retry_timeout: cfg.timeout,
+        ..RetryConfig::default()
+    };
+    // Set through the config keys: a whole `ClientOptions` would replace what the
+    // environment set (AWS_ALLOW_HTTP among others). Humantime durations.
+    let secs = |d: Duration| format!("{}s", d.as_secs().max(1));
+    let store = AmazonS3Builder::from_env()
+        .with_bucket_name(&bucket)
+        .with_retry(retry)
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            secs(cfg.timeout.max(Duration::from_secs(120))),
+        )
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            secs(cfg.timeout.min(Duration::from_secs(5))),
+        )
+        .build()
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("object store {}: {e}", cfg.url),
+            )
+        })?;
+    Ok((rt, Arc::new(store), prefix))
+}
+
+/// The key file of an encrypted store in the bucket (`PREFIX/keys.json`: the master key
+/// wrapped by the passphrase or key file, as in a local store): copied into the cache
+/// directory when the bucket has one. Returns whether it has.
+pub fn fetch_keys(cfg: &ObjectConfig, name: &str) -> io::Result<bool> {
+    let (rt, store, prefix) = connect(cfg)?;
+    let obj = obj_path(&prefix, name);
+    let r = rt.block_on(async {
+        tokio::time::timeout(cfg.timeout, async { store.get(&obj).await?.bytes().await }).await
+    });
+    let bytes = match r {
+        Ok(Ok(b)) => b,
+        Ok(Err(object_store::Error::NotFound { .. })) => return Ok(false),
+        Ok(Err(e)) => return Err(other(format!("object store: GET {obj}: {e}"))),
+        Err(_) => return Err(timed_out(&format!("GET {obj}"), cfg.timeout)),
+    };
+    fs::create_dir_all(&cfg.cache_dir)?;
+    let dest = cfg.cache_dir.join(name);
+    let tmp = dest.with_extension("tmp");
+    fs::write(&tmp, &bytes)?;
+    File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, &dest)?;
+    Ok(true)
+}
+
+/// Put a new store's key file into the bucket, only if there is none (conditional PUT), and
+/// only into a bucket prefix that holds no packs yet.
+pub fn publish_keys(cfg: &ObjectConfig, name: &str) -> io::Result<()> {
+    let (rt, store, prefix) = connect(cfg)?;
+    let packs = obj_path(&prefix, "packs");
+    let listed = rt.block_on(async {
+        tokio::time::timeout(cfg.timeout, async {
+            store.list(Some(&packs)).try_collect::<Vec<_>>().await
+        })
+        .await
+    });
+    match listed {
+        Ok(Ok(v)) if v.is_empty() => {}
+        Ok(Ok(_)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already holds a store, which is not encrypted: encryption is chosen when a store is created", cfg.url),
+            ))
+        }
+        Ok(Err(e)) => return Err(other(format!("object store: LIST: {e}"))),
+        Err(_) => return Err(timed_out("LIST", cfg.timeout)),
+    }
+    let body = fs::read(cfg.cache_dir.join(name))?;
+    let obj = obj_path(&prefix, name);
+    let r = rt.block_on(async {
+        tokio::time::timeout(
+            cfg.timeout,
+            store.put_opts(
+                &obj,
+                PutPayload::from(body),
+                PutOptions::from(PutMode::Create),
+            ),
+        )
+        .await
+    });
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(other(format!("object store: PUT {obj}: {e}"))),
+        Err(_) => Err(timed_out(&format!("PUT {obj}"), cfg.timeout)),
+    }
+}
+
+fn obj_path(prefix: &str, rel: &str) -> ObjPath {
+    if prefix.is_empty() {
+        ObjPath::from(rel)
+    } else {
+        ObjPath::from(format!("{prefix}/{rel}"))
+    }
+}
+
 /// Is `s` an object-store URL rather than a directory?
 pub fn is_url(s: &str) -> bool {
     s.starts_with("s3://")
@@ -180,11 +295,7 @@ fn timed_out(what: &str, t: Duration) -> io::Error {
 
 impl Inner {
     fn path(&self, rel: &str) -> ObjPath {
-        if self.prefix.is_empty() {
-            ObjPath::from(rel)
-        } else {
-            ObjPath::from(format!("{}/{rel}", self.prefix))
-        }
+        obj_path(&self.prefix, rel)
     }
 
     fn pack_obj(&self, pack: PackId) -> ObjPath {
@@ -561,38 +672,7 @@ impl ObjectBackend {
     /// Connect (endpoint, region and credentials from the AWS_* environment), take the
     /// writer lease and bring the cache in step with the bucket.
     pub fn open(cfg: ObjectConfig) -> io::Result<ObjectBackend> {
-        let (bucket, prefix) = parse_url(&cfg.url)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("idcfs-s3")
-            .enable_all()
-            .build()?;
-        let retry = RetryConfig {
-            max_retries: 10,
-            retry_timeout: cfg.timeout,
-            ..RetryConfig::default()
-        };
-        // Set through the config keys: a whole `ClientOptions` would replace what the
-        // environment set (AWS_ALLOW_HTTP among others). Humantime durations.
-        let secs = |d: Duration| format!("{}s", d.as_secs().max(1));
-        let store = AmazonS3Builder::from_env()
-            .with_bucket_name(&bucket)
-            .with_retry(retry)
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                secs(cfg.timeout.max(Duration::from_secs(120))),
-            )
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                secs(cfg.timeout.min(Duration::from_secs(5))),
-            )
-            .build()
-            .map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("object store {}: {e}", cfg.url),
-                )
-            })?;
+        let (rt, store, prefix) = connect(&cfg)?;
         let packs_dir = cfg.cache_dir.join("packs");
         let chunks_dir = cfg.cache_dir.join("chunks");
         fs::create_dir_all(&packs_dir)?;
@@ -600,7 +680,7 @@ impl ObjectBackend {
         let _ = fs::remove_dir_all(&chunks_dir);
         fs::create_dir_all(&chunks_dir)?;
         let inner = Arc::new(Inner {
-            store: Arc::new(store),
+            store,
             prefix,
             packs_dir,
             chunks_dir,
@@ -618,6 +698,10 @@ impl ObjectBackend {
             lease_held: AtomicBool::new(false),
             cfg,
         });
+        Self::start(inner)
+    }
+
+    fn start(inner: Arc<Inner>) -> io::Result<ObjectBackend> {
         check_manifest(&inner)?;
         take_lease(&inner)?;
         if let Err(e) = adopt_cache(&inner) {

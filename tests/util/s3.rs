@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub struct S3Server {
     child: Child,
+    bin: PathBuf,
     pub port: u16,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
@@ -79,6 +80,7 @@ impl S3Server {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     return Some(S3Server {
                         child,
+                        bin: bin.clone(),
                         port,
                         log,
                         _dir: dir,
@@ -166,6 +168,33 @@ impl S3Server {
             out.push((field("Key"), field("Size").parse().unwrap_or(0)));
         }
         out
+    }
+
+    /// An object's bytes, through boto3 (signed: moto refuses anonymous reads of objects);
+    /// the python beside `moto_server` has it.
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let py = self
+            .bin
+            .parent()
+            .map(|d| d.join("python"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let out = Command::new(py)
+            .args([
+                "-c",
+                "import boto3,sys; c=boto3.client('s3',endpoint_url=sys.argv[1],aws_access_key_id='testing',aws_secret_access_key='testing',region_name='us-east-1'); sys.stdout.buffer.write(c.get_object(Bucket=sys.argv[2],Key=sys.argv[3])['Body'].read())",
+                &self.endpoint(),
+                bucket,
+                key,
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "GET {bucket}/{key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
     }
 
     /// Freeze the server: requests hang until `resume`.
