@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# objstore.sh - the object-store backend (--store s3://) against the local backend, one run.
+#
+# Starts moto's S3 server on 127.0.0.1 (from $IDCFS_MOTO_SERVER or the CI venv
+# $HOME/.cache/idcfs-ci/venv, which .ci/run installs), then for each target:
+#   local   idcfs mount MNT --store DIR
+#   s3      idcfs mount MNT --store s3://bench/RUN --cache DIR (default --cache-size 1G)
+#   s3-small the same with --cache-size $SMALL_CACHE (smaller than the data written)
+# runs
+#   write   dd if=INPUT of=MNT/big bs=1M conv=fsync, then `idcfs umount` (timed separately:
+#           for s3 it waits for the uploads)
+#   read    remount (s3: on an EMPTY cache directory, so every byte comes from the bucket),
+#           drop the page cache, dd MNT/big to /dev/null; then cmp with the input (untimed)
+#   tree    tar -xf of the small-file tarball into MNT + sync, then umount (timed)
+# and prints, per target and workload, seconds, MB/s and, for s3, the PUT/GET requests and
+# bytes of `idcfs status --json` (requests and bytes uploaded per logical GiB).
+#
+# Inputs: $BENCH_INPUTS (default /var/tmp/idcfs-bench/inputs, made by
+# benches/mount_throughput.sh): random.bin or text.bin (1 GiB) and tree.tar.
+# Usage (root): benches/objstore.sh     Knobs: INPUT=random|text SIZE_MIB TARGETS SMALL_CACHE
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+IDCFS=${IDCFS:-$PWD/target/release/idcfs}
+IN=${BENCH_INPUTS:-/var/tmp/idcfs-bench/inputs}
+INPUT=${INPUT:-random}
+SIZE_MIB=${SIZE_MIB:-1024}
+TARGETS=${TARGETS:-local s3 s3-small}
+SMALL_CACHE=${SMALL_CACHE:-128M}
+WORK=$(mktemp -d /var/tmp/idcfs-objbench.XXXXXX)
+MOTO=${IDCFS_MOTO_SERVER:-$HOME/.cache/idcfs-ci/venv/bin/moto_server}
+[ -x "$MOTO" ] || { echo "no moto_server at $MOTO (.ci/run installs it)" >&2; exit 1; }
+[ -f "$IN/$INPUT.bin" ] && [ -f "$IN/tree.tar" ] || { echo "inputs missing in $IN: run benches/mount_throughput.sh once" >&2; exit 1; }
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$MOTO" -H 127.0.0.1 -p "$PORT" >"$WORK/moto.log" 2>&1 &
+MOTO_PID=$!
+MNT=$WORK/mnt
+mkdir -p "$MNT"
+cleanup() {
+  mountpoint -q "$MNT" && { "$IDCFS" umount "$MNT" || fusermount3 -uz "$MNT"; }
+  kill "$MOTO_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT" && break; sleep 0.2; done
+curl -s -X PUT -o /dev/null "http://127.0.0.1:$PORT/bench"
+export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
+
+head -c $((SIZE_MIB << 20)) "$IN/$INPUT.bin" >"$WORK/input.bin"
+BYTES=$((SIZE_MIB << 20))
+now() { date +%s.%N; }
+mbps() { python3 -c "print(f'{$1/1e6/($3-$2):.1f}')"; }
+secs() { python3 -c "print(f'{$2-$1:.2f}')"; }
+status() { # PUTs, bytes up, GETs, bytes down of the mount
+  "$IDCFS" status --json | python3 -c "
+import json,sys
+for r in json.load(sys.stdin):
+  if r['mountpoint']=='$MNT' and r['status'] and r['status'].get('backend'):
+    b=r['status']['backend']; print(b['puts'], b['bytes_uploaded'], b['gets'], b['bytes_downloaded'])"
+}
+mount_target() { # target run cache-name
+  case $1 in
+    local) "$IDCFS" mount "$MNT" --store "$WORK/local-$2" >/dev/null ;;
+    s3) "$IDCFS" mount "$MNT" --store "s3://bench/$2" --cache "$WORK/$3" >/dev/null ;;
+    s3-small) "$IDCFS" mount "$MNT" --store "s3://bench/$2" --cache "$WORK/$3" --cache-size "$SMALL_CACHE" >/dev/null ;;
+  esac
+}
+printf "target\tworkload\tseconds\tMB/s\tumount_s\tPUTs\tMiB_up\tGETs\tMiB_down\tPUTs/GiB\tGiB_up/GiB\n"
+for t in $TARGETS; do
+  # sequential write, then umount (s3: waits for every upload)
+  mount_target "$t" "$t-seq" "$t-c1"
+  a=$(now); dd if="$WORK/input.bin" of="$MNT/big" bs=1M conv=fsync status=none; b=$(now)
+  st=$(status || true)
+  c=$(now); "$IDCFS" umount "$MNT"; d=$(now)
+  read -r puts up gets down <<<"${st:-0 0 0 0}"
+  printf "%s\twrite %s MiB %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$t" "$SIZE_MIB" "$INPUT" "$(secs "$a" "$b")" "$(mbps $BYTES "$a" "$b")" "$(secs "$c" "$d")" \
+    "$puts" "$((up >> 20))" "$gets" "$((down >> 20))" "$(python3 -c "print(f'{$puts*1024/$SIZE_MIB:.0f}')")" "$(python3 -c "print(f'{$up/$BYTES:.2f}')")"
+  # cold read: s3 from an empty cache
+  mount_target "$t" "$t-seq" "$t-c2"
+  sync; echo 3 >/proc/sys/vm/drop_caches
+  a=$(now); dd if="$MNT/big" of=/dev/null bs=1M status=none; b=$(now)
+  st=$(status || true)
+  read -r puts up gets down <<<"${st:-0 0 0 0}"
+  cmp -s "$MNT/big" "$WORK/input.bin" || echo "VERIFY FAILED: $t read" >&2
+  c=$(now); "$IDCFS" umount "$MNT"; d=$(now)
+  printf "%s\tcold read\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\n" "$t" "$(secs "$a" "$b")" "$(mbps $BYTES "$a" "$b")" "$(secs "$c" "$d")" "$puts" "$((up >> 20))" "$gets" "$((down >> 20))"
+  # small files
+  mount_target "$t" "$t-tree" "$t-c3"
+  a=$(now); tar -xf "$IN/tree.tar" -C "$MNT"; sync; b=$(now)
+  st=$(status || true)
+  c=$(now); "$IDCFS" umount "$MNT"; d=$(now)
+  read -r puts up gets down <<<"${st:-0 0 0 0}"
+  printf "%s\tuntar %s files + sync\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\n" "$t" "$(tar -tf "$IN/tree.tar" | wc -l)" "$(secs "$a" "$b")" "$(mbps "$(stat -c %s "$IN/tree.tar")" "$a" "$b")" "$(secs "$c" "$d")" "$puts" "$((up >> 20))" "$gets" "$((down >> 20))"
+done
+rm -rf "$WORK"
