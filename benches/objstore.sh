@@ -9,7 +9,8 @@
 # runs
 #   write   dd if=INPUT of=MNT/big bs=1M conv=fsync, then `idcfs umount` (timed separately:
 #           for s3 it waits for the uploads)
-#   read    remount (s3: on an EMPTY cache directory, so every byte comes from the bucket),
+#   read    remount (s3: on an EMPTY cache directory, so every byte comes from the bucket;
+#           the mount itself rebuilds the index from the packs: its time goes to stderr),
 #           drop the page cache, dd MNT/big to /dev/null; then cmp with the input (untimed)
 #   tree    tar -xf of the small-file tarball into MNT + sync, then umount (timed)
 # and prints, per target and workload, seconds, MB/s and, for s3, the PUT/GET requests and
@@ -74,7 +75,8 @@ for t in $TARGETS; do
   printf "%s\twrite %s MiB %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$t" "$SIZE_MIB" "$INPUT" "$(secs "$a" "$b")" "$(mbps $BYTES "$a" "$b")" "$(secs "$c" "$d")" \
     "$puts" "$((up >> 20))" "$gets" "$((down >> 20))" "$(python3 -c "print(f'{$puts*1024/$SIZE_MIB:.0f}')")" "$(python3 -c "print(f'{$up/$BYTES:.2f}')")"
   # cold read: s3 from an empty cache
-  mount_target "$t" "$t-seq" "$t-c2"
+  m0=$(now); mount_target "$t" "$t-seq" "$t-c2"; m1=$(now)
+  echo "$t: mount for the cold read took $(secs "$m0" "$m1") s (s3: empty cache, index rebuilt from the bucket)" >&2
   sync; echo 3 >/proc/sys/vm/drop_caches
   a=$(now); dd if="$MNT/big" of=/dev/null bs=1M status=none; b=$(now)
   st=$(status || true)

@@ -50,6 +50,8 @@ use std::time::{Duration, Instant};
 /// Granularity of the read cache and of remote reads: large enough that sequential scans
 /// (replay, rebuild, compaction) cost one GET per 2 MiB, not two per record.
 const CHUNK: u64 = 2 << 20;
+/// Chunks kept in memory after a fetch (sequential scans and read-ahead reuse them).
+const HOT_CHUNKS: usize = 8;
 const MANIFEST_TEXT: &str = "idcfs-object-store 1\n";
 
 /// How to reach the bucket and how to cache it.
@@ -269,6 +271,8 @@ struct Inner {
     /// One tail-segment upload at a time (later fsyncs find their bytes already covered).
     tail: Mutex<()>,
     chunks: Mutex<ChunkCache>,
+    /// The chunks fetched last, newest first (at most `HOT_CHUNKS`).
+    hot: Mutex<std::collections::VecDeque<((PackId, u64), Arc<Vec<u8>>)>>,
     counters: Counters,
     health: Mutex<(bool, Option<String>)>,
     stop: AtomicBool,
@@ -427,25 +431,52 @@ impl Inner {
             .collect())
     }
 
-    /// A chunk of a sealed remote pack, from the cache or the store.
-    fn chunk(&self, pack: PackId, idx: u64, pack_len: u64) -> io::Result<Vec<u8>> {
+    /// Fill `out` from offset `c_off` of chunk `idx` of a sealed remote pack: from the chunks
+    /// just fetched (memory), the cache directory (a ranged read of the chunk file), or the
+    /// store (one GET of the whole chunk, then cached).
+    fn read_chunk(
+        &self,
+        pack: PackId,
+        idx: u64,
+        pack_len: u64,
+        c_off: usize,
+        out: &mut [u8],
+    ) -> io::Result<()> {
+        let key = (pack, idx);
+        let hot = self
+            .hot
+            .lock()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| c.clone());
+        if let Some(c) = hot {
+            out.copy_from_slice(&c[c_off..c_off + out.len()]);
+            return Ok(());
+        }
         let p = self.chunk_path(pack, idx);
-        if self.chunks.lock().lru.get(&(pack, idx)).is_some() {
-            if let Ok(b) = fs::read(&p) {
-                return Ok(b);
+        if self.chunks.lock().lru.get(&key).is_some() {
+            if let Ok(()) = File::open(&p).and_then(|f| f.read_exact_at(out, c_off as u64)) {
+                return Ok(());
             }
         }
         let start = idx * CHUNK;
         let end = (start + CHUNK).min(pack_len);
-        let b = self.get_range(&self.pack_obj(pack), start, end)?.to_vec();
+        let b = Arc::new(self.get_range(&self.pack_obj(pack), start, end)?.to_vec());
+        out.copy_from_slice(&b[c_off..c_off + out.len()]);
+        {
+            // Sequential scans read a chunk record by record: keep the last few in memory.
+            let mut h = self.hot.lock();
+            h.push_front((key, b.clone()));
+            h.truncate(HOT_CHUNKS);
+        }
         // The cache is best effort: a chunk that cannot be stored is fetched again next time.
         let tmp = p.with_extension("tmp");
-        if fs::write(&tmp, &b)
+        if fs::write(&tmp, &*b)
             .and_then(|_| fs::rename(&tmp, &p))
             .is_ok()
         {
             let mut c = self.chunks.lock();
-            if let Some(old) = c.lru.put((pack, idx), b.len() as u64) {
+            if let Some(old) = c.lru.put(key, b.len() as u64) {
                 c.bytes -= old;
             }
             c.bytes += b.len() as u64;
@@ -459,10 +490,11 @@ impl Inner {
                 }
             }
         }
-        Ok(b)
+        Ok(())
     }
 
     fn drop_chunks(&self, pack: PackId) {
+        self.hot.lock().retain(|((p, _), _)| *p != pack);
         let mut c = self.chunks.lock();
         let keys: Vec<(PackId, u64)> = c
             .lru
@@ -692,6 +724,7 @@ impl ObjectBackend {
                 lru: lru::LruCache::unbounded(),
                 bytes: 0,
             }),
+            hot: Mutex::new(Default::default()),
             counters: Counters::default(),
             health: Mutex::new((true, None)),
             stop: AtomicBool::new(false),
@@ -1045,17 +1078,12 @@ impl PackBackend for ObjectBackend {
         let mut pos = off;
         while pos < end {
             let idx = pos / CHUNK;
-            let c = self.inner.chunk(pack, idx, len)?;
-            let c_off = (pos - idx * CHUNK) as usize;
-            let n = ((end - pos) as usize).min(c.len().saturating_sub(c_off));
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("pack {pack}: short chunk"),
-                ));
-            }
+            let c_off = pos - idx * CHUNK;
+            // Within this chunk (and the pack: `end <= len` was checked).
+            let n = (end - pos).min(CHUNK - c_off) as usize;
             let b = (pos - off) as usize;
-            buf[b..b + n].copy_from_slice(&c[c_off..c_off + n]);
+            self.inner
+                .read_chunk(pack, idx, len, c_off as usize, &mut buf[b..b + n])?;
             pos += n as u64;
         }
         Ok(())
