@@ -9,9 +9,11 @@
 # runs
 #   write   dd if=INPUT of=MNT/big bs=1M conv=fsync, then `idcfs umount` (timed separately:
 #           for s3 it waits for the uploads)
-#   read    remount (s3: on an EMPTY cache directory, so every byte comes from the bucket;
-#           the mount itself rebuilds the index from the packs: its time goes to stderr),
+#   read    remount on the same cache (s3: the uploaded packs are not local any more and the
+#           read cache starts empty, so every byte comes from the bucket),
 #           drop the page cache, dd MNT/big to /dev/null; then cmp with the input (untimed)
+#   rebuild (s3) `idcfs fsck s3://… --cache EMPTY --rebuild`: a new machine with only the
+#           bucket (index rebuilt from the packs, then every block read and checked)
 #   tree    tar -xf of the small-file tarball into MNT + sync, then umount (timed)
 # and prints, per target and workload, seconds, MB/s and, for s3, the PUT/GET requests and
 # bytes of `idcfs status --json` (requests and bytes uploaded per logical GiB).
@@ -39,13 +41,18 @@ mkdir -p "$MNT"
 cleanup() {
   mountpoint -q "$MNT" && { "$IDCFS" umount "$MNT" || fusermount3 -uz "$MNT"; }
   kill "$MOTO_PID" 2>/dev/null || true
+  rm -rf "$WORK"
 }
 trap cleanup EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT" && break; sleep 0.2; done
 curl -s -X PUT -o /dev/null "http://127.0.0.1:$PORT/bench"
 export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
 
-head -c $((SIZE_MIB << 20)) "$IN/$INPUT.bin" >"$WORK/input.bin"
+if [ $((SIZE_MIB << 20)) -eq "$(stat -c %s "$IN/$INPUT.bin")" ]; then
+  ln -s "$IN/$INPUT.bin" "$WORK/input.bin"
+else
+  head -c $((SIZE_MIB << 20)) "$IN/$INPUT.bin" >"$WORK/input.bin"
+fi
 BYTES=$((SIZE_MIB << 20))
 now() { date +%s.%N; }
 mbps() { python3 -c "print(f'{$1/1e6/($3-$2):.1f}')"; }
@@ -75,8 +82,10 @@ for t in $TARGETS; do
   printf "%s\twrite %s MiB %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$t" "$SIZE_MIB" "$INPUT" "$(secs "$a" "$b")" "$(mbps $BYTES "$a" "$b")" "$(secs "$c" "$d")" \
     "$puts" "$((up >> 20))" "$gets" "$((down >> 20))" "$(python3 -c "print(f'{$puts*1024/$SIZE_MIB:.0f}')")" "$(python3 -c "print(f'{$up/$BYTES:.2f}')")"
   # cold read: s3 from an empty cache
-  m0=$(now); mount_target "$t" "$t-seq" "$t-c2"; m1=$(now)
-  echo "$t: mount for the cold read took $(secs "$m0" "$m1") s (s3: empty cache, index rebuilt from the bucket)" >&2
+  # cold read: the same cache (index kept; s3: uploaded packs are no longer local and the
+  # read cache starts empty, so every byte comes from the bucket)
+  m0=$(now); mount_target "$t" "$t-seq" "$t-c1"; m1=$(now)
+  echo "$t: remount took $(secs "$m0" "$m1") s" >&2
   sync; echo 3 >/proc/sys/vm/drop_caches
   a=$(now); dd if="$MNT/big" of=/dev/null bs=1M status=none; b=$(now)
   st=$(status || true)
@@ -84,6 +93,12 @@ for t in $TARGETS; do
   cmp -s "$MNT/big" "$WORK/input.bin" || echo "VERIFY FAILED: $t read" >&2
   c=$(now); "$IDCFS" umount "$MNT"; d=$(now)
   printf "%s\tcold read\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\n" "$t" "$(secs "$a" "$b")" "$(mbps $BYTES "$a" "$b")" "$(secs "$c" "$d")" "$puts" "$((up >> 20))" "$gets" "$((down >> 20))"
+  # a new machine: only the bucket; fsck --rebuild on an empty cache (rebuild + full check)
+  if [ "$t" != local ]; then
+    extra=(); [ "$t" = s3-small ] && extra=(--cache-size "$SMALL_CACHE")
+    a=$(now); "$IDCFS" fsck "s3://bench/$t-seq" --cache "$WORK/$t-c2" --rebuild "${extra[@]}" >"$WORK/fsck.out" 2>&1 || { echo "fsck failed" >&2; cat "$WORK/fsck.out" >&2; }; b=$(now)
+    printf "%s\tnew machine: fsck --rebuild (empty cache)\t%s\t%s\t\t\t\t\t\t\t\n" "$t" "$(secs "$a" "$b")" "$(mbps $BYTES "$a" "$b")"
+  fi
   # small files
   mount_target "$t" "$t-tree" "$t-c3"
   a=$(now); tar -xf "$IN/tree.tar" -C "$MNT"; sync; b=$(now)
@@ -91,5 +106,5 @@ for t in $TARGETS; do
   c=$(now); "$IDCFS" umount "$MNT"; d=$(now)
   read -r puts up gets down <<<"${st:-0 0 0 0}"
   printf "%s\tuntar %s files + sync\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\n" "$t" "$(tar -tf "$IN/tree.tar" | wc -l)" "$(secs "$a" "$b")" "$(mbps "$(stat -c %s "$IN/tree.tar")" "$a" "$b")" "$(secs "$c" "$d")" "$puts" "$((up >> 20))" "$gets" "$((down >> 20))"
+  rm -rf "$WORK"/local-* "$WORK/$t"-c*   # keep the disk free between targets
 done
-rm -rf "$WORK"

@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 const CHUNK: u64 = 2 << 20;
 /// Chunks kept in memory after a fetch (sequential scans and read-ahead reuse them).
 const HOT_CHUNKS: usize = 8;
+const FETCH_LOCKS: usize = 16;
 const MANIFEST_TEXT: &str = "idcfs-object-store 1\n";
 
 /// How to reach the bucket and how to cache it.
@@ -271,6 +272,8 @@ struct Inner {
     /// One tail-segment upload at a time (later fsyncs find their bytes already covered).
     tail: Mutex<()>,
     chunks: Mutex<ChunkCache>,
+    /// Chunk fetches in progress, striped by chunk.
+    fetching: [Mutex<()>; FETCH_LOCKS],
     /// The chunks fetched last, newest first (at most `HOT_CHUNKS`).
     hot: Mutex<std::collections::VecDeque<((PackId, u64), Arc<Vec<u8>>)>>,
     counters: Counters,
@@ -458,6 +461,19 @@ impl Inner {
             if let Ok(()) = File::open(&p).and_then(|f| f.read_exact_at(out, c_off as u64)) {
                 return Ok(());
             }
+        }
+        // One fetch per chunk at a time: the reader and the read-ahead threads often want the
+        // same chunk together; the ones that waited find it in memory.
+        let _f = self.fetching[(pack as usize * 31 + idx as usize) % FETCH_LOCKS].lock();
+        let hot = self
+            .hot
+            .lock()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| c.clone());
+        if let Some(c) = hot {
+            out.copy_from_slice(&c[c_off..c_off + out.len()]);
+            return Ok(());
         }
         let start = idx * CHUNK;
         let end = (start + CHUNK).min(pack_len);
@@ -724,6 +740,7 @@ impl ObjectBackend {
                 lru: lru::LruCache::unbounded(),
                 bytes: 0,
             }),
+            fetching: std::array::from_fn(|_| Mutex::new(())),
             hot: Mutex::new(Default::default()),
             counters: Counters::default(),
             health: Mutex::new((true, None)),
@@ -1101,6 +1118,8 @@ impl PackBackend for ObjectBackend {
             return Ok(Box::new(ObjectAppender {
                 file: l.file.clone(),
                 appended: l.appended.clone(),
+                inner: inner.clone(),
+                pack,
             }));
         }
         let file = Arc::new(
@@ -1119,7 +1138,12 @@ impl PackBackend for ObjectBackend {
                 appended: appended.clone(),
             },
         );
-        Ok(Box::new(ObjectAppender { file, appended }))
+        Ok(Box::new(ObjectAppender {
+            file,
+            appended,
+            inner: inner.clone(),
+            pack,
+        }))
     }
 
     fn remove(&self, pack: PackId) -> io::Result<()> {
@@ -1275,6 +1299,8 @@ impl Drop for ObjectBackend {
 struct ObjectAppender {
     file: Arc<File>,
     appended: Arc<AtomicU64>,
+    inner: Arc<Inner>,
+    pack: PackId,
 }
 
 impl PackAppender for ObjectAppender {
@@ -1290,6 +1316,24 @@ impl PackAppender for ObjectAppender {
         self.file.sync_data()
     }
     fn truncate(&self, len: u64) -> io::Result<()> {
+        // Segments reaching past the cut would no longer be a prefix of the pack: drop them
+        // first (the next persist uploads the pack again from offset 0). Recovery cuts only
+        // torn tails, which segments never reach, so this is a safeguard.
+        let _t = self.inner.tail.lock();
+        let segs = self
+            .inner
+            .state
+            .lock()
+            .segments
+            .get(&self.pack)
+            .cloned()
+            .unwrap_or_default();
+        if segs.last().is_some_and(|(o, n)| o + n > len) {
+            for (off, _) in &segs {
+                self.inner.delete(&self.inner.seg_obj(self.pack, *off))?;
+            }
+            self.inner.state.lock().segments.remove(&self.pack);
+        }
         self.file.set_len(len)?;
         self.file.sync_all()?;
         self.appended.store(len, Ordering::Release);
