@@ -241,7 +241,14 @@ pub fn spawn_background(
             return Err(format!("cannot hand the key to the daemon: {e}"));
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A first mount of an object store on an empty cache rebuilds the index from the whole
+    // bucket before the mount comes up: allow it far longer.
+    let limit = if crate::store::object::is_url(&store_arg.to_string_lossy()) {
+        900
+    } else {
+        60
+    };
+    let deadline = Instant::now() + Duration::from_secs(limit);
     loop {
         if is_mounted(mp) {
             println!(
@@ -262,7 +269,7 @@ pub fn spawn_background(
         if Instant::now() > deadline {
             let _ = child.kill();
             return Err(format!(
-                "the mount did not come up within 60 s; see {}",
+                "the mount did not come up within {limit} s; see {}",
                 log_path.display()
             ));
         }
