@@ -254,6 +254,9 @@ struct Counters {
     down: AtomicU64,
 }
 
+/// A chunk of a pack: (pack, chunk index).
+type ChunkKey = (PackId, u64);
+
 struct ChunkCache {
     lru: lru::LruCache<(PackId, u64), u64>,
     bytes: u64,
@@ -275,7 +278,7 @@ struct Inner {
     /// Chunk fetches in progress, striped by chunk.
     fetching: [Mutex<()>; FETCH_LOCKS],
     /// The chunks fetched last, newest first (at most `HOT_CHUNKS`).
-    hot: Mutex<std::collections::VecDeque<((PackId, u64), Arc<Vec<u8>>)>>,
+    hot: Mutex<std::collections::VecDeque<(ChunkKey, Arc<Vec<u8>>)>>,
     counters: Counters,
     health: Mutex<(bool, Option<String>)>,
     stop: AtomicBool,
