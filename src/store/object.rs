@@ -53,6 +53,8 @@ const CHUNK: u64 = 2 << 20;
 /// Chunks kept in memory after a fetch (sequential scans and read-ahead reuse them).
 const HOT_CHUNKS: usize = 8;
 const FETCH_LOCKS: usize = 16;
+/// Chunks a sequential reader gets fetched ahead of it, in parallel.
+const READ_AHEAD: u64 = 4;
 const MANIFEST_TEXT: &str = "idcfs-object-store 1\n";
 
 /// How to reach the bucket and how to cache it.
@@ -275,6 +277,8 @@ struct Inner {
     /// One tail-segment upload at a time (later fsyncs find their bytes already covered).
     tail: Mutex<()>,
     chunks: Mutex<ChunkCache>,
+    /// Chunks being read ahead.
+    prefetching: Mutex<HashSet<ChunkKey>>,
     /// Chunk fetches in progress, striped by chunk.
     fetching: [Mutex<()>; FETCH_LOCKS],
     /// The chunks fetched last, newest first (at most `HOT_CHUNKS`).
@@ -440,8 +444,16 @@ impl Inner {
     /// Fill `out` from offset `c_off` of chunk `idx` of a sealed remote pack: from the chunks
     /// just fetched (memory), the cache directory (a ranged read of the chunk file), or the
     /// store (one GET of the whole chunk, then cached).
+    fn hot_chunk(&self, key: ChunkKey) -> Option<Arc<Vec<u8>>> {
+        self.hot
+            .lock()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| c.clone())
+    }
+
     fn read_chunk(
-        &self,
+        self: &Arc<Self>,
         pack: PackId,
         idx: u64,
         pack_len: u64,
@@ -449,13 +461,12 @@ impl Inner {
         out: &mut [u8],
     ) -> io::Result<()> {
         let key = (pack, idx);
-        let hot = self
-            .hot
-            .lock()
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, c)| c.clone());
-        if let Some(c) = hot {
+        // A sequential reader (the chunk before this one was read recently) gets the next
+        // chunks fetched in parallel ahead of it: one GET at a time is slow on any store.
+        if idx > 0 && self.hot_chunk((pack, idx - 1)).is_some() {
+            self.prefetch(pack, idx + 1, pack_len);
+        }
+        if let Some(c) = self.hot_chunk(key) {
             out.copy_from_slice(&c[c_off..c_off + out.len()]);
             return Ok(());
         }
@@ -465,16 +476,15 @@ impl Inner {
                 return Ok(());
             }
         }
+        // A read-ahead of this chunk in flight: wait for it (bounded) rather than fetch twice.
+        let waited = Instant::now();
+        while self.prefetching.lock().contains(&key) && waited.elapsed() < self.cfg.timeout {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         // One fetch per chunk at a time: the reader and the read-ahead threads often want the
         // same chunk together; the ones that waited find it in memory.
         let _f = self.fetching[(pack as usize * 31 + idx as usize) % FETCH_LOCKS].lock();
-        let hot = self
-            .hot
-            .lock()
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, c)| c.clone());
-        if let Some(c) = hot {
+        if let Some(c) = self.hot_chunk(key) {
             out.copy_from_slice(&c[c_off..c_off + out.len()]);
             return Ok(());
         }
@@ -482,13 +492,20 @@ impl Inner {
         let end = (start + CHUNK).min(pack_len);
         let b = Arc::new(self.get_range(&self.pack_obj(pack), start, end)?.to_vec());
         out.copy_from_slice(&b[c_off..c_off + out.len()]);
+        self.keep_chunk(key, b);
+        Ok(())
+    }
+
+    /// A fetched chunk goes into memory (sequential scans read it record by record) and into
+    /// the cache directory (best effort: a chunk that cannot be stored is fetched again).
+    fn keep_chunk(&self, key: ChunkKey, b: Arc<Vec<u8>>) {
         {
-            // Sequential scans read a chunk record by record: keep the last few in memory.
             let mut h = self.hot.lock();
+            h.retain(|(k, _)| *k != key);
             h.push_front((key, b.clone()));
             h.truncate(HOT_CHUNKS);
         }
-        // The cache is best effort: a chunk that cannot be stored is fetched again next time.
+        let p = self.chunk_path(key.0, key.1);
         let tmp = p.with_extension("tmp");
         if fs::write(&tmp, &*b)
             .and_then(|_| fs::rename(&tmp, &p))
@@ -509,7 +526,61 @@ impl Inner {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Fetch chunks `from..from + READ_AHEAD` of `pack` in the background, in parallel (the
+    /// ones not cached or in flight already). Failures are dropped: a reader fetches again.
+    fn prefetch(self: &Arc<Self>, pack: PackId, from: u64, pack_len: u64) {
+        if pack_len == 0 || self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let last = (pack_len - 1) / CHUNK;
+        let mut want = Vec::new();
+        for i in from..=(from + READ_AHEAD - 1).min(last) {
+            let key = (pack, i);
+            if self.hot_chunk(key).is_some() || self.chunks.lock().lru.contains(&key) {
+                continue;
+            }
+            if self.prefetching.lock().insert(key) {
+                want.push(key);
+            }
+        }
+        if want.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        // A thread of its own (not a tokio worker): it blocks on the runtime, then writes the
+        // chunks to the cache directory.
+        let spawned = std::thread::Builder::new()
+            .name("idcfs-s3-ahead".into())
+            .spawn(move || {
+                let obj = me.pack_obj(pack);
+                let gets =
+                    want.iter().map(|&(_, i)| {
+                        let start = i * CHUNK;
+                        let end = (start + CHUNK).min(pack_len);
+                        let store = me.store.clone();
+                        let obj = obj.clone();
+                        let limit = me.cfg.timeout;
+                        async move {
+                            tokio::time::timeout(limit, store.get_range(&obj, start..end)).await
+                        }
+                    });
+                let got = me.rt.block_on(futures::future::join_all(gets));
+                for (key, r) in want.iter().zip(got) {
+                    if let Ok(Ok(b)) = r {
+                        me.counters.gets.fetch_add(1, Ordering::Relaxed);
+                        me.counters
+                            .down
+                            .fetch_add(b.len() as u64, Ordering::Relaxed);
+                        me.keep_chunk(*key, Arc::new(b.to_vec()));
+                    }
+                    me.prefetching.lock().remove(key);
+                }
+            });
+        if spawned.is_err() {
+            self.prefetching.lock().retain(|k| k.0 != pack);
+        }
     }
 
     fn drop_chunks(&self, pack: PackId) {
@@ -743,6 +814,7 @@ impl ObjectBackend {
                 lru: lru::LruCache::unbounded(),
                 bytes: 0,
             }),
+            prefetching: Mutex::new(HashSet::new()),
             fetching: std::array::from_fn(|_| Mutex::new(())),
             hot: Mutex::new(Default::default()),
             counters: Counters::default(),
