@@ -18,16 +18,21 @@
 //!                                   (16 hex digits): what fsync made durable before sealing
 //! ```
 //! Invariants:
-//! - Every object is written once and never modified; a sealed pack is uploaded whole, and
-//!   its segments are deleted only after that upload succeeded.
+//! - Pack and segment objects are never modified: a sealed pack is uploaded whole (again
+//!   with the same bytes only when a crash came between its upload and the cleanup), and its
+//!   segments are deleted only after that upload succeeded. (`lease` and `writer` are the
+//!   only objects overwritten.)
 //! - A local pack file is deleted only after its whole object is in the bucket.
 //! - The segments of a pack are contiguous from offset 0 and concatenate to a prefix of the
 //!   pack's bytes (only completed appends are uploaded; a truncation below what was uploaded
 //!   replaces them).
 //! - At open, a pack that exists only as segments is rebuilt into the cache from them; every
 //!   local pack but the newest is sealed and queued for upload.
-//! - Reads never wait longer than the configured timeout for the store: they fail with an
-//!   error (EIO) instead.
+//! - Reads wait for the store a bounded time (the configured timeout per request, twice
+//!   when a read-ahead of the same chunk was in flight) and then fail with EIO, never hang.
+//! - Reads of uploaded packs go through 2 MiB chunks: the last few in memory, the rest in
+//!   `chunks/` (LRU, bounded by the cache size); a sequential reader gets the next chunks
+//!   fetched in parallel.
 
 use super::{BackendStatus, PackAppender, PackBackend, PackId};
 use futures::TryStreamExt;
