@@ -448,3 +448,61 @@ fn objstore_encrypted_store_sends_only_sealed_records() {
     assert!(std::fs::read(m2.path("big.bin")).unwrap_or_default() == big);
     m2.unmount();
 }
+
+#[test]
+fn objstore_compaction_deletes_old_pack_objects_and_keeps_live_data() {
+    let Some(s) = setup("compact") else { return };
+    let mut m = s.mount("cache1", &["--pack-mib", "1"]);
+    let mut kept = Vec::new();
+    for i in 0..12u64 {
+        let body = random(500_000, 300 + i);
+        std::fs::write(m.path(&format!("f{i}")), &body).unwrap_or_else(|e| panic!("{e}"));
+        if i % 6 == 0 {
+            kept.push((i, body));
+        }
+    }
+    sh(&m.mnt, "sync");
+    let packs = |s: &Setup| {
+        s.objects()
+            .into_iter()
+            .filter(|(k, _)| k.ends_with(".pack"))
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    };
+    // Let the sealed packs reach the bucket.
+    let t0 = Instant::now();
+    while packs(&s).len() < 4 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = packs(&s);
+    assert!(before.len() >= 4, "packs not uploaded: {before:?}");
+    for i in 0..12u64 {
+        if i % 6 != 0 {
+            std::fs::remove_file(m.path(&format!("f{i}"))).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let (code, out) = s.idcfs(&["compact", m.mnt.to_str().unwrap_or_default()]);
+    assert_eq!(code, 0, "compact failed: {out}");
+    let after = packs(&s);
+    let gone = before.iter().filter(|k| !after.contains(k)).count();
+    assert!(
+        gone >= 2,
+        "compaction deleted no pack objects: before {before:?}, after {after:?}\n{out}"
+    );
+    for (i, body) in &kept {
+        assert!(std::fs::read(m.path(&format!("f{i}"))).unwrap_or_default() == *body);
+    }
+    m.unmount();
+    // The bucket alone still holds exactly the live files.
+    let mut m2 = s.mount("fresh", &[]);
+    let mut names: Vec<String> = std::fs::read_dir(&m2.mnt)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["f0".to_string(), "f6".to_string()]);
+    for (i, body) in &kept {
+        assert!(std::fs::read(m2.path(&format!("f{i}"))).unwrap_or_default() == *body);
+    }
+    m2.unmount();
+}
