@@ -223,6 +223,8 @@ pub enum Cmd {
         json: bool,
         #[command(flatten)]
         keys: KeyArgs,
+        #[command(flatten)]
+        object: ObjectArgs,
     },
     /// Check every reference and checksum of an unmounted store; exit 1 when problems exist.
     Fsck {
@@ -249,6 +251,8 @@ pub enum Cmd {
         path: PathBuf,
         #[command(flatten)]
         keys: KeyArgs,
+        #[command(flatten)]
+        object: ObjectArgs,
     },
     /// Apply the current policies to existing files below PATH (re-encode them now).
     Recompress { path: PathBuf },
@@ -403,13 +407,22 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             println!("idcfs: secret changed; the data keys are unchanged, nothing was rewritten");
             Ok(EXIT_OK)
         }
-        Cmd::Stats { path, json, keys } => {
+        Cmd::Stats {
+            path,
+            json,
+            keys,
+            object,
+        } => {
             let mut stats: Stats = match daemon::control_get(&path, "stats") {
                 Ok(bytes) => serde_json::from_slice(&bytes)
                     .map_err(|e| format!("bad stats from the daemon: {e}"))?,
-                Err(_) => daemon::open_offline(&path, &keys)?
-                    .stats_detailed()
-                    .map_err(|e| e.to_string())?,
+                Err(_) => {
+                    let e = open_offline_any(&path, &keys, &object)?;
+                    let st = e.stats_detailed().map_err(|e| e.to_string())?;
+                    // An object store's lease is released here, not left to the next mount.
+                    e.shutdown().map_err(|e| e.to_string())?;
+                    st
+                }
             };
             if let Some(s) = stats.subtree.as_mut() {
                 *s = std::fs::canonicalize(&path)
@@ -498,7 +511,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 EXIT_PROBLEMS
             })
         }
-        Cmd::Compact { path, keys } => {
+        Cmd::Compact { path, keys, object } => {
             if daemon::control_get(&path, "pid").is_ok() {
                 recompress_with_progress(&path)?;
                 daemon::control_set(&path, "compact")
@@ -514,7 +527,7 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     st.ratio
                 );
             } else {
-                let e = daemon::open_offline(&path, &keys)?;
+                let e = open_offline_any(&path, &keys, &object)?;
                 let r = e.compact(true).map_err(|e| e.to_string())?;
                 e.shutdown().map_err(|e| e.to_string())?;
                 println!(
@@ -779,6 +792,28 @@ fn recompress_with_progress(root: &Path) -> Result<(), String> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Open an unmounted store for an offline command: a directory, or an object store through
+/// its cache directory (`--cache`).
+fn open_offline_any(
+    path: &Path,
+    keys: &KeyArgs,
+    object: &ObjectArgs,
+) -> Result<std::sync::Arc<crate::engine::Engine>, String> {
+    let target = StoreArg::resolve(path, object, || path.to_path_buf())?;
+    match &target.object {
+        Some(o) => {
+            if object.cache.is_none() {
+                return Err(
+                    "an object store is opened through a cache directory: give --cache DIR".into(),
+                );
+            }
+            let key = daemon::object_key(o, keys, false)?;
+            daemon::open_object(&target.dir, o, daemon::offline_options(key))
+        }
+        None => daemon::open_offline(path, keys),
+    }
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, String> {

@@ -493,6 +493,24 @@ fn objstore_compaction_deletes_old_pack_objects_and_keeps_live_data() {
         assert!(std::fs::read(m.path(&format!("f{i}"))).unwrap_or_default() == *body);
     }
     m.unmount();
+    // Offline, through the cache directory: stats count the live data, compact runs.
+    let cache = s.cache("cache1");
+    let cache = cache.to_str().unwrap_or_default();
+    let (code, out) = s.idcfs(&["stats", &s.url, "--cache", cache, "--json"]);
+    assert_eq!(code, 0, "offline stats failed: {out}");
+    // The JSON comes first (stdout); the daemon's log lines (stderr) follow it.
+    let st: serde_json::Value = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .next()
+        .and_then(|r| r.ok())
+        .unwrap_or_else(|| panic!("stats json:\n{out}"));
+    assert_eq!(st["logical_bytes"], 1_000_000, "{out}");
+    let (code, out) = s.idcfs(&["compact", &s.url, "--cache", cache]);
+    assert_eq!(code, 0, "offline compact failed: {out}");
+    assert!(
+        !s.objects().iter().any(|(k, _)| k.ends_with("/lease")),
+        "offline commands left the lease"
+    );
     // The bucket alone still holds exactly the live files.
     let mut m2 = s.mount("fresh", &[]);
     let mut names: Vec<String> = std::fs::read_dir(&m2.mnt)
