@@ -74,6 +74,14 @@ pub enum Cmd {
         /// Internal: the background daemon receives the unlocked key on stdin.
         #[arg(long, hide = true)]
         key_stdin: bool,
+        /// Where neural codecs run: auto (CUDA when this build has the `cuda` feature and the
+        /// runtime offers it, else the CPU), cpu, or cuda. Overrides `[neural] device`.
+        #[arg(long, value_enum)]
+        device: Option<crate::neural::Device>,
+        /// The ONNX Runtime library (libonnxruntime.so) to load; overrides `[neural] library`,
+        /// `$IDCFS_ORT_LIB` and the venv search.
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
     },
     /// Create an empty store; with --encrypt, an encrypted one (AES-256-GCM-SIV; the key is
     /// protected by a passphrase or a key file).
@@ -173,6 +181,8 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             encrypt,
             keys,
             key_stdin,
+            device,
+            ort_lib,
         } => {
             let conf = crate::config::load(config.as_deref())?;
             let mp = std::fs::canonicalize(&mountpoint)
@@ -207,6 +217,14 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     idle_secs: conf.idle_secs.unwrap_or(60),
                     codecs_disabled: conf.codecs_disabled.clone(),
                     key,
+                    neural: crate::neural::RuntimeOptions {
+                        library: match &ort_lib {
+                            Some(p) => Some(absolute(p)?),
+                            None => conf.neural.library.clone(),
+                        },
+                        device: device.unwrap_or(conf.neural.device),
+                        intra_threads: conf.neural.intra_threads,
+                    },
                     ..Options::default()
                 };
                 daemon::run_foreground(&mp, &store, opts)?;
@@ -223,6 +241,12 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 }
                 if cli.verbose {
                     extra.push("--verbose".into());
+                }
+                if let Some(d) = device {
+                    extra.push(format!("--device={}", d.name()));
+                }
+                if let Some(p) = &ort_lib {
+                    extra.push(format!("--ort-lib={}", absolute(p)?.display()));
                 }
                 daemon::spawn_background(&mp, &store, &extra, key.as_deref())?;
             }
@@ -448,6 +472,9 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                             );
                             if let Some(why) = &s.read_only {
                                 println!("  READ-ONLY: {why} (reads work; fix the disk, then remount)");
+                            }
+                            if !s.onnx_runtime.is_empty() {
+                                println!("  ONNX Runtime: {}", s.onnx_runtime);
                             }
                             for c in &s.unavailable_codecs {
                                 println!("  codec unavailable: {c}");

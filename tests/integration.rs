@@ -9,6 +9,7 @@ mod crypt;
 mod disk;
 mod formats;
 mod golden;
+mod lossy;
 mod model;
 mod policy;
 mod posix;

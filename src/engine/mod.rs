@@ -94,6 +94,8 @@ pub struct Options {
     pub codecs_disabled: Vec<String>,
     /// The unlocked key of an encrypted store (None: a plain store).
     pub key: Option<Arc<crate::crypto::StoreKey>>,
+    /// How to load the ONNX Runtime for neural codecs (process-wide: the first engine decides).
+    pub neural: crate::neural::RuntimeOptions,
 }
 
 impl Default for Options {
@@ -111,6 +113,7 @@ impl Default for Options {
             idle_secs: 60,
             codecs_disabled: Vec::new(),
             key: None,
+            neural: crate::neural::RuntimeOptions::default(),
         }
     }
 }
@@ -251,6 +254,9 @@ impl Engine {
         backend: Option<Arc<dyn crate::store::PackBackend>>,
     ) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(dir)?;
+        // Before the registry: the neural codecs' availability depends on it. A missing
+        // runtime is logged once and only makes those codecs unavailable.
+        let _ = crate::neural::init(&opts.neural);
         let codecs = Registry::with_disabled(&opts.codecs_disabled)
             .map_err(|e| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let space = space::Space::open(dir)?;

@@ -32,6 +32,9 @@ pub struct Status {
     /// The store is encrypted (and unlocked, since it is mounted).
     #[serde(default)]
     pub encrypted: bool,
+    /// The ONNX Runtime the neural codecs use: its library and device, or why it is missing.
+    #[serde(default)]
+    pub onnx_runtime: String,
 }
 
 /// What `idcfs stats` reports.
@@ -394,6 +397,7 @@ impl Engine {
                 .map(|(name, why)| format!("{name}: {why}"))
                 .collect(),
             encrypted: self.opts.key.is_some(),
+            onnx_runtime: crate::neural::status(),
         }
     }
 
