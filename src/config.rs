@@ -148,9 +148,11 @@ pub fn parse(text: &str) -> Result<Config, String> {
                     }
                 }
             }
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown section [{other}] (allowed: [policy], [background], [codecs], [neural])"
-            )),
+            ))
+            }
         }
     }
     Ok(c)

@@ -19,6 +19,7 @@ mod deflate;
 mod deflate_tokens;
 mod exec;
 mod jpeg;
+mod lossy_image;
 pub(crate) mod pixels;
 mod raw;
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use self::deflate_tokens::{
 };
 pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
+pub use self::lossy_image::{image_psnr, ImageWebp};
 pub use self::raw::Raw;
 pub use self::zstd::Zstd;
 pub use self::zstd_dict::{
@@ -95,6 +97,9 @@ pub const EXEC: CodecId = 7;
 /// gzip / zip / PNG with each deflate stream replaced by its plain text and its token choices
 /// predicted from that text (fast exact rebuild), then zstd (whole file).
 pub const DEFLATE_TOKENS: CodecId = 8;
+/// Lossy: an 8-bit PNG's pixels as lossy WebP, served as a PNG of the reconstructed pixels
+/// with the original's ancillary chunks (whole file; only under `lossy=image:…`).
+pub const IMAGE_WEBP: CodecId = 9;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +113,8 @@ pub enum Granularity {
 /// What a codec may be asked to do when encoding.
 #[derive(Clone, Debug)]
 pub struct EncodeParams {
-    /// Codec-specific effort (zstd level).
+    /// Codec-specific effort (zstd level); for lossy image codecs, the PSNR target in
+    /// hundredths of a dB.
     pub level: i32,
     /// Which trained model (dictionary, network) to use, for codecs that have several; 0 is
     /// the codec's default. A codec records the model it used in the block params, so decoding
@@ -210,6 +216,7 @@ impl Default for Registry {
         r.add(Arc::new(ZstdDict));
         r.add(Arc::new(Exec));
         r.add(Arc::new(DeflateTokens));
+        r.add(Arc::new(ImageWebp));
         r
     }
 }
