@@ -63,3 +63,128 @@ fn onnx_runtime_absent_is_reported_and_harmless_present_is_found() {
     );
     assert!(Path::new(&m.log).exists());
 }
+
+fn fileinfo(m: &Mounted, p: &Path) -> serde_json::Value {
+    let v = sh(
+        m.dir.path(),
+        &format!(
+            "getfattr --only-values -n user.idcfs.fileinfo '{}'",
+            p.display()
+        ),
+    );
+    serde_json::from_str(&v).unwrap_or_else(|e| panic!("fileinfo of {}: {e}: {v}", p.display()))
+}
+
+fn photos() -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/photo");
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    assert!(v.len() >= 2, "tests/data/photo holds real photographs");
+    v
+}
+
+/// Under `lossy=image:psnr=40`, real PNG photos are stored lossily: much smaller than the
+/// same files stored losslessly next door, read back as valid PNGs meeting the target, with
+/// `st_size` equal to the bytes read and stable across a remount; the sibling directory
+/// without the key keeps every byte; a write into a lossy file makes an ordinary file that
+/// is never lossily re-encoded again.
+#[test]
+fn lossy_png_photos_under_policy() {
+    let mut m = Mounted::new();
+    let (lossy, plain) = (m.path("lossy"), m.path("plain"));
+    std::fs::create_dir(&lossy).unwrap();
+    std::fs::create_dir(&plain).unwrap();
+    let out = m.idcfs(&[
+        "policy",
+        "set",
+        lossy.to_str().unwrap(),
+        "lossy=image:psnr=40",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let photos = photos();
+    for (name, bytes) in &photos {
+        std::fs::write(lossy.join(name), bytes).unwrap();
+        std::fs::write(plain.join(name), bytes).unwrap();
+    }
+    let out = m.idcfs(&["recompress", m.mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let check = |m: &Mounted, when: &str| -> Vec<(u64, String)> {
+        let (mut lossy_stored, mut plain_stored) = (0u64, 0u64);
+        let mut seen = Vec::new();
+        for (name, orig) in &photos {
+            let p = plain.join(name);
+            assert_eq!(
+                &std::fs::read(&p).unwrap(),
+                orig,
+                "{when}: plain {name} changed"
+            );
+            plain_stored += fileinfo(m, &p)["stored"].as_u64().unwrap();
+            let p = lossy.join(name);
+            let got = std::fs::read(&p).unwrap();
+            let size = std::fs::metadata(&p).unwrap().len();
+            assert_eq!(
+                size,
+                got.len() as u64,
+                "{when}: st_size of {name} is the bytes read"
+            );
+            assert_ne!(&got, orig, "{when}: {name} was not stored lossily");
+            let db = idcfs::codec::image_psnr(orig, &got)
+                .unwrap_or_else(|| panic!("{when}: {name} does not read as a valid PNG"));
+            assert!(db >= 40.0, "{when}: {name}: PSNR {db:.2} dB < 40");
+            let fi = fileinfo(m, &p);
+            assert!(
+                fi["encodings"].to_string().contains("image-webp"),
+                "{when}: {name}: {fi}"
+            );
+            lossy_stored += fi["stored"].as_u64().unwrap();
+            seen.push((size, sha(&p)));
+        }
+        assert!(
+            lossy_stored * 10 <= plain_stored * 4,
+            "{when}: lossy {lossy_stored} vs lossless {plain_stored}: not 60% smaller"
+        );
+        seen
+    };
+    let before = check(&m, "after recompression");
+    m.remount();
+    let after = check(&m, "after remount");
+    assert_eq!(before, after, "st_size and bytes stable across remount");
+    let log = m.log_text();
+    assert!(
+        log.is_empty() || !log.contains("panicked"),
+        "daemon log:\n{log}"
+    );
+
+    // A write into a lossy file: an ordinary file from then on, never lossily re-encoded.
+    let (name, _) = &photos[0];
+    let p = lossy.join(name);
+    let mut want = std::fs::read(&p).unwrap();
+    want.extend_from_slice(b"appended");
+    std::fs::write(&p, &want).unwrap();
+    let out = m.idcfs(&["recompress", lossy.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read(&p).unwrap(), want);
+    m.remount();
+    assert_eq!(std::fs::read(&p).unwrap(), want);
+    assert!(!fileinfo(&m, &p)["encodings"]
+        .to_string()
+        .contains("image-webp"));
+}

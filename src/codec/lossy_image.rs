@@ -1,5 +1,6 @@
 //! Lossy image storage (codec `image-webp`): an 8-bit PNG's pixels coded with lossy WebP
-//! (VP8, alpha kept lossless) at the smallest quality that meets a PSNR target, served back
+//! (VP8, alpha kept lossless; or lossless VP8L over quantized samples where 4:2:0 chroma
+//! cannot keep the target) at the smallest size that meets a PSNR target, served back
 //! as a PNG of the reconstructed pixels with the original's ancillary chunks.
 //!
 //! Invariants:
@@ -18,8 +19,9 @@
 //!
 //! Payload (version 1): `1u8, 1u8 (WebP), channels u8, colour type u8, width varint, height
 //! varint, chunks-before-IDAT, chunks-after-IDAT, webp-len varint, webp bytes`, where a chunk
-//! list is `count varint, (type 4 bytes, len varint, data)*`. Params: the WebP quality used
-//! (0..=100), for statistics only.
+//! list is `count varint, (type 4 bytes, len varint, data)*`. The WebP is lossy VP8 or
+//! VP8L over quantized samples (both decode exactly). Params, for statistics only: the VP8
+//! quality (0..=100), or 1000 + the quantization step.
 
 use super::wire::{self, put_varint, Reader};
 use super::{check_whole_len, Codec, CodecError, EncodeParams, Granularity, IMAGE_WEBP};
@@ -313,46 +315,107 @@ fn from_webp_output(rgb: &[u8], ch: usize) -> Vec<u8> {
     }
 }
 
-fn webp_encode(samples: &[u8], w: u32, h: u32, alpha: bool, q: f32) -> Result<Vec<u8>, CodecError> {
+/// How to ask libwebp for an encoding.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// VP8 (lossy, 4:2:0 with sharp RGB→YUV conversion) at quality 0..=100.
+    Lossy(u8),
+    /// VP8L (lossless format) over colour samples rounded to multiples of this step
+    /// (`quantize`): for pictures whose colour detail 4:2:0 cannot keep at the target.
+    Quantized(u8),
+}
+
+fn webp_encode(
+    samples: &[u8],
+    w: u32,
+    h: u32,
+    alpha: bool,
+    mode: Mode,
+) -> Result<Vec<u8>, CodecError> {
+    use libwebp_sys as ffi;
     let bpp = if alpha { 4 } else { 3 };
     let stride = (w as usize * bpp) as i32;
     if samples.len() != w as usize * h as usize * bpp {
         return Err(CodecError::Failed("sample buffer size".into()));
     }
+    let fail = |what: &str| CodecError::Failed(format!("WebP encoding failed: {what}"));
     wire::fence("libwebp encode", || {
-        let mut out: *mut u8 = std::ptr::null_mut();
-        // SAFETY: `samples` holds exactly h rows of `stride` bytes (checked above); libwebp
-        // allocates `out`, which is copied and released with WebPFree below.
-        let n = unsafe {
-            if alpha {
-                libwebp_sys::WebPEncodeRGBA(
-                    samples.as_ptr(),
-                    w as i32,
-                    h as i32,
-                    stride,
-                    q,
-                    &mut out,
-                )
-            } else {
-                libwebp_sys::WebPEncodeRGB(
-                    samples.as_ptr(),
-                    w as i32,
-                    h as i32,
-                    stride,
-                    q,
-                    &mut out,
-                )
+        let mut config = ffi::WebPConfig::new().map_err(|_| fail("config"))?;
+        match mode {
+            Mode::Lossy(q) => {
+                config.quality = q as f32;
+                config.method = 4;
+                config.use_sharp_yuv = 1;
             }
-        };
-        if n == 0 || out.is_null() {
-            return Err(CodecError::Failed("WebP encoding failed".into()));
+            Mode::Quantized(_) => {
+                // SAFETY: `config` is an initialized WebPConfig.
+                if unsafe { ffi::WebPConfigLosslessPreset(&mut config, 2) } == 0 {
+                    return Err(fail("lossless preset"));
+                }
+                // Keep every sample as given, also under transparent pixels.
+                config.exact = 1;
+            }
         }
-        // SAFETY: libwebp returned `n` valid bytes at `out`.
-        let v = unsafe { std::slice::from_raw_parts(out, n) }.to_vec();
-        // SAFETY: `out` came from libwebp's allocator.
-        unsafe { libwebp_sys::WebPFree(out.cast()) };
-        Ok(v)
+        config.thread_level = 0;
+        // SAFETY: as above.
+        if unsafe { ffi::WebPValidateConfig(&config) } == 0 {
+            return Err(fail("invalid config"));
+        }
+        let mut pic = ffi::WebPPicture::new().map_err(|_| fail("picture"))?;
+        pic.width = w as i32;
+        pic.height = h as i32;
+        pic.use_argb = matches!(mode, Mode::Quantized(_)) as i32;
+        let mut writer = std::mem::MaybeUninit::<ffi::WebPMemoryWriter>::uninit();
+        // SAFETY: WebPMemoryWriterInit initializes every field of the writer.
+        let mut writer = unsafe {
+            ffi::WebPMemoryWriterInit(writer.as_mut_ptr());
+            writer.assume_init()
+        };
+        // SAFETY: `samples` holds h rows of `stride` bytes (checked above); the picture owns
+        // the imported copy until WebPPictureFree; the writer outlives WebPEncode and its
+        // memory is copied out, then released by WebPMemoryWriterClear.
+        let ok = unsafe {
+            let imported = if alpha {
+                ffi::WebPPictureImportRGBA(&mut pic, samples.as_ptr(), stride)
+            } else {
+                ffi::WebPPictureImportRGB(&mut pic, samples.as_ptr(), stride)
+            };
+            pic.writer = Some(ffi::WebPMemoryWrite);
+            pic.custom_ptr = (&mut writer as *mut ffi::WebPMemoryWriter).cast();
+            let ok = imported != 0 && ffi::WebPEncode(&config, &mut pic) != 0;
+            ffi::WebPPictureFree(&mut pic);
+            ok
+        };
+        let out = if ok && !writer.mem.is_null() {
+            // SAFETY: the writer holds `size` bytes at `mem`.
+            Ok(unsafe { std::slice::from_raw_parts(writer.mem, writer.size) }.to_vec())
+        } else {
+            Err(fail("encoder error"))
+        };
+        // SAFETY: releases what the writer allocated (nothing when `mem` is null).
+        unsafe { ffi::WebPMemoryWriterClear(&mut writer) };
+        out
     })
+}
+
+/// Colour samples rounded to the nearest multiple of `step` that is at most 255 (alpha
+/// kept): a near-lossless pre-quantization, done here (libwebp's own near-lossless mode did
+/// not change these pictures) so that the lossless coder has less noise to keep.
+fn quantize(samples: &[u8], step: u8, alpha: bool) -> Vec<u8> {
+    let step = step.max(1) as u16;
+    let top = 255 / step * step;
+    let bpp = if alpha { 4 } else { 3 };
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if alpha && i % bpp == 3 {
+                v
+            } else {
+                ((v as u16 + step / 2) / step * step).min(top) as u8
+            }
+        })
+        .collect()
 }
 
 fn webp_decode(data: &[u8], w: u32, h: u32, alpha: bool) -> Result<Vec<u8>, CodecError> {
@@ -479,8 +542,12 @@ impl Codec for ImageWebp {
         Granularity::WholeFile { max_len: MAX_LEN }
     }
 
-    /// `params.level`: the PSNR target in hundredths of a dB. The smallest WebP quality
-    /// (binary search over 0..=100; PSNR grows with quality) whose decoded pixels meet it.
+    fn decoded_len(&self, payload: &[u8], _params: u32) -> Result<Option<usize>, CodecError> {
+        Ok(Some(write_png(&decode_picture(payload)?).len()))
+    }
+
+    /// `params.level`: the PSNR target in hundredths of a dB. The smallest WebP whose decoded
+    /// pixels meet it (VP8 quality by binary search, then quantized VP8L steps).
     fn encode(
         &self,
         raw: &[u8],
@@ -496,33 +563,65 @@ impl Codec for ImageWebp {
         }
         let pic = read_png(raw)?;
         let (samples, alpha) = to_webp_input(&pic);
-        let try_q = |q: u8| -> Result<Option<Vec<u8>>, CodecError> {
-            let webp = webp_encode(&samples, pic.w, pic.h, alpha, q as f32)?;
+        let try_mode = |m: Mode| -> Result<Option<Vec<u8>>, CodecError> {
+            let webp = match m {
+                Mode::Quantized(step) => {
+                    webp_encode(&quantize(&samples, step, alpha), pic.w, pic.h, alpha, m)?
+                }
+                Mode::Lossy(_) => webp_encode(&samples, pic.w, pic.h, alpha, m)?,
+            };
             let back = from_webp_output(&webp_decode(&webp, pic.w, pic.h, alpha)?, pic.ch);
             Ok((psnr(&pic.pixels, &back) >= target).then_some(webp))
         };
-        let (mut lo, mut hi) = (0u8, 100u8);
-        let mut best = match try_q(hi)? {
-            Some(w) => (hi, w),
-            None => {
-                return Err(CodecError::Failed(format!(
-                    "WebP cannot reach {target:.1} dB on this image"
-                )))
+        // Lossy VP8: the smallest quality meeting the target, by binary search (PSNR grows
+        // with quality). Invariant: `hi` meets the target or is 101; below `lo` nothing did.
+        let mut best: Option<(u32, Vec<u8>)> = None;
+        let keep = |best: &mut Option<(u32, Vec<u8>)>, p: u32, w: Vec<u8>| {
+            if best.as_ref().is_none_or(|b| w.len() < b.1.len()) {
+                *best = Some((p, w));
             }
         };
-        // Invariant: `hi` meets the target; below `lo` nothing tried did.
+        let (mut lo, mut hi) = (0u8, 101u8);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match try_q(mid)? {
+            match try_mode(Mode::Lossy(mid))? {
                 Some(w) => {
-                    if w.len() <= best.1.len() {
-                        best = (mid, w);
-                    }
+                    keep(&mut best, mid as u32, w);
                     hi = mid;
                 }
                 None => lo = mid + 1,
             }
+            if lo == 101 {
+                break;
+            }
         }
+        // Quantized VP8L when 4:2:0 cannot reach the target (or only at a high quality): the
+        // coarsest step meeting the target, by binary search (PSNR falls as the step grows;
+        // a uniform step s costs about 10·log10(12·255²/s²) dB).
+        if best.as_ref().is_none_or(|(q, _)| *q >= 95) {
+            const STEPS: [u8; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12];
+            let (mut lo, mut hi) = (0usize, STEPS.len());
+            // Invariant: STEPS[..lo] met the target (or lo = 0); STEPS[hi..] did not.
+            let mut found: Option<(u8, Vec<u8>)> = None;
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                match try_mode(Mode::Quantized(STEPS[mid]))? {
+                    Some(w) => {
+                        found = Some((STEPS[mid], w));
+                        lo = mid + 1;
+                    }
+                    None => hi = mid,
+                }
+            }
+            if let Some((step, w)) = found {
+                keep(&mut best, 1000 + step as u32, w);
+            }
+        }
+        let Some(best) = best else {
+            return Err(CodecError::Failed(format!(
+                "WebP cannot reach {target:.1} dB on this image"
+            )));
+        };
         out.clear();
         out.extend_from_slice(&[1, 1, pic.ch as u8, pic.color_type]);
         put_varint(out, pic.w as u64);
@@ -534,7 +633,7 @@ impl Codec for ImageWebp {
         if out.len() >= raw.len() {
             return Err(CodecError::NotWorthIt);
         }
-        Ok(best.0 as u32)
+        Ok(best.0)
     }
 
     fn decode(
@@ -619,7 +718,7 @@ mod tests {
                     Err(CodecError::NotWorthIt) => continue,
                     Err(e) => panic!("ch {ch}: {e}"),
                 };
-                assert!(q <= 100);
+                assert!(q <= 100 || (1001..=1012).contains(&q), "{q}");
                 let served = write_png(&decode_picture(&out).unwrap_or_else(|e| panic!("{e}")));
                 let mut back = Vec::new();
                 ImageWebp

@@ -168,6 +168,12 @@ pub trait Codec: Send + Sync {
     fn availability(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Lossy codecs: the length of what `decode` gives for `payload` (a reconstruction, whose
+    /// length differs from the input's and must be known before the block is stored).
+    /// Lossless codecs: None (the input's length).
+    fn decoded_len(&self, _payload: &[u8], _params: u32) -> Result<Option<usize>, CodecError> {
+        Ok(None)
+    }
     /// What `encode` expects to be handed: a block, or a whole file.
     fn granularity(&self) -> Granularity {
         Granularity::Block

@@ -15,14 +15,17 @@
 //!   encoding at read time, as EIO, never as wrong bytes.
 //! - A lossless candidate is kept only when it decodes to the input bit for bit. A lossy one
 //!   only where the policy permits its medium, and only when its decoded output meets the
-//!   policy's quality target (no lossy codec ships yet: none is listed, and `accept` refuses a
-//!   lossy encoding until a quality meter for its medium exists).
+//!   policy's quality target, measured by `accept` on the decoded output (images: PSNR over
+//!   every sample; `q=N` means PSNR ≥ `image_psnr_target`). A medium without a quality meter
+//!   (audio, until its codec exists) has no lossy candidate and `accept` refuses it.
+//! - A file whose content already is a lossy reconstruction (`FLAG_LOSSY`) is never lossily
+//!   re-encoded (the recompressor drops lossy candidates for it).
 
 use super::layout::BLOCK_U64;
 use crate::classify::ContentClass as C;
 use crate::codec::{
     CodecId, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL, DICT_JSON, DICT_SOURCE,
-    DICT_TEXT, EXEC, FLAC, JPEG, ZSTD, ZSTD_DICT, ZSTD_LONG,
+    DICT_TEXT, EXEC, FLAC, IMAGE_WEBP, JPEG, ZSTD, ZSTD_DICT, ZSTD_LONG,
 };
 use crate::policy::{Effective, Level, Medium, Quality};
 
@@ -157,6 +160,38 @@ pub fn medium_of(class: Option<C>) -> Option<Medium> {
     }
 }
 
+/// The PSNR (dB) an image must keep under `quality`: `psnr=DB` as given; `q=N` (1..=100)
+/// maps linearly to 20 + N/4 dB (q=100: 45 dB, q=80: 40 dB, q=60: 35 dB, q=40: 30 dB).
+pub fn image_psnr_target(quality: Quality) -> f32 {
+    match quality {
+        Quality::Psnr(db) => db,
+        Quality::Q(n) => 20.0 + n as f32 / 4.0,
+    }
+}
+
+/// The lossy whole-file candidates for a file of `class` under `policy` (recompression only,
+/// only where the policy names the file's medium). Tried before the lossless ones; the
+/// smallest verified encoding of all wins.
+fn lossy_codecs(class: Option<C>, policy: &Effective) -> Vec<Candidate> {
+    let Some(medium) = medium_of(class) else {
+        return Vec::new();
+    };
+    let Some(&target) = policy.lossy.get(&medium) else {
+        return Vec::new();
+    };
+    match medium {
+        // Only PNG has a reader and writer here; BMP/PNM/TIFF stay lossless.
+        Medium::Image if class == Some(C::Png) => vec![Candidate {
+            codec: IMAGE_WEBP,
+            level: (image_psnr_target(target) * 100.0).round() as i32,
+            model: 0,
+            whole_file: true,
+            fidelity: Fidelity::Lossy { medium, target },
+        }],
+        _ => Vec::new(),
+    }
+}
+
 /// Candidates for a file of `class` and `size` under `policy` at `stage`, strongest first.
 /// `available` says whether a codec may be used to encode now.
 pub fn candidates(
@@ -181,6 +216,7 @@ pub fn candidates(
     }
     let mut v = Vec::new();
     if stage == Stage::Recompress {
+        v.extend(lossy_codecs(class, policy));
         for (id, effort) in whole_file_codecs(class, size, policy.level) {
             v.push(Candidate::whole(id, effort));
         }
@@ -202,7 +238,12 @@ pub fn must_verify(c: &Candidate, stage: Stage) -> bool {
 pub fn accept(fidelity: Fidelity, raw: &[u8], decoded: &[u8]) -> bool {
     match fidelity {
         Fidelity::Lossless => decoded == raw,
-        // No quality meter exists yet for any medium: a lossy result is never kept.
+        Fidelity::Lossy {
+            medium: Medium::Image,
+            target,
+        } => crate::codec::image_psnr(raw, decoded)
+            .is_some_and(|db| db >= image_psnr_target(target) as f64),
+        // No quality meter for audio yet: never kept.
         Fidelity::Lossy { .. } => false,
     }
 }

@@ -182,7 +182,15 @@ pub struct Engine {
     last_checkpoint: AtomicU64,
     /// `shutdown` completed.
     closed: AtomicBool,
+    /// Tells the kernel to drop its cached pages and attributes of an inode whose content
+    /// the engine changed on its own (lossy recompression); set by the FUSE layer.
+    invalidator: RwLock<Option<Invalidator>>,
 }
+
+/// A callback that drops the kernel's cache of an inode: its pages, and the entries
+/// (parent, name) that name it, so that its next lookup reads its attributes afresh (with the
+/// write-back cache the kernel keeps its own idea of a cached inode's size).
+pub type Invalidator = Box<dyn Fn(Ino, &[(Ino, Vec<u8>)]) + Send + Sync>;
 
 /// Take the store's exclusive lock, or say who holds it.
 pub fn lock_store(dir: &Path) -> Result<File> {
@@ -314,6 +322,7 @@ impl Engine {
             compacting: Mutex::new(()),
             last_checkpoint: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            invalidator: RwLock::new(None),
         });
         e.ensure_root()?;
         e.recover_marks()?;
@@ -325,6 +334,28 @@ impl Engine {
         }
         e.start_threads()?;
         Ok(e)
+    }
+
+    /// Install the callback that drops the kernel's cache of an inode (the FUSE layer's
+    /// notifier); without one (tests without a mount) nothing is cached outside the engine.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        *self.invalidator.write() = Some(f);
+    }
+
+    /// The engine changed `ino`'s content or size by itself: drop the kernel's copies.
+    pub(crate) fn invalidate_kernel_cache(&self, ino: Ino) {
+        if let Some(f) = self.invalidator.read().as_ref() {
+            // Every name of the inode (hard links too): a scan, only done for such changes.
+            let names: Vec<(Ino, Vec<u8>)> = self
+                .j
+                .index
+                .all_dirents()
+                .filter_map(|d| d.ok())
+                .filter(|(_, _, d)| d.ino == ino)
+                .map(|(parent, name, _)| (parent, name))
+                .collect();
+            f(ino, &names);
+        }
     }
 
     pub fn store_dir(&self) -> &Path {
