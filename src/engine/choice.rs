@@ -465,19 +465,56 @@ mod tests {
     }
 
     #[test]
-    fn lossy_permission_lists_no_lossy_candidate_until_one_ships() {
-        let mut p = pol(Level::Max);
+    fn lossy_candidates_only_where_the_policy_names_the_medium() {
+        let cands = |class, p: &Effective, stage| {
+            candidates(Some(class), p, BIG, stage, &Tuning::default(), &all)
+        };
+        let mut p = pol(Level::Balanced);
+        // No lossy key: every candidate is lossless.
+        assert!(cands(C::Png, &p, Stage::Recompress)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
         p.lossy.insert(Medium::Image, Quality::Psnr(40.0));
-        for c in candidates(
+        let v = cands(C::Png, &p, Stage::Recompress);
+        assert_eq!(v[0].codec, IMAGE_WEBP);
+        assert_eq!(v[0].level, 4000);
+        assert!(v[0].whole_file);
+        assert_eq!(
+            v[0].fidelity,
+            Fidelity::Lossy {
+                medium: Medium::Image,
+                target: Quality::Psnr(40.0)
+            }
+        );
+        assert!(v[1..].iter().all(|c| c.fidelity == Fidelity::Lossless));
+        // Never on the write path, never for JPEG or audio (no lossy audio codec yet), and
+        // never for an unavailable codec.
+        assert!(cands(C::Png, &p, Stage::Write)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
+        assert!(cands(C::Jpeg, &p, Stage::Recompress)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
+        p.lossy.insert(Medium::Audio, Quality::Q(50));
+        assert!(cands(C::Wav, &p, Stage::Recompress)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
+        let no_webp = |id| id != IMAGE_WEBP;
+        assert!(candidates(
             Some(C::Png),
             &p,
             BIG,
             Stage::Recompress,
             &Tuning::default(),
-            &all,
-        ) {
-            assert_eq!(c.fidelity, Fidelity::Lossless);
-        }
+            &no_webp
+        )
+        .iter()
+        .all(|c| c.codec != IMAGE_WEBP));
+        // q=N maps to a PSNR target.
+        p.lossy.insert(Medium::Image, Quality::Q(80));
+        assert_eq!(cands(C::Png, &p, Stage::Recompress)[0].level, 4000);
+        assert_eq!(image_psnr_target(Quality::Q(100)), 45.0);
+        assert_eq!(image_psnr_target(Quality::Q(40)), 30.0);
         assert_eq!(medium_of(Some(C::Png)), Some(Medium::Image));
         assert_eq!(medium_of(Some(C::Jpeg)), None);
     }
@@ -490,7 +527,13 @@ mod tests {
             medium: Medium::Image,
             target: Quality::Psnr(40.0),
         };
-        assert!(!accept(lossy, b"abc", b"abc"), "no quality meter yet");
+        // Not PNGs: no quality can be measured, so nothing is accepted.
+        assert!(!accept(lossy, b"abc", b"abc"));
+        let audio = Fidelity::Lossy {
+            medium: Medium::Audio,
+            target: Quality::Q(90),
+        };
+        assert!(!accept(audio, b"abc", b"abc"), "no audio quality meter yet");
         let zstd = Candidate::block(ZSTD, 3, 0);
         assert!(!must_verify(&zstd, Stage::Write));
         assert!(must_verify(&zstd, Stage::Recompress));

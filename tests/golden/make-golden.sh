@@ -9,6 +9,8 @@
 # of an open file, so the final store holds records of each kind.
 #
 # Usage: tests/golden/make-golden.sh BIN OUT   (as root; needs fusermount3, python3, attr)
+#        Put OUT on a roomy filesystem (a tmpfs will do): where free space is short, deletes
+#        trigger compaction at once, which folds round 2's records and loses op tags.
 #        KEYFILE=F tests/golden/make-golden.sh BIN OUT   (an encrypted store, format 3)
 set -euo pipefail
 BIN=$(realpath "$1")
@@ -79,6 +81,12 @@ chmod 4755 max/users
 "$BIN" compact "$MNT" >/dev/null
 
 # Round 2, after the checkpoint: the ops that must also appear in the live journal.
+# Revision 2 (lossy storage): a photo under lossy=image:psnr=40 becomes a lossy object
+# (PutLossyObject, codec image-webp), after the compaction so that the record stays as is.
+mkdir lossy
+"$BIN" policy set lossy lossy=image:psnr=40
+cp "$DATA"/photo/*chelsea.png lossy/chelsea.png
+"$BIN" recompress "$MNT/lossy" >/dev/null
 cp "$DATA"/jpeg/*sddm-preview.jpg dedup/preview.jpg
 # Revision 1 (object dedup): an identical copy references the first one's shared object.
 cp "$DATA"/jpeg/*sddm-preview.jpg dedup/preview-copy.jpg
