@@ -164,6 +164,18 @@ fn lossy_png_photos_under_policy() {
         seen
     };
     let before = check(&m, "after recompression");
+    let st = m.stats_json();
+    assert_eq!(
+        st["lossy_files"].as_u64(),
+        Some(photos.len() as u64),
+        "{st}"
+    );
+    assert!(st["codecs"].to_string().contains("image-webp"), "{st}");
+    let log = m.log_text();
+    assert!(
+        log.contains("lossy recompression") && log.contains("psnr"),
+        "{log}"
+    );
     m.remount();
     let after = check(&m, "after remount");
     assert_eq!(before, after, "st_size and bytes stable across remount");
