@@ -65,7 +65,7 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
         wire::tag::CHECKPOINT_END
     };
     let last_codec = if revision2 {
-        idcfs::codec::IMAGE_WEBP
+        idcfs::codec::WAV_OPUS
     } else if revision1 {
         idcfs::codec::DEFLATE_TOKENS
     } else {

@@ -173,7 +173,7 @@ fn lossy_png_photos_under_policy() {
     assert!(st["codecs"].to_string().contains("image-webp"), "{st}");
     let log = m.log_text();
     assert!(
-        log.contains("lossy recompression") && log.contains("psnr"),
+        log.contains("lossy recompression") && log.contains("PSNR"),
         "{log}"
     );
     m.remount();
@@ -199,4 +199,87 @@ fn lossy_png_photos_under_policy() {
     assert!(!fileinfo(&m, &p)["encodings"]
         .to_string()
         .contains("image-webp"));
+}
+
+/// Under `lossy=audio:q=…`, real WAVs are stored as Opus: smaller than the same files stored
+/// losslessly (FLAC) next door, read back with the original's length, header and sample
+/// format, stable across a remount; the sibling directory keeps every byte.
+#[test]
+fn lossy_wav_under_policy() {
+    let mut m = Mounted::new();
+    let (lossy, plain) = (m.path("lossy"), m.path("plain"));
+    std::fs::create_dir(&lossy).unwrap();
+    std::fs::create_dir(&plain).unwrap();
+    let out = m.idcfs(&["policy", "set", lossy.to_str().unwrap(), "lossy=audio:q=40"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/wav");
+    let mut wavs: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    wavs.sort();
+    assert!(!wavs.is_empty());
+    for (name, bytes) in &wavs {
+        std::fs::write(lossy.join(name), bytes).unwrap();
+        std::fs::write(plain.join(name), bytes).unwrap();
+    }
+    let out = m.idcfs(&["recompress", m.mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = |m: &Mounted, when: &str| -> Vec<String> {
+        let (mut lossy_stored, mut flac_stored) = (0u64, 0u64);
+        let mut seen = Vec::new();
+        for (name, orig) in &wavs {
+            let p = plain.join(name);
+            assert_eq!(
+                &std::fs::read(&p).unwrap(),
+                orig,
+                "{when}: plain {name} changed"
+            );
+            let fi = fileinfo(m, &p);
+            assert!(
+                fi["encodings"].to_string().contains("wav-flac"),
+                "{when}: {fi}"
+            );
+            flac_stored += fi["stored"].as_u64().unwrap();
+            let p = lossy.join(name);
+            let got = std::fs::read(&p).unwrap();
+            assert_eq!(got.len(), orig.len(), "{when}: {name}: length");
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), orig.len() as u64);
+            assert_eq!(
+                got[..44],
+                orig[..44],
+                "{when}: {name}: header and sample format"
+            );
+            assert_ne!(&got, orig, "{when}: {name} was not stored lossily");
+            let fi = fileinfo(m, &p);
+            assert!(
+                fi["encodings"].to_string().contains("wav-opus"),
+                "{when}: {fi}"
+            );
+            lossy_stored += fi["stored"].as_u64().unwrap();
+            seen.push(sha(&p));
+        }
+        assert!(
+            lossy_stored < flac_stored,
+            "{when}: opus {lossy_stored} not below FLAC {flac_stored}"
+        );
+        seen
+    };
+    let before = check(&m, "after recompression");
+    m.remount();
+    assert_eq!(before, check(&m, "after remount"));
 }

@@ -19,6 +19,7 @@ mod deflate;
 mod deflate_tokens;
 mod exec;
 mod jpeg;
+mod lossy_audio;
 mod lossy_image;
 pub(crate) mod pixels;
 mod raw;
@@ -39,6 +40,7 @@ pub use self::deflate_tokens::{
 };
 pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
+pub use self::lossy_audio::{audio_matches_layout, opus_bitrate, pcm_snr, WavOpus};
 pub use self::lossy_image::{image_psnr, ImageWebp};
 pub use self::raw::Raw;
 pub use self::zstd::Zstd;
@@ -100,6 +102,10 @@ pub const DEFLATE_TOKENS: CodecId = 8;
 /// Lossy: an 8-bit PNG's pixels as lossy WebP, served as a PNG of the reconstructed pixels
 /// with the original's ancillary chunks (whole file; only under `lossy=image:…`).
 pub const IMAGE_WEBP: CodecId = 9;
+/// Lossy: a 16-bit PCM WAV's samples as Opus at the bitrate its policy's q names, served as
+/// a WAV of the decoded samples with the original header and tail (whole file; only under
+/// `lossy=audio:q=N`).
+pub const WAV_OPUS: CodecId = 10;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +120,7 @@ pub enum Granularity {
 #[derive(Clone, Debug)]
 pub struct EncodeParams {
     /// Codec-specific effort (zstd level); for lossy image codecs, the PSNR target in
-    /// hundredths of a dB.
+    /// hundredths of a dB; for lossy audio codecs, the policy's q (1..=100).
     pub level: i32,
     /// Which trained model (dictionary, network) to use, for codecs that have several; 0 is
     /// the codec's default. A codec records the model it used in the block params, so decoding
@@ -223,6 +229,7 @@ impl Default for Registry {
         r.add(Arc::new(Exec));
         r.add(Arc::new(DeflateTokens));
         r.add(Arc::new(ImageWebp));
+        r.add(Arc::new(WavOpus));
         r
     }
 }

@@ -16,8 +16,8 @@
 //! - A lossless candidate is kept only when it decodes to the input bit for bit. A lossy one
 //!   only where the policy permits its medium, and only when its decoded output meets the
 //!   policy's quality target, measured by `accept` on the decoded output (images: PSNR over
-//!   every sample; `q=N` means PSNR ≥ `image_psnr_target`). A medium without a quality meter
-//!   (audio, until its codec exists) has no lossy candidate and `accept` refuses it.
+//!   every sample; `q=N` means PSNR ≥ `image_psnr_target`; audio: `q` names the Opus bitrate,
+//!   and the decoded file must keep the original's length, header and tail).
 //! - A file whose content already is a lossy reconstruction (`FLAG_LOSSY`) is never lossily
 //!   re-encoded (the recompressor drops lossy candidates for it).
 
@@ -25,7 +25,7 @@ use super::layout::BLOCK_U64;
 use crate::classify::ContentClass as C;
 use crate::codec::{
     CodecId, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL, DICT_JSON, DICT_SOURCE,
-    DICT_TEXT, EXEC, FLAC, IMAGE_WEBP, JPEG, ZSTD, ZSTD_DICT, ZSTD_LONG,
+    DICT_TEXT, EXEC, FLAC, IMAGE_WEBP, JPEG, WAV_OPUS, ZSTD, ZSTD_DICT, ZSTD_LONG,
 };
 use crate::policy::{Effective, Level, Medium, Quality};
 
@@ -188,6 +188,18 @@ fn lossy_codecs(class: Option<C>, policy: &Effective) -> Vec<Candidate> {
             whole_file: true,
             fidelity: Fidelity::Lossy { medium, target },
         }],
+        // Opus takes its quality as a bitrate (`codec::opus_bitrate`); WAV only (AIFF stays
+        // lossless).
+        Medium::Audio if class == Some(C::Wav) => match target {
+            Quality::Q(q) => vec![Candidate {
+                codec: WAV_OPUS,
+                level: q as i32,
+                model: 0,
+                whole_file: true,
+                fidelity: Fidelity::Lossy { medium, target },
+            }],
+            Quality::Psnr(_) => Vec::new(),
+        },
         _ => Vec::new(),
     }
 }
@@ -243,8 +255,12 @@ pub fn accept(fidelity: Fidelity, raw: &[u8], decoded: &[u8]) -> bool {
             target,
         } => crate::codec::image_psnr(raw, decoded)
             .is_some_and(|db| db >= image_psnr_target(target) as f64),
-        // No quality meter for audio yet: never kept.
-        Fidelity::Lossy { .. } => false,
+        // Audio quality is set by the bitrate `q` maps to; what is checked is that the result
+        // is the same WAV around new samples (length, header and tail).
+        Fidelity::Lossy {
+            medium: Medium::Audio,
+            ..
+        } => crate::codec::audio_matches_layout(raw, decoded),
     }
 }
 
@@ -487,18 +503,20 @@ mod tests {
             }
         );
         assert!(v[1..].iter().all(|c| c.fidelity == Fidelity::Lossless));
-        // Never on the write path, never for JPEG or audio (no lossy audio codec yet), and
-        // never for an unavailable codec.
+        // Never on the write path, never for JPEG, and never for an unavailable codec.
         assert!(cands(C::Png, &p, Stage::Write)
             .iter()
             .all(|c| c.fidelity == Fidelity::Lossless));
         assert!(cands(C::Jpeg, &p, Stage::Recompress)
             .iter()
             .all(|c| c.fidelity == Fidelity::Lossless));
-        p.lossy.insert(Medium::Audio, Quality::Q(50));
         assert!(cands(C::Wav, &p, Stage::Recompress)
             .iter()
             .all(|c| c.fidelity == Fidelity::Lossless));
+        p.lossy.insert(Medium::Audio, Quality::Q(50));
+        let v = cands(C::Wav, &p, Stage::Recompress);
+        assert_eq!((v[0].codec, v[0].level), (WAV_OPUS, 50));
+        assert_eq!((v[1].codec, v[1].fidelity), (FLAC, Fidelity::Lossless));
         let no_webp = |id| id != IMAGE_WEBP;
         assert!(candidates(
             Some(C::Png),
@@ -533,7 +551,7 @@ mod tests {
             medium: Medium::Audio,
             target: Quality::Q(90),
         };
-        assert!(!accept(audio, b"abc", b"abc"), "no audio quality meter yet");
+        assert!(!accept(audio, b"abc", b"abc"), "not a WAV");
         let zstd = Candidate::block(ZSTD, 3, 0);
         assert!(!must_verify(&zstd, Stage::Write));
         assert!(must_verify(&zstd, Stage::Recompress));

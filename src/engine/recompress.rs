@@ -550,7 +550,10 @@ impl Engine {
                 size_after = back.len(),
                 stored_before = old_stored,
                 stored_after = out.len(),
-                psnr = crate::codec::image_psnr(&data, back).unwrap_or(0.0),
+                quality = %match crate::codec::image_psnr(&data, back) {
+                    Some(db) => format!("PSNR {db:.2} dB"),
+                    None => format!("SNR {:.1} dB", crate::codec::pcm_snr(&data, back)),
+                },
                 tried = %tried.join(", "),
                 "lossy recompression: smallest candidate meeting the policy's quality target"
             );

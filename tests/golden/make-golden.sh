@@ -81,11 +81,13 @@ chmod 4755 max/users
 "$BIN" compact "$MNT" >/dev/null
 
 # Round 2, after the checkpoint: the ops that must also appear in the live journal.
-# Revision 2 (lossy storage): a photo under lossy=image:psnr=40 becomes a lossy object
-# (PutLossyObject, codec image-webp), after the compaction so that the record stays as is.
+# Revision 2 (lossy storage): a photo under lossy=image:psnr=40 and a WAV under
+# lossy=audio:q=40 become lossy objects (PutLossyObject, codecs image-webp and wav-opus),
+# after the compaction so that the records stay as they are.
 mkdir lossy
-"$BIN" policy set lossy lossy=image:psnr=40
+"$BIN" policy set lossy lossy=image:psnr=40,audio:q=40
 cp "$DATA"/photo/*chelsea.png lossy/chelsea.png
+cp "$DATA"/wav/*Front_Center.wav lossy/front.wav
 "$BIN" recompress "$MNT/lossy" >/dev/null
 cp "$DATA"/jpeg/*sddm-preview.jpg dedup/preview.jpg
 # Revision 1 (object dedup): an identical copy references the first one's shared object.
