@@ -401,7 +401,7 @@ mod tests {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             assert!(r.decode(ZSTD, &junk, 3, 131072).is_err());
             assert!(r.decode(RAW, &junk, 0, len + 1).is_err());
-            for id in [JPEG, DEFLATE, FLAC, DEFLATE_TOKENS] {
+            for id in [JPEG, DEFLATE, FLAC, DEFLATE_TOKENS, IMAGE_WEBP, WAV_OPUS] {
                 assert!(r.decode(id, &junk, 0, 131072).is_err(), "{id} len {len}");
             }
         }
