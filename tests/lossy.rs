@@ -199,6 +199,10 @@ fn lossy_png_photos_under_policy() {
     assert!(!fileinfo(&m, &p)["encodings"]
         .to_string()
         .contains("image-webp"));
+    // Every block, lossy objects included, decodes and matches its recorded hash.
+    m.unmount();
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "fsck: {out}");
 }
 
 /// Under `lossy=audio:q=…`, real WAVs are stored as Opus: smaller than the same files stored
@@ -282,4 +286,7 @@ fn lossy_wav_under_policy() {
     let before = check(&m, "after recompression");
     m.remount();
     assert_eq!(before, check(&m, "after remount"));
+    m.unmount();
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "fsck: {out}");
 }
