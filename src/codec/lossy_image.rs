@@ -9,15 +9,18 @@
 //!   this module (`write_png`: fixed filter, DEFLATE by the pinned `miniz_oxide` at a fixed
 //!   level), so the served bytes, hence `st_size`, never change between reads, remounts or
 //!   thread counts. `tests::golden_png_bytes` pins the exact output.
-//! - Only non-interlaced 8-bit grey, grey+alpha, RGB and RGBA PNGs are accepted; anything else
-//!   (palette, 16-bit, interlaced, malformed) is refused with `Err` and stays lossless.
+//! - Only non-interlaced 8-bit grey, grey+alpha, RGB and RGBA PNGs, and binary PNMs (P5, P6)
+//!   with maxval 255, are accepted; anything else (palette, 16-bit, interlaced, malformed) is
+//!   refused with `Err` and stays lossless. A PNM is served with its own header and trailing
+//!   bytes around the reconstructed pixels (same size as the original).
 //! - `encode` checks its own result: the payload it returns decodes to a PNG whose PSNR
 //!   against the input's pixels is at least the target (`EncodeParams::level`, in hundredths
 //!   of a dB); otherwise it refuses.
 //! - Malformed payloads give `Err`, never a panic: libwebp is called through `wire::fence`
 //!   with buffer sizes it checks, and every length is bounded before allocation.
 //!
-//! Payload (version 1): `1u8, 1u8 (WebP), channels u8, colour type u8, width varint, height
+//! Payload (version 1): `1u8, kind u8 (1: PNG, 2: PNM; the picture is WebP either way),
+//! channels u8, colour type u8, width varint, height
 //! varint, chunks-before-IDAT, chunks-after-IDAT, webp-len varint, webp bytes`, where a chunk
 //! list is `count varint, (type 4 bytes, len varint, data)*`. The WebP is lossy VP8 or
 //! VP8L over quantized samples (both decode exactly). Params, for statistics only: the VP8
@@ -48,9 +51,12 @@ pub(crate) struct Picture {
     pub ch: usize,
     pub color_type: u8,
     pub pixels: Vec<u8>,
-    /// Ancillary (and other non-IHDR/IDAT/IEND) chunks before the image data and after it.
+    /// Ancillary (and other non-IHDR/IDAT/IEND) chunks before the image data and after it;
+    /// for a PNM, one pseudo-chunk each: the header and the trailing bytes, verbatim.
     pub before: Vec<Chunk>,
     pub after: Vec<Chunk>,
+    /// A binary PNM (served as header, pixels, tail) rather than a PNG.
+    pub pnm: bool,
 }
 
 fn be32(b: &[u8]) -> Option<u32> {
@@ -137,6 +143,73 @@ pub(crate) fn read_png(png: &[u8]) -> Result<Picture, CodecError> {
         pixels,
         before,
         after,
+        pnm: false,
+    })
+}
+
+/// A binary PNM (P5 grey, P6 RGB) with maxval 255: its header and trailing bytes (kept
+/// verbatim) and its pixels.
+struct Pnm<'a> {
+    head: &'a [u8],
+    tail: &'a [u8],
+    w: u32,
+    h: u32,
+    ch: usize,
+    pixels: &'a [u8],
+}
+
+/// Parse a binary PNM with maxval 255 (refusals say why).
+fn read_pnm(d: &[u8]) -> Result<Pnm<'_>, CodecError> {
+    let ch = match d.get(..2) {
+        Some(b"P5") => 1,
+        Some(b"P6") => 3,
+        _ => return Err(bad("not a binary PNM")),
+    };
+    let mut pos = 2;
+    let mut fields = [0u64; 3];
+    for f in &mut fields {
+        // Whitespace and comments (from '#' to the end of the line) separate the fields.
+        loop {
+            match d.get(pos) {
+                Some(b'#') => {
+                    while d.get(pos).is_some_and(|&c| c != b'\n' && c != b'\r') {
+                        pos += 1;
+                    }
+                }
+                Some(c) if c.is_ascii_whitespace() => pos += 1,
+                _ => break,
+            }
+        }
+        let start = pos;
+        while d.get(pos).is_some_and(u8::is_ascii_digit) && pos - start < 9 {
+            *f = *f * 10 + (d[pos] - b'0') as u64;
+            pos += 1;
+        }
+        if pos == start {
+            return Err(bad("PNM header"));
+        }
+    }
+    // Exactly one whitespace byte ends the header.
+    if !d.get(pos).is_some_and(u8::is_ascii_whitespace) {
+        return Err(bad("PNM header"));
+    }
+    pos += 1;
+    let [w, h, maxval] = fields;
+    if maxval != 255 {
+        return Err(bad("only 8-bit PNM (maxval 255)"));
+    }
+    if w == 0 || h == 0 || w > MAX_SIDE as u64 || h > MAX_SIDE as u64 || w * h > MAX_PIXELS {
+        return Err(bad("PNM picture size"));
+    }
+    let n = (w * h) as usize * ch;
+    let pixels = d.get(pos..pos + n).ok_or_else(|| bad("truncated PNM"))?;
+    Ok(Pnm {
+        head: &d[..pos],
+        tail: &d[pos + n..],
+        w: w as u32,
+        h: h as u32,
+        ch,
+        pixels,
     })
 }
 
@@ -259,6 +332,23 @@ pub(crate) fn write_png(p: &Picture) -> Vec<u8> {
     out
 }
 
+/// The file served for a decoded picture: a PNG (`write_png`), or a PNM's own header, the
+/// pixels and its own tail.
+fn serve(p: &Picture) -> Vec<u8> {
+    if !p.pnm {
+        return write_png(p);
+    }
+    let mut out = Vec::with_capacity(p.pixels.len() + 64);
+    for (_, d) in &p.before {
+        out.extend_from_slice(d);
+    }
+    out.extend_from_slice(&p.pixels);
+    for (_, d) in &p.after {
+        out.extend_from_slice(d);
+    }
+    out
+}
+
 /// PSNR in dB between two sample buffers of equal length (infinite when identical).
 pub(crate) fn psnr(a: &[u8], b: &[u8]) -> f64 {
     if a.len() != b.len() || a.is_empty() {
@@ -282,6 +372,12 @@ pub(crate) fn psnr(a: &[u8], b: &[u8]) -> f64 {
 /// PSNR of the PNG `decoded` against the PNG `original`, over every sample; None when either
 /// is not a readable 8-bit PNG or their geometry differs.
 pub fn image_psnr(original: &[u8], decoded: &[u8]) -> Option<f64> {
+    if let (Ok(a), Ok(b)) = (read_pnm(original), read_pnm(decoded)) {
+        if (a.w, a.h, a.ch) != (b.w, b.h, b.ch) {
+            return None;
+        }
+        return Some(psnr(a.pixels, b.pixels));
+    }
     let (a, b) = (read_png(original).ok()?, read_png(decoded).ok()?);
     if (a.w, a.h, a.ch) != (b.w, b.h, b.ch) {
         return None;
@@ -483,11 +579,14 @@ fn get_chunks(r: &mut Reader<'_>, max: usize) -> Result<Vec<Chunk>, CodecError> 
 /// The picture a payload holds (reconstructed pixels, original chunks).
 fn decode_picture(payload: &[u8]) -> Result<Picture, CodecError> {
     let mut r = Reader::new(payload);
-    if r.u8()? != 1 || r.u8()? != 1 {
-        return Err(wire::malformed(
-            "unknown lossy image payload version or kind",
-        ));
+    if r.u8()? != 1 {
+        return Err(wire::malformed("unknown lossy image payload version"));
     }
+    let pnm = match r.u8()? {
+        1 => false,
+        2 => true,
+        _ => return Err(wire::malformed("unknown lossy image payload kind")),
+    };
     let ch = r.u8()? as usize;
     let color_type = r.u8()?;
     let expect_ct = match ch {
@@ -512,6 +611,9 @@ fn decode_picture(payload: &[u8]) -> Result<Picture, CodecError> {
     if r.remaining() != 0 {
         return Err(wire::malformed("trailing bytes"));
     }
+    if pnm && (ch.is_multiple_of(2) || before.len() != 1 || after.len() != 1) {
+        return Err(wire::malformed("PNM payload layout"));
+    }
     let alpha = ch == 2 || ch == 4;
     let rgb = webp_decode(webp, w, h, alpha)?;
     Ok(Picture {
@@ -522,6 +624,7 @@ fn decode_picture(payload: &[u8]) -> Result<Picture, CodecError> {
         pixels: from_webp_output(&rgb, ch),
         before,
         after,
+        pnm,
     })
 }
 
@@ -543,7 +646,7 @@ impl Codec for ImageWebp {
     }
 
     fn decoded_len(&self, payload: &[u8], _params: u32) -> Result<Option<usize>, CodecError> {
-        Ok(Some(write_png(&decode_picture(payload)?).len()))
+        Ok(Some(serve(&decode_picture(payload)?).len()))
     }
 
     /// `params.level`: the PSNR target in hundredths of a dB. The smallest WebP whose decoded
@@ -561,7 +664,19 @@ impl Codec for ImageWebp {
                 "PSNR target {target} dB out of range"
             )));
         }
-        let pic = read_png(raw)?;
+        let pic = match read_pnm(raw) {
+            Ok(p) => Picture {
+                w: p.w,
+                h: p.h,
+                ch: p.ch,
+                color_type: if p.ch == 1 { 0 } else { 2 },
+                pixels: p.pixels.to_vec(),
+                before: vec![(*b"head", p.head.to_vec())],
+                after: vec![(*b"tail", p.tail.to_vec())],
+                pnm: true,
+            },
+            Err(_) => read_png(raw)?,
+        };
         let (samples, alpha) = to_webp_input(&pic);
         let try_mode = |m: Mode| -> Result<Option<Vec<u8>>, CodecError> {
             let webp = match m {
@@ -623,7 +738,7 @@ impl Codec for ImageWebp {
             )));
         };
         out.clear();
-        out.extend_from_slice(&[1, 1, pic.ch as u8, pic.color_type]);
+        out.extend_from_slice(&[1, if pic.pnm { 2 } else { 1 }, pic.ch as u8, pic.color_type]);
         put_varint(out, pic.w as u64);
         put_varint(out, pic.h as u64);
         put_chunks(out, &pic.before);
@@ -643,7 +758,7 @@ impl Codec for ImageWebp {
         raw_len: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        let png = write_png(&decode_picture(payload)?);
+        let png = serve(&decode_picture(payload)?);
         if png.len() != raw_len {
             return Err(CodecError::Length {
                 got: png.len(),
@@ -692,6 +807,7 @@ mod tests {
             pixels,
             before: vec![(*b"gAMA", vec![0, 0, 177, 143])],
             after: vec![(*b"tEXt", b"Comment\0idcfs".to_vec())],
+            pnm: false,
         }
     }
 
@@ -805,6 +921,39 @@ mod tests {
         let mut pal = write_png(&synthetic(8, 8, 1));
         pal[8 + 8 + 9] = 3; // colour type 3 (palette) in IHDR
         assert!(read_png(&pal).is_err());
+    }
+
+    #[test]
+    fn pnm_keeps_its_header_and_tail_and_meets_the_target() {
+        for ch in [1usize, 3] {
+            let p = synthetic(50, 40, ch);
+            let mut pnm = format!(
+                "P{}\n# made by a test\n50 40\n255\n",
+                if ch == 1 { 5 } else { 6 }
+            )
+            .into_bytes();
+            pnm.extend_from_slice(&p.pixels);
+            pnm.extend_from_slice(b"trailing");
+            let mut out = Vec::new();
+            let q = ImageWebp
+                .encode(&pnm, &EncodeParams::level(3800), &mut out)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let n = ImageWebp
+                .decoded_len(&out, q)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or(0);
+            assert_eq!(n, pnm.len(), "same size as the original");
+            let mut back = Vec::new();
+            ImageWebp
+                .decode(&out, q, n, &mut back)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let head = pnm.len() - p.pixels.len() - 8;
+            assert_eq!(back[..head], pnm[..head]);
+            assert!(back.ends_with(b"trailing"));
+            assert!(image_psnr(&pnm, &back).unwrap_or(0.0) >= 38.0);
+        }
+        assert!(read_pnm(b"P6\n2 2\n65535\n").is_err());
+        assert!(read_pnm(b"P6\n2 2\n255\nabc").is_err());
     }
 
     #[test]

@@ -180,8 +180,8 @@ fn lossy_codecs(class: Option<C>, policy: &Effective) -> Vec<Candidate> {
         return Vec::new();
     };
     match medium {
-        // Only PNG has a reader and writer here; BMP/PNM/TIFF stay lossless.
-        Medium::Image if class == Some(C::Png) => vec![Candidate {
+        // PNG and binary PNM have a reader and writer here; BMP and TIFF stay lossless.
+        Medium::Image if matches!(class, Some(C::Png | C::Pnm)) => vec![Candidate {
             codec: IMAGE_WEBP,
             level: (image_psnr_target(target) * 100.0).round() as i32,
             model: 0,
@@ -505,6 +505,10 @@ mod tests {
         assert!(v[1..].iter().all(|c| c.fidelity == Fidelity::Lossless));
         // Never on the write path, never for JPEG, and never for an unavailable codec.
         assert!(cands(C::Png, &p, Stage::Write)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
+        assert_eq!(cands(C::Pnm, &p, Stage::Recompress)[0].codec, IMAGE_WEBP);
+        assert!(cands(C::Bmp, &p, Stage::Recompress)
             .iter()
             .all(|c| c.fidelity == Fidelity::Lossless));
         assert!(cands(C::Jpeg, &p, Stage::Recompress)
