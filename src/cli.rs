@@ -694,6 +694,12 @@ fn render_stats(s: &Stats) -> String {
     if s.corrupt_reads > 0 {
         o.push_str(&format!("corrupt reads {}\n", s.corrupt_reads));
     }
+    if s.lossy_files > 0 {
+        o.push_str(&format!(
+            "lossy files   {} since mount (quality target met; see codecs image-webp, wav-opus and the log)\n",
+            s.lossy_files
+        ));
+    }
     o.push_str(&format!(
         "\n{:<10} {:>10} {:>12} {:>12} {:>7}\n",
         "codec", "blocks", "logical", "stored", "ratio"
