@@ -163,6 +163,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c = parse(include_str!("../systemd/config.toml.example"))
+            .unwrap_or_else(|e| panic!("systemd/config.toml.example: {e}"));
+        assert_eq!(c.neural.device, crate::neural::Device::Auto);
+        assert_eq!(c.neural.intra_threads, 1);
+    }
+
+    #[test]
     fn parses_and_refuses() {
         let c = parse("[policy]\nlevel = \"max\"\ndedup = true\n[background]\nidle_secs = 5\n")
             .unwrap_or_default();
