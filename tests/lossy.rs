@@ -299,6 +299,23 @@ fn lossy_wav_under_policy() {
     let before = check(&m, "after recompression");
     m.remount();
     assert_eq!(before, check(&m, "after remount"));
+
+    // A crash right after a lossy swap: the file reads back whole as one encoding or the
+    // other (the swap is one journal record), with st_size matching, and fsck is clean.
+    let (name, orig) = &wavs[0];
+    let p = lossy.join(format!("crash-{name}"));
+    std::fs::write(&p, orig).unwrap();
+    let out = m.idcfs(&["recompress", p.to_str().unwrap()]);
+    assert!(out.status.success());
+    let lossy_copy = std::fs::read(lossy.join(name)).unwrap();
+    m.kill9();
+    m.mount();
+    let got = std::fs::read(&p).unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), got.len() as u64);
+    assert!(
+        &got == orig || got == lossy_copy,
+        "after kill -9: neither the original nor its lossy encoding"
+    );
     m.unmount();
     let (code, out) = m.fsck();
     assert_eq!(code, 0, "fsck: {out}");
