@@ -108,7 +108,13 @@ fn photos() -> Vec<(String, Vec<u8>)> {
 /// candidates do not need it.
 #[test]
 fn lossy_png_photos_under_policy() {
-    let mut m = Mounted::with_args(&["--ort-lib", "/nonexistent/libonnxruntime.so.1"]);
+    // Small packs, so that compaction below has sealed packs to work on.
+    let mut m = Mounted::with_args(&[
+        "--ort-lib",
+        "/nonexistent/libonnxruntime.so.1",
+        "--pack-mib",
+        "1",
+    ]);
     let (lossy, plain) = (m.path("lossy"), m.path("plain"));
     std::fs::create_dir(&lossy).unwrap();
     std::fs::create_dir(&plain).unwrap();
@@ -192,6 +198,42 @@ fn lossy_png_photos_under_policy() {
     m.remount();
     let after = check(&m, "after remount");
     assert_eq!(before, after, "st_size and bytes stable across remount");
+
+    // Compaction moves the lossy objects (their records hold PutLossyObject): with the plain
+    // copies deleted, every pack holding lossy records is mostly garbage and is compacted.
+    for (name, _) in &photos {
+        std::fs::remove_file(plain.join(name)).unwrap();
+    }
+    m.unmount();
+    let out = m.idcfs(&["compact", m.store.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !said.contains("moved 0 block"),
+        "compaction moved nothing: {said}"
+    );
+    m.mount();
+    let moved: Vec<(u64, String)> = photos
+        .iter()
+        .map(|(name, _)| {
+            let p = lossy.join(name);
+            (std::fs::metadata(&p).unwrap().len(), sha(&p))
+        })
+        .collect();
+    assert_eq!(before, moved, "after compaction");
+    m.remount();
+    for (i, (name, _)) in photos.iter().enumerate() {
+        let p = lossy.join(name);
+        assert_eq!(
+            (std::fs::metadata(&p).unwrap().len(), sha(&p)),
+            before[i],
+            "{name} after compaction and remount"
+        );
+    }
     let log = m.log_text();
     assert!(
         log.is_empty() || !log.contains("panicked"),
