@@ -15,6 +15,7 @@
 //!   caller's job (see `examples/codec_ratio.rs`).
 
 mod audio;
+mod cm;
 mod deflate;
 mod deflate_tokens;
 mod exec;
@@ -29,6 +30,7 @@ mod zstd_dict;
 mod zstd_long;
 
 pub use self::audio::Flac;
+pub use self::cm::{ContextMix, MAX_LEN as CM_MAX_LEN};
 pub use self::deflate::Deflate;
 pub use self::deflate_tokens::{
     analyze as deflate_tokens_analyze, plain_coding as deflate_tokens_plain_coding,
@@ -95,6 +97,9 @@ pub const EXEC: CodecId = 7;
 /// gzip / zip / PNG with each deflate stream replaced by its plain text and its token choices
 /// predicted from that text (fast exact rebuild), then zstd (whole file).
 pub const DEFLATE_TOKENS: CodecId = 8;
+/// Context mixing (a bitwise predictor and an arithmetic coder) over a whole text-like file,
+/// primed with a trained prior (`level=archive`).
+pub const CM: CodecId = 9;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +215,7 @@ impl Default for Registry {
         r.add(Arc::new(ZstdDict));
         r.add(Arc::new(Exec));
         r.add(Arc::new(DeflateTokens));
+        r.add(Arc::new(ContextMix));
         r
     }
 }
