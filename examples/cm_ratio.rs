@@ -77,8 +77,11 @@ fn main() {
                 Err(_) => data.len(),
             };
             cm += n;
-            xz += xz_len(&data);
-            zl += zstd_long_len(&data);
+            // CM_ONLY=1 skips the reference tools (quicker model experiments).
+            if std::env::var_os("CM_ONLY").is_none() {
+                xz += xz_len(&data);
+                zl += zstd_long_len(&data);
+            }
         }
         println!(
             "{dir} (prior {prior}): {} files, raw {raw}, cm {cm} ({:.1}% smaller than xz -9e {xz}), zstd-19-long {zl}; encode {:.0} KB/s, decode {:.0} KB/s",

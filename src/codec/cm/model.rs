@@ -249,7 +249,7 @@ impl Mixer {
         let err = (((bit as i32) << 12) - self.pr) * self.rate;
         let w = &mut self.w[self.sel..self.sel + N_IN];
         for i in 0..N_IN {
-            w[i] = (w[i] + ((x[i] * err) >> 10)).clamp(-(1 << 24), 1 << 24);
+            w[i] = (w[i] + ((x[i] * err) >> 12)).clamp(-(1 << 24), 1 << 24);
         }
     }
 }
@@ -335,9 +335,9 @@ impl Model {
             match_len: 0,
             match_map: StateMap::new(64, 1023),
             match_cx: 0,
-            mixer: Mixer::new(256, 6),
-            mixer2: Mixer::new(2048, 6),
-            final_mix: Mixer::new(1, 2),
+            mixer: Mixer::new(256, 2),
+            mixer2: Mixer::new(2048, 2),
+            final_mix: Mixer::new(1, 8),
             apm1: Apm::new(t, 256),
             apm2: Apm::new(t, 65536),
             x: [0; N_IN],
@@ -596,6 +596,6 @@ impl Model {
             pr,
             (self.c0 as usize | ((self.c8 as usize & 0xff) << 8)) & 0xffff,
         );
-        self.pr = ((pr + a1 + 2 * a2 + 2) >> 2).clamp(1, 4095);
+        self.pr = ((pr + a1 + 6 * a2 + 4) >> 3).clamp(1, 4095);
     }
 }
