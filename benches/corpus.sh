@@ -36,8 +36,8 @@ archive_section() {
   echo
   echo "Per level: cp -a of the three dirs, \`idcfs recompress\` (recoding, one file at a time), remount, drop caches, cold read of every file with verification (sha256 against the corpus manifest). Peak RSS is the daemon's VmHWM over the whole run."
   echo
-  echo "| level | class dir | files | logical MB | stored MB | vs xz -9e | recode KB/s | cold read KB/s |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|"
+  echo "| level | class dir | files | on context-mix | logical MB | stored MB | vs xz -9e | recode KB/s | cold read KB/s |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
   for lv in archive max; do
     cleanup; rm -rf "$WORK/store-$lv"; mkdir -p "$MNT"
     printf '[policy]\nlevel = "%s"\n[background]\nidle_secs = 3600\n' "$lv" > "$WORK/config-$lv.toml"
@@ -59,19 +59,19 @@ archive_section() {
       eval "read_$d=\$(echo \"\$b - \$a\" | bc -l)"
     done
     for d in $dirs; do
-      local files logical stored xz rec rd
+      local files logical stored cmf xz rec rd
       files=$(find "$CORPUS/$d" -type f | wc -l)
       logical=$(find "$CORPUS/$d" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
-      stored=$(cd "$MNT/$d" && for f in *; do getfattr --only-values -n user.idcfs.fileinfo "$f"; echo; done \
-        | python3 -c 'import json,sys; print(sum(json.loads(l)["stored"] for l in sys.stdin if l.strip()))')
+      read -r stored cmf < <(cd "$MNT/$d" && for f in *; do getfattr --only-values -n user.idcfs.fileinfo "$f"; echo; done \
+        | python3 -c 'import json,sys; v=[json.loads(l) for l in sys.stdin if l.strip()]; print(sum(i["stored"] for i in v), sum("context-mix" in i["encodings"] for i in v))')
       xz=$(for f in "$CORPUS/$d"/*; do xz -9e -T1 -c "$f" | wc -c; done | awk '{s+=$1} END {print s}')
       eval "rec=\$rec_$d; rd=\$read_$d"
-      printf '| %s | %s | %d | %.2f | %.3f | %+.1f%% | %.0f | %.0f |\n' "$lv" "$d" "$files" \
+      printf '| %s | %s | %d | %d | %.2f | %.3f | %+.1f%% | %.0f | %.0f |\n' "$lv" "$d" "$files" "$cmf" \
         "$(echo "$logical/1000000" | bc -l)" "$(echo "$stored/1000000" | bc -l)" \
         "$(echo "100*($stored-$xz)/$xz" | bc -l)" "$(echo "$logical/1000/$rec" | bc -l)" \
         "$(echo "$logical/1000/$rd" | bc -l)"
     done
-    [ -n "$pid" ] && echo "|  | daemon peak RSS ($lv) | | $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status") | | | | |"
+    [ -n "$pid" ] && echo "|  | daemon peak RSS ($lv) | | | $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status") | | | | |"
     "$IDCFS" umount "$MNT"
   done
   echo

@@ -191,11 +191,23 @@ impl Engine {
         let cands = self.recompress_candidates(&inode, &eff);
         // Format-aware whole-file codecs first (balanced and stronger): the smallest wins.
         let whole: Vec<&Candidate> = cands.iter().filter(|c| c.whole_file).collect();
-        if !whole.is_empty() {
+        // A compaction that moves the file's blocks while it is being encoded (seconds for
+        // the slow codecs) makes the commit a no-op (it is conditional on the old locations):
+        // read and encode again, a few times.
+        for attempt in 0..3 {
+            if whole.is_empty() {
+                break;
+            }
             match self.try_whole_file(ino, &inode, &whole, eff.dedup) {
-                Ok(Some(r)) => return Ok(r),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
+                Ok(Some(r)) if self.is_object(ino)? => return Ok(r),
+                Ok(Some(_)) => {
+                    tracing::debug!(ino, attempt, "blocks moved during whole-file encoding, again");
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(ino, "whole-file recompression failed: {e}");
+                    break;
+                }
             }
         }
         let block_cands: Vec<Candidate> = cands.into_iter().filter(|c| !c.whole_file).collect();
@@ -361,6 +373,17 @@ impl Engine {
             &tuning,
             &avail,
         )
+    }
+
+    /// Whether the file's first mapped block is a slice of a whole-file object (what a
+    /// whole-file commit that took effect leaves).
+    fn is_object(&self, ino: Ino) -> Result<bool> {
+        Ok(self
+            .j
+            .index
+            .blocks_from(ino, 0, 1)?
+            .first()
+            .is_some_and(|(_, b)| b.object))
     }
 
     /// One whole-file encoding of `data` by `cand`, verified by decoding it; None when the
