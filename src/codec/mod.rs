@@ -30,7 +30,7 @@ mod zstd_dict;
 mod zstd_long;
 
 pub use self::audio::Flac;
-pub use self::cm::{ContextMix, MAX_LEN as CM_MAX_LEN};
+pub use self::cm::{ContextMix, ContextMixBlock, MAX_LEN as CM_MAX_LEN};
 pub use self::deflate::Deflate;
 pub use self::deflate_tokens::{
     analyze as deflate_tokens_analyze, plain_coding as deflate_tokens_plain_coding,
@@ -100,6 +100,9 @@ pub const DEFLATE_TOKENS: CodecId = 8;
 /// Context mixing (a bitwise predictor and an arithmetic coder) over a whole text-like file,
 /// primed with a trained prior (`level=archive`).
 pub const CM: CodecId = 9;
+/// Context mixing over one block, each block on its own from the class's prior (text-like
+/// files too large for one `CM` object, at `level=archive`).
+pub const CM_BLOCK: CodecId = 10;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +219,7 @@ impl Default for Registry {
         r.add(Arc::new(Exec));
         r.add(Arc::new(DeflateTokens));
         r.add(Arc::new(ContextMix));
+        r.add(Arc::new(ContextMixBlock));
         r
     }
 }
@@ -387,7 +391,7 @@ mod tests {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             assert!(r.decode(ZSTD, &junk, 3, 131072).is_err());
             assert!(r.decode(RAW, &junk, 0, len + 1).is_err());
-            for id in [JPEG, DEFLATE, FLAC, DEFLATE_TOKENS] {
+            for id in [JPEG, DEFLATE, FLAC, DEFLATE_TOKENS, CM, CM_BLOCK] {
                 assert!(r.decode(id, &junk, 0, 131072).is_err(), "{id} len {len}");
             }
         }

@@ -21,8 +21,8 @@
 use super::layout::BLOCK_U64;
 use crate::classify::ContentClass as C;
 use crate::codec::{
-    CodecId, CM, CM_MAX_LEN, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL, DICT_JSON,
-    DICT_SOURCE, DICT_TEXT, EXEC, FLAC, JPEG, ZSTD, ZSTD_DICT, ZSTD_LONG,
+    CodecId, CM, CM_BLOCK, CM_MAX_LEN, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL,
+    DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, JPEG, ZSTD, ZSTD_DICT, ZSTD_LONG,
 };
 use crate::policy::{Effective, Level, Medium, Quality};
 
@@ -206,11 +206,23 @@ pub fn candidates(
             v.push(Candidate::whole(id, effort, model));
         }
     }
+    // Files too large for one context-mixing object: context mixing per block, each block
+    // starting from the class's prior (a cold read decodes one block, ~0.15 s).
+    if stage == Stage::Recompress && policy.level == Level::Archive && size > CM_MAX_LEN as u64 {
+        if let Some(prior) = class.and_then(cm_prior) {
+            v.push(Candidate::block(CM_BLOCK, 19, prior));
+        }
+    }
     if let Some(d) = dict_for(class, size) {
         v.push(Candidate::block(ZSTD_DICT, level, d));
     }
     v.push(Candidate::block(ZSTD, level, 0));
     v.retain(|c| available(c.codec));
+    // Per-block context mixing beats one long-window zstd frame over text: where it applies,
+    // the whole-file frame (tried first, and kept when it pays) must not pre-empt it.
+    if v.iter().any(|c| c.codec == CM_BLOCK) {
+        v.retain(|c| c.codec != ZSTD_LONG);
+    }
     v
 }
 
@@ -403,7 +415,7 @@ mod tests {
                 Archive,
                 CM_MAX_LEN as u64 + 1,
                 Recompress,
-                vec![(ZSTD_LONG, 19, true), (ZSTD, 19, false)],
+                vec![(CM_BLOCK, 19, false), (ZSTD, 19, false)],
             ),
             (Some(C::Text), Archive, BIG, Write, vec![(ZSTD, 3, false)]),
             (Some(C::Jpeg), Fast, BIG, Recompress, vec![]),
