@@ -4,6 +4,7 @@
 
 mod util;
 
+mod archive;
 mod crash;
 mod crypt;
 mod disk;

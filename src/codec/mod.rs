@@ -15,6 +15,7 @@
 //!   caller's job (see `examples/codec_ratio.rs`).
 
 mod audio;
+mod cm;
 mod deflate;
 mod deflate_tokens;
 mod exec;
@@ -31,6 +32,7 @@ mod zstd_dict;
 mod zstd_long;
 
 pub use self::audio::Flac;
+pub use self::cm::{ContextMix, ContextMixBlock, MAX_LEN as CM_MAX_LEN};
 pub use self::deflate::Deflate;
 pub use self::deflate_tokens::{
     analyze as deflate_tokens_analyze, plain_coding as deflate_tokens_plain_coding,
@@ -99,13 +101,20 @@ pub const EXEC: CodecId = 7;
 /// gzip / zip / PNG with each deflate stream replaced by its plain text and its token choices
 /// predicted from that text (fast exact rebuild), then zstd (whole file).
 pub const DEFLATE_TOKENS: CodecId = 8;
-/// Lossy: an 8-bit PNG's pixels as lossy WebP, served as a PNG of the reconstructed pixels
-/// with the original's ancillary chunks (whole file; only under `lossy=image:…`).
-pub const IMAGE_WEBP: CodecId = 9;
+/// Context mixing (a bitwise predictor and an arithmetic coder) over a whole text-like file,
+/// primed with a trained prior (`level=archive`).
+pub const CM: CodecId = 9;
+/// Context mixing over one block, each block on its own from the class's prior (text-like
+/// files too large for one `CM` object, at `level=archive`).
+pub const CM_BLOCK: CodecId = 10;
+/// Lossy: an 8-bit PNG's (or binary PNM's) pixels as WebP, served as a PNG of the
+/// reconstructed pixels with the original's ancillary chunks (whole file; only under
+/// `lossy=image:…`).
+pub const IMAGE_WEBP: CodecId = 11;
 /// Lossy: a 16-bit PCM WAV's samples as Opus at the bitrate its policy's q names, served as
 /// a WAV of the decoded samples with the original header and tail (whole file; only under
 /// `lossy=audio:q=N`).
-pub const WAV_OPUS: CodecId = 10;
+pub const WAV_OPUS: CodecId = 12;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +237,8 @@ impl Default for Registry {
         r.add(Arc::new(ZstdDict));
         r.add(Arc::new(Exec));
         r.add(Arc::new(DeflateTokens));
+        r.add(Arc::new(ContextMix));
+        r.add(Arc::new(ContextMixBlock));
         r.add(Arc::new(ImageWebp));
         r.add(Arc::new(WavOpus));
         r
@@ -401,7 +412,16 @@ mod tests {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             assert!(r.decode(ZSTD, &junk, 3, 131072).is_err());
             assert!(r.decode(RAW, &junk, 0, len + 1).is_err());
-            for id in [JPEG, DEFLATE, FLAC, DEFLATE_TOKENS, IMAGE_WEBP, WAV_OPUS] {
+            for id in [
+                JPEG,
+                DEFLATE,
+                FLAC,
+                DEFLATE_TOKENS,
+                CM,
+                CM_BLOCK,
+                IMAGE_WEBP,
+                WAV_OPUS,
+            ] {
                 assert!(r.decode(id, &junk, 0, 131072).is_err(), "{id} len {len}");
             }
         }

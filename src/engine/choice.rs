@@ -24,8 +24,9 @@
 use super::layout::BLOCK_U64;
 use crate::classify::ContentClass as C;
 use crate::codec::{
-    CodecId, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL, DICT_JSON, DICT_SOURCE,
-    DICT_TEXT, EXEC, FLAC, IMAGE_WEBP, JPEG, WAV_OPUS, ZSTD, ZSTD_DICT, ZSTD_LONG,
+    CodecId, CM, CM_BLOCK, CM_MAX_LEN, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL,
+    DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, IMAGE_WEBP, JPEG, WAV_OPUS, ZSTD, ZSTD_DICT,
+    ZSTD_LONG,
 };
 use crate::policy::{Effective, Level, Medium, Quality};
 
@@ -84,11 +85,11 @@ impl Candidate {
         }
     }
 
-    fn whole(codec: CodecId, level: i32) -> Candidate {
+    fn whole(codec: CodecId, level: i32, model: u32) -> Candidate {
         Candidate {
             codec,
             level,
-            model: 0,
+            model,
             whole_file: true,
             fidelity: Fidelity::Lossless,
         }
@@ -114,11 +115,22 @@ pub fn dict_for(class: Option<C>, size: u64) -> Option<u32> {
 /// a cold random read then costs at most this much decoding (~0.35 s for LZMA2 at ~90 MB/s).
 pub const BALANCED_WHOLE_MAX: u64 = 32 << 20;
 
+/// The prior (trained initial state) of the context-mixing codec for a text-like class: the
+/// class's dictionary, whose bytes are real files of that kind.
+pub fn cm_prior(class: C) -> Option<u32> {
+    match class {
+        C::Text | C::Log | C::Csv | C::Xml => Some(DICT_TEXT),
+        C::Source => Some(DICT_SOURCE),
+        C::Json => Some(DICT_JSON),
+        _ => None,
+    }
+}
+
 /// The format-aware whole-file codecs for a file of this class and size at `level`, with the
-/// effort to ask of each, strongest first. Every codec listed at `balanced` (the default)
+/// effort and model to ask of each, strongest first. Every codec listed at `balanced` (the default)
 /// decodes at 20 MB/s of output per core or more (BENCHMARKS.md); slower ones are only for
 /// data declared cold (`max`, `archive`).
-fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId, i32)> {
+fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId, i32, u32)> {
     if level < Level::Balanced {
         return Vec::new();
     }
@@ -126,7 +138,15 @@ fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId,
     let Some(class) = class else {
         return Vec::new();
     };
-    match class {
+    // Context mixing decodes at ~0.9 MB/s: only for data declared archive, and only up to
+    // the size a cold read may decode whole. The smaller of it and the max level's codecs wins.
+    let mut v = Vec::new();
+    if level == Level::Archive && size <= CM_MAX_LEN as u64 {
+        if let Some(prior) = cm_prior(class) {
+            v.push((CM, 19, prior));
+        }
+    }
+    let rest = match class {
         C::Jpeg => vec![(JPEG, 19)],
         C::Wav => vec![(FLAC, 19)],
         // Rebuilding deflate streams decodes at ~12 MB/s of gzip/zip (deflate-tokens; PNG
@@ -147,7 +167,9 @@ fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId,
             vec![(ZSTD_LONG, 19)]
         }
         _ => Vec::new(),
-    }
+    };
+    v.extend(rest.into_iter().map(|(id, effort)| (id, effort, 0)));
+    v
 }
 
 /// The medium a lossy policy key governs for this class (rasters stored losslessly today,
@@ -229,8 +251,15 @@ pub fn candidates(
     let mut v = Vec::new();
     if stage == Stage::Recompress {
         v.extend(lossy_codecs(class, policy));
-        for (id, effort) in whole_file_codecs(class, size, policy.level) {
-            v.push(Candidate::whole(id, effort));
+        for (id, effort, model) in whole_file_codecs(class, size, policy.level) {
+            v.push(Candidate::whole(id, effort, model));
+        }
+    }
+    // Files too large for one context-mixing object: context mixing per block, each block
+    // starting from the class's prior (a cold read decodes one block, ~0.15 s).
+    if stage == Stage::Recompress && policy.level == Level::Archive && size > CM_MAX_LEN as u64 {
+        if let Some(prior) = class.and_then(cm_prior) {
+            v.push(Candidate::block(CM_BLOCK, 19, prior));
         }
     }
     if let Some(d) = dict_for(class, size) {
@@ -238,6 +267,11 @@ pub fn candidates(
     }
     v.push(Candidate::block(ZSTD, level, 0));
     v.retain(|c| available(c.codec));
+    // Per-block context mixing beats one long-window zstd frame over text: where it applies,
+    // the whole-file frame (tried first, and kept when it pays) must not pre-empt it.
+    if v.iter().any(|c| c.codec == CM_BLOCK) {
+        v.retain(|c| c.codec != ZSTD_LONG);
+    }
     v
 }
 
@@ -419,6 +453,29 @@ mod tests {
                 Recompress,
                 vec![(ZSTD_DICT, 9, false), (ZSTD, 9, false)],
             ),
+            // Archive: context mixing first for text-like files up to its size limit.
+            (
+                Some(C::Json),
+                Archive,
+                SMALL,
+                Recompress,
+                vec![(CM, 19, true), (ZSTD_DICT, 19, false), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Text),
+                Archive,
+                BIG,
+                Recompress,
+                vec![(CM, 19, true), (ZSTD_LONG, 19, true), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Text),
+                Archive,
+                CM_MAX_LEN as u64 + 1,
+                Recompress,
+                vec![(CM_BLOCK, 19, false), (ZSTD, 19, false)],
+            ),
+            (Some(C::Text), Archive, BIG, Write, vec![(ZSTD, 3, false)]),
             (Some(C::Jpeg), Fast, BIG, Recompress, vec![]),
             (Some(C::Jpeg), Off, BIG, Recompress, vec![]),
         ];
@@ -559,7 +616,7 @@ mod tests {
         let zstd = Candidate::block(ZSTD, 3, 0);
         assert!(!must_verify(&zstd, Stage::Write));
         assert!(must_verify(&zstd, Stage::Recompress));
-        assert!(must_verify(&Candidate::whole(JPEG, 19), Stage::Write));
+        assert!(must_verify(&Candidate::whole(JPEG, 19, 0), Stage::Write));
         assert!(pays(1024, 991));
         assert!(!pays(1024, 992));
     }

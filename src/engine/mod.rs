@@ -522,9 +522,13 @@ impl Engine {
             }
             // Garbage goes back once the mount has been idle a few seconds (never under
             // foreground I/O), and regardless after a minute.
+            // Not while a file is being recompressed (its commit would find its blocks moved),
+            // unless that has gone on for five minutes.
             let idle = self.quiet_for(Duration::from_secs(3));
-            if (idle && last_compact.elapsed() >= Duration::from_secs(10))
-                || last_compact.elapsed() >= Duration::from_secs(60)
+            let recoding = self.recomp.is_active();
+            let every = Duration::from_secs(if recoding { 300 } else { 60 });
+            if (idle && !recoding && last_compact.elapsed() >= Duration::from_secs(10))
+                || last_compact.elapsed() >= every
             {
                 let r = if idle {
                     self.compact_idle()

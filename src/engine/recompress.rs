@@ -10,7 +10,7 @@ use super::choice::{accept, candidates, must_verify, Candidate, Fidelity, Stage,
 use super::layout::{blocks_for, BLOCK_U64};
 use super::Engine;
 use crate::classify::class_of_flags;
-use crate::codec::{zstd_dict_level, EncodeParams, Granularity, RAW, ZSTD, ZSTD_DICT};
+use crate::codec::{zstd_dict_level, EncodeParams, Granularity, CM_BLOCK, RAW, ZSTD, ZSTD_DICT};
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
 use crate::policy::Effective;
@@ -48,6 +48,17 @@ pub(super) struct RecompressState {
     running: AtomicU64,
     /// Files whose content was replaced by a lossy reconstruction since the mount.
     pub(super) lossy_files: AtomicU64,
+    /// Files being recompressed now, in the background or on request.
+    active: AtomicU64,
+}
+
+/// Counts a file as being recompressed while it lives.
+struct Active<'a>(&'a AtomicU64);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl RecompressState {
@@ -75,6 +86,13 @@ impl RecompressState {
     /// empty queue means the background work is done).
     pub(super) fn queued(&self) -> u64 {
         self.queue.lock().len() as u64 + self.running.load(Ordering::Relaxed)
+    }
+
+    /// Whether a file is being recompressed now. Background compaction waits for it: moving
+    /// the blocks of a file being encoded makes its commit (conditional on their old
+    /// locations) a no-op, and the encoding work is lost.
+    pub(super) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
     }
 
     fn fell_back(&self) {
@@ -185,6 +203,8 @@ impl Engine {
     /// foreground I/O is going on.
     pub fn recompress_file(&self, ino: Ino, polite: bool) -> Result<RecompressReport> {
         let inode = self.j.index.inode(ino)?.ok_or(Error::NotFound)?;
+        self.recomp.active.fetch_add(1, Ordering::Relaxed);
+        let _active = Active(&self.recomp.active);
         let mut rep = RecompressReport::default();
         if inode.kind != Kind::File {
             return Ok(rep);
@@ -193,11 +213,27 @@ impl Engine {
         let cands = self.recompress_candidates(&inode, &eff);
         // Format-aware whole-file codecs first (balanced and stronger): the smallest wins.
         let whole: Vec<&Candidate> = cands.iter().filter(|c| c.whole_file).collect();
-        if !whole.is_empty() {
+        // A compaction that moves the file's blocks while it is being encoded (seconds for
+        // the slow codecs) makes the commit a no-op (it is conditional on the old locations):
+        // read and encode again, a few times.
+        for attempt in 0..3 {
+            if whole.is_empty() {
+                break;
+            }
             match self.try_whole_file(ino, &inode, &whole, eff.dedup) {
-                Ok(Some(r)) => return Ok(r),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
+                Ok(Some(r)) if self.is_object(ino)? => return Ok(r),
+                Ok(Some(_)) => {
+                    tracing::debug!(
+                        ino,
+                        attempt,
+                        "blocks moved during whole-file encoding, again"
+                    );
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(ino, "whole-file recompression failed: {e}");
+                    break;
+                }
             }
         }
         let block_cands: Vec<Candidate> = cands.into_iter().filter(|c| !c.whole_file).collect();
@@ -214,6 +250,9 @@ impl Engine {
             .iter()
             .find(|c| c.codec == ZSTD_DICT)
             .map(|c| c.model);
+        // Context mixing per block (archive, files too large for one object) beats any zstd
+        // level: only blocks it already holds are final.
+        let cm_block = block_cands.iter().any(|c| c.codec == CM_BLOCK);
         let mut from = 0;
         loop {
             let blocks = self.j.index.blocks_from(ino, from, GROUP)?;
@@ -232,12 +271,16 @@ impl Engine {
                     || !self.j.index.shared_refs(&b.loc)?.is_empty()
                     // Raw blocks are incompressible, except small text-like ones a
                     // dictionary may still shrink.
-                    || (b.codec == RAW && dict.is_none())
-                    || (b.codec == ZSTD_DICT && (target as u32) <= zstd_dict_level(b.params))
+                    || (b.codec == RAW && dict.is_none() && !cm_block)
+                    || b.codec == CM_BLOCK
+                    || (b.codec == ZSTD_DICT
+                        && (target as u32) <= zstd_dict_level(b.params)
+                        && !cm_block)
                     || (b.codec == ZSTD
                         && b.stored > 0
                         && (target as u32) <= b.params
-                        && dict.is_none())
+                        && dict.is_none()
+                        && !cm_block)
                 {
                     rep.stored_after += b.stored as u64;
                     continue;
@@ -368,6 +411,17 @@ impl Engine {
             v.retain(|c| c.fidelity == Fidelity::Lossless);
         }
         v
+    }
+
+    /// Whether the file's first mapped block is a slice of a whole-file object (what a
+    /// whole-file commit that took effect leaves).
+    fn is_object(&self, ino: Ino) -> Result<bool> {
+        Ok(self
+            .j
+            .index
+            .blocks_from(ino, 0, 1)?
+            .first()
+            .is_some_and(|(_, b)| b.object))
     }
 
     /// One whole-file encoding of `data` by `cand`, verified by decoding it; None when the
