@@ -6,6 +6,10 @@
 # source and JSON), with throughput. Verifies every file against the corpus manifest.
 # LEVEL (default max) is the mount's policy level; deflate rebuilding only runs at max/archive.
 #
+# ARCHIVE=yes (default) adds the archive tier's section: the text, source and JSON dirs at
+# level=archive against level=max, xz -9e and zstd -19 --long, with recoding and cold-read
+# speeds and the daemon's peak memory; ARCHIVE=only runs just that section.
+#
 # Usage (root): benches/corpus.sh     env: IDCFS, CORPUS (default /var/tmp/corpus; built with
 # ../shared/corpus/make-dev-corpus.sh when missing), WORK (default /var/tmp/idcfs-corpus-bench)
 set -euo pipefail
@@ -23,6 +27,60 @@ printf '[policy]\nlevel = "%s"\n[background]\nidle_secs = 3600\n' "${LEVEL:-max}
 now() { date +%s.%N; }
 mb() { echo "scale=1; $1 / 1000000 / ($2)" | bc -l; }
 total=$(du -sb --exclude=MANIFEST.sha256 "$CORPUS" | cut -f1)
+
+
+# The archive tier: text-like classes at level=archive vs level=max, through the mount.
+archive_section() {
+  local dirs="text source json" lv d a b
+  echo "### Archive tier: text, source and JSON at level=archive ($(date -u +%F))"
+  echo
+  echo "Per level: cp -a of the three dirs, \`idcfs recompress\` (recoding, one file at a time), remount, drop caches, cold read of every file with verification (sha256 against the corpus manifest). Peak RSS is the daemon's VmHWM over the whole run."
+  echo
+  echo "| level | class dir | files | on context-mix | logical MB | stored MB | vs xz -9e | recode KB/s | cold read KB/s |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+  for lv in archive max; do
+    cleanup; rm -rf "$WORK/store-$lv"; mkdir -p "$MNT"
+    printf '[policy]\nlevel = "%s"\n[background]\nidle_secs = 3600\n' "$lv" > "$WORK/config-$lv.toml"
+    "$IDCFS" mount "$MNT" --store "$WORK/store-$lv" --config "$WORK/config-$lv.toml" >/dev/null
+    for d in $dirs; do cp -a "$CORPUS/$d" "$MNT/"; done
+    sync; sleep 2
+    for d in $dirs; do
+      a=$(now); "$IDCFS" recompress "$MNT/$d" >/dev/null; b=$(now)
+      eval "rec_$d=\$(echo \"\$b - \$a\" | bc -l)"
+    done
+    "$IDCFS" umount "$MNT"
+    "$IDCFS" mount "$MNT" --store "$WORK/store-$lv" --config "$WORK/config-$lv.toml" >/dev/null
+    local pid; pid=$(pgrep -n -f -- "$WORK/store-$lv" || true)
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    for d in $dirs; do
+      a=$(now)
+      (cd "$MNT" && grep " ./$d/" "$CORPUS/MANIFEST.sha256" | sha256sum --quiet -c)
+      b=$(now)
+      eval "read_$d=\$(echo \"\$b - \$a\" | bc -l)"
+    done
+    for d in $dirs; do
+      local files logical stored cmf xz rec rd
+      files=$(find "$CORPUS/$d" -type f | wc -l)
+      logical=$(find "$CORPUS/$d" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+      read -r stored cmf < <(cd "$MNT/$d" && for f in *; do getfattr --only-values -n user.idcfs.fileinfo "$f"; echo; done \
+        | python3 -c 'import json,sys; v=[json.loads(l) for l in sys.stdin if l.strip()]; print(sum(i["stored"] for i in v), sum("context-mix" in i["encodings"] for i in v))')
+      xz=$(for f in "$CORPUS/$d"/*; do xz -9e -T1 -c "$f" | wc -c; done | awk '{s+=$1} END {print s}')
+      eval "rec=\$rec_$d; rd=\$read_$d"
+      printf '| %s | %s | %d | %d | %.2f | %.3f | %+.1f%% | %.0f | %.0f |\n' "$lv" "$d" "$files" "$cmf" \
+        "$(echo "$logical/1000000" | bc -l)" "$(echo "$stored/1000000" | bc -l)" \
+        "$(echo "100*($stored-$xz)/$xz" | bc -l)" "$(echo "$logical/1000/$rec" | bc -l)" \
+        "$(echo "$logical/1000/$rd" | bc -l)"
+    done
+    [ -n "$pid" ] && echo "|  | daemon peak RSS ($lv) | | | $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status") | | | | |"
+    "$IDCFS" umount "$MNT"
+  done
+  echo
+  echo "Per file with the tools and the codec alone (one core, thread CPU time; examples/cm_ratio):"
+  echo
+  cargo run -q --release --example cm_ratio -- "text=$CORPUS/text" "source=$CORPUS/source" "json=$CORPUS/json" 2>&1 | sed 's/^/    /'
+  echo
+}
+if [ "${ARCHIVE:-yes}" = only ]; then archive_section; exit 0; fi
 
 "$IDCFS" mount "$MNT" --store "$WORK/store" --config "$WORK/config.toml" >/dev/null
 t0=$(now); cp -a "$CORPUS/." "$MNT/"; sync; t1=$(now)
@@ -92,3 +150,4 @@ echo
 echo "### zstd -3 per 128 KiB block (what btrfs stores) and the best single codec per file (examples/codec_ratio)"
 echo
 cargo run -q --release --example codec_ratio -- "$CORPUS" 2>&1 | sed 's/^/    /'
+[ "${ARCHIVE:-yes}" = yes ] && archive_section

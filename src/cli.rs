@@ -190,6 +190,14 @@ pub enum Cmd {
         key_stdin: bool,
         #[command(flatten)]
         object: ObjectArgs,
+        /// Where neural codecs run: auto (CUDA when this build has the `cuda` feature and the
+        /// runtime offers it, else the CPU), cpu, or cuda. Overrides `[neural] device`.
+        #[arg(long, value_enum)]
+        device: Option<crate::neural::Device>,
+        /// The ONNX Runtime library (libonnxruntime.so) to load; overrides `[neural] library`,
+        /// `$IDCFS_ORT_LIB` and the venv search.
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
     },
     /// Create an empty store; with --encrypt, an encrypted one (AES-256-GCM-SIV; the key is
     /// protected by a passphrase or a key file).
@@ -296,6 +304,8 @@ pub fn run(cli: Cli) -> Result<u8, String> {
             keys,
             key_stdin,
             object,
+            device,
+            ort_lib,
         } => {
             let conf = crate::config::load(config.as_deref())?;
             let mp = std::fs::canonicalize(&mountpoint)
@@ -339,6 +349,14 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                     idle_secs: conf.idle_secs.unwrap_or(60),
                     codecs_disabled: conf.codecs_disabled.clone(),
                     key,
+                    neural: crate::neural::RuntimeOptions {
+                        library: match &ort_lib {
+                            Some(p) => Some(absolute(p)?),
+                            None => conf.neural.library.clone(),
+                        },
+                        device: device.unwrap_or(conf.neural.device),
+                        intra_threads: conf.neural.intra_threads,
+                    },
                     ..Options::default()
                 };
                 daemon::run_foreground(&mp, &target, opts)?;
@@ -355,6 +373,12 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                 }
                 if cli.verbose {
                     extra.push("--verbose".into());
+                }
+                if let Some(d) = device {
+                    extra.push(format!("--device={}", d.name()));
+                }
+                if let Some(p) = &ort_lib {
+                    extra.push(format!("--ort-lib={}", absolute(p)?.display()));
                 }
                 let store_arg = match &target.object {
                     Some(o) => {
@@ -629,6 +653,9 @@ pub fn run(cli: Cli) -> Result<u8, String> {
                             if let Some(why) = &s.read_only {
                                 println!("  READ-ONLY: {why} (reads work; fix the disk, then remount)");
                             }
+                            if !s.onnx_runtime.is_empty() {
+                                println!("  ONNX Runtime: {}", s.onnx_runtime);
+                            }
                             for c in &s.unavailable_codecs {
                                 println!("  codec unavailable: {c}");
                             }
@@ -868,6 +895,12 @@ fn render_stats(s: &Stats) -> String {
     o.push_str(&format!("ratio         {:.2}x  saved {saved}\n", s.ratio));
     if s.corrupt_reads > 0 {
         o.push_str(&format!("corrupt reads {}\n", s.corrupt_reads));
+    }
+    if s.lossy_files > 0 {
+        o.push_str(&format!(
+            "lossy files   {} since mount (quality target met; see codecs image-webp, wav-opus and the log)\n",
+            s.lossy_files
+        ));
     }
     o.push_str(&format!(
         "\n{:<10} {:>10} {:>12} {:>12} {:>7}\n",

@@ -12,6 +12,11 @@
 //!
 //! [codecs]
 //! disabled = []       # codec names never chosen for new data here (they still decode)
+//!
+//! [neural]
+//! library = "/opt/idcfs/venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0"
+//! device = "auto"     # auto | cpu | cuda (`--device` overrides)
+//! threads = 1         # intra-op threads per ONNX Runtime session
 //! ```
 //! Invariants: an invalid file refuses the mount with a message naming the key; a missing
 //! default file means built-in defaults.
@@ -27,6 +32,8 @@ pub struct Config {
     pub idle_secs: Option<u64>,
     /// Codecs that must not encode on this mount (by name).
     pub codecs_disabled: Vec<String>,
+    /// `[neural]`: how to load ONNX Runtime.
+    pub neural: crate::neural::RuntimeOptions,
 }
 
 /// Load `path`, or the default file when `path` is None (absent default = defaults).
@@ -117,10 +124,34 @@ pub fn parse(text: &str) -> Result<Config, String> {
                     }
                 }
             }
+            "neural" => {
+                for (k, val) in t {
+                    match (k.as_str(), val) {
+                        ("library", toml::Value::String(s)) => {
+                            c.neural.library = Some(PathBuf::from(s))
+                        }
+                        ("device", toml::Value::String(s)) => {
+                            c.neural.device = crate::neural::Device::parse(s)
+                                .map_err(|e| format!("neural.device: {e}"))?
+                        }
+                        ("threads", toml::Value::Integer(n)) if (1..=256).contains(n) => {
+                            c.neural.intra_threads = *n as usize
+                        }
+                        (k @ ("library" | "device" | "threads"), other) => {
+                            return Err(format!("neural.{k}: unexpected value {other}"))
+                        }
+                        (other, _) => {
+                            return Err(format!(
+                                "unknown key neural.{other} (allowed: library, device, threads)"
+                            ))
+                        }
+                    }
+                }
+            }
             other => {
                 return Err(format!(
-                    "unknown section [{other}] (allowed: [policy], [background], [codecs])"
-                ))
+                "unknown section [{other}] (allowed: [policy], [background], [codecs], [neural])"
+            ))
             }
         }
     }
@@ -132,6 +163,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c = parse(include_str!("../systemd/config.toml.example"))
+            .unwrap_or_else(|e| panic!("systemd/config.toml.example: {e}"));
+        assert_eq!(c.neural.device, crate::neural::Device::Auto);
+        assert_eq!(c.neural.intra_threads, 1);
+    }
+
+    #[test]
     fn parses_and_refuses() {
         let c = parse("[policy]\nlevel = \"max\"\ndedup = true\n[background]\nidle_secs = 5\n")
             .unwrap_or_default();
@@ -139,6 +178,15 @@ mod tests {
         assert_eq!(c.idle_secs, Some(5));
         let c = parse("[codecs]\ndisabled = [\"jpeg-lepton\"]\n").unwrap_or_default();
         assert_eq!(c.codecs_disabled, vec!["jpeg-lepton".to_string()]);
+        let c =
+            parse("[neural]\nlibrary = \"/x/libonnxruntime.so\"\ndevice = \"cpu\"\nthreads = 2\n")
+                .unwrap_or_default();
+        assert_eq!(c.neural.device, crate::neural::Device::Cpu);
+        assert_eq!(c.neural.intra_threads, 2);
+        assert_eq!(
+            c.neural.library.as_deref(),
+            Some(Path::new("/x/libonnxruntime.so"))
+        );
         for (bad, why) in [
             ("[policy]\nlevel = \"hyper\"", "level 'hyper'"),
             ("[polcy]\n", "unknown section"),
@@ -146,6 +194,8 @@ mod tests {
             ("level = 3", "must be a table"),
             ("[codecs]\ndisabled = [\"nope\"]", "unknown codec"),
             ("[codecs]\ndisabled = \"zstd\"", "list of codec names"),
+            ("[neural]\ndevice = \"gpu\"", "neural.device"),
+            ("[neural]\nthreads = 0", "neural.threads"),
         ] {
             match parse(bad) {
                 Ok(_) => panic!("accepted {bad}"),

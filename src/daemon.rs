@@ -155,6 +155,20 @@ pub fn run_foreground(
             mp.display()
         )
     })?;
+    // Lossy recompression changes a file's content and size by itself: the kernel must drop
+    // what it cached of that inode (pages and attributes).
+    let notifier = session.notifier();
+    engine.set_invalidator(Box::new(move |ino, names| {
+        if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+            tracing::debug!(ino, "kernel cache invalidation: {e}");
+        }
+        for (parent, name) in names {
+            let name = std::ffi::OsStr::from_bytes(name);
+            if let Err(e) = notifier.inval_entry(fuser::INodeNo(*parent), name) {
+                tracing::debug!(ino, "kernel entry invalidation: {e}");
+            }
+        }
+    }));
     let mut unmounter = session.unmount_callable();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -178,6 +192,8 @@ pub fn run_foreground(
     });
     tracing::info!("idcfs mounted on {} (store {fsname})", mp.display(),);
     let res = session.run();
+    // The channel is gone: nothing to notify any more (and the closure holds its sender).
+    engine.set_invalidator(Box::new(|_, _| {}));
     sig_handle.close();
     let _ = sig_thread.join();
     let flushed = engine.shutdown();

@@ -21,5 +21,6 @@ pub mod engine;
 pub mod error;
 pub mod fuse;
 pub mod meta;
+pub mod neural;
 pub mod policy;
 pub mod store;

@@ -4,11 +4,13 @@
 
 mod util;
 
+mod archive;
 mod crash;
 mod crypt;
 mod disk;
 mod formats;
 mod golden;
+mod lossy;
 mod model;
 mod objstore;
 mod policy;

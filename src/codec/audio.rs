@@ -39,13 +39,13 @@ pub struct Flac;
 
 /// The PCM layout found in a WAV file and where its samples lie.
 #[derive(Debug, PartialEq, Eq)]
-struct Pcm {
-    bits: u8,
-    channels: u8,
-    rate: u32,
+pub(super) struct Pcm {
+    pub(super) bits: u8,
+    pub(super) channels: u8,
+    pub(super) rate: u32,
     /// Byte range of the whole frames of samples.
-    start: usize,
-    end: usize,
+    pub(super) start: usize,
+    pub(super) end: usize,
 }
 
 fn le16(d: &[u8], at: usize) -> Option<u16> {
@@ -56,7 +56,7 @@ fn le32(d: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Finds the PCM samples of a RIFF/WAVE file, or says why this codec cannot take it.
-fn parse_wav(d: &[u8]) -> Result<Pcm, &'static str> {
+pub(super) fn parse_wav(d: &[u8]) -> Result<Pcm, &'static str> {
     if d.len() < 12 || &d[..4] != b"RIFF" || &d[8..12] != b"WAVE" {
         return Err("not a RIFF/WAVE file");
     }

@@ -15,10 +15,13 @@
 //!   caller's job (see `examples/codec_ratio.rs`).
 
 mod audio;
+mod cm;
 mod deflate;
 mod deflate_tokens;
 mod exec;
 mod jpeg;
+mod lossy_audio;
+mod lossy_image;
 pub(crate) mod pixels;
 mod raw;
 #[cfg(test)]
@@ -29,6 +32,7 @@ mod zstd_dict;
 mod zstd_long;
 
 pub use self::audio::Flac;
+pub use self::cm::{ContextMix, ContextMixBlock, MAX_LEN as CM_MAX_LEN};
 pub use self::deflate::Deflate;
 pub use self::deflate_tokens::{
     analyze as deflate_tokens_analyze, plain_coding as deflate_tokens_plain_coding,
@@ -38,6 +42,8 @@ pub use self::deflate_tokens::{
 };
 pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
+pub use self::lossy_audio::{audio_matches_layout, opus_bitrate, pcm_snr, WavOpus};
+pub use self::lossy_image::{image_psnr, ImageWebp};
 pub use self::raw::Raw;
 pub use self::zstd::Zstd;
 pub use self::zstd_dict::{
@@ -95,6 +101,20 @@ pub const EXEC: CodecId = 7;
 /// gzip / zip / PNG with each deflate stream replaced by its plain text and its token choices
 /// predicted from that text (fast exact rebuild), then zstd (whole file).
 pub const DEFLATE_TOKENS: CodecId = 8;
+/// Context mixing (a bitwise predictor and an arithmetic coder) over a whole text-like file,
+/// primed with a trained prior (`level=archive`).
+pub const CM: CodecId = 9;
+/// Context mixing over one block, each block on its own from the class's prior (text-like
+/// files too large for one `CM` object, at `level=archive`).
+pub const CM_BLOCK: CodecId = 10;
+/// Lossy: an 8-bit PNG's (or binary PNM's) pixels as WebP, served as a PNG of the
+/// reconstructed pixels with the original's ancillary chunks (whole file; only under
+/// `lossy=image:…`).
+pub const IMAGE_WEBP: CodecId = 11;
+/// Lossy: a 16-bit PCM WAV's samples as Opus at the bitrate its policy's q names, served as
+/// a WAV of the decoded samples with the original header and tail (whole file; only under
+/// `lossy=audio:q=N`).
+pub const WAV_OPUS: CodecId = 12;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +128,8 @@ pub enum Granularity {
 /// What a codec may be asked to do when encoding.
 #[derive(Clone, Debug)]
 pub struct EncodeParams {
-    /// Codec-specific effort (zstd level).
+    /// Codec-specific effort (zstd level); for lossy image codecs, the PSNR target in
+    /// hundredths of a dB; for lossy audio codecs, the policy's q (1..=100).
     pub level: i32,
     /// Which trained model (dictionary, network) to use, for codecs that have several; 0 is
     /// the codec's default. A codec records the model it used in the block params, so decoding
@@ -162,6 +183,12 @@ pub trait Codec: Send + Sync {
     fn availability(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Lossy codecs: the length of what `decode` gives for `payload` (a reconstruction, whose
+    /// length differs from the input's and must be known before the block is stored).
+    /// Lossless codecs: None (the input's length).
+    fn decoded_len(&self, _payload: &[u8], _params: u32) -> Result<Option<usize>, CodecError> {
+        Ok(None)
+    }
     /// What `encode` expects to be handed: a block, or a whole file.
     fn granularity(&self) -> Granularity {
         Granularity::Block
@@ -210,6 +237,10 @@ impl Default for Registry {
         r.add(Arc::new(ZstdDict));
         r.add(Arc::new(Exec));
         r.add(Arc::new(DeflateTokens));
+        r.add(Arc::new(ContextMix));
+        r.add(Arc::new(ContextMixBlock));
+        r.add(Arc::new(ImageWebp));
+        r.add(Arc::new(WavOpus));
         r
     }
 }
@@ -381,7 +412,16 @@ mod tests {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             assert!(r.decode(ZSTD, &junk, 3, 131072).is_err());
             assert!(r.decode(RAW, &junk, 0, len + 1).is_err());
-            for id in [JPEG, DEFLATE, FLAC, DEFLATE_TOKENS] {
+            for id in [
+                JPEG,
+                DEFLATE,
+                FLAC,
+                DEFLATE_TOKENS,
+                CM,
+                CM_BLOCK,
+                IMAGE_WEBP,
+                WAV_OPUS,
+            ] {
                 assert!(r.decode(id, &junk, 0, 131072).is_err(), "{id} len {len}");
             }
         }

@@ -58,6 +58,11 @@ fn dict(id: u32) -> Result<(usize, &'static [u8]), CodecError> {
         .ok_or_else(|| CodecError::Malformed(format!("unknown zstd dictionary id {id}")))
 }
 
+/// The bytes of dictionary `id` (also the prior of the context-mixing codec).
+pub(crate) fn dict_bytes(id: u32) -> Option<&'static [u8]> {
+    dict(id).ok().map(|(_, b)| b)
+}
+
 /// Digested decoder dictionaries, built once per process on first use.
 fn decoder_dict(id: u32) -> Result<&'static DecoderDictionary<'static>, CodecError> {
     static DDICTS: [OnceLock<DecoderDictionary<'static>>; DICTS.len()] =

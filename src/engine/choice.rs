@@ -15,14 +15,18 @@
 //!   encoding at read time, as EIO, never as wrong bytes.
 //! - A lossless candidate is kept only when it decodes to the input bit for bit. A lossy one
 //!   only where the policy permits its medium, and only when its decoded output meets the
-//!   policy's quality target (no lossy codec ships yet: none is listed, and `accept` refuses a
-//!   lossy encoding until a quality meter for its medium exists).
+//!   policy's quality target, measured by `accept` on the decoded output (images: PSNR over
+//!   every sample; `q=N` means PSNR ≥ `image_psnr_target`; audio: `q` names the Opus bitrate,
+//!   and the decoded file must keep the original's length, header and tail).
+//! - A file whose content already is a lossy reconstruction (`FLAG_LOSSY`) is never lossily
+//!   re-encoded (the recompressor drops lossy candidates for it).
 
 use super::layout::BLOCK_U64;
 use crate::classify::ContentClass as C;
 use crate::codec::{
-    CodecId, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL, DICT_JSON, DICT_SOURCE,
-    DICT_TEXT, EXEC, FLAC, JPEG, ZSTD, ZSTD_DICT, ZSTD_LONG,
+    CodecId, CM, CM_BLOCK, CM_MAX_LEN, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL,
+    DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, IMAGE_WEBP, JPEG, WAV_OPUS, ZSTD, ZSTD_DICT,
+    ZSTD_LONG,
 };
 use crate::policy::{Effective, Level, Medium, Quality};
 
@@ -81,11 +85,11 @@ impl Candidate {
         }
     }
 
-    fn whole(codec: CodecId, level: i32) -> Candidate {
+    fn whole(codec: CodecId, level: i32, model: u32) -> Candidate {
         Candidate {
             codec,
             level,
-            model: 0,
+            model,
             whole_file: true,
             fidelity: Fidelity::Lossless,
         }
@@ -111,11 +115,22 @@ pub fn dict_for(class: Option<C>, size: u64) -> Option<u32> {
 /// a cold random read then costs at most this much decoding (~0.35 s for LZMA2 at ~90 MB/s).
 pub const BALANCED_WHOLE_MAX: u64 = 32 << 20;
 
+/// The prior (trained initial state) of the context-mixing codec for a text-like class: the
+/// class's dictionary, whose bytes are real files of that kind.
+pub fn cm_prior(class: C) -> Option<u32> {
+    match class {
+        C::Text | C::Log | C::Csv | C::Xml => Some(DICT_TEXT),
+        C::Source => Some(DICT_SOURCE),
+        C::Json => Some(DICT_JSON),
+        _ => None,
+    }
+}
+
 /// The format-aware whole-file codecs for a file of this class and size at `level`, with the
-/// effort to ask of each, strongest first. Every codec listed at `balanced` (the default)
+/// effort and model to ask of each, strongest first. Every codec listed at `balanced` (the default)
 /// decodes at 20 MB/s of output per core or more (BENCHMARKS.md); slower ones are only for
 /// data declared cold (`max`, `archive`).
-fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId, i32)> {
+fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId, i32, u32)> {
     if level < Level::Balanced {
         return Vec::new();
     }
@@ -123,7 +138,15 @@ fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId,
     let Some(class) = class else {
         return Vec::new();
     };
-    match class {
+    // Context mixing decodes at ~0.9 MB/s: only for data declared archive, and only up to
+    // the size a cold read may decode whole. The smaller of it and the max level's codecs wins.
+    let mut v = Vec::new();
+    if level == Level::Archive && size <= CM_MAX_LEN as u64 {
+        if let Some(prior) = cm_prior(class) {
+            v.push((CM, 19, prior));
+        }
+    }
+    let rest = match class {
         C::Jpeg => vec![(JPEG, 19)],
         C::Wav => vec![(FLAC, 19)],
         // Rebuilding deflate streams decodes at ~12 MB/s of gzip/zip (deflate-tokens; PNG
@@ -144,7 +167,9 @@ fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId,
             vec![(ZSTD_LONG, 19)]
         }
         _ => Vec::new(),
-    }
+    };
+    v.extend(rest.into_iter().map(|(id, effort)| (id, effort, 0)));
+    v
 }
 
 /// The medium a lossy policy key governs for this class (rasters stored losslessly today,
@@ -154,6 +179,50 @@ pub fn medium_of(class: Option<C>) -> Option<Medium> {
         C::Png | C::Bmp | C::Pnm | C::Tiff => Some(Medium::Image),
         C::Wav | C::Aiff => Some(Medium::Audio),
         _ => None,
+    }
+}
+
+/// The PSNR (dB) an image must keep under `quality`: `psnr=DB` as given; `q=N` (1..=100)
+/// maps linearly to 20 + N/4 dB (q=100: 45 dB, q=80: 40 dB, q=60: 35 dB, q=40: 30 dB).
+pub fn image_psnr_target(quality: Quality) -> f32 {
+    match quality {
+        Quality::Psnr(db) => db,
+        Quality::Q(n) => 20.0 + n as f32 / 4.0,
+    }
+}
+
+/// The lossy whole-file candidates for a file of `class` under `policy` (recompression only,
+/// only where the policy names the file's medium). Tried before the lossless ones; the
+/// smallest verified encoding of all wins.
+fn lossy_codecs(class: Option<C>, policy: &Effective) -> Vec<Candidate> {
+    let Some(medium) = medium_of(class) else {
+        return Vec::new();
+    };
+    let Some(&target) = policy.lossy.get(&medium) else {
+        return Vec::new();
+    };
+    match medium {
+        // PNG and binary PNM have a reader and writer here; BMP and TIFF stay lossless.
+        Medium::Image if matches!(class, Some(C::Png | C::Pnm)) => vec![Candidate {
+            codec: IMAGE_WEBP,
+            level: (image_psnr_target(target) * 100.0).round() as i32,
+            model: 0,
+            whole_file: true,
+            fidelity: Fidelity::Lossy { medium, target },
+        }],
+        // Opus takes its quality as a bitrate (`codec::opus_bitrate`); WAV only (AIFF stays
+        // lossless).
+        Medium::Audio if class == Some(C::Wav) => match target {
+            Quality::Q(q) => vec![Candidate {
+                codec: WAV_OPUS,
+                level: q as i32,
+                model: 0,
+                whole_file: true,
+                fidelity: Fidelity::Lossy { medium, target },
+            }],
+            Quality::Psnr(_) => Vec::new(),
+        },
+        _ => Vec::new(),
     }
 }
 
@@ -181,8 +250,16 @@ pub fn candidates(
     }
     let mut v = Vec::new();
     if stage == Stage::Recompress {
-        for (id, effort) in whole_file_codecs(class, size, policy.level) {
-            v.push(Candidate::whole(id, effort));
+        v.extend(lossy_codecs(class, policy));
+        for (id, effort, model) in whole_file_codecs(class, size, policy.level) {
+            v.push(Candidate::whole(id, effort, model));
+        }
+    }
+    // Files too large for one context-mixing object: context mixing per block, each block
+    // starting from the class's prior (a cold read decodes one block, ~0.15 s).
+    if stage == Stage::Recompress && policy.level == Level::Archive && size > CM_MAX_LEN as u64 {
+        if let Some(prior) = class.and_then(cm_prior) {
+            v.push(Candidate::block(CM_BLOCK, 19, prior));
         }
     }
     if let Some(d) = dict_for(class, size) {
@@ -190,6 +267,11 @@ pub fn candidates(
     }
     v.push(Candidate::block(ZSTD, level, 0));
     v.retain(|c| available(c.codec));
+    // Per-block context mixing beats one long-window zstd frame over text: where it applies,
+    // the whole-file frame (tried first, and kept when it pays) must not pre-empt it.
+    if v.iter().any(|c| c.codec == CM_BLOCK) {
+        v.retain(|c| c.codec != ZSTD_LONG);
+    }
     v
 }
 
@@ -202,8 +284,17 @@ pub fn must_verify(c: &Candidate, stage: Stage) -> bool {
 pub fn accept(fidelity: Fidelity, raw: &[u8], decoded: &[u8]) -> bool {
     match fidelity {
         Fidelity::Lossless => decoded == raw,
-        // No quality meter exists yet for any medium: a lossy result is never kept.
-        Fidelity::Lossy { .. } => false,
+        Fidelity::Lossy {
+            medium: Medium::Image,
+            target,
+        } => crate::codec::image_psnr(raw, decoded)
+            .is_some_and(|db| db >= image_psnr_target(target) as f64),
+        // Audio quality is set by the bitrate `q` maps to; what is checked is that the result
+        // is the same WAV around new samples (length, header and tail).
+        Fidelity::Lossy {
+            medium: Medium::Audio,
+            ..
+        } => crate::codec::audio_matches_layout(raw, decoded),
     }
 }
 
@@ -362,6 +453,29 @@ mod tests {
                 Recompress,
                 vec![(ZSTD_DICT, 9, false), (ZSTD, 9, false)],
             ),
+            // Archive: context mixing first for text-like files up to its size limit.
+            (
+                Some(C::Json),
+                Archive,
+                SMALL,
+                Recompress,
+                vec![(CM, 19, true), (ZSTD_DICT, 19, false), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Text),
+                Archive,
+                BIG,
+                Recompress,
+                vec![(CM, 19, true), (ZSTD_LONG, 19, true), (ZSTD, 19, false)],
+            ),
+            (
+                Some(C::Text),
+                Archive,
+                CM_MAX_LEN as u64 + 1,
+                Recompress,
+                vec![(CM_BLOCK, 19, false), (ZSTD, 19, false)],
+            ),
+            (Some(C::Text), Archive, BIG, Write, vec![(ZSTD, 3, false)]),
             (Some(C::Jpeg), Fast, BIG, Recompress, vec![]),
             (Some(C::Jpeg), Off, BIG, Recompress, vec![]),
         ];
@@ -424,19 +538,62 @@ mod tests {
     }
 
     #[test]
-    fn lossy_permission_lists_no_lossy_candidate_until_one_ships() {
-        let mut p = pol(Level::Max);
+    fn lossy_candidates_only_where_the_policy_names_the_medium() {
+        let cands = |class, p: &Effective, stage| {
+            candidates(Some(class), p, BIG, stage, &Tuning::default(), &all)
+        };
+        let mut p = pol(Level::Balanced);
+        // No lossy key: every candidate is lossless.
+        assert!(cands(C::Png, &p, Stage::Recompress)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
         p.lossy.insert(Medium::Image, Quality::Psnr(40.0));
-        for c in candidates(
+        let v = cands(C::Png, &p, Stage::Recompress);
+        assert_eq!(v[0].codec, IMAGE_WEBP);
+        assert_eq!(v[0].level, 4000);
+        assert!(v[0].whole_file);
+        assert_eq!(
+            v[0].fidelity,
+            Fidelity::Lossy {
+                medium: Medium::Image,
+                target: Quality::Psnr(40.0)
+            }
+        );
+        assert!(v[1..].iter().all(|c| c.fidelity == Fidelity::Lossless));
+        // Never on the write path, never for JPEG, and never for an unavailable codec.
+        assert!(cands(C::Png, &p, Stage::Write)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
+        assert_eq!(cands(C::Pnm, &p, Stage::Recompress)[0].codec, IMAGE_WEBP);
+        assert!(cands(C::Bmp, &p, Stage::Recompress)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
+        assert!(cands(C::Jpeg, &p, Stage::Recompress)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
+        assert!(cands(C::Wav, &p, Stage::Recompress)
+            .iter()
+            .all(|c| c.fidelity == Fidelity::Lossless));
+        p.lossy.insert(Medium::Audio, Quality::Q(50));
+        let v = cands(C::Wav, &p, Stage::Recompress);
+        assert_eq!((v[0].codec, v[0].level), (WAV_OPUS, 50));
+        assert_eq!((v[1].codec, v[1].fidelity), (FLAC, Fidelity::Lossless));
+        let no_webp = |id| id != IMAGE_WEBP;
+        assert!(candidates(
             Some(C::Png),
             &p,
             BIG,
             Stage::Recompress,
             &Tuning::default(),
-            &all,
-        ) {
-            assert_eq!(c.fidelity, Fidelity::Lossless);
-        }
+            &no_webp
+        )
+        .iter()
+        .all(|c| c.codec != IMAGE_WEBP));
+        // q=N maps to a PSNR target.
+        p.lossy.insert(Medium::Image, Quality::Q(80));
+        assert_eq!(cands(C::Png, &p, Stage::Recompress)[0].level, 4000);
+        assert_eq!(image_psnr_target(Quality::Q(100)), 45.0);
+        assert_eq!(image_psnr_target(Quality::Q(40)), 30.0);
         assert_eq!(medium_of(Some(C::Png)), Some(Medium::Image));
         assert_eq!(medium_of(Some(C::Jpeg)), None);
     }
@@ -449,11 +606,17 @@ mod tests {
             medium: Medium::Image,
             target: Quality::Psnr(40.0),
         };
-        assert!(!accept(lossy, b"abc", b"abc"), "no quality meter yet");
+        // Not PNGs: no quality can be measured, so nothing is accepted.
+        assert!(!accept(lossy, b"abc", b"abc"));
+        let audio = Fidelity::Lossy {
+            medium: Medium::Audio,
+            target: Quality::Q(90),
+        };
+        assert!(!accept(audio, b"abc", b"abc"), "not a WAV");
         let zstd = Candidate::block(ZSTD, 3, 0);
         assert!(!must_verify(&zstd, Stage::Write));
         assert!(must_verify(&zstd, Stage::Recompress));
-        assert!(must_verify(&Candidate::whole(JPEG, 19), Stage::Write));
+        assert!(must_verify(&Candidate::whole(JPEG, 19, 0), Stage::Write));
         assert!(pays(1024, 991));
         assert!(!pays(1024, 992));
     }

@@ -204,10 +204,19 @@ impl Engine {
                 let mut refs = self.j.index.shared_refs(&loc)?;
                 if refs.is_empty() {
                     for op in decode_ops(rec.version, &rec.meta)? {
-                        if let Op::PutObject { ino, froms } | Op::PutObjectShared { ino, froms } =
-                            &op
-                        {
-                            for idx in 0..froms.len() as u64 {
+                        // A lossy object maps as many slices as its own length needs.
+                        let object = match &op {
+                            Op::PutObject { ino, froms } | Op::PutObjectShared { ino, froms } => {
+                                Some((*ino, froms.len() as u64))
+                            }
+                            Op::PutLossyObject { ino, size, .. } => {
+                                Some((*ino, size.div_ceil(crate::engine::layout::BLOCK_U64)))
+                            }
+                            _ => None,
+                        };
+                        if let Some((ino, n)) = object {
+                            let ino = &ino;
+                            for idx in 0..n {
                                 if self.j.index.block(*ino, idx)?.is_some_and(|b| b.loc == loc) {
                                     refs.push((*ino, idx));
                                 }

@@ -94,6 +94,8 @@ pub struct Options {
     pub codecs_disabled: Vec<String>,
     /// The unlocked key of an encrypted store (None: a plain store).
     pub key: Option<Arc<crate::crypto::StoreKey>>,
+    /// How to load the ONNX Runtime for neural codecs (process-wide: the first engine decides).
+    pub neural: crate::neural::RuntimeOptions,
 }
 
 impl Default for Options {
@@ -111,6 +113,7 @@ impl Default for Options {
             idle_secs: 60,
             codecs_disabled: Vec::new(),
             key: None,
+            neural: crate::neural::RuntimeOptions::default(),
         }
     }
 }
@@ -179,7 +182,15 @@ pub struct Engine {
     last_checkpoint: AtomicU64,
     /// `shutdown` completed.
     closed: AtomicBool,
+    /// Tells the kernel to drop its cached pages and attributes of an inode whose content
+    /// the engine changed on its own (lossy recompression); set by the FUSE layer.
+    invalidator: RwLock<Option<Invalidator>>,
 }
+
+/// A callback that drops the kernel's cache of an inode: its pages, and the entries
+/// (parent, name) that name it, so that its next lookup reads its attributes afresh (with the
+/// write-back cache the kernel keeps its own idea of a cached inode's size).
+pub type Invalidator = Box<dyn Fn(Ino, &[(Ino, Vec<u8>)]) + Send + Sync>;
 
 /// Take the store's exclusive lock, or say who holds it.
 pub fn lock_store(dir: &Path) -> Result<File> {
@@ -251,6 +262,9 @@ impl Engine {
         backend: Option<Arc<dyn crate::store::PackBackend>>,
     ) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(dir)?;
+        // Before the registry: the neural codecs' availability depends on it. A missing
+        // runtime is logged once and only makes those codecs unavailable.
+        let _ = crate::neural::init(&opts.neural);
         let codecs = Registry::with_disabled(&opts.codecs_disabled)
             .map_err(|e| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let space = space::Space::open(dir)?;
@@ -308,6 +322,7 @@ impl Engine {
             compacting: Mutex::new(()),
             last_checkpoint: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            invalidator: RwLock::new(None),
         });
         e.ensure_root()?;
         e.recover_marks()?;
@@ -319,6 +334,28 @@ impl Engine {
         }
         e.start_threads()?;
         Ok(e)
+    }
+
+    /// Install the callback that drops the kernel's cache of an inode (the FUSE layer's
+    /// notifier); without one (tests without a mount) nothing is cached outside the engine.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        *self.invalidator.write() = Some(f);
+    }
+
+    /// The engine changed `ino`'s content or size by itself: drop the kernel's copies.
+    pub(crate) fn invalidate_kernel_cache(&self, ino: Ino) {
+        if let Some(f) = self.invalidator.read().as_ref() {
+            // Every name of the inode (hard links too): a scan, only done for such changes.
+            let names: Vec<(Ino, Vec<u8>)> = self
+                .j
+                .index
+                .all_dirents()
+                .filter_map(|d| d.ok())
+                .filter(|(_, _, d)| d.ino == ino)
+                .map(|(parent, name, _)| (parent, name))
+                .collect();
+            f(ino, &names);
+        }
     }
 
     pub fn store_dir(&self) -> &Path {
@@ -485,9 +522,13 @@ impl Engine {
             }
             // Garbage goes back once the mount has been idle a few seconds (never under
             // foreground I/O), and regardless after a minute.
+            // Not while a file is being recompressed (its commit would find its blocks moved),
+            // unless that has gone on for five minutes.
             let idle = self.quiet_for(Duration::from_secs(3));
-            if (idle && last_compact.elapsed() >= Duration::from_secs(10))
-                || last_compact.elapsed() >= Duration::from_secs(60)
+            let recoding = self.recomp.is_active();
+            let every = Duration::from_secs(if recoding { 300 } else { 60 });
+            if (idle && !recoding && last_compact.elapsed() >= Duration::from_secs(10))
+                || last_compact.elapsed() >= every
             {
                 let r = if idle {
                     self.compact_idle()

@@ -6,11 +6,11 @@
 //! the new data, readers see either encoding (never a mix inside a block), and a crash leaves
 //! either the old or the new encoding. The work yields to foreground I/O.
 
-use super::choice::{accept, candidates, must_verify, Candidate, Stage, Tuning};
+use super::choice::{accept, candidates, must_verify, Candidate, Fidelity, Stage, Tuning};
 use super::layout::{blocks_for, BLOCK_U64};
 use super::Engine;
 use crate::classify::class_of_flags;
-use crate::codec::{zstd_dict_level, EncodeParams, Granularity, RAW, ZSTD, ZSTD_DICT};
+use crate::codec::{zstd_dict_level, EncodeParams, Granularity, CM_BLOCK, RAW, ZSTD, ZSTD_DICT};
 use crate::error::{Error, Result};
 use crate::meta::{Ino, Kind, Op};
 use crate::policy::Effective;
@@ -46,6 +46,19 @@ pub(super) struct RecompressState {
     fallbacks: AtomicU64,
     /// Files taken off the queue and being recompressed now.
     running: AtomicU64,
+    /// Files whose content was replaced by a lossy reconstruction since the mount.
+    pub(super) lossy_files: AtomicU64,
+    /// Files being recompressed now, in the background or on request.
+    active: AtomicU64,
+}
+
+/// Counts a file as being recompressed while it lives.
+struct Active<'a>(&'a AtomicU64);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl RecompressState {
@@ -73,6 +86,13 @@ impl RecompressState {
     /// empty queue means the background work is done).
     pub(super) fn queued(&self) -> u64 {
         self.queue.lock().len() as u64 + self.running.load(Ordering::Relaxed)
+    }
+
+    /// Whether a file is being recompressed now. Background compaction waits for it: moving
+    /// the blocks of a file being encoded makes its commit (conditional on their old
+    /// locations) a no-op, and the encoding work is lost.
+    pub(super) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
     }
 
     fn fell_back(&self) {
@@ -183,6 +203,8 @@ impl Engine {
     /// foreground I/O is going on.
     pub fn recompress_file(&self, ino: Ino, polite: bool) -> Result<RecompressReport> {
         let inode = self.j.index.inode(ino)?.ok_or(Error::NotFound)?;
+        self.recomp.active.fetch_add(1, Ordering::Relaxed);
+        let _active = Active(&self.recomp.active);
         let mut rep = RecompressReport::default();
         if inode.kind != Kind::File {
             return Ok(rep);
@@ -191,11 +213,27 @@ impl Engine {
         let cands = self.recompress_candidates(&inode, &eff);
         // Format-aware whole-file codecs first (balanced and stronger): the smallest wins.
         let whole: Vec<&Candidate> = cands.iter().filter(|c| c.whole_file).collect();
-        if !whole.is_empty() {
+        // A compaction that moves the file's blocks while it is being encoded (seconds for
+        // the slow codecs) makes the commit a no-op (it is conditional on the old locations):
+        // read and encode again, a few times.
+        for attempt in 0..3 {
+            if whole.is_empty() {
+                break;
+            }
             match self.try_whole_file(ino, &inode, &whole, eff.dedup) {
-                Ok(Some(r)) => return Ok(r),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(ino, "whole-file recompression failed: {e}"),
+                Ok(Some(r)) if self.is_object(ino)? => return Ok(r),
+                Ok(Some(_)) => {
+                    tracing::debug!(
+                        ino,
+                        attempt,
+                        "blocks moved during whole-file encoding, again"
+                    );
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(ino, "whole-file recompression failed: {e}");
+                    break;
+                }
             }
         }
         let block_cands: Vec<Candidate> = cands.into_iter().filter(|c| !c.whole_file).collect();
@@ -212,6 +250,9 @@ impl Engine {
             .iter()
             .find(|c| c.codec == ZSTD_DICT)
             .map(|c| c.model);
+        // Context mixing per block (archive, files too large for one object) beats any zstd
+        // level: only blocks it already holds are final.
+        let cm_block = block_cands.iter().any(|c| c.codec == CM_BLOCK);
         let mut from = 0;
         loop {
             let blocks = self.j.index.blocks_from(ino, from, GROUP)?;
@@ -230,12 +271,16 @@ impl Engine {
                     || !self.j.index.shared_refs(&b.loc)?.is_empty()
                     // Raw blocks are incompressible, except small text-like ones a
                     // dictionary may still shrink.
-                    || (b.codec == RAW && dict.is_none())
-                    || (b.codec == ZSTD_DICT && (target as u32) <= zstd_dict_level(b.params))
+                    || (b.codec == RAW && dict.is_none() && !cm_block)
+                    || b.codec == CM_BLOCK
+                    || (b.codec == ZSTD_DICT
+                        && (target as u32) <= zstd_dict_level(b.params)
+                        && !cm_block)
                     || (b.codec == ZSTD
                         && b.stored > 0
                         && (target as u32) <= b.params
-                        && dict.is_none())
+                        && dict.is_none()
+                        && !cm_block)
                 {
                     rep.stored_after += b.stored as u64;
                     continue;
@@ -353,24 +398,42 @@ impl Engine {
             write_level: self.opts.zstd_level,
         };
         let avail = |id| self.codecs.available(id);
-        candidates(
+        let mut v = candidates(
             class_of_flags(inode.flags),
             eff,
             inode.size,
             Stage::Recompress,
             &tuning,
             &avail,
-        )
+        );
+        // Content that already is a lossy reconstruction never loses quality again.
+        if inode.flags & crate::meta::FLAG_LOSSY != 0 {
+            v.retain(|c| c.fidelity == Fidelity::Lossless);
+        }
+        v
+    }
+
+    /// Whether the file's first mapped block is a slice of a whole-file object (what a
+    /// whole-file commit that took effect leaves).
+    fn is_object(&self, ino: Ino) -> Result<bool> {
+        Ok(self
+            .j
+            .index
+            .blocks_from(ino, 0, 1)?
+            .first()
+            .is_some_and(|(_, b)| b.object))
     }
 
     /// One whole-file encoding of `data` by `cand`, verified by decoding it; None when the
     /// codec refuses, does not pay, times out or fails verification (logged and counted).
+    /// Returns the params, the payload and, for a lossy candidate, the decoded content (what
+    /// the file will hold).
     fn encode_whole(
         &self,
         ino: Ino,
         cand: &Candidate,
         data: &std::sync::Arc<Vec<u8>>,
-    ) -> Result<Option<(u32, Vec<u8>)>> {
+    ) -> Result<Option<WholeEncoding>> {
         let codec = self.codecs.get(cand.codec)?.clone();
         if let Granularity::WholeFile { max_len } = codec.granularity() {
             if data.len() > max_len {
@@ -410,14 +473,37 @@ impl Engine {
                 return Ok(None);
             }
         };
-        // Verify independently of the codec's own check before anything is replaced.
-        let back = self.codecs.decode(cand.codec, &out, params, data.len());
-        if !back.as_ref().is_ok_and(|b| accept(cand.fidelity, data, b)) {
-            self.recomp.fell_back();
-            tracing::error!(path = %path(), codec = codec.name(), "format-aware round trip mismatch, keeping generic blocks");
-            return Ok(None);
-        }
-        Ok(Some((params, out)))
+        // Verify independently of the codec's own check before anything is replaced. A lossy
+        // reconstruction has its own length, which the codec says.
+        let lossy = cand.fidelity != Fidelity::Lossless;
+        let want = match codec.decoded_len(&out, params) {
+            Ok(Some(n)) if lossy => n,
+            Ok(_) => data.len(),
+            Err(e) => {
+                self.recomp.fell_back();
+                tracing::error!(path = %path(), codec = codec.name(), "lossy payload does not decode, keeping generic blocks: {e}");
+                return Ok(None);
+            }
+        };
+        let back = self.codecs.decode(cand.codec, &out, params, want);
+        let back = match back {
+            Ok(b) if accept(cand.fidelity, data, &b) => b,
+            _ if lossy => {
+                self.recomp.fell_back();
+                tracing::warn!(path = %path(), codec = codec.name(), "lossy encoding misses the quality target, keeping lossless storage");
+                return Ok(None);
+            }
+            _ => {
+                self.recomp.fell_back();
+                tracing::error!(path = %path(), codec = codec.name(), "format-aware round trip mismatch, keeping generic blocks");
+                return Ok(None);
+            }
+        };
+        Ok(Some(WholeEncoding {
+            params,
+            payload: out,
+            lossy: lossy.then_some(back),
+        }))
     }
 
     /// Re-encode a whole file with the format-aware codec of its class (JPEG, deflate
@@ -482,23 +568,55 @@ impl Engine {
         }
         let data = std::sync::Arc::new(data);
         // Every candidate is tried; the smallest verified encoding wins.
-        let mut best: Option<(crate::codec::CodecId, u32, Vec<u8>)> = None;
+        let mut best: Option<(crate::codec::CodecId, WholeEncoding)> = None;
+        let mut tried: Vec<String> = Vec::new();
         for cand in cands {
-            let Some((params, out)) = self.encode_whole(ino, cand, &data)? else {
+            let name = self.codecs.name(cand.codec);
+            let Some(enc) = self.encode_whole(ino, cand, &data)? else {
+                tried.push(format!("{name}: refused"));
                 continue;
             };
-            if out.len() as u64 >= old_stored
-                || best.as_ref().is_some_and(|b| b.2.len() <= out.len())
-            {
+            let n = enc.payload.len();
+            tried.push(format!("{name}: {n}"));
+            if n as u64 >= old_stored || best.as_ref().is_some_and(|b| b.1.payload.len() <= n) {
                 continue;
             }
-            best = Some((cand.codec, params, out));
+            best = Some((cand.codec, enc));
         }
-        let Some((codec_id, params, out)) = best else {
+        let path = || self.log_name(ino);
+        let Some((codec_id, enc)) = best else {
+            if cands.iter().any(|c| c.fidelity != Fidelity::Lossless) {
+                tracing::info!(path = %path(), stored = old_stored, tried = %tried.join(", "), "lossy policy: no candidate beat the current storage");
+            }
             return Ok(None);
         };
-        let path = || self.log_name(ino);
+        let (params, out) = (enc.params, &enc.payload);
         let codec = self.codecs.get(codec_id)?.clone();
+        if let Some(back) = &enc.lossy {
+            let Some(r) = self.commit_lossy(ino, inode, froms, codec_id, params, out, back)? else {
+                return Ok(None);
+            };
+            tracing::info!(
+                path = %path(),
+                codec = codec.name(),
+                params,
+                size_before = inode.size,
+                size_after = back.len(),
+                stored_before = old_stored,
+                stored_after = out.len(),
+                quality = %match crate::codec::image_psnr(&data, back) {
+                    Some(db) => format!("PSNR {db:.2} dB"),
+                    None => format!("SNR {:.1} dB", crate::codec::pcm_snr(&data, back)),
+                },
+                tried = %tried.join(", "),
+                "lossy recompression: smallest candidate meeting the policy's quality target"
+            );
+            self.recomp.lossy_files.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(RecompressReport {
+                stored_before: old_stored,
+                ..r
+            }));
+        }
         let h = BlockHeader {
             codec: codec_id,
             params,
@@ -510,13 +628,65 @@ impl Engine {
         } else {
             Op::PutObject { ino, froms }
         };
-        self.j.commit(&[op], Some((&h, &out)))?;
-        tracing::debug!(path = %path(), codec = codec.name(), before = old_stored, after = out.len(), "whole-file recompression");
+        self.j.commit(&[op], Some((&h, out)))?;
+        tracing::debug!(path = %path(), codec = codec.name(), before = old_stored, after = out.len(), tried = %tried.join(", "), "whole-file recompression");
         Ok(Some(RecompressReport {
             blocks: n,
             recoded: n,
             stored_before: old_stored,
             stored_after: out.len() as u64,
+        }))
+    }
+
+    /// Replace the content of `ino` (still as snapshotted in `froms`) by the lossy object
+    /// `payload`, which decodes to `back`. None when the file is open or changed meanwhile
+    /// (it keeps its lossless storage). The kernel's cached pages and size are dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_lossy(
+        &self,
+        ino: Ino,
+        inode: &crate::meta::Inode,
+        froms: Vec<Option<crate::store::Loc>>,
+        codec: crate::codec::CodecId,
+        params: u32,
+        payload: &[u8],
+        back: &[u8],
+    ) -> Result<Option<RecompressReport>> {
+        let h = BlockHeader {
+            codec,
+            params,
+            raw_len: back.len() as u32,
+            raw_hash: self.j.content_hash(back),
+        };
+        let op = Op::PutLossyObject {
+            ino,
+            froms,
+            old_size: inode.size,
+            size: back.len() as u64,
+        };
+        {
+            // An open file keeps its content: its live state holds the old size, and a
+            // reader would see the content change under it. Holding the table of live files
+            // keeps the file from being opened until the swap is committed.
+            let files = self.files.lock();
+            if files.contains_key(&ino) {
+                return Ok(None);
+            }
+            self.j.commit(&[op], Some((&h, payload)))?;
+        }
+        let now = self.j.index.inode(ino)?;
+        if !now
+            .is_some_and(|i| i.flags & crate::meta::FLAG_LOSSY != 0 && i.size == back.len() as u64)
+        {
+            // The file changed between the snapshot and the commit: the op did nothing.
+            return Ok(None);
+        }
+        self.invalidate_kernel_cache(ino);
+        Ok(Some(RecompressReport {
+            blocks: blocks_for(back.len() as u64),
+            recoded: blocks_for(back.len() as u64),
+            stored_before: 0,
+            stored_after: payload.len() as u64,
         }))
     }
 
@@ -548,6 +718,14 @@ impl Engine {
         }
         Ok(fi)
     }
+}
+
+/// A verified whole-file encoding.
+struct WholeEncoding {
+    params: u32,
+    payload: Vec<u8>,
+    /// For a lossy encoding: the content it decodes to (the file's new content).
+    lossy: Option<Vec<u8>>,
 }
 
 /// What `user.idcfs.fileinfo` reports.

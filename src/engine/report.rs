@@ -35,6 +35,9 @@ pub struct Status {
     /// A remote pack backend's upload queue, cache and health.
     #[serde(default)]
     pub backend: Option<crate::store::BackendStatus>,
+    /// The ONNX Runtime the neural codecs use: its library and device, or why it is missing.
+    #[serde(default)]
+    pub onnx_runtime: String,
 }
 
 /// What `idcfs stats` reports.
@@ -58,6 +61,10 @@ pub struct Stats {
     /// Whole-file (format-aware) encodings that failed verification, did not pay or timed out.
     #[serde(default)]
     pub format_fallbacks: u64,
+    /// Files whose content a lossy encoding replaced since the mount (their bytes show under
+    /// their codec, e.g. `image-webp`; the log says per file which candidate won and why).
+    #[serde(default)]
+    pub lossy_files: u64,
     pub uptime_secs: u64,
     pub cache_bytes: u64,
     pub codecs: Vec<CodecRow>,
@@ -184,6 +191,7 @@ impl Engine {
             files: self.ns.inodes_allocated(),
             corrupt_reads: self.reads.corrupt_reads.load(Ordering::Relaxed),
             format_fallbacks: self.recomp.fallbacks(),
+            lossy_files: self.recomp.lossy_files.load(Ordering::Relaxed),
             uptime_secs: self.started.elapsed().as_secs(),
             cache_bytes: self.reads.cache.bytes() as u64,
             codecs,
@@ -287,6 +295,7 @@ impl Engine {
             files,
             corrupt_reads: self.reads.corrupt_reads.load(Ordering::Relaxed),
             format_fallbacks: 0,
+            lossy_files: 0,
             uptime_secs: self.started.elapsed().as_secs(),
             cache_bytes: self.reads.cache.bytes() as u64,
             codecs: codecs.into_values().collect(),
@@ -398,6 +407,7 @@ impl Engine {
                 .collect(),
             encrypted: self.opts.key.is_some(),
             backend: self.j.log.backend().status(),
+            onnx_runtime: crate::neural::status(),
         }
     }
 

@@ -1339,6 +1339,16 @@ impl Index {
                 };
                 self.put_object(v, *ino, froms, b, offer)?;
             }
+            Op::PutLossyObject {
+                ino,
+                froms,
+                old_size,
+                size,
+            } => {
+                let b = new_ref
+                    .ok_or_else(|| Error::Corrupt("PutLossyObject without payload".into()))?;
+                self.put_lossy_object(v, *ino, froms, *old_size, *size, b)?;
+            }
             Op::RefObject { ino, hash, froms } => {
                 if !froms_match(v, *ino, froms)? {
                     return Ok(());
@@ -1431,6 +1441,41 @@ impl Index {
                 )?;
             }
         }
+        Ok(())
+    }
+
+    /// `Op::PutLossyObject`: replace the content of `ino` (still `old_size` bytes in the
+    /// blocks `froms`) by the lossy object `b` of `size` bytes.
+    fn put_lossy_object(
+        &self,
+        v: &mut View<'_>,
+        ino: Ino,
+        froms: &[Option<Loc>],
+        old_size: u64,
+        size: u64,
+        b: BlockRef,
+    ) -> Result<()> {
+        let Some(raw) = v.get(&key_ino(b'I', ino))? else {
+            return Ok(());
+        };
+        let mut inode: Inode = dec(&raw)?;
+        // Replayed after it was applied: the inode is already marked and sized.
+        if inode.flags & FLAG_LOSSY != 0
+            || inode.size != old_size
+            || b.raw_len as u64 != size
+            || !froms_match(v, ino, froms)?
+        {
+            return Ok(());
+        }
+        // Blocks beyond `froms` (none when the sizes agree) go too: the file is replaced.
+        for (k, old) in v.scan(&key_ino(b'B', ino))? {
+            v.unmap_block(ino, k, &old)?;
+        }
+        let n = size.div_ceil(crate::engine::layout::BLOCK_U64) as usize;
+        self.put_object(v, ino, &vec![None; n], b, None)?;
+        inode.size = size;
+        inode.flags |= FLAG_LOSSY;
+        v.put(key_ino(b'I', ino), enc(&inode)?);
         Ok(())
     }
 

@@ -115,6 +115,11 @@ pub struct Inode {
     pub flags: u32,
 }
 
+/// `Inode::flags` bit: the file's content was replaced by a lossy reconstruction. It is
+/// never lossily re-encoded again (a write into it makes an ordinary lossless file; without
+/// this bit, every rewrite would lose quality again). Bits 0..8 hold the content class.
+pub const FLAG_LOSSY: u32 = 1 << 8;
+
 /// A directory entry value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dirent {
@@ -225,6 +230,16 @@ pub enum Op {
     PutObjectShared {
         ino: Ino,
         froms: Vec<Option<Loc>>,
+    },
+    /// A lossy whole-file object replaces the file's content: if the file still has size
+    /// `old_size` and every block the location in `froms`, its blocks are unmapped, blocks
+    /// `0..ceil(size / BLOCK)` map slices of this record's object (raw length `size`), the
+    /// size becomes `size` and the inode gets `FLAG_LOSSY` — all or nothing.
+    PutLossyObject {
+        ino: Ino,
+        froms: Vec<Option<Loc>>,
+        old_size: u64,
+        size: u64,
     },
     /// Map blocks `0..froms.len()` of `ino` to the slices of the shared whole-file object
     /// registered under `hash` (a file with identical content), if every block still has the

@@ -46,8 +46,10 @@ pub mod tag {
     /// Added in format 2 revision 1 (object deduplication).
     pub const PUT_OBJECT_SHARED: u8 = 19;
     pub const REF_OBJECT: u8 = 20;
+    /// Added in format 2 revision 2 (lossy storage under policy).
+    pub const PUT_LOSSY_OBJECT: u8 = 21;
     /// The newest critical tag this build writes.
-    pub const LAST: u8 = REF_OBJECT;
+    pub const LAST: u8 = PUT_LOSSY_OBJECT;
     /// First tag of the skippable (hint) range.
     pub const HINT: u8 = 0x80;
 }
@@ -65,6 +67,7 @@ pub fn op_tag(op: &Op) -> u8 {
         Op::PutObject { .. } => tag::PUT_OBJECT,
         Op::PutObjectShared { .. } => tag::PUT_OBJECT_SHARED,
         Op::RefObject { .. } => tag::REF_OBJECT,
+        Op::PutLossyObject { .. } => tag::PUT_LOSSY_OBJECT,
         Op::MoveObject { .. } => tag::MOVE_OBJECT,
         Op::SnapShared { .. } => tag::SNAP_SHARED,
         Op::DelBlocks { .. } => tag::DEL_BLOCKS,
@@ -352,6 +355,17 @@ fn encode_body(op: &Op, w: &mut W) {
             w.hash(hash);
             w.froms(froms);
         }
+        Op::PutLossyObject {
+            ino,
+            froms,
+            old_size,
+            size,
+        } => {
+            w.u64(*ino);
+            w.froms(froms);
+            w.u64(*old_size);
+            w.u64(*size);
+        }
         Op::MoveObject { ino, idx, from } | Op::MoveBlock { ino, idx, from } => {
             w.u64(*ino);
             w.u64(*idx);
@@ -445,6 +459,16 @@ fn decode_body(t: u8, r: &mut R<'_>) -> Result<Option<Op>> {
             Op::PutObjectShared {
                 ino,
                 froms: r.froms()?,
+            }
+        }
+        tag::PUT_LOSSY_OBJECT => {
+            let ino = r.u64()?;
+            let froms = r.froms()?;
+            Op::PutLossyObject {
+                ino,
+                froms,
+                old_size: r.u64()?,
+                size: r.u64()?,
             }
         }
         tag::REF_OBJECT => {
@@ -607,6 +631,12 @@ pub(crate) mod tests {
                 ino: 10,
                 hash: [3; 16],
                 froms: vec![Some(loc), None],
+            },
+            Op::PutLossyObject {
+                ino: 11,
+                froms: vec![Some(loc), None],
+                old_size: 200_000,
+                size: 150_001,
             },
             Op::SnapShared {
                 hash: [1; 16],

@@ -9,6 +9,8 @@
 # of an open file, so the final store holds records of each kind.
 #
 # Usage: tests/golden/make-golden.sh BIN OUT   (as root; needs fusermount3, python3, attr)
+#        Put OUT on a roomy filesystem (a tmpfs will do): where free space is short, deletes
+#        trigger compaction at once, which folds round 2's records and loses op tags.
 #        KEYFILE=F tests/golden/make-golden.sh BIN OUT   (an encrypted store, format 3)
 set -euo pipefail
 BIN=$(realpath "$1")
@@ -49,6 +51,12 @@ cp "$DATA"/wav/*Front_Center.wav max/front.wav
 cp "$DATA"/wav/*cembalo-3.wav max/cembalo.wav
 cp "$DATA"/elf/users max/users
 cp "$DATA"/text/*.pod fast/perlsolaris.pod
+# Revision 2 (context mixing, codec 9): text-like files at level=archive, each with its prior.
+mkdir -p archive
+"$BIN" policy set archive level=archive
+cp "$DATA"/text/*.pod archive/perlsolaris.pod
+cp "$DATA"/json/*paginators-1.json archive/small.json
+cp "$DATA"/source/*.py archive/profile.py
 cp "$DATA"/text/*.pod off/perlsolaris.pod
 head -c 70000 /dev/urandom > max/noise.bin
 # Sparse: data, a hole of several blocks, data; and an all-zero block (stored as a hole).
@@ -79,6 +87,14 @@ chmod 4755 max/users
 "$BIN" compact "$MNT" >/dev/null
 
 # Round 2, after the checkpoint: the ops that must also appear in the live journal.
+# Revision 3 (lossy storage): a photo under lossy=image:psnr=40 and a WAV under
+# lossy=audio:q=40 become lossy objects (PutLossyObject, codecs image-webp and wav-opus),
+# after the compaction so that the records stay as they are.
+mkdir lossy
+"$BIN" policy set lossy lossy=image:psnr=40,audio:q=40
+cp "$DATA"/photo/*chelsea.png lossy/chelsea.png
+cp "$DATA"/wav/*Front_Center.wav lossy/front.wav
+"$BIN" recompress "$MNT/lossy" >/dev/null
 cp "$DATA"/jpeg/*sddm-preview.jpg dedup/preview.jpg
 # Revision 1 (object dedup): an identical copy references the first one's shared object.
 cp "$DATA"/jpeg/*sddm-preview.jpg dedup/preview-copy.jpg
