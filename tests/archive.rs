@@ -56,7 +56,9 @@ fn fileinfo(m: &Mounted, p: &Path) -> serde_json::Value {
 
 #[test]
 fn archive_level_recodes_text_with_context_mixing_and_reads_back_exactly() {
-    let mut m = Mounted::new();
+    // With ONNX Runtime absent (a library path that does not exist): the archive tier does
+    // not need it.
+    let mut m = Mounted::with_args(&["--ort-lib", "/nonexistent/libonnxruntime.so"]);
     let files = inputs(m.dir.path());
     for (dir, level) in [("arch", "archive"), ("max", "max")] {
         fs::create_dir(m.path(dir)).unwrap();
@@ -124,6 +126,21 @@ fn archive_level_recodes_text_with_context_mixing_and_reads_back_exactly() {
     assert!(
         arch * 100 < max * 85,
         "archive {arch} bytes vs max {max}: less than 15% saved"
+    );
+    let status = m.idcfs(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let ours = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mountpoint"].as_str() == m.mnt.to_str())
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        ours["status"]["onnx_runtime"]
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable"),
+        "{ours}"
     );
     let stats = m.stats_json();
     assert!(
