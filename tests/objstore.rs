@@ -34,18 +34,18 @@ struct Setup {
     url: String,
 }
 
-fn setup(bucket: &str) -> Option<Setup> {
-    let server = S3Server::start()?;
+fn setup(bucket: &str) -> Setup {
+    let server = S3Server::start();
     server.create_bucket(bucket);
     let dir = tempfile::Builder::new()
         .prefix("idcfs-test-obj")
         .tempdir_in("/var/tmp")
         .unwrap_or_else(|e| panic!("{e}"));
-    Some(Setup {
+    Setup {
         url: format!("s3://{bucket}/fs1"),
         server,
         dir,
-    })
+    }
 }
 
 impl Setup {
@@ -110,7 +110,7 @@ fn diff(a: &Path, b: &Path) {
 
 #[test]
 fn objstore_round_trip_and_empty_cache_remount() {
-    let Some(s) = setup("roundtrip") else { return };
+    let s = setup("roundtrip");
     let src = s.dir.path().join("src");
     make_tree(&src);
     let mut m = s.mount("cache1", &["--pack-mib", "1"]);
@@ -141,7 +141,7 @@ fn objstore_round_trip_and_empty_cache_remount() {
 
 #[test]
 fn objstore_fresh_machine_rebuilds_from_the_bucket() {
-    let Some(s) = setup("rebuild") else { return };
+    let s = setup("rebuild");
     let src = s.dir.path().join("src");
     make_tree(&src);
     let mut m = s.mount("cache1", &["--pack-mib", "2"]);
@@ -171,7 +171,7 @@ fn objstore_fresh_machine_rebuilds_from_the_bucket() {
 
 #[test]
 fn objstore_kill9_during_uploads_loses_no_fsynced_file() {
-    let Some(s) = setup("crash") else { return };
+    let s = setup("crash");
     let mut m = s.mount("cache1", &["--pack-mib", "1"]);
     let dir = m.path("d");
     std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
@@ -220,7 +220,7 @@ fn objstore_kill9_during_uploads_loses_no_fsynced_file() {
 
 #[test]
 fn objstore_same_cache_recovers_after_kill9() {
-    let Some(s) = setup("recover") else { return };
+    let s = setup("recover");
     let mut m = s.mount("cache1", &["--pack-mib", "1", "--fsync", "local"]);
     let mut files = Vec::new();
     for i in 0..12u64 {
@@ -261,7 +261,7 @@ fn objstore_same_cache_recovers_after_kill9() {
 
 #[test]
 fn objstore_outage_reads_eio_in_bounded_time_then_recovers() {
-    let Some(s) = setup("outage") else { return };
+    let s = setup("outage");
     let timeout = 3u64;
     let t = timeout.to_string();
     let mut m = s.mount("cache1", &["--pack-mib", "1", "--store-timeout", &t]);
@@ -353,7 +353,7 @@ fn objstore_outage_reads_eio_in_bounded_time_then_recovers() {
 
 #[test]
 fn objstore_second_writer_refused_and_stale_lease_broken() {
-    let Some(s) = setup("lease") else { return };
+    let s = setup("lease");
     let mut m1 = s.mount("cache1", &[]);
     std::fs::write(m1.path("x"), b"first").unwrap_or_else(|e| panic!("{e}"));
     let pid = m1.pid().unwrap_or_default();
@@ -394,7 +394,7 @@ fn objstore_second_writer_refused_and_stale_lease_broken() {
 
 #[test]
 fn objstore_encrypted_store_sends_only_sealed_records() {
-    let Some(s) = setup("crypt") else { return };
+    let s = setup("crypt");
     let kf = s.dir.path().join("key");
     std::fs::write(&kf, random(32, 77)).unwrap_or_else(|e| panic!("{e}"));
     let kf = kf.to_str().unwrap_or_default().to_string();
@@ -451,7 +451,7 @@ fn objstore_encrypted_store_sends_only_sealed_records() {
 
 #[test]
 fn objstore_compaction_deletes_old_pack_objects_and_keeps_live_data() {
-    let Some(s) = setup("compact") else { return };
+    let s = setup("compact");
     let mut m = s.mount("cache1", &["--pack-mib", "1"]);
     let mut kept = Vec::new();
     for i in 0..12u64 {

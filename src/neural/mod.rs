@@ -315,26 +315,18 @@ mod tests {
         }
     }
 
-    /// The runtime of this machine (the venv `.ci/run` creates, or `IDCFS_ORT_LIB`). Under
-    /// CI a missing runtime fails the test; elsewhere it is said loudly and the test returns.
-    pub(crate) fn runtime_or_skip(test: &str) -> Option<&'static Runtime> {
+    /// The runtime of this machine (the venv the README's test command and `.ci/run` create,
+    /// or `IDCFS_ORT_LIB`). A missing runtime fails the test: it is never skipped.
+    pub(crate) fn runtime_required(test: &str) -> &'static Runtime {
         match runtime() {
-            Ok(rt) => Some(rt),
-            Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("{test}: CI=true and ONNX Runtime is missing: {why}")
-            }
-            Err(why) => {
-                eprintln!("{test}: NOT RUN: ONNX Runtime is missing here: {why}");
-                None
-            }
+            Ok(rt) => rt,
+            Err(why) => panic!("{test}: ONNX Runtime is missing: {why}"),
         }
     }
 
     #[test]
     fn runtime_runs_the_selftest_model_with_one_shared_session() {
-        let Some(rt) = runtime_or_skip("runtime_runs_the_selftest_model") else {
-            return;
-        };
+        let rt = runtime_required("runtime_runs_the_selftest_model");
         let model = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/models/selftest/affine.onnx"
