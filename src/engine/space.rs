@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
+/// Free space above which a store is never under space pressure, however large its disk.
+const PRESSURE_CAP: u64 = 4 << 30;
 
 /// Numbers of the store's filesystem, in bytes.
 #[derive(Clone, Copy, Debug)]
@@ -181,9 +183,14 @@ impl Space {
         Ok(())
     }
 
-    /// Whether free space is low enough that deleted data should be reclaimed right away.
+    /// Whether free space is low enough that deleted data should be reclaimed right away
+    /// (and closes wait for their commit, so ENOSPC reaches them): below an eighth of the
+    /// filesystem, but never more than `PRESSURE_CAP`. Without the cap a large disk would be
+    /// "short" with hundreds of GiB free (a 2 TB disk at 88%), and every delete would compact
+    /// and every small file's close would wait, for no reason: what can be in flight at once
+    /// (the write buffers and the compression queue) is a few hundred MiB.
     pub fn pressure(&self) -> bool {
-        let low = (self.total / 8).max(2 * self.reserve);
+        let low = pressure_below(self.total, self.reserve);
         self.writable().map_or(true, |w| w < low)
     }
 
@@ -293,5 +300,28 @@ impl Space {
             let _ = std::fs::remove_file(&tmp);
         }
         res
+    }
+}
+
+/// Writable bytes below which a filesystem of `total` bytes is under space pressure.
+fn pressure_below(total: u64, reserve: u64) -> u64 {
+    (total / 8).min(PRESSURE_CAP).max(2 * reserve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pressure_is_an_eighth_of_small_disks_and_capped_on_large_ones() {
+        const GIB: u64 = 1 << 30;
+        // A 256 MiB test filesystem: an eighth, or twice the reserve when that is larger.
+        assert_eq!(pressure_below(256 * MIB, 8 * MIB), 32 * MIB);
+        assert_eq!(pressure_below(256 * MIB, 64 * MIB), 128 * MIB);
+        // 16 GiB: still an eighth (2 GiB).
+        assert_eq!(pressure_below(16 * GIB, 64 * MIB), 2 * GIB);
+        // 2 TB at 88% full has 240 GiB free: not short of space.
+        assert_eq!(pressure_below(2048 * GIB, 64 * MIB), PRESSURE_CAP);
+        assert!(pressure_below(2048 * GIB, 64 * MIB) < 240 * GIB);
     }
 }
