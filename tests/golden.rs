@@ -54,12 +54,16 @@ fn key_args(golden: &Path) -> Vec<String> {
 fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
     // v2.1 and later (v3 is v2.1 encrypted) hold the tags and codecs of revision 1; v2.2
     // adds codec 9 (context mixing at level=archive); v2.3 (revision 3, lossy storage) adds
-    // op tag 21 (PutLossyObject) and codecs 11 (image-webp) and 12 (wav-opus).
+    // op tag 21 (PutLossyObject) and codecs 11 (image-webp) and 12 (wav-opus); v2.4
+    // (revision 4) adds op tag 22 (PACKED: checkpoints written as zstd frames of ops).
     let name = golden.file_name().map(|n| n.to_string_lossy().into_owned());
     let name = name.as_deref().unwrap_or_default();
-    let revision3 = name == "v2.3";
+    let revision4 = name == "v2.4";
+    let revision3 = revision4 || name == "v2.3";
     let revision1 = revision3 || matches!(name, "v2.1" | "v3" | "v2.2");
-    let last_tag = if revision3 {
+    let last_tag = if revision4 {
+        wire::tag::PACKED
+    } else if revision3 {
         wire::tag::PUT_LOSSY_OBJECT
     } else if revision1 {
         wire::tag::REF_OBJECT
@@ -83,7 +87,7 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
         "v2.2" => (idcfs::codec::RAW..=idcfs::codec::CM).collect(),
         // Context mixing per block needs a text file above 8 MiB, which the script does not
         // write.
-        "v2.3" => (idcfs::codec::RAW..=idcfs::codec::WAV_OPUS)
+        "v2.3" | "v2.4" => (idcfs::codec::RAW..=idcfs::codec::WAV_OPUS)
             .filter(|&c| c != idcfs::codec::CM_BLOCK)
             .collect(),
         _ if revision1 => (idcfs::codec::RAW..=idcfs::codec::DEFLATE_TOKENS).collect(),
@@ -206,6 +210,10 @@ fn coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>, BTreeSet<u8>) {
                 versions.insert(r.version);
                 for op in decode_ops(r.version, &r.meta)? {
                     tags.insert(wire::op_tag(&op));
+                }
+                if r.version == 2 {
+                    // Containers of ops (PACKED) are not ops: count them from the raw bytes.
+                    tags.extend(wire::top_tags(&r.meta)?);
                 }
                 if let Some((h, _)) = &r.block {
                     codecs.insert(h.codec);

@@ -273,6 +273,80 @@ fn space_comes_back_without_compact() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// Polls until `ok(pack bytes, garbage)` holds, for at most `secs`; returns the last figures.
+fn until(m: &Mounted, secs: u64, ok: impl Fn(u64, u64) -> bool) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = m.stats_json();
+        let (p, g) = (
+            s["pack_bytes"].as_u64().unwrap(),
+            s["unreferenced_bytes"].as_u64().unwrap(),
+        );
+        if ok(p, g) || Instant::now() >= deadline {
+            return (p, g);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_second_copy_leaves_no_garbage_once_idle() {
+    // The metadata records of a copy that deduplicates entirely (new inodes, names, block
+    // references) are garbage once a checkpoint restates them; the mount must reclaim them
+    // by itself even when they are a small share of a store whose data sits in one pack.
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        conf.path(),
+        "[policy]\ndedup = true\n[background]\nidle_secs = 1\n",
+    )
+    .unwrap();
+    let m = Mounted::with_args(&["--config", conf.path().to_str().unwrap()]);
+    let src = m.path("a");
+    fs::create_dir_all(src.join("small")).unwrap();
+    for i in 0..48u64 {
+        fs::write(src.join(format!("big{i}")), random(1 << 20, 500 + i)).unwrap();
+    }
+    for i in 0..2000u64 {
+        let text = format!(
+            "file {i}: {}\n",
+            "some words that repeat ".repeat(20 + i as usize % 7)
+        );
+        fs::write(src.join("small").join(format!("s{i}.txt")), text).unwrap();
+    }
+    sh(m.dir.path(), "sync");
+    // The first copy settles: nothing left to reclaim but the newest checkpoint, and once
+    // idle the pack holding it is sealed, so what comes next goes to a pack of its own.
+    let (s1, g1) = until(&m, 120, |p, g| g * 100 <= p && packs(&m.store).len() >= 2);
+    assert!(
+        packs(&m.store).len() >= 2,
+        "the full active pack was not sealed once idle: {:?}",
+        packs(&m.store)
+    );
+    assert!(
+        g1 * 100 <= s1,
+        "first copy: {g1} of {s1} pack bytes garbage"
+    );
+    sh(
+        m.dir.path(),
+        &format!("cp -a {} {}", src.display(), m.path("b").display()),
+    );
+    sh(m.dir.path(), "sync");
+    let (s2, g2) = until(&m, 120, |p, _| p > s1 && p - s1 < s1 / 100);
+    assert!(
+        s2 > s1 && s2 - s1 < s1 / 100,
+        "a second copy grew the packs from {s1} to {s2} bytes ({g2} garbage): more than 1%"
+    );
+    eprintln!("second copy: packs {s1} -> {s2} bytes ({g2} unreferenced)");
+    assert!(
+        fs::read(m.path("b/big7")).unwrap() == random(1 << 20, 507),
+        "the copy reads back"
+    );
+    let mut m = m;
+    m.unmount();
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "{out}");
+}
+
 #[test]
 fn compaction_moves_whole_file_objects_any_number_of_times() {
     let mut m = Mounted::new();

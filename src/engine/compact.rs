@@ -11,14 +11,15 @@
 //!
 //! Once the mount is idle (`compact_idle`), garbage anywhere (the active pack included) is
 //! reclaimed whenever it exceeds `IDLE_GARBAGE` of the packs, emptiest packs first, until at
-//! most `IDLE_GARBAGE_LEFT` is left; the newest checkpoint is needed, so it never counts as
-//! garbage (otherwise each compaction's own checkpoint would trigger the next).
+//! most `IDLE_GARBAGE_LEFT` is left, and any pack that is mostly garbage is reclaimed
+//! whatever the share; a large active pack is sealed, so later garbage gathers in new packs.
+//! The newest checkpoint is needed, so it never counts as garbage (otherwise each
+//! compaction's own checkpoint would trigger the next).
 
 use super::Engine;
 use crate::error::Result;
 use crate::meta::{decode_ops, Op};
 use crate::store::PackId;
-use std::sync::atomic::Ordering;
 
 /// In the background, a pack is compacted when less than this share of it is live.
 const LIVE_THRESHOLD: f64 = 0.5;
@@ -35,6 +36,8 @@ const IDLE_GARBAGE: f64 = 0.04;
 const IDLE_GARBAGE_LEFT: f64 = 0.02;
 /// Idle compaction does not bother below this much garbage (tiny stores).
 const IDLE_MIN_RECLAIM: u64 = 1 << 20;
+/// Once idle, an active pack this large is sealed (see `compact_idle`).
+const IDLE_SEAL: u64 = 16 << 20;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct CompactReport {
@@ -74,12 +77,16 @@ impl Engine {
 
     /// Idle-time reclaim: when more than `IDLE_GARBAGE` of the packs (the active one
     /// included) is garbage, compact the emptiest packs until at most `IDLE_GARBAGE_LEFT`
-    /// is left.
+    /// is left; and, whatever the share, every pack that is mostly garbage (cheap: less is
+    /// copied than freed). An active pack of `IDLE_SEAL` or more is sealed first, so what is
+    /// written after this idle period, and the garbage it makes (metadata records, blocks
+    /// replaced by recompression or found duplicate), gathers in packs of its own.
     pub(super) fn compact_idle(&self) -> Result<CompactReport> {
         let _one = self.compacting.lock();
         self.check_writable()?;
         let backend = self.j.log.backend().clone();
         let stats = self.j.index.pack_stats();
+        let (cp_pack, cp_len) = *self.last_checkpoint.lock();
         let (active, active_len) = self.j.log.active();
         let mut packs: Vec<(PackId, u64, u64)> = Vec::new();
         for p in backend.list()? {
@@ -88,32 +95,37 @@ impl Engine {
             } else {
                 backend.len(p)?
             };
-            let live = stats.get(&p).map_or(0, |s| s.live_bytes).min(len);
-            packs.push((p, len, live));
+            let mut live = stats.get(&p).map_or(0, |s| s.live_bytes);
+            if p == cp_pack {
+                // The newest checkpoint is needed: it counts as live where it is.
+                live += cp_len;
+            }
+            packs.push((p, len, live.min(len)));
         }
         let total: u64 = packs.iter().map(|&(_, len, _)| len).sum();
-        let garbage = packs
-            .iter()
-            .map(|&(_, len, live)| len - live)
-            .sum::<u64>()
-            .saturating_sub(self.last_checkpoint.load(Ordering::Relaxed));
-        if garbage < IDLE_MIN_RECLAIM || (garbage as f64) <= IDLE_GARBAGE * total as f64 {
-            return Ok(CompactReport::default());
-        }
+        let garbage = packs.iter().map(|&(_, len, live)| len - live).sum::<u64>();
+        let share = garbage >= IDLE_MIN_RECLAIM && (garbage as f64) > IDLE_GARBAGE * total as f64;
+        let mostly = |len: u64, live: u64| {
+            len - live >= IDLE_MIN_RECLAIM && (live as f64) < LIVE_THRESHOLD * len as f64
+        };
         packs.sort_by_key(|&(p, len, live)| (live * 1000 / len.max(1), p));
         let mut left = garbage;
         let mut victims = Vec::new();
         for (p, len, live) in packs {
-            if (left as f64) <= IDLE_GARBAGE_LEFT * total as f64 {
-                break;
-            }
-            if len == live {
+            let over = share && (left as f64) > IDLE_GARBAGE_LEFT * total as f64;
+            if len == live || !(over || mostly(len, live)) {
                 continue;
             }
             left = left.saturating_sub(len - live);
             victims.push((p, len));
         }
-        tracing::debug!(garbage, total, "idle compaction");
+        if victims.is_empty() {
+            if active_len >= IDLE_SEAL {
+                self.j.log.seal_active()?;
+            }
+            return Ok(CompactReport::default());
+        }
+        tracing::debug!(garbage, total, victims = victims.len(), "idle compaction");
         self.compact_packs(victims)
     }
 
@@ -267,10 +279,11 @@ impl Engine {
         self.j.checkpoint()?;
         let after = self.j.log.active();
         // The checkpoint just written is needed: idle reclaim must not count it as garbage.
-        if after.0 == before.0 {
-            self.last_checkpoint
-                .store(after.1.saturating_sub(before.1), Ordering::Relaxed);
-        }
+        *self.last_checkpoint.lock() = if after.0 == before.0 {
+            (after.0, after.1.saturating_sub(before.1))
+        } else {
+            (0, 0)
+        };
         self.checkpoint_index_freeing()?;
         // The records that now hold the live blocks, and the checkpoint, must be durable in
         // the backend's final home before the old packs go (an object store uploads in the

@@ -650,7 +650,7 @@ impl Journal {
         let emit = |ops: &[Op], seq: &mut u64| -> Result<()> {
             let loc = self
                 .log
-                .append_record(*seq, &encode_ops(ops), None)
+                .append_record(*seq, &crate::meta::wire::encode_packed(ops), None)
                 .map_err(|e| self.append_failed(e))?;
             // Snapshot ops restate the current state: only the applied position moves.
             self.index.apply(*seq, loc, &[], None)?;

@@ -57,7 +57,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -178,8 +178,8 @@ pub struct Engine {
     reclaim: AtomicBool,
     /// One compaction at a time (background, pressure and `idcfs compact`).
     compacting: Mutex<()>,
-    /// Size of the newest checkpoint written by compaction (needed, so not garbage).
-    last_checkpoint: AtomicU64,
+    /// Pack and size of the newest checkpoint written by compaction (needed, so not garbage).
+    last_checkpoint: Mutex<(crate::store::PackId, u64)>,
     /// `shutdown` completed.
     closed: AtomicBool,
     /// Tells the kernel to drop its cached pages and attributes of an inode whose content
@@ -320,7 +320,7 @@ impl Engine {
             space,
             reclaim: AtomicBool::new(false),
             compacting: Mutex::new(()),
-            last_checkpoint: AtomicU64::new(0),
+            last_checkpoint: Mutex::new((0, 0)),
             closed: AtomicBool::new(false),
             invalidator: RwLock::new(None),
         });

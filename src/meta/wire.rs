@@ -48,8 +48,11 @@ pub mod tag {
     pub const REF_OBJECT: u8 = 20;
     /// Added in format 2 revision 2 (lossy storage under policy).
     pub const PUT_LOSSY_OBJECT: u8 = 21;
+    /// Added in format 2 revision 4: a zstd frame of more ops, spliced in where it stands
+    /// (checkpoints are written so). Not an op itself: `decode` expands it.
+    pub const PACKED: u8 = 22;
     /// The newest critical tag this build writes.
-    pub const LAST: u8 = PUT_LOSSY_OBJECT;
+    pub const LAST: u8 = PACKED;
     /// First tag of the skippable (hint) range.
     pub const HINT: u8 = 0x80;
 }
@@ -530,15 +533,79 @@ fn decode_body(t: u8, r: &mut R<'_>) -> Result<Option<Op>> {
     }))
 }
 
+/// Largest expansion of one `PACKED` op (the record metadata limit).
+const MAX_PACKED: u64 = 64 << 20;
+
+/// `ops` encoded as record metadata holding one `PACKED` op (a zstd frame of their plain
+/// encoding) when that is smaller, else their plain encoding. For large, repetitive lists
+/// (checkpoints restate every inode, name and block: a few times smaller packed).
+pub fn encode_packed(ops: &[Op]) -> Vec<u8> {
+    let plain = encode(ops);
+    let Ok(z) = zstd::bulk::compress(&plain, 3) else {
+        return plain;
+    };
+    let mut w = W(Vec::with_capacity(z.len() + 11));
+    w.u8(tag::PACKED);
+    w.u64(z.len() as u64);
+    w.0.extend_from_slice(&z);
+    if w.0.len() < plain.len() {
+        w.0
+    } else {
+        plain
+    }
+}
+
+/// The expansion of a `PACKED` body: the plain encoding of its ops, at most `MAX_PACKED`.
+fn unpack(body: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let dec =
+        zstd::stream::read::Decoder::new(body).map_err(|e| bad(format!("packed ops: {e}")))?;
+    let mut out = Vec::new();
+    dec.take(MAX_PACKED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(format!("packed ops: {e}")))?;
+    if out.len() as u64 > MAX_PACKED {
+        return Err(bad("packed ops expand past the metadata limit".into()));
+    }
+    Ok(out)
+}
+
+/// The tags of the ops `meta` holds at its top level (`PACKED` itself, not what it holds).
+pub fn top_tags(meta: &[u8]) -> Result<Vec<u8>> {
+    let mut r = R { b: meta };
+    let mut tags = Vec::new();
+    while !r.b.is_empty() {
+        let t = r.u8()?;
+        let len = r.u64()?;
+        let len = usize::try_from(len).map_err(|_| bad(format!("op length {len}")))?;
+        r.take(len)?;
+        tags.push(t);
+    }
+    Ok(tags)
+}
+
 /// Decode version-2 record metadata.
 pub fn decode(meta: &[u8]) -> Result<Vec<Op>> {
-    let mut r = R { b: meta };
     let mut ops = Vec::new();
+    decode_into(meta, true, &mut ops)?;
+    Ok(ops)
+}
+
+/// Decode `meta` onto `ops`; a `PACKED` op is expanded in place, one level deep only.
+fn decode_into(meta: &[u8], outer: bool, ops: &mut Vec<Op>) -> Result<()> {
+    let mut r = R { b: meta };
     while !r.b.is_empty() {
         let t = r.u8()?;
         let len = r.u64()?;
         let len = usize::try_from(len).map_err(|_| bad(format!("op length {len}")))?;
         let mut body = R { b: r.take(len)? };
+        if t == tag::PACKED {
+            if !outer {
+                return Err(bad("packed ops inside packed ops".into()));
+            }
+            decode_into(&unpack(body.b)?, false, ops)?;
+            continue;
+        }
         if let Some(op) = decode_body(t, &mut body)? {
             if !body.b.is_empty() {
                 return Err(bad(format!(
@@ -549,12 +616,60 @@ pub fn decode(meta: &[u8]) -> Result<Vec<Op>> {
             ops.push(op);
         }
     }
-    Ok(ops)
+    Ok(())
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn packed_ops_expand_in_place_and_only_one_level_deep() {
+        // A checkpoint-like list: many similar inodes and names.
+        let mut ops = vec![Op::CheckpointBegin];
+        for op in every_op().into_iter().cycle().take(3000) {
+            ops.push(op);
+        }
+        let plain = encode(&ops);
+        let packed = encode_packed(&ops);
+        assert_eq!(packed[0], tag::PACKED, "the list is packed");
+        assert!(
+            packed.len() * 4 < plain.len(),
+            "{} vs {}",
+            packed.len(),
+            plain.len()
+        );
+        assert_eq!(decode(&packed).unwrap(), ops);
+        assert_eq!(top_tags(&packed).unwrap(), vec![tag::PACKED]);
+        // Beside plain ops, in order.
+        let mut mixed = encode(&ops[..1]);
+        mixed.extend_from_slice(&packed);
+        assert_eq!(decode(&mixed).unwrap().len(), ops.len() + 1);
+        // What does not shrink stays plain.
+        let one = vec![Op::DelInode { ino: 38 }];
+        assert_eq!(encode_packed(&one), encode(&one));
+        // Packed inside packed is refused.
+        let z = zstd::bulk::compress(&packed, 3).unwrap();
+        let mut nested = vec![tag::PACKED];
+        let mut w = W(Vec::new());
+        w.u64(z.len() as u64);
+        nested.extend_from_slice(&w.0);
+        nested.extend_from_slice(&z);
+        assert!(decode(&nested).is_err());
+        // A frame that expands past the metadata limit is refused, not allocated.
+        let bomb = zstd::bulk::compress(&vec![0u8; (MAX_PACKED + 1) as usize], 3).unwrap();
+        let mut m = vec![tag::PACKED];
+        let mut w = W(Vec::new());
+        w.u64(bomb.len() as u64);
+        m.extend_from_slice(&w.0);
+        m.extend_from_slice(&bomb);
+        assert!(decode(&m).is_err());
+        // Damaged frames are errors, never garbage ops.
+        let mut bad = packed.clone();
+        let n = bad.len();
+        bad[n / 2] ^= 0x55;
+        assert!(decode(&bad).map_or(true, |d| d != ops));
+    }
 
     /// One op of every kind, with non-trivial field values.
     pub(crate) fn every_op() -> Vec<Op> {
