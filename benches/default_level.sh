@@ -32,9 +32,9 @@ now() { date +%s.%N; }
 mount_it() { "$IDCFS" mount "$MNT" --store "$WORK/store" --config "$WORK/config.toml" >/dev/null; }
 js() { "$IDCFS" stats "${1:-$MNT}" --json; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-# Waits until the recompression queue is empty and the packs hold at most 4% garbage (what
-# idle reclaim leaves; src/engine/compact.rs IDLE_GARBAGE), or their garbage has not changed
-# for 30 s (idle reclaim does not count the newest checkpoint, which stats do).
+# Waits until the recompression queue is empty and the packs' garbage has not changed for
+# 30 s: the mount has reached the state it keeps once idle (idle reclaim runs every 10 s and
+# does not count the newest checkpoint, which stats do).
 settle() {
   local t0 last=-1 same=0; t0=$(now)
   while :; do
@@ -42,7 +42,7 @@ settle() {
     s=$(js); packs=$(echo "$s" | field pack_bytes); garb=$(echo "$s" | field unreferenced_bytes)
     if [ "$q" = 0 ] && [ "$garb" = "$last" ]; then same=$((same + 1)); else same=0; fi
     last=$garb
-    if [ "$q" = 0 ] && { [ $((garb * 25)) -le "$packs" ] || [ $same -ge 6 ]; }; then break; fi
+    if [ "$q" = 0 ] && [ $same -ge 6 ]; then break; fi
     if [ "$(echo "$(now) - $t0 > $SETTLE_MAX" | bc)" = 1 ]; then echo "did not settle in ${SETTLE_MAX}s (queue $q, garbage $garb of $packs)" >&2; break; fi
     sleep 5
   done

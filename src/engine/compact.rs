@@ -36,7 +36,7 @@ const IDLE_GARBAGE: f64 = 0.04;
 const IDLE_GARBAGE_LEFT: f64 = 0.02;
 /// Idle compaction does not bother below this much garbage (tiny stores).
 const IDLE_MIN_RECLAIM: u64 = 1 << 20;
-/// Once idle, an active pack this large is sealed (see `compact_idle`).
+/// Once idle, an active pack this large is sealed (see `seal_idle`).
 const IDLE_SEAL: u64 = 16 << 20;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -78,9 +78,7 @@ impl Engine {
     /// Idle-time reclaim: when more than `IDLE_GARBAGE` of the packs (the active one
     /// included) is garbage, compact the emptiest packs until at most `IDLE_GARBAGE_LEFT`
     /// is left; and, whatever the share, every pack that is mostly garbage (cheap: less is
-    /// copied than freed). An active pack of `IDLE_SEAL` or more is sealed first, so what is
-    /// written after this idle period, and the garbage it makes (metadata records, blocks
-    /// replaced by recompression or found duplicate), gathers in packs of its own.
+    /// copied than freed).
     pub(super) fn compact_idle(&self) -> Result<CompactReport> {
         let _one = self.compacting.lock();
         self.check_writable()?;
@@ -120,13 +118,24 @@ impl Engine {
             victims.push((p, len));
         }
         if victims.is_empty() {
-            if active_len >= IDLE_SEAL {
-                self.j.log.seal_active()?;
-            }
             return Ok(CompactReport::default());
         }
         tracing::debug!(garbage, total, victims = victims.len(), "idle compaction");
         self.compact_packs(victims)
+    }
+
+    /// Once idle: seal an active pack of `IDLE_SEAL` or more, so what is written after this
+    /// idle period, and the garbage it makes, gathers in packs of its own (cheap to reclaim:
+    /// `compact_idle` takes any pack that is mostly garbage). Skipped while a compaction runs.
+    pub(super) fn seal_idle(&self) -> Result<()> {
+        let Some(_one) = self.compacting.try_lock() else {
+            return Ok(());
+        };
+        self.check_writable()?;
+        if self.j.log.active().1 >= IDLE_SEAL {
+            self.j.log.seal_active()?;
+        }
+        Ok(())
     }
 
     /// Reclaim what deletes freed, with only the space there is.

@@ -526,6 +526,11 @@ impl Engine {
             // unless that has gone on for five minutes.
             let idle = self.quiet_for(Duration::from_secs(3));
             let recoding = self.recomp.is_active();
+            if idle && !recoding {
+                if let Err(e) = self.seal_idle() {
+                    tracing::warn!("sealing the active pack failed: {e}");
+                }
+            }
             let every = Duration::from_secs(if recoding { 300 } else { 60 });
             if (idle && !recoding && last_compact.elapsed() >= Duration::from_secs(10))
                 || last_compact.elapsed() >= every
