@@ -30,6 +30,9 @@
 //!   local pack but the newest is sealed and queued for upload.
 //! - Reads wait for the store a bounded time (the configured timeout per request, twice
 //!   when a read-ahead of the same chunk was in flight) and then fail with EIO, never hang.
+//! - Writers are never stopped by a full backlog, only slowed: past half the cache size each
+//!   append pauses in proportion to its size and to how far the backlog is over that soft
+//!   limit, at most `MAX_APPEND_DELAY` per append.
 //! - Reads of uploaded packs go through 2 MiB chunks: the last few in memory, the rest in
 //!   `chunks/` (LRU, bounded by the cache size); a sequential reader gets the next chunks
 //!   fetched in parallel.
@@ -61,6 +64,17 @@ const FETCH_LOCKS: usize = 16;
 /// Chunks a sequential reader gets fetched ahead of it, in parallel.
 const READ_AHEAD: u64 = 4;
 const MANIFEST_TEXT: &str = "idcfs-object-store 1\n";
+/// Writers are slowed once the upload backlog passes this fraction of the cache size.
+const SOFT_BACKLOG: f64 = 0.5;
+/// Longest pause of one append: an unreachable store slows writers to a crawl, never to a
+/// stop (the cache grows instead).
+const MAX_APPEND_DELAY: Duration = Duration::from_millis(250);
+/// Floor of the upload-rate estimate (bytes/s): with nothing drained lately (a store that
+/// is down) the pauses stay finite.
+const MIN_UPLOAD_RATE: f64 = 1e6;
+/// The estimate before anything was uploaded.
+const INITIAL_UPLOAD_RATE: f64 = 50e6;
+const RATE_SAMPLE: Duration = Duration::from_millis(500);
 
 /// How to reach the bucket and how to cache it.
 #[derive(Clone, Debug)]
@@ -69,7 +83,8 @@ pub struct ObjectConfig {
     pub url: String,
     /// Local cache directory (packs not yet uploaded, the read cache; the index beside them).
     pub cache_dir: PathBuf,
-    /// Read-cache bound in bytes; also the upload backlog at which writers are slowed.
+    /// Read-cache bound in bytes; also the upload backlog at which writers go no faster than
+    /// the uploads drain (they are slowed progressively from half of it).
     pub cache_bytes: u64,
     /// `--fsync=local`: fsync returns once data is on local disk (weaker: see README).
     pub fsync_local: bool,
@@ -292,6 +307,21 @@ struct Inner {
     health: Mutex<(bool, Option<String>)>,
     stop: AtomicBool,
     lease_held: AtomicBool,
+    /// Upload throughput estimate for the writer throttle.
+    rate: Mutex<UploadRate>,
+    /// The old backpressure (a writer waits at each seal while the backlog exceeds the cache
+    /// size), kept only to compare against in benchmarks: `IDCFS_BACKLOG=stall`.
+    stall_at_seal: bool,
+}
+
+/// What the uploader drained lately: bytes per second, smoothed, sampled at most every
+/// `RATE_SAMPLE`.
+struct UploadRate {
+    at: Instant,
+    uploaded: u64,
+    per_sec: f64,
+    /// When the backlog-over-the-cache-size warning was logged last.
+    warned: Option<Instant>,
 }
 
 /// The object-store pack backend.
@@ -647,6 +677,69 @@ impl Inner {
         (n, bytes)
     }
 
+    /// Bytes per second the uploader drained lately (smoothed; at least `MIN_UPLOAD_RATE`).
+    fn upload_rate(&self) -> f64 {
+        let mut r = self.rate.lock();
+        let dt = r.at.elapsed();
+        if dt >= RATE_SAMPLE {
+            let up = self.counters.up.load(Ordering::Relaxed);
+            let now = up.saturating_sub(r.uploaded) as f64 / dt.as_secs_f64();
+            // Half weight to the newest sample: follows a store that slows down or stops
+            // within a few seconds, without jumping on one idle sample.
+            r.per_sec = 0.5 * r.per_sec + 0.5 * now;
+            r.at = Instant::now();
+            r.uploaded = up;
+        }
+        r.per_sec.max(MIN_UPLOAD_RATE)
+    }
+
+    /// Slow a writer that appended `n` bytes, progressively: nothing while the upload
+    /// backlog is under `SOFT_BACKLOG` of the cache size; beyond it, a pause of
+    /// `n / upload rate` times how far the backlog is into the band between the soft limit
+    /// and the cache size. At the cache size a writer goes no faster than the uploads drain,
+    /// so the backlog settles inside the band instead of writers running into a wall (the
+    /// old behaviour: full speed, then a stall of up to the timeout at each sealed pack).
+    fn throttle(&self, n: u64) {
+        let (_, backlog) = self.backlog();
+        let hard = self.cfg.cache_bytes as f64;
+        let soft = hard * SOFT_BACKLOG;
+        if (backlog as f64) <= soft {
+            return;
+        }
+        let over = (backlog as f64 - soft) / (hard - soft).max(1.0);
+        if over > 1.0 {
+            let mut r = self.rate.lock();
+            if r.warned
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+            {
+                r.warned = Some(Instant::now());
+                tracing::warn!(
+                    backlog,
+                    "the upload backlog exceeds the cache size: writers are slowed (is the object store reachable?)"
+                );
+            }
+        }
+        let secs = n as f64 * over / self.upload_rate();
+        let pause = Duration::from_secs_f64(secs.min(MAX_APPEND_DELAY.as_secs_f64()));
+        if pause >= Duration::from_micros(50) {
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// The old backpressure (`IDCFS_BACKLOG=stall`, benchmarks only): wait at a seal while
+    /// the backlog exceeds the cache size, for at most the timeout.
+    fn stall_until_drained(&self) {
+        let deadline = Instant::now() + self.cfg.timeout;
+        loop {
+            let (_, bytes) = self.backlog();
+            if bytes <= self.cfg.cache_bytes || Instant::now() >= deadline {
+                return;
+            }
+            let mut st = self.state.lock();
+            self.changed.wait_for(&mut st, Duration::from_millis(100));
+        }
+    }
+
     /// The uploader: sealed packs go up with bounded concurrency; a failed upload stays in
     /// the cache and is retried with backoff.
     fn upload_loop(self: &Arc<Self>) {
@@ -826,6 +919,13 @@ impl ObjectBackend {
             health: Mutex::new((true, None)),
             stop: AtomicBool::new(false),
             lease_held: AtomicBool::new(false),
+            rate: Mutex::new(UploadRate {
+                at: Instant::now(),
+                uploaded: 0,
+                per_sec: INITIAL_UPLOAD_RATE,
+                warned: None,
+            }),
+            stall_at_seal: std::env::var("IDCFS_BACKLOG").is_ok_and(|v| v == "stall"),
             cfg,
         });
         Self::start(inner)
@@ -1273,24 +1373,10 @@ impl PackBackend for ObjectBackend {
             }
         }
         inner.changed.notify_all();
-        // A backlog beyond the cache size slows the writer (this is under the log's append
-        // lock) until uploads catch up, for at most the time bound: with the store down, the
-        // cache grows instead of the mount stalling.
-        let deadline = Instant::now() + inner.cfg.timeout;
-        loop {
-            let (_, bytes) = inner.backlog();
-            if bytes <= inner.cfg.cache_bytes || Instant::now() >= deadline {
-                if bytes > inner.cfg.cache_bytes {
-                    tracing::warn!(
-                        backlog = bytes,
-                        "the upload backlog exceeds the cache size (is the object store reachable?)"
-                    );
-                }
-                return Ok(());
-            }
-            let mut st = inner.state.lock();
-            inner.changed.wait_for(&mut st, Duration::from_millis(100));
+        if inner.stall_at_seal {
+            inner.stall_until_drained();
         }
+        Ok(())
     }
 
     fn is_sealed(&self, pack: PackId) -> bool {
@@ -1390,6 +1476,9 @@ impl PackAppender for ObjectAppender {
         (&*self.file).write_all(bytes)?;
         self.appended
             .fetch_add(bytes.len() as u64, Ordering::Release);
+        if !self.inner.stall_at_seal {
+            self.inner.throttle(bytes.len() as u64);
+        }
         Ok(())
     }
     fn sync(&self) -> io::Result<()> {
