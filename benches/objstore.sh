@@ -18,6 +18,14 @@
 # and prints, per target and workload, seconds, MB/s and, for s3, the PUT/GET requests and
 # bytes of `idcfs status --json` (requests and bytes uploaded per logical GiB).
 #
+# The target `backlog` (not in the default TARGETS) measures writers against a full upload
+# backlog: --pack-mib 8 --cache-size $BACKLOG_CACHE --uploads 1 (uploads slower than writes),
+# SIZE_MIB written in 1 MiB write() calls by one writer that records the MB written in each
+# second and the longest write() call, then fsync; once with the old backpressure
+# (IDCFS_BACKLOG=stall: full speed, then a wait of up to --store-timeout at each sealed pack
+# while the backlog exceeds the cache size) and once with the default (each append slowed in
+# proportion to how far the backlog is past half the cache size).
+#
 # Inputs: $BENCH_INPUTS (default /var/tmp/idcfs-bench/inputs, made by
 # benches/mount_throughput.sh): random.bin or text.bin (1 GiB) and tree.tar.
 # Usage (root): benches/objstore.sh     Knobs: INPUT=random|text SIZE_MIB TARGETS SMALL_CACHE
@@ -29,6 +37,7 @@ INPUT=${INPUT:-random}
 SIZE_MIB=${SIZE_MIB:-1024}
 TARGETS=${TARGETS:-local s3 s3-small}
 SMALL_CACHE=${SMALL_CACHE:-128M}
+BACKLOG_CACHE=${BACKLOG_CACHE:-32M}
 WORK=$(mktemp -d /var/tmp/idcfs-objbench.XXXXXX)
 MOTO=${IDCFS_MOTO_SERVER:-$HOME/.cache/idcfs-ci/venv/bin/moto_server}
 [ -x "$MOTO" ] || { echo "no moto_server at $MOTO (.ci/run installs it)" >&2; exit 1; }
@@ -71,6 +80,41 @@ mount_target() { # target run cache-name
     s3-small) "$IDCFS" mount "$MNT" --store "s3://bench/$2" --cache "$WORK/$3" --cache-size "$SMALL_CACHE" >/dev/null ;;
   esac
 }
+if [[ " $TARGETS " == *" backlog "* ]]; then
+  TARGETS=${TARGETS//backlog/}
+  for mode in stall smooth; do
+    env=(); [ $mode = stall ] && env=(IDCFS_BACKLOG=stall)
+    env "${env[@]}" "$IDCFS" mount "$MNT" --store "s3://bench/backlog-$mode" --cache "$WORK/backlog-$mode" \
+      --pack-mib 8 --cache-size "$BACKLOG_CACHE" --uploads 1 >/dev/null
+    python3 - "$WORK/input.bin" "$MNT/big" "$BYTES" "$mode" <<'PY'
+import os, sys, time
+src, dst, total, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+per_sec, worst, n = {}, 0.0, 0
+with open(src, "rb") as i, open(dst, "wb", buffering=0) as o:
+    t0 = time.monotonic()
+    while n < total:
+        b = i.read(1 << 20)
+        if not b:
+            break
+        a = time.monotonic()
+        o.write(b)
+        z = time.monotonic()
+        worst = max(worst, z - a)
+        n += len(b)
+        per_sec[int(z - t0)] = per_sec.get(int(z - t0), 0) + len(b)
+    w = time.monotonic()
+    os.fsync(o.fileno())
+    f = time.monotonic()
+secs = [per_sec.get(s, 0) / 1e6 for s in range(int(w - t0) + 1)]
+print(f"backlog {mode}: {n/1e6/(w-t0):.1f} MB/s over {w-t0:.1f} s of writes, fsync {f-w:.1f} s, "
+      f"longest write() {worst*1000:.0f} ms, seconds with nothing written {sum(1 for x in secs[:-1] if x == 0)}, "
+      f"min/median/max MB per second {min(secs[:-1] or [0]):.0f}/{sorted(secs)[len(secs)//2]:.0f}/{max(secs):.0f}")
+print(f"backlog {mode} MB per second: " + " ".join(f"{x:.0f}" for x in secs))
+PY
+    c=$(now); "$IDCFS" umount "$MNT"; d=$(now)
+    echo "backlog $mode: umount $(secs "$c" "$d") s"
+  done
+fi
 printf "target\tworkload\tseconds\tMB/s\tumount_s\tPUTs\tMiB_up\tGETs\tMiB_down\tPUTs/GiB\tGiB_up/GiB\n"
 for t in $TARGETS; do
   # sequential write, then umount (s3: waits for every upload)

@@ -687,3 +687,44 @@ fn status_of(envs: &[(String, String)], m: &Mounted) -> serde_json::Value {
         .map(|r| r["status"].clone())
         .unwrap_or_else(|| panic!("mount not in status: {text}"))
 }
+
+/// Garage 2.5.0 ignores conditional PUTs (`If-None-Match: *` overwrites): the mount notices,
+/// says so, and takes the lease by check, PUT and read-back; a second writer is still refused
+/// while the first holds it, and gets it once the first unmounts.
+#[test]
+fn objstore_garage_without_conditional_put_still_refuses_a_second_writer() {
+    let g = Garage::start();
+    g.create_bucket("lease");
+    let envs = g.envs();
+    let dir = tempfile::Builder::new()
+        .prefix("idcfs-test-obj")
+        .tempdir_in("/var/tmp")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = "s3://lease/fs1";
+    let mut m1 = Mounted::object(url, &dir.path().join("cache1"), &envs, &[]);
+    m1.mount();
+    std::fs::write(m1.path("x"), b"first").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        m1.log_text().contains("ignores conditional PUTs"),
+        "the mount did not notice that Garage ignores conditional PUTs:\n{}",
+        m1.log_text()
+    );
+    let pid = m1.pid().unwrap_or_default();
+    let mut m2 = Mounted::object(url, &dir.path().join("cache2"), &envs, &[]);
+    let err = m2
+        .try_mount()
+        .unwrap_or_else(|| panic!("a second writable mount was allowed"));
+    assert!(
+        err.contains("in use by another writer") && err.contains(&format!("pid {pid}")),
+        "refusal does not name the holder: {err}"
+    );
+    // The refused mount left the holder's lease alone: the first mount unmounts cleanly and
+    // releases it, and then the second one gets it.
+    m1.unmount();
+    m2.mount();
+    assert_eq!(
+        std::fs::read(m2.path("x")).unwrap_or_default(),
+        b"first".to_vec()
+    );
+    m2.unmount();
+}

@@ -30,6 +30,9 @@
 //!   local pack but the newest is sealed and queued for upload.
 //! - Reads wait for the store a bounded time (the configured timeout per request, twice
 //!   when a read-ahead of the same chunk was in flight) and then fail with EIO, never hang.
+//! - The lease is created with a conditional PUT where the server honours one (probed at
+//!   each open); where it does not (Garage 2.5.0), by a check, a PUT and a read-back, which is
+//!   weaker and said so in the log.
 //! - Writers are never stopped by a full backlog, only slowed: past half the cache size each
 //!   append pauses in proportion to its size and to how far the backlog is over that soft
 //!   limit, at most `MAX_APPEND_DELAY` per append.
@@ -880,6 +883,9 @@ struct Lease {
     pid: u32,
     cache: String,
     since: u64,
+    /// Random: tells two takers apart where the lease is taken without a conditional PUT.
+    #[serde(default)]
+    token: String,
 }
 
 fn hostname() -> String {
@@ -1120,9 +1126,51 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// One writer at a time: create the lease object only if it does not exist (conditional PUT).
+/// Whether the server honours a conditional PUT (`If-None-Match: *`): a create of the
+/// MANIFEST, which exists, must be refused. Garage 2.5.0, for one, ignores the header and
+/// overwrites (harmless here: the same bytes).
+fn conditional_put_works(inner: &Inner) -> io::Result<bool> {
+    match inner.put(
+        &inner.path("MANIFEST"),
+        MANIFEST_TEXT.as_bytes().to_vec(),
+        PutMode::Create,
+        inner.cfg.timeout,
+    ) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
+        Ok(()) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// How long a lease taken without a conditional PUT is left before it is read back.
+const LEASE_SETTLE: Duration = Duration::from_secs(2);
+
+/// Take the lease on a server without conditional PUTs: only when there is none, then read
+/// it back after `LEASE_SETTLE` to see that no other taker overwrote it meanwhile (of two
+/// racing takers, the one whose PUT landed last keeps it; the other sees it and backs off).
+/// Weaker than a conditional PUT: a taker whose GET and PUT are more than `LEASE_SETTLE`
+/// apart can still overwrite a lease taken in between. Returns whether we hold it.
+fn take_lease_unconditionally(inner: &Inner, obj: &ObjPath, body: &[u8]) -> io::Result<bool> {
+    match inner.get_all(obj) {
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    inner.put(obj, body.to_vec(), PutMode::Overwrite, inner.cfg.timeout)?;
+    std::thread::sleep(LEASE_SETTLE);
+    match inner.get_all(obj) {
+        Ok(b) => Ok(b.as_ref() == body),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// One writer at a time: create the lease object only if it does not exist (conditional PUT;
+/// a check, put and read-back where the server ignores conditional PUTs).
 fn take_lease(inner: &Inner) -> io::Result<()> {
     let obj = inner.path("lease");
+    let mut token = [0u8; 16];
+    getrandom::fill(&mut token).map_err(|e| other(e.to_string()))?;
     let me = Lease {
         host: hostname(),
         pid: std::process::id(),
@@ -1130,15 +1178,25 @@ fn take_lease(inner: &Inner) -> io::Result<()> {
         since: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        token: hex::encode(token),
     };
     let body = serde_json::to_vec(&me).map_err(|e| other(e.to_string()))?;
-    match inner.put(&obj, body.clone(), PutMode::Create, inner.cfg.timeout) {
-        Ok(()) => {
-            inner.lease_held.store(true, Ordering::Relaxed);
-            return Ok(());
+    let taken = if conditional_put_works(inner)? {
+        match inner.put(&obj, body.clone(), PutMode::Create, inner.cfg.timeout) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
+    } else {
+        tracing::warn!(
+            "{}: the object store ignores conditional PUTs (If-None-Match); the writer lease is taken by a check, a PUT and a read-back {LEASE_SETTLE:?} later instead, which two mounts started at the same moment could still both pass",
+            inner.cfg.url
+        );
+        take_lease_unconditionally(inner, &obj, &body)?
+    };
+    if taken {
+        inner.lease_held.store(true, Ordering::Relaxed);
+        return Ok(());
     }
     let held = inner.get_all(&obj)?;
     let holder: Option<Lease> = serde_json::from_slice(&held).ok();
