@@ -26,6 +26,11 @@
 # while the backlog exceeds the cache size) and once with the default (each append slowed in
 # proportion to how far the backlog is past half the cache size).
 #
+# The target `rebuild` (not in the default TARGETS) writes SIZE_MIB once, then mounts it on an
+# empty cache with --cache-size $SMALL_CACHE (a new machine: the index is rebuilt from the
+# packs before the mount comes up) with each binary of $REBUILD_BINS (default $IDCFS; name an
+# older build too to compare), and prints the mount's seconds, GETs and MiB downloaded.
+#
 # Inputs: $BENCH_INPUTS (default /var/tmp/idcfs-bench/inputs, made by
 # benches/mount_throughput.sh): random.bin or text.bin (1 GiB) and tree.tar.
 # Usage (root): benches/objstore.sh     Knobs: INPUT=random|text SIZE_MIB TARGETS SMALL_CACHE
@@ -113,6 +118,25 @@ print(f"backlog {mode} MB per second: " + " ".join(f"{x:.0f}" for x in secs))
 PY
     c=$(now); "$IDCFS" umount "$MNT"; d=$(now)
     echo "backlog $mode: umount $(secs "$c" "$d") s"
+  done
+fi
+if [[ " $TARGETS " == *" rebuild "* ]]; then
+  TARGETS=${TARGETS//rebuild/}
+  "$IDCFS" mount "$MNT" --store s3://bench/rebuild --cache "$WORK/rebuild-w" >/dev/null
+  dd if="$WORK/input.bin" of="$MNT/big" bs=1M conv=fsync status=none
+  "$IDCFS" umount "$MNT"
+  rm -rf "$WORK/rebuild-w"
+  n=0
+  for bin in ${REBUILD_BINS:-$IDCFS}; do
+    n=$((n + 1))
+    a=$(now)
+    "$bin" mount "$MNT" --store s3://bench/rebuild --cache "$WORK/rebuild-$n" --cache-size "$SMALL_CACHE" >/dev/null
+    b=$(now)
+    st=$(IDCFS=$bin status || true)
+    read -r puts up gets down <<<"${st:-0 0 0 0}"
+    "$bin" umount "$MNT"
+    rm -rf "$WORK/rebuild-$n"
+    echo "rebuild ($bin): mount on an empty cache, --cache-size $SMALL_CACHE, $SIZE_MIB MiB store: $(secs "$a" "$b") s, $gets GETs, $((down >> 20)) MiB down"
   done
 fi
 printf "target\tworkload\tseconds\tMB/s\tumount_s\tPUTs\tMiB_up\tGETs\tMiB_down\tPUTs/GiB\tGiB_up/GiB\n"
