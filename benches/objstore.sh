@@ -19,7 +19,7 @@
 # bytes of `idcfs status --json` (requests and bytes uploaded per logical GiB).
 #
 # The target `backlog` (not in the default TARGETS) measures writers against a full upload
-# backlog: --pack-mib 8 --cache-size $BACKLOG_CACHE --uploads 1 (uploads slower than writes),
+# backlog: --cache-size $BACKLOG_CACHE --uploads 1 (64 MiB packs; uploads slower than writes),
 # SIZE_MIB written in 1 MiB write() calls by one writer that records the MB written in each
 # second and the longest write() call, then fsync; once with the old backpressure
 # (IDCFS_BACKLOG=stall: full speed, then a wait of up to --store-timeout at each sealed pack
@@ -42,7 +42,7 @@ INPUT=${INPUT:-random}
 SIZE_MIB=${SIZE_MIB:-1024}
 TARGETS=${TARGETS:-local s3 s3-small}
 SMALL_CACHE=${SMALL_CACHE:-128M}
-BACKLOG_CACHE=${BACKLOG_CACHE:-32M}
+BACKLOG_CACHE=${BACKLOG_CACHE:-128M}
 WORK=$(mktemp -d /var/tmp/idcfs-objbench.XXXXXX)
 MOTO=${IDCFS_MOTO_SERVER:-$HOME/.cache/idcfs-ci/venv/bin/moto_server}
 [ -x "$MOTO" ] || { echo "no moto_server at $MOTO (.ci/run installs it)" >&2; exit 1; }
@@ -90,7 +90,7 @@ if [[ " $TARGETS " == *" backlog "* ]]; then
   for mode in stall smooth; do
     env=(); [ $mode = stall ] && env=(IDCFS_BACKLOG=stall)
     env "${env[@]}" "$IDCFS" mount "$MNT" --store "s3://bench/backlog-$mode" --cache "$WORK/backlog-$mode" \
-      --pack-mib 8 --cache-size "$BACKLOG_CACHE" --uploads 1 >/dev/null
+      --cache-size "$BACKLOG_CACHE" --uploads 1 >/dev/null
     python3 - "$WORK/input.bin" "$MNT/big" "$BYTES" "$mode" <<'PY'
 import os, sys, time
 src, dst, total, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
