@@ -77,7 +77,6 @@ const MAX_APPEND_DELAY: Duration = Duration::from_millis(250);
 const MIN_UPLOAD_RATE: f64 = 1e6;
 /// The estimate before anything was uploaded.
 const INITIAL_UPLOAD_RATE: f64 = 50e6;
-const RATE_SAMPLE: Duration = Duration::from_millis(500);
 
 /// How to reach the bucket and how to cache it.
 #[derive(Clone, Debug)]
@@ -317,11 +316,10 @@ struct Inner {
     stall_at_seal: bool,
 }
 
-/// What the uploader drained lately: bytes per second, smoothed, sampled at most every
-/// `RATE_SAMPLE`.
+/// How fast the uploader drains the backlog: bytes per second over all concurrent uploads,
+/// smoothed over the last few completed uploads (not sampled over time: one 64 MiB PUT
+/// completes at once, and a time-sampled rate would read zero while it is in flight).
 struct UploadRate {
-    at: Instant,
-    uploaded: u64,
     per_sec: f64,
     /// When the backlog-over-the-cache-size warning was logged last.
     warned: Option<Instant>,
@@ -648,7 +646,10 @@ impl Inner {
         let mut data = vec![0u8; len as usize];
         file.read_exact_at(&mut data, 0)?;
         let limit = self.cfg.timeout.max(Duration::from_secs(120));
+        let t0 = Instant::now();
         self.put(&self.pack_obj(pack), data, PutMode::Overwrite, limit)?;
+        let parallel = self.state.lock().uploading.len();
+        self.note_upload(len, t0.elapsed(), parallel);
         let segs = {
             let mut st = self.state.lock();
             st.remote.insert(pack, len);
@@ -680,20 +681,16 @@ impl Inner {
         (n, bytes)
     }
 
-    /// Bytes per second the uploader drained lately (smoothed; at least `MIN_UPLOAD_RATE`).
+    /// Bytes per second the uploader drains (at least `MIN_UPLOAD_RATE`).
     fn upload_rate(&self) -> f64 {
+        self.rate.lock().per_sec.max(MIN_UPLOAD_RATE)
+    }
+
+    /// Note a completed upload of `len` bytes that took `took`, `parallel` uploads running.
+    fn note_upload(&self, len: u64, took: Duration, parallel: usize) {
+        let now = len as f64 / took.as_secs_f64().max(1e-3) * parallel.max(1) as f64;
         let mut r = self.rate.lock();
-        let dt = r.at.elapsed();
-        if dt >= RATE_SAMPLE {
-            let up = self.counters.up.load(Ordering::Relaxed);
-            let now = up.saturating_sub(r.uploaded) as f64 / dt.as_secs_f64();
-            // Half weight to the newest sample: follows a store that slows down or stops
-            // within a few seconds, without jumping on one idle sample.
-            r.per_sec = 0.5 * r.per_sec + 0.5 * now;
-            r.at = Instant::now();
-            r.uploaded = up;
-        }
-        r.per_sec.max(MIN_UPLOAD_RATE)
+        r.per_sec = 0.7 * r.per_sec + 0.3 * now;
     }
 
     /// Slow a writer that appended `n` bytes, progressively: nothing while the upload
@@ -926,8 +923,6 @@ impl ObjectBackend {
             stop: AtomicBool::new(false),
             lease_held: AtomicBool::new(false),
             rate: Mutex::new(UploadRate {
-                at: Instant::now(),
-                uploaded: 0,
                 per_sec: INITIAL_UPLOAD_RATE,
                 warned: None,
             }),
