@@ -19,7 +19,8 @@
 # bytes of `idcfs status --json` (requests and bytes uploaded per logical GiB).
 #
 # The target `backlog` (not in the default TARGETS) measures writers against a full upload
-# backlog: --cache-size $BACKLOG_CACHE --uploads 1 (64 MiB packs; uploads slower than writes),
+# backlog: --cache-size $BACKLOG_CACHE --uploads 1 (64 MiB packs), the store reached through a
+# proxy that passes $BACKLOG_MBPS MB/s (default 20: uploads slower than writes),
 # SIZE_MIB written in 1 MiB write() calls by one writer that records the MB written in each
 # second and the longest write() call, then fsync; once with the old backpressure
 # (IDCFS_BACKLOG=stall: full speed, then a wait of up to --store-timeout at each sealed pack
@@ -54,7 +55,7 @@ MNT=$WORK/mnt
 mkdir -p "$MNT"
 cleanup() {
   mountpoint -q "$MNT" && { "$IDCFS" umount "$MNT" || fusermount3 -uz "$MNT"; }
-  kill "$MOTO_PID" 2>/dev/null || true
+  kill "$MOTO_PID" ${PROXY_PID:-} 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -87,14 +88,46 @@ mount_target() { # target run cache-name
 }
 if [[ " $TARGETS " == *" backlog "* ]]; then
   TARGETS=${TARGETS//backlog/}
+  # Uploads through a proxy that passes BACKLOG_MBPS MB/s (a slow link to the store): the
+  # backlog fills whatever the local disk's speed.
+  PROXY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 - "$PROXY_PORT" "$PORT" "${BACKLOG_MBPS:-20}" <<'PY' &
+import asyncio, sys, time
+listen, target, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) * 1e6
+budget = {"t": time.monotonic(), "sent": 0.0}
+async def pipe(r, w, limit):
+    try:
+        while data := await r.read(65536):
+            if limit:  # one shared budget for every upload stream
+                budget["sent"] += len(data)
+                ahead = budget["sent"] / rate - (time.monotonic() - budget["t"])
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            w.write(data)
+            await w.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        w.close()
+async def handle(cr, cw):
+    sr, sw = await asyncio.open_connection("127.0.0.1", target)
+    await asyncio.gather(pipe(cr, sw, True), pipe(sr, cw, False))
+async def main():
+    srv = await asyncio.start_server(handle, "127.0.0.1", listen)
+    async with srv:
+        await srv.serve_forever()
+asyncio.run(main())
+PY
+  PROXY_PID=$!
+  sleep 1
   for mode in stall smooth; do
-    env=(); [ $mode = stall ] && env=(IDCFS_BACKLOG=stall)
+    env=(AWS_ENDPOINT_URL=http://127.0.0.1:$PROXY_PORT); [ $mode = stall ] && env+=(IDCFS_BACKLOG=stall)
     env "${env[@]}" "$IDCFS" mount "$MNT" --store "s3://bench/backlog-$mode" --cache "$WORK/backlog-$mode" \
       --cache-size "$BACKLOG_CACHE" --uploads 1 >/dev/null
     python3 - "$WORK/input.bin" "$MNT/big" "$BYTES" "$mode" <<'PY'
 import os, sys, time
 src, dst, total, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-per_sec, worst, n = {}, 0.0, 0
+per_sec, lat, n = {}, [], 0
 with open(src, "rb") as i, open(dst, "wb", buffering=0) as o:
     t0 = time.monotonic()
     while n < total:
@@ -104,21 +137,24 @@ with open(src, "rb") as i, open(dst, "wb", buffering=0) as o:
         a = time.monotonic()
         o.write(b)
         z = time.monotonic()
-        worst = max(worst, z - a)
+        lat.append(z - a)
         n += len(b)
         per_sec[int(z - t0)] = per_sec.get(int(z - t0), 0) + len(b)
     w = time.monotonic()
     os.fsync(o.fileno())
     f = time.monotonic()
 secs = [per_sec.get(s, 0) / 1e6 for s in range(int(w - t0) + 1)]
-print(f"backlog {mode}: {n/1e6/(w-t0):.1f} MB/s over {w-t0:.1f} s of writes, fsync {f-w:.1f} s, "
-      f"longest write() {worst*1000:.0f} ms, seconds with nothing written {sum(1 for x in secs[:-1] if x == 0)}, "
-      f"min/median/max MB per second {min(secs[:-1] or [0]):.0f}/{sorted(secs)[len(secs)//2]:.0f}/{max(secs):.0f}")
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+print(f"backlog {mode}: {n/1e6/(w-t0):.1f} MB/s over {w-t0:.1f} s of writes, fsync {f-w:.1f} s; "
+      f"write() of 1 MiB: median {q(0.5):.0f} ms, p99 {q(0.99):.0f} ms, longest {lat[-1]*1000:.0f} ms, "
+      f"{sum(1 for x in lat if x > 1)} over 1 s; seconds with under 1 MB written {sum(1 for x in secs[:-1] if x < 1)}")
 print(f"backlog {mode} MB per second: " + " ".join(f"{x:.0f}" for x in secs))
 PY
     c=$(now); "$IDCFS" umount "$MNT"; d=$(now)
     echo "backlog $mode: umount $(secs "$c" "$d") s"
   done
+  kill "$PROXY_PID"
 fi
 if [[ " $TARGETS " == *" rebuild "* ]]; then
   TARGETS=${TARGETS//rebuild/}

@@ -669,6 +669,27 @@ impl Inner {
         Ok(())
     }
 
+    /// Bytes in the cache not yet in the bucket: the sealed packs waiting for upload and the
+    /// active pack's bytes past its uploaded segments. What the throttle looks at: it grows
+    /// with every append, not in steps of a whole pack at each seal.
+    fn pending_bytes(&self) -> u64 {
+        let st = self.state.lock();
+        st.local
+            .iter()
+            .map(|(p, l)| {
+                let done = if l.sealed {
+                    0
+                } else {
+                    st.segments
+                        .get(p)
+                        .and_then(|s| s.last())
+                        .map_or(0, |(o, n)| o + n)
+                };
+                l.appended.load(Ordering::Relaxed).saturating_sub(done)
+            })
+            .sum()
+    }
+
     /// Sealed local packs waiting for upload, and their bytes.
     fn backlog(&self) -> (u64, u64) {
         let st = self.state.lock();
@@ -691,6 +712,7 @@ impl Inner {
         let now = len as f64 / took.as_secs_f64().max(1e-3) * parallel.max(1) as f64;
         let mut r = self.rate.lock();
         r.per_sec = 0.7 * r.per_sec + 0.3 * now;
+        tracing::debug!(len, ?took, parallel, rate = r.per_sec, "upload rate");
     }
 
     /// Slow a writer that appended `n` bytes, progressively: nothing while the upload
@@ -700,7 +722,7 @@ impl Inner {
     /// so the backlog settles inside the band instead of writers running into a wall (the
     /// old behaviour: full speed, then a stall of up to the timeout at each sealed pack).
     fn throttle(&self, n: u64) {
-        let (_, backlog) = self.backlog();
+        let backlog = self.pending_bytes();
         let hard = self.cfg.cache_bytes as f64;
         let soft = hard * SOFT_BACKLOG;
         if (backlog as f64) <= soft {
@@ -722,6 +744,7 @@ impl Inner {
         let secs = n as f64 * over / self.upload_rate();
         let pause = Duration::from_secs_f64(secs.min(MAX_APPEND_DELAY.as_secs_f64()));
         if pause >= Duration::from_micros(50) {
+            tracing::trace!(n, backlog, over, ?pause, "writer slowed");
             std::thread::sleep(pause);
         }
     }
