@@ -33,9 +33,9 @@
 //! - The lease is created with a conditional PUT where the server honours one (probed at
 //!   each open); where it does not (Garage 2.5.0), by a check, a PUT and a read-back, which is
 //!   weaker and said so in the log.
-//! - Writers are never stopped by a full backlog, only slowed: past half the cache size each
-//!   append pauses in proportion to its size and to how far the backlog is over that soft
-//!   limit, at most `MAX_APPEND_DELAY` per append.
+//! - Writers are never stopped by a full backlog, only slowed: once the bytes not yet in the
+//!   bucket pass half the cache size, each append pauses in proportion to its size and to how
+//!   far they are over that soft limit, at most `MAX_APPEND_DELAY` per append.
 //! - Reads of uploaded packs go through 2 MiB chunks: the last few in memory, the rest in
 //!   `chunks/` (LRU, bounded by the cache size); a sequential reader gets the next chunks
 //!   fetched in parallel.
