@@ -75,7 +75,7 @@ const MAX_APPEND_DELAY: Duration = Duration::from_millis(250);
 /// Floor of the upload-rate estimate (bytes/s): with nothing drained lately (a store that
 /// is down) the pauses stay finite.
 const MIN_UPLOAD_RATE: f64 = 1e6;
-/// The estimate before anything was uploaded.
+/// The estimate before the first upload completed (which then replaces it).
 const INITIAL_UPLOAD_RATE: f64 = 50e6;
 
 /// How to reach the bucket and how to cache it.
@@ -321,6 +321,8 @@ struct Inner {
 /// completes at once, and a time-sampled rate would read zero while it is in flight).
 struct UploadRate {
     per_sec: f64,
+    /// Whether an upload completed yet (the first one replaces the initial guess outright).
+    measured: bool,
     /// When the backlog-over-the-cache-size warning was logged last.
     warned: Option<Instant>,
 }
@@ -711,7 +713,12 @@ impl Inner {
     fn note_upload(&self, len: u64, took: Duration, parallel: usize) {
         let now = len as f64 / took.as_secs_f64().max(1e-3) * parallel.max(1) as f64;
         let mut r = self.rate.lock();
-        r.per_sec = 0.7 * r.per_sec + 0.3 * now;
+        r.per_sec = if r.measured {
+            0.7 * r.per_sec + 0.3 * now
+        } else {
+            now
+        };
+        r.measured = true;
         tracing::debug!(len, ?took, parallel, rate = r.per_sec, "upload rate");
     }
 
@@ -947,6 +954,7 @@ impl ObjectBackend {
             lease_held: AtomicBool::new(false),
             rate: Mutex::new(UploadRate {
                 per_sec: INITIAL_UPLOAD_RATE,
+                measured: false,
                 warned: None,
             }),
             stall_at_seal: std::env::var("IDCFS_BACKLOG").is_ok_and(|v| v == "stall"),
