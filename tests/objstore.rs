@@ -1,6 +1,8 @@
 //! The object-store backend (`--store s3://bucket/prefix`) through real FUSE mounts against a
-//! real S3-compatible server (moto) on 127.0.0.1: round trips, empty caches, a fresh machine
-//! rebuilding from the bucket, kill -9 during uploads, a server outage, the writer lease.
+//! real S3-compatible server on 127.0.0.1: round trips, empty caches, a fresh machine
+//! rebuilding from the bucket, kill -9 during uploads, a server outage, the writer lease
+//! against moto (in memory, honours conditional PUTs); the server killed and restarted during
+//! writes, and the lease without conditional PUTs, against Garage (on disk).
 
 use crate::util::garage::Garage;
 use crate::util::s3::S3Server;
