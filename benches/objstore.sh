@@ -18,6 +18,20 @@
 # and prints, per target and workload, seconds, MB/s and, for s3, the PUT/GET requests and
 # bytes of `idcfs status --json` (requests and bytes uploaded per logical GiB).
 #
+# The target `backlog` (not in the default TARGETS) measures writers against a full upload
+# backlog: --cache-size $BACKLOG_CACHE --uploads 1 (64 MiB packs), the store reached through a
+# proxy that passes $BACKLOG_MBPS MB/s (default 20: uploads slower than writes),
+# SIZE_MIB written in 1 MiB write() calls by one writer that records the MB written in each
+# second and the longest write() call, then fsync; once with the old backpressure
+# (IDCFS_BACKLOG=stall: full speed, then a wait of up to --store-timeout at each sealed pack
+# while the backlog exceeds the cache size) and once with the default (each append slowed in
+# proportion to how far the backlog is past half the cache size).
+#
+# The target `rebuild` (not in the default TARGETS) writes SIZE_MIB once, then mounts it on an
+# empty cache with --cache-size $SMALL_CACHE (a new machine: the index is rebuilt from the
+# packs before the mount comes up) with each binary of $REBUILD_BINS (default $IDCFS; name an
+# older build too to compare), and prints the mount's seconds, GETs and MiB downloaded.
+#
 # Inputs: $BENCH_INPUTS (default /var/tmp/idcfs-bench/inputs, made by
 # benches/mount_throughput.sh): random.bin or text.bin (1 GiB) and tree.tar.
 # Usage (root): benches/objstore.sh     Knobs: INPUT=random|text SIZE_MIB TARGETS SMALL_CACHE
@@ -29,6 +43,7 @@ INPUT=${INPUT:-random}
 SIZE_MIB=${SIZE_MIB:-1024}
 TARGETS=${TARGETS:-local s3 s3-small}
 SMALL_CACHE=${SMALL_CACHE:-128M}
+BACKLOG_CACHE=${BACKLOG_CACHE:-128M}
 WORK=$(mktemp -d /var/tmp/idcfs-objbench.XXXXXX)
 MOTO=${IDCFS_MOTO_SERVER:-$HOME/.cache/idcfs-ci/venv/bin/moto_server}
 [ -x "$MOTO" ] || { echo "no moto_server at $MOTO (.ci/run installs it)" >&2; exit 1; }
@@ -40,7 +55,7 @@ MNT=$WORK/mnt
 mkdir -p "$MNT"
 cleanup() {
   mountpoint -q "$MNT" && { "$IDCFS" umount "$MNT" || fusermount3 -uz "$MNT"; }
-  kill "$MOTO_PID" 2>/dev/null || true
+  kill "$MOTO_PID" ${PROXY_PID:-} 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -71,6 +86,95 @@ mount_target() { # target run cache-name
     s3-small) "$IDCFS" mount "$MNT" --store "s3://bench/$2" --cache "$WORK/$3" --cache-size "$SMALL_CACHE" >/dev/null ;;
   esac
 }
+if [[ " $TARGETS " == *" backlog "* ]]; then
+  TARGETS=${TARGETS//backlog/}
+  # Uploads through a proxy that passes BACKLOG_MBPS MB/s (a slow link to the store): the
+  # backlog fills whatever the local disk's speed.
+  PROXY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 - "$PROXY_PORT" "$PORT" "${BACKLOG_MBPS:-20}" <<'PY' &
+import asyncio, sys, time
+listen, target, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) * 1e6
+budget = {"t": time.monotonic(), "sent": 0.0}
+async def pipe(r, w, limit):
+    try:
+        while data := await r.read(65536):
+            if limit:  # one shared budget for every upload stream
+                budget["sent"] += len(data)
+                ahead = budget["sent"] / rate - (time.monotonic() - budget["t"])
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            w.write(data)
+            await w.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        w.close()
+async def handle(cr, cw):
+    sr, sw = await asyncio.open_connection("127.0.0.1", target)
+    await asyncio.gather(pipe(cr, sw, True), pipe(sr, cw, False))
+async def main():
+    srv = await asyncio.start_server(handle, "127.0.0.1", listen)
+    async with srv:
+        await srv.serve_forever()
+asyncio.run(main())
+PY
+  PROXY_PID=$!
+  sleep 1
+  for mode in stall smooth; do
+    env=(AWS_ENDPOINT_URL=http://127.0.0.1:$PROXY_PORT); [ $mode = stall ] && env+=(IDCFS_BACKLOG=stall)
+    env "${env[@]}" "$IDCFS" mount "$MNT" --store "s3://bench/backlog-$mode" --cache "$WORK/backlog-$mode" \
+      --cache-size "$BACKLOG_CACHE" --uploads 1 >/dev/null
+    python3 - "$WORK/input.bin" "$MNT/big" "$BYTES" "$mode" <<'PY'
+import os, sys, time
+src, dst, total, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+per_sec, lat, n = {}, [], 0
+with open(src, "rb") as i, open(dst, "wb", buffering=0) as o:
+    t0 = time.monotonic()
+    while n < total:
+        b = i.read(1 << 20)
+        if not b:
+            break
+        a = time.monotonic()
+        o.write(b)
+        z = time.monotonic()
+        lat.append(z - a)
+        n += len(b)
+        per_sec[int(z - t0)] = per_sec.get(int(z - t0), 0) + len(b)
+    w = time.monotonic()
+    os.fsync(o.fileno())
+    f = time.monotonic()
+secs = [per_sec.get(s, 0) / 1e6 for s in range(int(w - t0) + 1)]
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+print(f"backlog {mode}: {n/1e6/(w-t0):.1f} MB/s over {w-t0:.1f} s of writes, fsync {f-w:.1f} s; "
+      f"write() of 1 MiB: median {q(0.5):.0f} ms, p99 {q(0.99):.0f} ms, longest {lat[-1]*1000:.0f} ms, "
+      f"{sum(1 for x in lat if x > 1)} over 1 s; seconds with under 1 MB written {sum(1 for x in secs[:-1] if x < 1)}")
+print(f"backlog {mode} MB per second: " + " ".join(f"{x:.0f}" for x in secs))
+PY
+    c=$(now); "$IDCFS" umount "$MNT"; d=$(now)
+    echo "backlog $mode: umount $(secs "$c" "$d") s"
+  done
+  kill "$PROXY_PID"
+fi
+if [[ " $TARGETS " == *" rebuild "* ]]; then
+  TARGETS=${TARGETS//rebuild/}
+  "$IDCFS" mount "$MNT" --store s3://bench/rebuild --cache "$WORK/rebuild-w" >/dev/null
+  dd if="$WORK/input.bin" of="$MNT/big" bs=1M conv=fsync status=none
+  "$IDCFS" umount "$MNT"
+  rm -rf "$WORK/rebuild-w"
+  n=0
+  for bin in ${REBUILD_BINS:-$IDCFS}; do
+    n=$((n + 1))
+    a=$(now)
+    "$bin" mount "$MNT" --store s3://bench/rebuild --cache "$WORK/rebuild-$n" --cache-size "$SMALL_CACHE" >/dev/null
+    b=$(now)
+    st=$(IDCFS=$bin status || true)
+    read -r puts up gets down <<<"${st:-0 0 0 0}"
+    "$bin" umount "$MNT"
+    rm -rf "$WORK/rebuild-$n"
+    echo "rebuild ($bin): mount on an empty cache, --cache-size $SMALL_CACHE, $SIZE_MIB MiB store: $(secs "$a" "$b") s, $gets GETs, $((down >> 20)) MiB down"
+  done
+fi
 printf "target\tworkload\tseconds\tMB/s\tumount_s\tPUTs\tMiB_up\tGETs\tMiB_down\tPUTs/GiB\tGiB_up/GiB\n"
 for t in $TARGETS; do
   # sequential write, then umount (s3: waits for every upload)

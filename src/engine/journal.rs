@@ -3,7 +3,7 @@
 //! `commit` appends one record (metadata ops plus at most one block payload) and applies it to
 //! the index under one lock, so index order equals log order. Recovery replays the records
 //! after the index's `applied` position; `rebuild` recreates the index from the packs alone,
-//! starting at the newest complete checkpoint.
+//! starting at the newest complete checkpoint, reading each pack once.
 //!
 //! Invariants:
 //! - Every change to the index goes through `commit` (or replay of committed records).
@@ -23,6 +23,26 @@ use crate::store::{BlockHeader, Loc, LocalDir, PackBackend, PackLog, Record, Sca
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
+
+/// Metadata a rebuild keeps of the records it scanned (see `rebuild_inner`) before it
+/// reads the packs a second time instead.
+const REBUILD_KEEP_BYTES: usize = 256 << 20;
+
+/// A scanned record without its block payload: what applying it to the index needs.
+struct Kept {
+    loc: Loc,
+    seq: u64,
+    version: u8,
+    meta: Vec<u8>,
+    block: Option<(BlockHeader, u32)>,
+}
+
+impl Kept {
+    /// Memory it holds, roughly.
+    fn cost(&self) -> usize {
+        std::mem::size_of::<Kept>() + self.meta.len()
+    }
+}
 
 pub struct Journal {
     pub log: PackLog,
@@ -537,21 +557,32 @@ impl Journal {
         // taking the records before it along.
         let batching = self.index.batching();
         self.index.set_batching(false)?;
-        let rec = self.rebuild_inner();
+        let rec = self.rebuild_inner(REBUILD_KEEP_BYTES);
         if batching {
             self.index.set_batching(true)?;
         }
         rec
     }
 
-    fn rebuild_inner(&self) -> Result<Recovery> {
+    fn rebuild_inner(&self, keep_limit: usize) -> Result<Recovery> {
         self.index.clear()?;
         let packs = self.log.backend().list()?;
-        // Pass 1: the newest complete checkpoint.
+        // One pass over the packs (each is read once, which over an object store means each
+        // byte is fetched once even when the packs outgrow the read cache): it finds the newest
+        // complete checkpoint and keeps the metadata of every record that may still be needed
+        // (those from the newest complete checkpoint found so far on; block payloads are not
+        // kept, only their headers and lengths). Should the kept metadata outgrow
+        // `keep_limit`, or a checkpoint come that starts before one already found,
+        // the records are read again from the packs instead (the old second pass).
         let mut open_cp: Option<u64> = None;
         let mut done_cp: Option<u64> = None;
+        let mut kept: Vec<Kept> = Vec::new();
+        let mut kept_bytes = 0usize;
+        let mut pruned_to = 0u64;
+        let mut overflow = false;
+        let mut ends = Vec::with_capacity(packs.len());
         for &p in &packs {
-            self.log.scan(p, 0, |_, r| {
+            let end = self.log.scan(p, 0, |loc, r| {
                 if let Ok(ops) = decode_ops(r.version, &r.meta) {
                     for op in &ops {
                         match op {
@@ -563,8 +594,41 @@ impl Journal {
                         }
                     }
                 }
+                if overflow {
+                    return Ok(());
+                }
+                if let Some(b) = done_cp {
+                    if b < pruned_to {
+                        overflow = true;
+                        kept = Vec::new();
+                        return Ok(());
+                    }
+                    if b > pruned_to {
+                        kept.retain(|k| k.seq >= b);
+                        kept_bytes = kept.iter().map(Kept::cost).sum();
+                        pruned_to = b;
+                    }
+                }
+                let k = Kept {
+                    loc,
+                    seq: r.seq,
+                    version: r.version,
+                    block: r.block.map(|(h, p)| (h, p.len() as u32)),
+                    meta: r.meta,
+                };
+                kept_bytes += k.cost();
+                if kept_bytes > keep_limit {
+                    tracing::info!(
+                        "index rebuild: the records since the last checkpoint are too many to keep; reading the packs a second time"
+                    );
+                    overflow = true;
+                    kept = Vec::new();
+                } else {
+                    kept.push(k);
+                }
                 Ok(())
             })?;
+            ends.push((p, end));
         }
         let start = done_cp.unwrap_or(0);
         let mut rec = Recovery {
@@ -572,41 +636,53 @@ impl Journal {
             ..Default::default()
         };
         let mut last_seq = 0;
+        let mut apply = |k: &Kept| -> Result<()> {
+            if k.seq < start || k.seq <= last_seq {
+                return Ok(());
+            }
+            // Its sequence number is used even if the record is skipped, so it is never
+            // handed out again.
+            last_seq = k.seq;
+            let loc = k.loc;
+            let ops = match decode_ops(k.version, &k.meta) {
+                Ok(ops) => ops,
+                // Ops of a newer writer: refuse rather than rebuild without them.
+                Err(e @ Error::Store(crate::store::StoreError::Unsupported(_))) => return Err(e),
+                Err(e) => {
+                    tracing::error!(?loc, "skipping a record whose metadata cannot be read: {e}");
+                    return Ok(());
+                }
+            };
+            if let Err(e) =
+                self.index
+                    .apply(k.seq, loc, &ops, k.block.as_ref().map(|(h, n)| (h, *n)))
+            {
+                tracing::error!(?loc, "skipping a record that cannot be applied: {e}");
+                return Ok(());
+            }
+            rec.replayed += 1;
+            Ok(())
+        };
+        if overflow {
+            for &p in &packs {
+                self.log.scan(p, 0, |loc, r| {
+                    apply(&Kept {
+                        loc,
+                        seq: r.seq,
+                        version: r.version,
+                        block: r.block.map(|(h, p)| (h, p.len() as u32)),
+                        meta: r.meta,
+                    })
+                })?;
+            }
+        } else {
+            for k in &kept {
+                apply(k)?;
+            }
+        }
+        drop(kept);
         let last_pack = packs.last().copied();
-        for &p in &packs {
-            let end = self.log.scan(p, 0, |loc, r| {
-                if r.seq < start || r.seq <= last_seq {
-                    return Ok(());
-                }
-                // Its sequence number is used even if the record is skipped, so it is never
-                // handed out again.
-                last_seq = r.seq;
-                let ops = match decode_ops(r.version, &r.meta) {
-                    Ok(ops) => ops,
-                    // Ops of a newer writer: refuse rather than rebuild without them.
-                    Err(e @ Error::Store(crate::store::StoreError::Unsupported(_))) => {
-                        return Err(e)
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            ?loc,
-                            "skipping a record whose metadata cannot be read: {e}"
-                        );
-                        return Ok(());
-                    }
-                };
-                if let Err(e) = self.index.apply(
-                    r.seq,
-                    loc,
-                    &ops,
-                    r.block.as_ref().map(|(h, p)| (h, p.len() as u32)),
-                ) {
-                    tracing::error!(?loc, "skipping a record that cannot be applied: {e}");
-                    return Ok(());
-                }
-                rec.replayed += 1;
-                Ok(())
-            })?;
+        for (p, end) in ends {
             if let ScanEnd::Torn { off, reason, .. } = end {
                 if Some(p) == last_pack {
                     self.log.truncate_active(off)?;
@@ -705,5 +781,89 @@ impl Journal {
         }
         emit(&[Op::CheckpointEnd { begin_seq: begin }], &mut seq)?;
         Ok(begin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{Inode, Kind};
+
+    fn inode(ino: Ino, size: u64) -> Inode {
+        Inode {
+            ino,
+            kind: Kind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size,
+            rdev: 0,
+            atime: Default::default(),
+            mtime: Default::default(),
+            ctime: Default::default(),
+            crtime: Default::default(),
+            parent: 1,
+            target: Vec::new(),
+            flags: 0,
+        }
+    }
+
+    fn inodes(j: &Journal) -> Vec<Inode> {
+        j.index
+            .all_inodes()
+            .map(|i| i.unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    /// The one-pass rebuild (metadata kept from the newest complete checkpoint on) and its
+    /// fallback (the packs read a second time, when the kept metadata outgrows its budget)
+    /// give the index the journal describes, across packs and a checkpoint.
+    #[test]
+    fn rebuild_in_one_pass_and_its_fallback_agree() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let backend: Arc<dyn PackBackend> =
+            Arc::new(LocalDir::open(&dir.path().join("packs")).unwrap_or_else(|e| panic!("{e}")));
+        let (j, _) = Journal::open_with(
+            backend,
+            &dir.path().join("index.redb"),
+            dir.path(),
+            1 << 20,
+            1024,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..50u64 {
+            j.commit(&[Op::PutInode(inode(100 + i, i))], None)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        j.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..50u64 {
+            let op = if i % 3 == 0 {
+                Op::DelInode { ino: 100 + i }
+            } else {
+                Op::PutInode(inode(100 + i, 1000 + i))
+            };
+            j.commit(&[op], None).unwrap_or_else(|e| panic!("{e}"));
+        }
+        j.commit(&[Op::PutInode(inode(500, 5))], None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let want = inodes(&j);
+        assert!(
+            j.log.backend().list().unwrap_or_default().len() > 3,
+            "the records should span several packs"
+        );
+        j.index
+            .set_batching(false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let one = j
+            .rebuild_inner(REBUILD_KEEP_BYTES)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(inodes(&j), want, "one-pass rebuild");
+        let two = j.rebuild_inner(0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(inodes(&j), want, "two-pass rebuild");
+        assert_eq!(one.replayed, two.replayed);
+        // Started at the checkpoint: not every record since the first was applied.
+        assert!(one.replayed < 102, "replayed {}", one.replayed);
     }
 }

@@ -30,6 +30,12 @@
 //!   local pack but the newest is sealed and queued for upload.
 //! - Reads wait for the store a bounded time (the configured timeout per request, twice
 //!   when a read-ahead of the same chunk was in flight) and then fail with EIO, never hang.
+//! - The lease is created with a conditional PUT where the server honours one (probed at
+//!   each open); where it does not (Garage 2.5.0), by a check, a PUT and a read-back, which is
+//!   weaker and said so in the log.
+//! - Writers are never stopped by a full backlog, only slowed: once the bytes not yet in the
+//!   bucket pass half the cache size, each append pauses in proportion to its size and to how
+//!   far they are over that soft limit, at most `MAX_APPEND_DELAY` per append.
 //! - Reads of uploaded packs go through 2 MiB chunks: the last few in memory, the rest in
 //!   `chunks/` (LRU, bounded by the cache size); a sequential reader gets the next chunks
 //!   fetched in parallel.
@@ -61,6 +67,16 @@ const FETCH_LOCKS: usize = 16;
 /// Chunks a sequential reader gets fetched ahead of it, in parallel.
 const READ_AHEAD: u64 = 4;
 const MANIFEST_TEXT: &str = "idcfs-object-store 1\n";
+/// Writers are slowed once the upload backlog passes this fraction of the cache size.
+const SOFT_BACKLOG: f64 = 0.5;
+/// Longest pause of one append: an unreachable store slows writers to a crawl, never to a
+/// stop (the cache grows instead).
+const MAX_APPEND_DELAY: Duration = Duration::from_millis(250);
+/// Floor of the upload-rate estimate (bytes/s): with nothing drained lately (a store that
+/// is down) the pauses stay finite.
+const MIN_UPLOAD_RATE: f64 = 1e6;
+/// The estimate before the first upload completed (which then replaces it).
+const INITIAL_UPLOAD_RATE: f64 = 50e6;
 
 /// How to reach the bucket and how to cache it.
 #[derive(Clone, Debug)]
@@ -69,7 +85,8 @@ pub struct ObjectConfig {
     pub url: String,
     /// Local cache directory (packs not yet uploaded, the read cache; the index beside them).
     pub cache_dir: PathBuf,
-    /// Read-cache bound in bytes; also the upload backlog at which writers are slowed.
+    /// Read-cache bound in bytes; also the upload backlog at which writers go no faster than
+    /// the uploads drain (they are slowed progressively from half of it).
     pub cache_bytes: u64,
     /// `--fsync=local`: fsync returns once data is on local disk (weaker: see README).
     pub fsync_local: bool,
@@ -292,6 +309,22 @@ struct Inner {
     health: Mutex<(bool, Option<String>)>,
     stop: AtomicBool,
     lease_held: AtomicBool,
+    /// Upload throughput estimate for the writer throttle.
+    rate: Mutex<UploadRate>,
+    /// The old backpressure (a writer waits at each seal while the backlog exceeds the cache
+    /// size), kept only to compare against in benchmarks: `IDCFS_BACKLOG=stall`.
+    stall_at_seal: bool,
+}
+
+/// How fast the uploader drains the backlog: bytes per second over all concurrent uploads,
+/// smoothed over the last few completed uploads (not sampled over time: one 64 MiB PUT
+/// completes at once, and a time-sampled rate would read zero while it is in flight).
+struct UploadRate {
+    per_sec: f64,
+    /// Whether an upload completed yet (the first one replaces the initial guess outright).
+    measured: bool,
+    /// When the backlog-over-the-cache-size warning was logged last.
+    warned: Option<Instant>,
 }
 
 /// The object-store pack backend.
@@ -615,7 +648,10 @@ impl Inner {
         let mut data = vec![0u8; len as usize];
         file.read_exact_at(&mut data, 0)?;
         let limit = self.cfg.timeout.max(Duration::from_secs(120));
+        let t0 = Instant::now();
         self.put(&self.pack_obj(pack), data, PutMode::Overwrite, limit)?;
+        let parallel = self.state.lock().uploading.len();
+        self.note_upload(len, t0.elapsed(), parallel);
         let segs = {
             let mut st = self.state.lock();
             st.remote.insert(pack, len);
@@ -635,6 +671,27 @@ impl Inner {
         Ok(())
     }
 
+    /// Bytes in the cache not yet in the bucket: the sealed packs waiting for upload and the
+    /// active pack's bytes past its uploaded segments. What the throttle looks at: it grows
+    /// with every append, not in steps of a whole pack at each seal.
+    fn pending_bytes(&self) -> u64 {
+        let st = self.state.lock();
+        st.local
+            .iter()
+            .map(|(p, l)| {
+                let done = if l.sealed {
+                    0
+                } else {
+                    st.segments
+                        .get(p)
+                        .and_then(|s| s.last())
+                        .map_or(0, |(o, n)| o + n)
+                };
+                l.appended.load(Ordering::Relaxed).saturating_sub(done)
+            })
+            .sum()
+    }
+
     /// Sealed local packs waiting for upload, and their bytes.
     fn backlog(&self) -> (u64, u64) {
         let st = self.state.lock();
@@ -645,6 +702,72 @@ impl Inner {
             bytes += l.appended.load(Ordering::Relaxed);
         }
         (n, bytes)
+    }
+
+    /// Bytes per second the uploader drains (at least `MIN_UPLOAD_RATE`).
+    fn upload_rate(&self) -> f64 {
+        self.rate.lock().per_sec.max(MIN_UPLOAD_RATE)
+    }
+
+    /// Note a completed upload of `len` bytes that took `took`, `parallel` uploads running.
+    fn note_upload(&self, len: u64, took: Duration, parallel: usize) {
+        let now = len as f64 / took.as_secs_f64().max(1e-3) * parallel.max(1) as f64;
+        let mut r = self.rate.lock();
+        r.per_sec = if r.measured {
+            0.7 * r.per_sec + 0.3 * now
+        } else {
+            now
+        };
+        r.measured = true;
+        tracing::debug!(len, ?took, parallel, rate = r.per_sec, "upload rate");
+    }
+
+    /// Slow a writer that appended `n` bytes, progressively: nothing while the upload
+    /// backlog is under `SOFT_BACKLOG` of the cache size; beyond it, a pause of
+    /// `n / upload rate` times how far the backlog is into the band between the soft limit
+    /// and the cache size. At the cache size a writer goes no faster than the uploads drain,
+    /// so the backlog settles inside the band instead of writers running into a wall (the
+    /// old behaviour: full speed, then a stall of up to the timeout at each sealed pack).
+    fn throttle(&self, n: u64) {
+        let backlog = self.pending_bytes();
+        let hard = self.cfg.cache_bytes as f64;
+        let soft = hard * SOFT_BACKLOG;
+        if (backlog as f64) <= soft {
+            return;
+        }
+        let over = (backlog as f64 - soft) / (hard - soft).max(1.0);
+        if over > 1.0 {
+            let mut r = self.rate.lock();
+            if r.warned
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+            {
+                r.warned = Some(Instant::now());
+                tracing::warn!(
+                    backlog,
+                    "the upload backlog exceeds the cache size: writers are slowed (is the object store reachable?)"
+                );
+            }
+        }
+        let secs = n as f64 * over / self.upload_rate();
+        let pause = Duration::from_secs_f64(secs.min(MAX_APPEND_DELAY.as_secs_f64()));
+        if pause >= Duration::from_micros(50) {
+            tracing::trace!(n, backlog, over, ?pause, "writer slowed");
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// The old backpressure (`IDCFS_BACKLOG=stall`, benchmarks only): wait at a seal while
+    /// the backlog exceeds the cache size, for at most the timeout.
+    fn stall_until_drained(&self) {
+        let deadline = Instant::now() + self.cfg.timeout;
+        loop {
+            let (_, bytes) = self.backlog();
+            if bytes <= self.cfg.cache_bytes || Instant::now() >= deadline {
+                return;
+            }
+            let mut st = self.state.lock();
+            self.changed.wait_for(&mut st, Duration::from_millis(100));
+        }
     }
 
     /// The uploader: sealed packs go up with bounded concurrency; a failed upload stays in
@@ -787,6 +910,9 @@ struct Lease {
     pid: u32,
     cache: String,
     since: u64,
+    /// Random: tells two takers apart where the lease is taken without a conditional PUT.
+    #[serde(default)]
+    token: String,
 }
 
 fn hostname() -> String {
@@ -826,6 +952,12 @@ impl ObjectBackend {
             health: Mutex::new((true, None)),
             stop: AtomicBool::new(false),
             lease_held: AtomicBool::new(false),
+            rate: Mutex::new(UploadRate {
+                per_sec: INITIAL_UPLOAD_RATE,
+                measured: false,
+                warned: None,
+            }),
+            stall_at_seal: std::env::var("IDCFS_BACKLOG").is_ok_and(|v| v == "stall"),
             cfg,
         });
         Self::start(inner)
@@ -1020,9 +1152,51 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// One writer at a time: create the lease object only if it does not exist (conditional PUT).
+/// Whether the server honours a conditional PUT (`If-None-Match: *`): a create of the
+/// MANIFEST, which exists, must be refused. Garage 2.5.0, for one, ignores the header and
+/// overwrites (harmless here: the same bytes).
+fn conditional_put_works(inner: &Inner) -> io::Result<bool> {
+    match inner.put(
+        &inner.path("MANIFEST"),
+        MANIFEST_TEXT.as_bytes().to_vec(),
+        PutMode::Create,
+        inner.cfg.timeout,
+    ) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
+        Ok(()) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// How long a lease taken without a conditional PUT is left before it is read back.
+const LEASE_SETTLE: Duration = Duration::from_secs(2);
+
+/// Take the lease on a server without conditional PUTs: only when there is none, then read
+/// it back after `LEASE_SETTLE` to see that no other taker overwrote it meanwhile (of two
+/// racing takers, the one whose PUT landed last keeps it; the other sees it and backs off).
+/// Weaker than a conditional PUT: a taker whose GET and PUT are more than `LEASE_SETTLE`
+/// apart can still overwrite a lease taken in between. Returns whether we hold it.
+fn take_lease_unconditionally(inner: &Inner, obj: &ObjPath, body: &[u8]) -> io::Result<bool> {
+    match inner.get_all(obj) {
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    inner.put(obj, body.to_vec(), PutMode::Overwrite, inner.cfg.timeout)?;
+    std::thread::sleep(LEASE_SETTLE);
+    match inner.get_all(obj) {
+        Ok(b) => Ok(b.as_ref() == body),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// One writer at a time: create the lease object only if it does not exist (conditional PUT;
+/// a check, put and read-back where the server ignores conditional PUTs).
 fn take_lease(inner: &Inner) -> io::Result<()> {
     let obj = inner.path("lease");
+    let mut token = [0u8; 16];
+    getrandom::fill(&mut token).map_err(|e| other(e.to_string()))?;
     let me = Lease {
         host: hostname(),
         pid: std::process::id(),
@@ -1030,15 +1204,25 @@ fn take_lease(inner: &Inner) -> io::Result<()> {
         since: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        token: hex::encode(token),
     };
     let body = serde_json::to_vec(&me).map_err(|e| other(e.to_string()))?;
-    match inner.put(&obj, body.clone(), PutMode::Create, inner.cfg.timeout) {
-        Ok(()) => {
-            inner.lease_held.store(true, Ordering::Relaxed);
-            return Ok(());
+    let taken = if conditional_put_works(inner)? {
+        match inner.put(&obj, body.clone(), PutMode::Create, inner.cfg.timeout) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
+    } else {
+        tracing::warn!(
+            "{}: the object store ignores conditional PUTs (If-None-Match); the writer lease is taken by a check, a PUT and a read-back {LEASE_SETTLE:?} later instead, which two mounts started at the same moment could still both pass",
+            inner.cfg.url
+        );
+        take_lease_unconditionally(inner, &obj, &body)?
+    };
+    if taken {
+        inner.lease_held.store(true, Ordering::Relaxed);
+        return Ok(());
     }
     let held = inner.get_all(&obj)?;
     let holder: Option<Lease> = serde_json::from_slice(&held).ok();
@@ -1273,24 +1457,10 @@ impl PackBackend for ObjectBackend {
             }
         }
         inner.changed.notify_all();
-        // A backlog beyond the cache size slows the writer (this is under the log's append
-        // lock) until uploads catch up, for at most the time bound: with the store down, the
-        // cache grows instead of the mount stalling.
-        let deadline = Instant::now() + inner.cfg.timeout;
-        loop {
-            let (_, bytes) = inner.backlog();
-            if bytes <= inner.cfg.cache_bytes || Instant::now() >= deadline {
-                if bytes > inner.cfg.cache_bytes {
-                    tracing::warn!(
-                        backlog = bytes,
-                        "the upload backlog exceeds the cache size (is the object store reachable?)"
-                    );
-                }
-                return Ok(());
-            }
-            let mut st = inner.state.lock();
-            inner.changed.wait_for(&mut st, Duration::from_millis(100));
+        if inner.stall_at_seal {
+            inner.stall_until_drained();
         }
+        Ok(())
     }
 
     fn is_sealed(&self, pack: PackId) -> bool {
@@ -1390,6 +1560,9 @@ impl PackAppender for ObjectAppender {
         (&*self.file).write_all(bytes)?;
         self.appended
             .fetch_add(bytes.len() as u64, Ordering::Release);
+        if !self.inner.stall_at_seal {
+            self.inner.throttle(bytes.len() as u64);
+        }
         Ok(())
     }
     fn sync(&self) -> io::Result<()> {

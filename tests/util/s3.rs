@@ -1,7 +1,7 @@
 //! A real S3-compatible server for the object-store tests: moto's server (`moto_server`,
 //! from PyPI `moto[server]`; `.ci/run` installs it in `$HOME/.cache/idcfs-ci/venv`), started
 //! on 127.0.0.1 on a free port, one per test. Found through `IDCFS_MOTO_SERVER`, then the CI
-//! venv, then `PATH`. Missing: a test fails under CI=true and says it skipped otherwise.
+//! venv, then `PATH`. Missing: the test fails (it is never skipped).
 //!
 //! moto keeps its objects in memory, so an outage is simulated by freezing the process
 //! (SIGSTOP: every request hangs, the harder case for timeouts) and thawing it (SIGCONT).
