@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut last_begin = None;
     let mut complete = 0u64;
     let mut all = Vec::new();
+    let (mut plain_cp, mut packed_cp) = (0u64, 0u64);
     for p in backend.list()? {
         log.scan(p, 0, |loc, rec| {
             let ops = decode_ops(rec.version, &rec.meta).unwrap_or_default();
@@ -49,6 +50,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             let pl = rec.block.as_ref().map_or(0, |(_, p)| p.len() as u64);
+            if kind(&ops, pl > 0) == "checkpoint" {
+                // What the same ops take unpacked (before format 2 revision 4).
+                plain_cp += idcfs::meta::encode_ops(&ops).len() as u64;
+                packed_cp += rec.meta.len() as u64;
+            }
             all.push((
                 rec.seq,
                 kind(&ops, pl > 0),
@@ -67,6 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         e.3 += n;
     }
     println!("newest complete checkpoint begins at seq {complete}");
+    println!("checkpoint op lists: {packed_cp} bytes as written, {plain_cp} bytes unpacked");
     println!(
         "{:<20} {:>6} {:>9} {:>12} {:>14} {:>10}",
         "kind", "newer", "records", "meta bytes", "payload bytes", "ops"
