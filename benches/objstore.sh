@@ -32,6 +32,10 @@
 # packs before the mount comes up) with each binary of $REBUILD_BINS (default $IDCFS; name an
 # older build too to compare), and prints the mount's seconds, GETs and MiB downloaded.
 #
+# The target `corpus` (not in the default TARGETS) copies the dev corpus ($CORPUS, default
+# /var/tmp/corpus, built by ../shared/corpus/make-dev-corpus.sh when missing) in, unmounts,
+# mounts on an empty cache (a new machine) and checks every file and every block.
+#
 # Inputs: $BENCH_INPUTS (default /var/tmp/idcfs-bench/inputs, made by
 # benches/mount_throughput.sh): random.bin or text.bin (1 GiB) and tree.tar.
 # Usage (root): benches/objstore.sh     Knobs: INPUT=random|text SIZE_MIB TARGETS SMALL_CACHE
@@ -174,6 +178,28 @@ if [[ " $TARGETS " == *" rebuild "* ]]; then
     rm -rf "$WORK/rebuild-$n"
     echo "rebuild ($bin): mount on an empty cache, --cache-size $SMALL_CACHE, $SIZE_MIB MiB store: $(secs "$a" "$b") s, $gets GETs, $((down >> 20)) MiB down"
   done
+fi
+if [[ " $TARGETS " == *" corpus "* ]]; then
+  TARGETS=${TARGETS//corpus/}
+  # The dev corpus through the bucket: cp -a in, umount (every upload done), then a new
+  # machine (an empty cache directory: the index is rebuilt from the bucket) checks every
+  # file against the corpus manifest, and fsck reads every block.
+  CORPUS=${CORPUS:-/var/tmp/corpus}
+  [ -f "$CORPUS/MANIFEST.sha256" ] || bash ../shared/corpus/make-dev-corpus.sh "$CORPUS" >/dev/null
+  "$IDCFS" mount "$MNT" --store s3://bench/corpus --cache "$WORK/corpus-1" >/dev/null
+  a=$(now); cp -a "$CORPUS/." "$MNT/"; sync; b=$(now)
+  "$IDCFS" umount "$MNT"; c=$(now)
+  rm -rf "$WORK/corpus-1"
+  "$IDCFS" mount "$MNT" --store s3://bench/corpus --cache "$WORK/corpus-2" >/dev/null; d=$(now)
+  (cd "$MNT" && sha256sum --quiet -c MANIFEST.sha256) && ok=verified || ok="VERIFY FAILED"
+  e=$(now)
+  st=$(status || true)
+  read -r puts up gets down <<<"${st:-0 0 0 0}"
+  "$IDCFS" umount "$MNT"
+  "$IDCFS" fsck s3://bench/corpus --cache "$WORK/corpus-2" >"$WORK/fsck.out" 2>&1 && f="fsck clean" || f="FSCK FAILED: $(tail -3 "$WORK/fsck.out")"
+  n=$(find "$CORPUS" -type f ! -name MANIFEST.sha256 | wc -l)
+  echo "corpus: $n files, $(du -sb --exclude=MANIFEST.sha256 "$CORPUS" | cut -f1) bytes; cp -a + sync $(secs "$a" "$b") s, umount $(secs "$b" "$c") s; mount on an empty cache (index rebuilt from the bucket) $(secs "$c" "$d") s; every file read back and checked against the manifest in $(secs "$d" "$e") s: $ok ($gets GETs, $((down >> 20)) MiB down); $f"
+  rm -rf "$WORK/corpus-2"
 fi
 printf "target\tworkload\tseconds\tMB/s\tumount_s\tPUTs\tMiB_up\tGETs\tMiB_down\tPUTs/GiB\tGiB_up/GiB\n"
 for t in $TARGETS; do
