@@ -43,7 +43,7 @@ pub use self::deflate_tokens::{
 };
 pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
-pub use self::learned_image::LearnedImage;
+pub use self::learned_image::{bench as learned_bench, LearnedImage};
 pub use self::lossy_audio::{audio_matches_layout, opus_bitrate, pcm_snr, WavOpus};
 pub use self::lossy_image::{image_psnr, ImageWebp};
 pub use self::raw::Raw;

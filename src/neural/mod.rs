@@ -75,6 +75,9 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// One output of a model run: its shape and values.
+pub type Output = (Vec<usize>, Vec<f32>);
+
 /// A loaded ONNX Runtime.
 pub struct Runtime {
     /// The library that was loaded.
@@ -305,7 +308,7 @@ impl Runtime {
         threads: Option<usize>,
         shape: &[usize],
         input: Vec<f32>,
-    ) -> Result<Vec<(Vec<usize>, Vec<f32>)>, String> {
+    ) -> Result<Vec<Output>, String> {
         let s = match threads {
             None => self.session(model)?,
             Some(n) => Arc::new(Mutex::new(self.build_session_with(model, n)?)),
