@@ -1091,6 +1091,15 @@ mod tests {
         }
     }
 
+    /// The shipped model never changes: payloads name it by this hash.
+    #[test]
+    fn builtin_model_hash_is_pinned() {
+        assert_eq!(
+            hex(&model().id),
+            "dc0b858d88fb33b3f27d96bf361f140df9823f58d64e30cd572c3282971b7d76"
+        );
+    }
+
     /// A block written by model A still decodes, to the same bytes, after model B ships
     /// (B encodes from then on); a build without A refuses A's payload naming A.
     #[test]
