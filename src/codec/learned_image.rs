@@ -853,8 +853,8 @@ impl Codec for LearnedImage {
         builtin().map_err(|e| format!("learned image model: {e}"))?;
         match crate::neural::loaded() {
             Some(Ok(_)) => Ok(()),
-            Some(Err(why)) => Err(format!("ONNX Runtime unavailable: {why}")),
-            None => Err("ONNX Runtime not loaded".into()),
+            Some(Err(why)) => Err(format!("needs ONNX Runtime, which did not load: {why}")),
+            None => Err("needs ONNX Runtime, not loaded yet".into()),
         }
     }
 
