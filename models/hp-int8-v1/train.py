@@ -1,6 +1,6 @@
 """Train hp-int8-v1 on CPU (see README.md for the data and its pins).
 
-usage: train.py DATA_DIR OUT.pt SECONDS [--resume CKPT] [--lr LR]
+usage: train.py DATA_DIR OUT.pt SECONDS [--resume CKPT] [--lr LR] [--seed N]
 DATA_DIR holds the training photos (extracted from the pinned Debian packages by
 fetch_data.sh). Each photo is loaded at two scales (short side 512 and 768, Lanczos: the
 wallpapers are JPEGs, downscaling hides their blocking); training draws random 128x128 crops.
@@ -80,8 +80,9 @@ def main():
         lr = float(sys.argv[sys.argv.index("--lr") + 1])
     imgs = load(data_dir)
     print(f"{len(imgs)} training pictures", flush=True)
-    rng = random.Random(1)
-    torch.manual_seed(1)
+    seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 1
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     t0 = time.time()
     step = 0
