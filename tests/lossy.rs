@@ -362,3 +362,85 @@ fn lossy_wav_under_policy() {
     let (code, out) = m.fsck();
     assert_eq!(code, 0, "fsck: {out}");
 }
+
+/// PSNR target the learned model reaches on the test photos (see models/hp-int8-v1/README.md).
+const LEARNED_TARGET: f64 = 22.0;
+
+/// With ONNX Runtime present and `image-webp` disabled, `lossy=image:psnr=…` stores RGB PNG
+/// photos with the learned codec (`image-learned`): read back as valid PNGs meeting the
+/// target, `st_size` equal to the bytes read and stable across a remount, smaller than the
+/// lossless sibling, whose bytes never change; fsck decodes every block.
+#[test]
+fn learned_codec_stores_photos_under_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("config.toml");
+    std::fs::write(&conf, "[codecs]\ndisabled = [\"image-webp\"]\n").unwrap();
+    let mut m = Mounted::with_args(&["--device", "cpu", "--config", conf.to_str().unwrap()]);
+    assert!(
+        !runtime_status(&m).starts_with("unavailable"),
+        "ONNX Runtime is required: {}",
+        runtime_status(&m)
+    );
+    let (lossy, plain) = (m.path("lossy"), m.path("plain"));
+    std::fs::create_dir(&lossy).unwrap();
+    std::fs::create_dir(&plain).unwrap();
+    let policy = format!("lossy=image:psnr={LEARNED_TARGET}");
+    let out = m.idcfs(&["policy", "set", lossy.to_str().unwrap(), &policy]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let photos = photos();
+    for (name, bytes) in &photos {
+        std::fs::write(lossy.join(name), bytes).unwrap();
+        std::fs::write(plain.join(name), bytes).unwrap();
+    }
+    let out = m.idcfs(&["recompress", m.mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = |m: &Mounted, when: &str| -> Vec<(u64, String)> {
+        let mut seen = Vec::new();
+        for (name, orig) in &photos {
+            assert_eq!(
+                &std::fs::read(plain.join(name)).unwrap(),
+                orig,
+                "{when}: plain {name}"
+            );
+            let p = lossy.join(name);
+            let got = std::fs::read(&p).unwrap();
+            let size = std::fs::metadata(&p).unwrap().len();
+            assert_eq!(size, got.len() as u64, "{when}: st_size of {name}");
+            let db = idcfs::codec::image_psnr(orig, &got)
+                .unwrap_or_else(|| panic!("{when}: {name} does not read as a valid PNG"));
+            assert!(db >= LEARNED_TARGET, "{when}: {name}: PSNR {db:.2} dB");
+            let fi = fileinfo(m, &p);
+            assert!(
+                fi["encodings"].to_string().contains("image-learned"),
+                "{when}: {name}: {fi}"
+            );
+            let lossless = fileinfo(m, &plain.join(name))["stored"].as_u64().unwrap();
+            assert!(
+                fi["stored"].as_u64().unwrap() * 3 < lossless,
+                "{when}: {name}: {fi}"
+            );
+            seen.push((size, sha(&p)));
+        }
+        seen
+    };
+    let before = check(&m, "after recompression");
+    let log = m.log_text();
+    assert!(log.contains("image-learned"), "{log}");
+    m.remount();
+    assert_eq!(
+        before,
+        check(&m, "after remount"),
+        "st_size and bytes stable"
+    );
+    m.unmount();
+    let (code, out) = m.fsck();
+    assert_eq!(code, 0, "fsck: {out}");
+}

@@ -334,7 +334,7 @@ pub(crate) fn write_png(p: &Picture) -> Vec<u8> {
 
 /// The file served for a decoded picture: a PNG (`write_png`), or a PNM's own header, the
 /// pixels and its own tail.
-fn serve(p: &Picture) -> Vec<u8> {
+pub(crate) fn serve(p: &Picture) -> Vec<u8> {
     if !p.pnm {
         return write_png(p);
     }
@@ -383,6 +383,23 @@ pub fn image_psnr(original: &[u8], decoded: &[u8]) -> Option<f64> {
         return None;
     }
     Some(psnr(&a.pixels, &b.pixels))
+}
+
+/// The picture of a binary PNM (header and tail kept as pseudo-chunks) or else of a PNG.
+pub(crate) fn load_picture(raw: &[u8]) -> Result<Picture, CodecError> {
+    Ok(match read_pnm(raw) {
+        Ok(p) => Picture {
+            w: p.w,
+            h: p.h,
+            ch: p.ch,
+            color_type: if p.ch == 1 { 0 } else { 2 },
+            pixels: p.pixels.to_vec(),
+            before: vec![(*b"head", p.head.to_vec())],
+            after: vec![(*b"tail", p.tail.to_vec())],
+            pnm: true,
+        },
+        Err(_) => read_png(raw)?,
+    })
 }
 
 /// The samples WebP is given: grey expanded to RGB(A); alpha kept.
@@ -553,7 +570,7 @@ fn webp_decode(data: &[u8], w: u32, h: u32, alpha: bool) -> Result<Vec<u8>, Code
     })
 }
 
-fn put_chunks(out: &mut Vec<u8>, chunks: &[Chunk]) {
+pub(crate) fn put_chunks(out: &mut Vec<u8>, chunks: &[Chunk]) {
     put_varint(out, chunks.len() as u64);
     for (ty, d) in chunks {
         out.extend_from_slice(ty);
@@ -562,7 +579,7 @@ fn put_chunks(out: &mut Vec<u8>, chunks: &[Chunk]) {
     }
 }
 
-fn get_chunks(r: &mut Reader<'_>, max: usize) -> Result<Vec<Chunk>, CodecError> {
+pub(crate) fn get_chunks(r: &mut Reader<'_>, max: usize) -> Result<Vec<Chunk>, CodecError> {
     let n = r.len(max / 5 + 1)?;
     let mut v = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
@@ -664,19 +681,7 @@ impl Codec for ImageWebp {
                 "PSNR target {target} dB out of range"
             )));
         }
-        let pic = match read_pnm(raw) {
-            Ok(p) => Picture {
-                w: p.w,
-                h: p.h,
-                ch: p.ch,
-                color_type: if p.ch == 1 { 0 } else { 2 },
-                pixels: p.pixels.to_vec(),
-                before: vec![(*b"head", p.head.to_vec())],
-                after: vec![(*b"tail", p.tail.to_vec())],
-                pnm: true,
-            },
-            Err(_) => read_png(raw)?,
-        };
+        let pic = load_picture(raw)?;
         let (samples, alpha) = to_webp_input(&pic);
         let try_mode = |m: Mode| -> Result<Option<Vec<u8>>, CodecError> {
             let webp = match m {

@@ -20,6 +20,7 @@ mod deflate;
 mod deflate_tokens;
 mod exec;
 mod jpeg;
+mod learned_image;
 mod lossy_audio;
 mod lossy_image;
 pub(crate) mod pixels;
@@ -42,6 +43,7 @@ pub use self::deflate_tokens::{
 };
 pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
+pub use self::learned_image::{bench as learned_bench, LearnedImage};
 pub use self::lossy_audio::{audio_matches_layout, opus_bitrate, pcm_snr, WavOpus};
 pub use self::lossy_image::{image_psnr, ImageWebp};
 pub use self::raw::Raw;
@@ -115,6 +117,10 @@ pub const IMAGE_WEBP: CodecId = 11;
 /// a WAV of the decoded samples with the original header and tail (whole file; only under
 /// `lossy=audio:q=N`).
 pub const WAV_OPUS: CodecId = 12;
+/// Lossy: an 8-bit RGB PNG's (or P6 PNM's) pixels coded by a learned hyperprior model with
+/// integer-exact decoder networks, served as a PNG like `IMAGE_WEBP` (whole file; only under
+/// `lossy=image:…`; the payload names its model by hash).
+pub const IMAGE_LEARNED: CodecId = 13;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +247,7 @@ impl Default for Registry {
         r.add(Arc::new(ContextMixBlock));
         r.add(Arc::new(ImageWebp));
         r.add(Arc::new(WavOpus));
+        r.add(Arc::new(LearnedImage::default()));
         r
     }
 }

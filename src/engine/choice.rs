@@ -25,8 +25,8 @@ use super::layout::BLOCK_U64;
 use crate::classify::ContentClass as C;
 use crate::codec::{
     CodecId, CM, CM_BLOCK, CM_MAX_LEN, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL,
-    DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, IMAGE_WEBP, JPEG, WAV_OPUS, ZSTD, ZSTD_DICT,
-    ZSTD_LONG,
+    DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, IMAGE_LEARNED, IMAGE_WEBP, JPEG, WAV_OPUS, ZSTD,
+    ZSTD_DICT, ZSTD_LONG,
 };
 use crate::policy::{Effective, Level, Medium, Quality};
 
@@ -203,13 +203,17 @@ fn lossy_codecs(class: Option<C>, policy: &Effective) -> Vec<Candidate> {
     };
     match medium {
         // PNG and binary PNM have a reader and writer here; BMP and TIFF stay lossless.
-        Medium::Image if matches!(class, Some(C::Png | C::Pnm)) => vec![Candidate {
-            codec: IMAGE_WEBP,
-            level: (image_psnr_target(target) * 100.0).round() as i32,
-            model: 0,
-            whole_file: true,
-            fidelity: Fidelity::Lossy { medium, target },
-        }],
+        // WebP and the learned codec both try; the smallest verified one wins.
+        Medium::Image if matches!(class, Some(C::Png | C::Pnm)) => [IMAGE_WEBP, IMAGE_LEARNED]
+            .into_iter()
+            .map(|codec| Candidate {
+                codec,
+                level: (image_psnr_target(target) * 100.0).round() as i32,
+                model: 0,
+                whole_file: true,
+                fidelity: Fidelity::Lossy { medium, target },
+            })
+            .collect(),
         // Opus takes its quality as a bitrate (`codec::opus_bitrate`); WAV only (AIFF stays
         // lossless).
         Medium::Audio if class == Some(C::Wav) => match target {
@@ -559,7 +563,8 @@ mod tests {
                 target: Quality::Psnr(40.0)
             }
         );
-        assert!(v[1..].iter().all(|c| c.fidelity == Fidelity::Lossless));
+        assert_eq!((v[1].codec, v[1].level), (IMAGE_LEARNED, 4000));
+        assert!(v[2..].iter().all(|c| c.fidelity == Fidelity::Lossless));
         // Never on the write path, never for JPEG, and never for an unavailable codec.
         assert!(cands(C::Png, &p, Stage::Write)
             .iter()
@@ -589,6 +594,18 @@ mod tests {
         )
         .iter()
         .all(|c| c.codec != IMAGE_WEBP));
+        // Without ONNX Runtime the learned codec is unavailable and WebP still applies.
+        let no_learned = |id| id != IMAGE_LEARNED;
+        let v = candidates(
+            Some(C::Png),
+            &p,
+            BIG,
+            Stage::Recompress,
+            &Tuning::default(),
+            &no_learned,
+        );
+        assert_eq!(v[0].codec, IMAGE_WEBP);
+        assert!(v.iter().all(|c| c.codec != IMAGE_LEARNED));
         // q=N maps to a PSNR target.
         p.lossy.insert(Medium::Image, Quality::Q(80));
         assert_eq!(cands(C::Png, &p, Stage::Recompress)[0].level, 4000);

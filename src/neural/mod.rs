@@ -75,6 +75,9 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// One output of a model run: its shape and values.
+pub type Output = (Vec<usize>, Vec<f32>);
+
 /// A loaded ONNX Runtime.
 pub struct Runtime {
     /// The library that was loaded.
@@ -108,6 +111,13 @@ pub fn init(opts: &RuntimeOptions) -> Result<&'static Runtime, String> {
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// The runtime if it was loaded (or failed to) already; None before anything asked for it.
+/// Lets a codec say whether it can encode without loading the runtime with default options
+/// before the mount's own options are known.
+pub fn loaded() -> Option<Result<&'static Runtime, String>> {
+    RUNTIME.get().map(|r| r.as_ref().map_err(Clone::clone))
 }
 
 /// The runtime, loading it with default options on first use.
@@ -249,10 +259,18 @@ impl Runtime {
     }
 
     fn build_session(&self, bytes: &[u8]) -> Result<ort::session::Session, String> {
+        self.build_session_with(bytes, self.intra_threads)
+    }
+
+    fn build_session_with(
+        &self,
+        bytes: &[u8],
+        threads: usize,
+    ) -> Result<ort::session::Session, String> {
         let e = |e: ort::Error| format!("creating an ONNX Runtime session: {e}");
         let b = ort::session::Session::builder(&self.env).map_err(e)?;
         let b = b
-            .with_intra_threads(self.intra_threads)
+            .with_intra_threads(threads.max(1))
             .map_err(|x| e(x.into()))?
             .with_inter_threads(1)
             .map_err(|x| e(x.into()))?;
@@ -280,6 +298,36 @@ impl Runtime {
         Ok(b)
     }
 
+    /// Run the model `bytes` on one f32 tensor and return every output (shape, values), in
+    /// the model's output order. `threads`: None runs on the shared session; Some(n) on a
+    /// private session with n intra-op threads, dropped afterwards (used to prove that a
+    /// model's results do not depend on the thread count).
+    pub fn run_f32_outputs(
+        &self,
+        model: &[u8],
+        threads: Option<usize>,
+        shape: &[usize],
+        input: Vec<f32>,
+    ) -> Result<Vec<Output>, String> {
+        let s = match threads {
+            None => self.session(model)?,
+            Some(n) => Arc::new(Mutex::new(self.build_session_with(model, n)?)),
+        };
+        let e = |e: ort::Error| format!("running a model: {e}");
+        let t = ort::value::Tensor::from_array((shape.to_vec(), input)).map_err(e)?;
+        let mut s = s.lock();
+        let out = s.run(ort::inputs![t]).map_err(e)?;
+        let mut v = Vec::with_capacity(out.len());
+        for (_, value) in out.iter() {
+            let (shape, vals) = value.try_extract_tensor::<f32>().map_err(e)?;
+            v.push((
+                shape.iter().map(|&d| d.max(0) as usize).collect(),
+                vals.to_vec(),
+            ));
+        }
+        Ok(v)
+    }
+
     /// Run the model `bytes` on one f32 tensor and return its first output (shape, values).
     pub fn run_f32(
         &self,
@@ -299,7 +347,7 @@ impl Runtime {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
