@@ -502,6 +502,13 @@ impl Engine {
             return Err(Error::FileTooBig);
         }
         self.check_writable()?;
+        // A backend that drains slower than writers fill it (an object store's uploads)
+        // paces them here, in proportion, before any lock is taken: writers slow down
+        // smoothly and nothing else waits behind them.
+        let pace = self.j.log.backend().admit_delay(data.len() as u64);
+        if !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
         // Refuse data that would eat into the room deletes need (see `space`).
         self.space
             .admit(data.len() as u64, self.budget.bytes() as u64)?;

@@ -600,6 +600,13 @@ pub trait PackBackend: Send + Sync {
     fn status(&self) -> Option<BackendStatus> {
         None
     }
+    /// How long a writer of `n` new bytes should wait before they are taken in: the
+    /// backpressure of a backend that drains slower than writers fill it (an object store's
+    /// upload backlog). Applied where data enters the filesystem, outside every lock, so
+    /// other operations never wait behind it. Zero for a local directory.
+    fn admit_delay(&self, _n: u64) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// The state of a remote pack backend, for `idcfs status`.

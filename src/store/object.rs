@@ -34,8 +34,10 @@
 //!   each open); where it does not (Garage 2.5.0), by a check, a PUT and a read-back, which is
 //!   weaker and said so in the log.
 //! - Writers are never stopped by a full backlog, only slowed: once the bytes not yet in the
-//!   bucket pass half the cache size, each append pauses in proportion to its size and to how
-//!   far they are over that soft limit, at most `MAX_APPEND_DELAY` per append.
+//!   bucket pass half the cache size, each write taken in by the engine pauses in proportion
+//!   to its size and to how far they are over that soft limit, at most `MAX_APPEND_DELAY`
+//!   per write (`admit_delay`, outside every lock); past the cache size appends pause too
+//!   (under the commit lock: what pacing at admission did not hold back, e.g. recompression).
 //! - Reads of uploaded packs go through 2 MiB chunks: the last few in memory, the rest in
 //!   `chunks/` (LRU, bounded by the cache size); a sequential reader gets the next chunks
 //!   fetched in parallel.
@@ -325,6 +327,9 @@ struct UploadRate {
     measured: bool,
     /// When the backlog-over-the-cache-size warning was logged last.
     warned: Option<Instant>,
+    /// The writers' pacing schedule: when the next paced write may go. Shared by every
+    /// writer thread, so concurrent writes are paced together, not each on its own.
+    next: Option<Instant>,
 }
 
 /// The object-store pack backend.
@@ -728,12 +733,12 @@ impl Inner {
     /// and the cache size. At the cache size a writer goes no faster than the uploads drain,
     /// so the backlog settles inside the band instead of writers running into a wall (the
     /// old behaviour: full speed, then a stall of up to the timeout at each sealed pack).
-    fn throttle(&self, n: u64) {
+    fn delay(&self, n: u64) -> Duration {
         let backlog = self.pending_bytes();
         let hard = self.cfg.cache_bytes as f64;
         let soft = hard * SOFT_BACKLOG;
         if (backlog as f64) <= soft {
-            return;
+            return Duration::ZERO;
         }
         let over = (backlog as f64 - soft) / (hard - soft).max(1.0);
         if over > 1.0 {
@@ -748,11 +753,31 @@ impl Inner {
                 );
             }
         }
-        let secs = n as f64 * over / self.upload_rate();
-        let pause = Duration::from_secs_f64(secs.min(MAX_APPEND_DELAY.as_secs_f64()));
-        if pause >= Duration::from_micros(50) {
-            tracing::trace!(n, backlog, over, ?pause, "writer slowed");
-            std::thread::sleep(pause);
+        // Writers get rate × (1 − over) / over: the upload rate at the middle of the band,
+        // less and less towards the cache size, so the backlog settles inside the band even
+        // when the rate estimate runs high.
+        let factor = (over / (1.0 - over).max(0.05)).min(20.0);
+        let cost = Duration::from_secs_f64(n as f64 * factor / self.upload_rate());
+        let now = Instant::now();
+        let mut r = self.rate.lock();
+        let start = r.next.map_or(now, |t| t.max(now));
+        let until = start + cost;
+        r.next = Some(until);
+        drop(r);
+        let pause = until.saturating_duration_since(now).min(MAX_APPEND_DELAY);
+        if pause < Duration::from_micros(50) {
+            return Duration::ZERO;
+        }
+        tracing::trace!(n, backlog, over, ?pause, "writer slowed");
+        pause
+    }
+
+    /// The safety net at append (under the journal's commit lock, so only past the cache
+    /// size): what writers' pacing at admission (`admit_delay`) did not hold back, such as
+    /// background recompression's output, is slowed here.
+    fn throttle(&self, n: u64) {
+        if self.pending_bytes() > self.cfg.cache_bytes {
+            std::thread::sleep(self.delay(n));
         }
     }
 
@@ -956,6 +981,7 @@ impl ObjectBackend {
                 per_sec: INITIAL_UPLOAD_RATE,
                 measured: false,
                 warned: None,
+                next: None,
             }),
             stall_at_seal: std::env::var("IDCFS_BACKLOG").is_ok_and(|v| v == "stall"),
             cfg,
@@ -1314,6 +1340,12 @@ fn adopt_cache(inner: &Inner) -> io::Result<()> {
 }
 
 impl PackBackend for ObjectBackend {
+    fn admit_delay(&self, n: u64) -> Duration {
+        if self.inner.stall_at_seal {
+            return Duration::ZERO;
+        }
+        self.inner.delay(n)
+    }
     fn list(&self) -> io::Result<Vec<PackId>> {
         let st = self.inner.state.lock();
         let mut ids: Vec<PackId> = st.remote.keys().chain(st.local.keys()).copied().collect();
