@@ -124,10 +124,14 @@ asyncio.run(main())
 PY
   PROXY_PID=$!
   sleep 1
-  for mode in stall smooth; do
+  for mode in ${BACKLOG_MODES:-stall smooth}; do
     env=(AWS_ENDPOINT_URL=http://127.0.0.1:$PROXY_PORT); [ $mode = stall ] && env+=(IDCFS_BACKLOG=stall)
     env "${env[@]}" "$IDCFS" mount "$MNT" --store "s3://bench/backlog-$mode" --cache "$WORK/backlog-$mode" \
       --cache-size "$BACKLOG_CACHE" --uploads 1 >/dev/null
+    bdi=/sys/class/bdi/$(mountpoint -d "$MNT")
+    # BDI_MAX_BYTES: try another dirty-page limit for the mount (an experiment knob).
+    [ -z "${BDI_MAX_BYTES:-}" ] || echo "$BDI_MAX_BYTES" >"$bdi/max_bytes"
+    echo "backlog $mode: kernel dirty-page limit of the mount: $(cat "$bdi/max_bytes" 2>/dev/null || echo '?') bytes (max_ratio $(cat "$bdi/max_ratio" 2>/dev/null || echo '?')%, strict $(cat "$bdi/strict_limit" 2>/dev/null || echo '?'))"
     python3 - "$WORK/input.bin" "$MNT/big" "$BYTES" "$mode" <<'PY'
 import os, sys, time
 src, dst, total, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -149,12 +149,18 @@ pub fn run_foreground(
     }
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     cfg.n_threads = Some((cpus * 2).max(4));
+    // Resolved before the mount: afterwards a path lookup through it would wait on this
+    // daemon, which is not serving requests yet.
+    let mp_real = mp.canonicalize().unwrap_or_else(|_| mp.to_path_buf());
     let mut session = fuser::Session::new(IdcFuse::new(engine.clone()), mp, &cfg).map_err(|e| {
         format!(
             "cannot mount {}: {e} (is fuse3 installed and /dev/fuse present?)",
             mp.display()
         )
     })?;
+    if target.object.is_some() {
+        limit_dirty_pages(&mp_real, OBJECT_DIRTY_BYTES);
+    }
     // Lossy recompression changes a file's content and size by itself: the kernel must drop
     // what it cached of that inode (pages and attributes).
     let notifier = session.notifier();
@@ -763,6 +769,52 @@ pub fn open_object(
         .map_err(|e| format!("cannot open store {}: {e}", cfg.url))
 }
 
+/// Dirty page cache the kernel lets writers build up in an object-store mount.
+const OBJECT_DIRTY_BYTES: u64 = 8 << 20;
+
+/// Lower the kernel's dirty-page limit of the FUSE mount at `mp` to `bytes`. By default a
+/// writer may dirty 1% of the machine's dirty budget in a FUSE mount (48 MB on this 24 GiB
+/// machine) before it is throttled. Behind an object store, where writes are paced to the
+/// upload rate, that buffer fills at once and then drains in bursts, so a writer sees stops
+/// of seconds; with 8 MiB the pacing reaches it smoothly, at no cost to throughput
+/// (BENCHMARKS.md 10.2). Best effort: needs root and a kernel with `max_bytes` (6.2+).
+fn limit_dirty_pages(mp: &Path, bytes: u64) {
+    let Some(dev) = mount_device(mp) else {
+        tracing::debug!("no device number found for {} in mountinfo", mp.display());
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{dev}/max_bytes");
+    match std::fs::write(&knob, bytes.to_string()) {
+        Ok(()) => tracing::info!(
+            bytes,
+            "kernel dirty-page limit of the mount lowered ({knob})"
+        ),
+        Err(e) => tracing::debug!("cannot lower the kernel dirty-page limit ({knob}): {e}"),
+    }
+}
+
+/// The `major:minor` device of the newest mount at `mp`, from `/proc/self/mountinfo`
+/// (no request to the mount itself).
+fn mount_device(mp: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // mountinfo escapes these characters in paths as octal.
+    let want: String = mp
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            ' ' => "\\040".to_string(),
+            '\t' => "\\011".to_string(),
+            '\n' => "\\012".to_string(),
+            '\\' => "\\134".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&want.as_str())).then(|| f.get(2).map(|d| d.to_string()))?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,5 +825,16 @@ mod tests {
         assert_eq!(escape_path(Path::new("/mnt/a b/")), "mnt-a\\x20b");
         assert_eq!(escape_path(Path::new("/")), "-");
         assert_eq!(escape_path(Path::new("/.x")), "\\x2ex");
+    }
+
+    #[test]
+    fn mount_devices_come_from_mountinfo() {
+        let root = mount_device(Path::new("/")).unwrap_or_default();
+        let (maj, min) = root.split_once(':').unwrap_or_default();
+        assert!(
+            maj.parse::<u32>().is_ok() && min.parse::<u32>().is_ok(),
+            "{root:?}"
+        );
+        assert_eq!(mount_device(Path::new("/no/such/mount point")), None);
     }
 }
