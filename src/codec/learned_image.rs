@@ -29,7 +29,7 @@
 //! of y is m/4, 2..=8), word count varint, ANS words (u32 LE)`. The ANS stream holds z
 //! (channel, row, column order) then y (same order); symbols are value + table radius.
 
-use super::lossy_image::{get_chunks, load_picture, psnr, put_chunks, serve, Picture};
+use super::lossy_image::{get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Picture};
 use super::wire::{self, put_varint, Reader};
 use super::{check_whole_len, Codec, CodecError, EncodeParams, Granularity, IMAGE_LEARNED};
 use constriction::stream::model::DefaultContiguousCategoricalEntropyModel;
@@ -888,12 +888,7 @@ impl Codec for LearnedImage {
         out: &mut Vec<u8>,
     ) -> Result<u32, CodecError> {
         check_whole_len(raw, MAX_LEN, "PNG ")?;
-        let target = params.level as f64 / 100.0;
-        if !(10.0..=99.0).contains(&target) {
-            return Err(CodecError::Failed(format!(
-                "PSNR target {target} dB out of range"
-            )));
-        }
+        let target = psnr_target(params)?;
         let pic = load_picture(raw)?;
         if pic.ch != 3 {
             return Err(CodecError::Failed(

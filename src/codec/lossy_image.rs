@@ -67,6 +67,17 @@ fn bad(why: &str) -> CodecError {
     CodecError::Failed(format!("not a lossy-codable PNG: {why}"))
 }
 
+/// The PSNR target of a lossy image encoding: `params.level` in hundredths of a dB, 10–99 dB.
+pub(crate) fn psnr_target(params: &EncodeParams) -> Result<f64, CodecError> {
+    let target = params.level as f64 / 100.0;
+    if !(10.0..=99.0).contains(&target) {
+        return Err(CodecError::Failed(format!(
+            "PSNR target {target} dB out of range"
+        )));
+    }
+    Ok(target)
+}
+
 /// Decode an 8-bit, non-interlaced, non-palette PNG (refusals say why).
 pub(crate) fn read_png(png: &[u8]) -> Result<Picture, CodecError> {
     if png.get(..8) != Some(&PNG_SIG[..]) {
@@ -675,12 +686,7 @@ impl Codec for ImageWebp {
         out: &mut Vec<u8>,
     ) -> Result<u32, CodecError> {
         check_whole_len(raw, MAX_LEN, "PNG ")?;
-        let target = params.level as f64 / 100.0;
-        if !(10.0..=99.0).contains(&target) {
-            return Err(CodecError::Failed(format!(
-                "PSNR target {target} dB out of range"
-            )));
-        }
+        let target = psnr_target(params)?;
         let pic = load_picture(raw)?;
         let (samples, alpha) = to_webp_input(&pic);
         let try_mode = |m: Mode| -> Result<Option<Vec<u8>>, CodecError> {

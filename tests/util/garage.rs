@@ -29,28 +29,10 @@ pub struct Garage {
 }
 
 fn find_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("IDCFS_GARAGE") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = PathBuf::from(home).join(".cargo/bin/garage");
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("command -v garage")
-        .output()
-        .ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!s.is_empty()).then(|| PathBuf::from(s))
+    super::find_tool("IDCFS_GARAGE", ".cargo/bin/garage", "garage")
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
-}
+use super::free_port;
 
 impl Garage {
     /// Start a fresh single-node server with a key; a missing binary fails the test.

@@ -21,28 +21,14 @@ pub struct S3Server {
 }
 
 fn find_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("IDCFS_MOTO_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = PathBuf::from(home).join(".cache/idcfs-ci/venv/bin/moto_server");
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("command -v moto_server")
-        .output()
-        .ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!s.is_empty()).then(|| PathBuf::from(s))
+    super::find_tool(
+        "IDCFS_MOTO_SERVER",
+        ".cache/idcfs-ci/venv/bin/moto_server",
+        "moto_server",
+    )
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
-}
+use super::free_port;
 
 impl S3Server {
     /// Start a server; a missing one fails the test (the README's test command and `.ci/run`
