@@ -285,7 +285,7 @@ const IMAGE_WRAP: u8 = 0;
 /// The filtered scanlines `text` of a PNG with header `h`, coded by the pixel coder and
 /// wrapped with what its decoder needs; None when unsupported or not smaller than zstd -19
 /// would make the scanlines.
-fn image_plain(text: &[u8], h: &Ihdr) -> Option<Vec<u8>> {
+pub(super) fn image_plain(text: &[u8], h: &Ihdr) -> Option<Vec<u8>> {
     let coded = pixels::encode_idat_plain(text, h).ok()?;
     let zstd = zstd_compress(text, ZSTD_LEVEL).ok()?;
     if coded.len() + 24 >= zstd.len() {
@@ -301,7 +301,7 @@ fn image_plain(text: &[u8], h: &Ihdr) -> Option<Vec<u8>> {
 }
 
 /// Inverse of `image_plain`: the filtered scanlines, at most `limit` bytes.
-fn image_text(wrapped: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+pub(super) fn image_text(wrapped: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
     let mut r = Reader::new(wrapped);
     if r.u8()? != IMAGE_WRAP {
         return Err(malformed("unknown image wrapper"));
