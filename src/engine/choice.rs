@@ -150,7 +150,8 @@ fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId,
         C::Jpeg => vec![(JPEG, 19)],
         C::Wav => vec![(FLAC, 19)],
         // Rebuilding deflate streams decodes at ~12 MB/s of gzip/zip (deflate-tokens; PNG
-        // with pixel coding ~2-6 MB/s) or 1-9 MB/s (preflate), below the default level's
+        // with pixel coding ~2-6 MB/s) or 1-9 MB/s (preflate; PNG with pixel coding < 1
+        // MB/s), below the default level's
         // 20 MB/s (BENCHMARKS.md 6.1): only for data declared cold. Both are tried; the
         // smaller wins.
         C::Png | C::Gzip | C::Zip if cold => {
