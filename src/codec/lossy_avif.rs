@@ -21,13 +21,15 @@
 //!   picture it returns is checked against the payload's geometry before any sample is read,
 //!   and every length is bounded before allocation (the frame size limit is the payload's).
 //!
-//! Payload (version 1): `1u8, kind u8 (1 PNG, 2 PNM), channels u8 (1..=4), colour type u8,
+//! Payload (version 1): `1u8, kind u8 (as image-webp: 1 PNG, 2 PNM, 3 BMP, 4 TIFF), channels u8 (1..=4), colour type u8,
 //! width varint, height varint (1..=16383, at most MAX_PIXELS), chunks-before, chunks-after
 //! (as `image-webp`), av1-len varint, AV1 bytes (OBUs: sequence header and one frame),
 //! alpha-len varint, alpha bytes (a zstd frame of width·height alpha samples, present exactly
 //! when channels is 2 or 4)`. Params, for statistics only: the AV1 quantizer index (0..=255).
 
-use super::lossy_image::{get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Picture};
+use super::lossy_image::{
+    get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Kind, Picture,
+};
 use super::wire::{self, put_varint, Reader};
 use super::{check_whole_len, Codec, CodecError, EncodeParams, Granularity, IMAGE_AVIF};
 
@@ -220,11 +222,7 @@ fn parse(payload: &[u8]) -> Result<Parsed<'_>, CodecError> {
     if r.u8()? != 1 {
         return Err(wire::malformed("unknown AV1 image payload version"));
     }
-    let pnm = match r.u8()? {
-        1 => false,
-        2 => true,
-        _ => return Err(wire::malformed("unknown AV1 image payload kind")),
-    };
+    let kind = Kind::from_byte(r.u8()?)?;
     let ch = r.u8()? as usize;
     let color_type = r.u8()?;
     let expect_ct = match ch {
@@ -254,9 +252,7 @@ fn parse(payload: &[u8]) -> Result<Parsed<'_>, CodecError> {
     if (a > 0) != ch.is_multiple_of(2) {
         return Err(wire::malformed("alpha plane"));
     }
-    if pnm && (ch.is_multiple_of(2) || before.len() != 1 || after.len() != 1) {
-        return Err(wire::malformed("PNM payload layout"));
-    }
+    kind.check(ch, &before, &after)?;
     Ok(Parsed {
         pic: Picture {
             w,
@@ -266,7 +262,7 @@ fn parse(payload: &[u8]) -> Result<Parsed<'_>, CodecError> {
             pixels: Vec::new(),
             before,
             after,
-            pnm,
+            kind,
         },
         av1,
         alpha,
@@ -298,7 +294,7 @@ fn decode_picture(payload: &[u8]) -> Result<Picture, CodecError> {
 /// The payload of `pic` with the AV1 stream `av1` and the coded alpha `alpha`.
 fn payload(pic: &Picture, av1: &[u8], alpha: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(av1.len() + alpha.len() + 64);
-    out.extend_from_slice(&[1, if pic.pnm { 2 } else { 1 }, pic.ch as u8, pic.color_type]);
+    out.extend_from_slice(&[1, pic.kind as u8, pic.ch as u8, pic.color_type]);
     put_varint(&mut out, pic.w as u64);
     put_varint(&mut out, pic.h as u64);
     put_chunks(&mut out, &pic.before);
@@ -473,7 +469,7 @@ mod tests {
             pixels,
             before: vec![(*b"gAMA", vec![0, 0, 177, 143])],
             after: vec![(*b"tEXt", b"Comment\0idcfs".to_vec())],
-            pnm: false,
+            kind: Kind::Png,
         }
     }
 
@@ -496,7 +492,7 @@ mod tests {
             pixels,
             before: vec![],
             after: vec![],
-            pnm: false,
+            kind: Kind::Png,
         };
         let planes = to_planes(&p);
         assert!(planes.iter().flatten().all(|&v| v < 1024));

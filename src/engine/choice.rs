@@ -202,9 +202,10 @@ fn lossy_codecs(class: Option<C>, policy: &Effective) -> Vec<Candidate> {
         return Vec::new();
     };
     match medium {
-        // PNG and binary PNM have a reader and writer here; BMP and TIFF stay lossless.
-        // WebP, AV1 and the learned codec all try; the smallest verified one wins.
-        Medium::Image if matches!(class, Some(C::Png | C::Pnm)) => {
+        // PNG, binary PNM, uncompressed BMP and TIFF have a reader and writer here (the
+        // codecs refuse the variants they cannot serve back, which stay lossless). WebP,
+        // AV1 and the learned codec all try; the smallest verified one wins.
+        Medium::Image if matches!(class, Some(C::Png | C::Pnm | C::Bmp | C::Tiff)) => {
             [IMAGE_WEBP, IMAGE_AVIF, IMAGE_LEARNED]
                 .into_iter()
                 .map(|codec| Candidate {
@@ -216,9 +217,8 @@ fn lossy_codecs(class: Option<C>, policy: &Effective) -> Vec<Candidate> {
                 })
                 .collect()
         }
-        // Opus takes its quality as a bitrate (`codec::opus_bitrate`); WAV only (AIFF stays
-        // lossless).
-        Medium::Audio if class == Some(C::Wav) => match target {
+        // Opus takes its quality as a bitrate (`codec::opus_bitrate`); WAV and plain AIFF.
+        Medium::Audio if matches!(class, Some(C::Wav | C::Aiff)) => match target {
             Quality::Q(q) => vec![Candidate {
                 codec: WAV_OPUS,
                 level: q as i32,
@@ -573,9 +573,8 @@ mod tests {
             .iter()
             .all(|c| c.fidelity == Fidelity::Lossless));
         assert_eq!(cands(C::Pnm, &p, Stage::Recompress)[0].codec, IMAGE_WEBP);
-        assert!(cands(C::Bmp, &p, Stage::Recompress)
-            .iter()
-            .all(|c| c.fidelity == Fidelity::Lossless));
+        assert_eq!(cands(C::Bmp, &p, Stage::Recompress)[0].codec, IMAGE_WEBP);
+        assert_eq!(cands(C::Tiff, &p, Stage::Recompress)[1].codec, IMAGE_AVIF);
         assert!(cands(C::Jpeg, &p, Stage::Recompress)
             .iter()
             .all(|c| c.fidelity == Fidelity::Lossless));
