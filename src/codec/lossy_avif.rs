@@ -36,9 +36,13 @@ use super::{check_whole_len, Codec, CodecError, EncodeParams, Granularity, IMAGE
 /// Largest file accepted (as image-webp).
 const MAX_LEN: usize = 256 << 20;
 const MAX_SIDE: u32 = 16383;
-/// Largest picture: AV1 encoding of larger ones would take minutes in the background
-/// recompressor (rav1e without assembly codes about 1 Mpixel/s at the speed used here).
+/// Largest picture a payload may hold (a decoding bound, part of the format).
 const MAX_PIXELS: u64 = 16 << 20;
+/// Largest picture the encoder takes: its quantizer search costs 10–12 CPU seconds per Mpixel
+/// (rav1e without assembly, BENCHMARKS.md 8.1), so larger pictures would run into the
+/// recompressor's 120 s limit per candidate; they are refused at once and the other
+/// candidates apply.
+const ENCODE_MAX_PIXELS: u64 = 8 << 20;
 /// rav1e speed preset (0 slowest .. 10 fastest): 8 keeps a search of ~8 encodings of a
 /// megapixel photo within seconds; the bitstream is valid AV1 whatever the preset.
 const SPEED: u8 = 8;
@@ -315,7 +319,10 @@ impl ImageAvif {
         target: f64,
         fixed: Option<u8>,
     ) -> Result<(u8, Vec<u8>), CodecError> {
-        if (pic.w as u64) * (pic.h as u64) > MAX_PIXELS || pic.w > MAX_SIDE || pic.h > MAX_SIDE {
+        if (pic.w as u64) * (pic.h as u64) > ENCODE_MAX_PIXELS
+            || pic.w > MAX_SIDE
+            || pic.h > MAX_SIDE
+        {
             return Err(bad("picture too large"));
         }
         let planes = to_planes(pic);
