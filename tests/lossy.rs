@@ -393,7 +393,7 @@ fn lossy_wav_under_policy() {
 /// PSNR target the learned model reaches on the test photos (see models/hp-int8-v1/README.md).
 const LEARNED_TARGET: f64 = 22.0;
 
-/// With ONNX Runtime present and `image-webp` disabled, `lossy=image:psnr=…` stores RGB PNG
+/// With ONNX Runtime present and `image-webp` and `image-avif` disabled, `lossy=image:psnr=…` stores RGB PNG
 /// photos with the learned codec (`image-learned`): read back as valid PNGs meeting the
 /// target, `st_size` equal to the bytes read and stable across a remount, smaller than the
 /// lossless sibling, whose bytes never change; fsck decodes every block.
@@ -401,7 +401,11 @@ const LEARNED_TARGET: f64 = 22.0;
 fn learned_codec_stores_photos_under_policy() {
     let tmp = tempfile::tempdir().unwrap();
     let conf = tmp.path().join("config.toml");
-    std::fs::write(&conf, "[codecs]\ndisabled = [\"image-webp\"]\n").unwrap();
+    std::fs::write(
+        &conf,
+        "[codecs]\ndisabled = [\"image-webp\", \"image-avif\"]\n",
+    )
+    .unwrap();
     let mut m = Mounted::with_args(&["--device", "cpu", "--config", conf.to_str().unwrap()]);
     assert!(
         !runtime_status(&m).starts_with("unavailable"),
