@@ -4,12 +4,14 @@
 # each directory (sum of user.idcfs.fileinfo "stored"), the saving, the minimum PSNR of the
 # files read back, and whether st_size and content are stable across a remount.
 #
-# Usage: benches/lossy_mount.sh PHOTO_DIR   (as root; builds nothing: uses target/release)
+# Usage: benches/lossy_mount.sh PHOTO_DIR   (as root; builds nothing: uses target/release, or
+#        $CARGO_TARGET_DIR/release)
 set -euo pipefail
 SRC=$(realpath "$1")
 ROOT=$(realpath "$(dirname "$0")/..")
-BIN=$ROOT/target/release/idcfs
-RD=$ROOT/target/release/examples/lossy_rd
+T=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$T/release/idcfs
+RD=$T/release/examples/lossy_rd
 W=$(mktemp -d /var/tmp/idcfs-lossy-bench.XXXXXX)
 trap 'fusermount3 -uz "$W/mnt" 2>/dev/null || true; rm -rf "$W"' EXIT
 mkdir -p "$W/mnt"
@@ -35,6 +37,7 @@ echo "files: $(ls "$SRC"/*.png | wc -l), PNG bytes: $src_bytes"
 echo "stored lossless (default policy): $plain"
 echo "stored lossy=image:psnr=40: $lossy"
 python3 -c "print(f'lossy is {100*(1-$lossy/$plain):.1f}% smaller than lossless storage')"
+echo "winners: $(for f in "$W/mnt/lossy"/*.png; do getfattr --absolute-names --only-values -n user.idcfs.fileinfo "$f" | python3 -c 'import json,sys; print(*json.load(sys.stdin)["encodings"])'; done | sort | uniq -c | tr -s ' \n' ' ')"
 echo "recompress wall time (both directories): $(python3 -c "print(f'{$end-$start:.1f} s')")"
 "$RD" psnr "$SRC" "$W/mnt/lossy"
 cmp -s <(cd "$W/mnt/plain" && sha256sum *.png) <(cd "$SRC" && sha256sum *.png) && echo "plain directory: every byte unchanged"

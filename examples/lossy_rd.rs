@@ -1,8 +1,9 @@
 //! Rate–distortion of the lossy image codec, and PSNR checks of files read back from a mount.
 //!
-//! `cargo run --release --example lossy_rd -- rd DIR` — for every 8-bit PNG below DIR and each
-//! PSNR target (30, 35, 40, 45 dB): payload bits per pixel, the PSNR reached, and encode and
-//! decode CPU time per megapixel (one thread).
+//! `cargo run --release --example lossy_rd -- rd DIR [webp|avif]` — for every 8-bit PNG below
+//! DIR and each PSNR target (30, 35, 40, 45 dB): payload bits per pixel, the PSNR reached, and
+//! encode and decode CPU time per megapixel (one thread), of `image-webp` (default) or
+//! `image-avif`.
 //! `cargo run --release --example lossy_rd -- psnr ORIG_DIR READ_DIR` — PSNR of every PNG of
 //! READ_DIR (e.g. a lossy directory on a mount) against the file of the same name in ORIG_DIR;
 //! prints the minimum and whether every file is a readable PNG.
@@ -12,7 +13,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use idcfs::codec::{image_psnr, Codec, EncodeParams, ImageWebp};
+use idcfs::codec::{image_psnr, Codec, EncodeParams, ImageAvif, ImageWebp};
 use std::path::{Path, PathBuf};
 
 fn pngs(dir: &Path) -> Vec<PathBuf> {
@@ -26,13 +27,20 @@ fn pngs(dir: &Path) -> Vec<PathBuf> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("rd") => rd(Path::new(&args[1])),
+        Some("rd") => {
+            let codec: &dyn Codec = match args.get(2).map(String::as_str) {
+                Some("avif") => &ImageAvif,
+                _ => &ImageWebp,
+            };
+            rd(Path::new(&args[1]), codec)
+        }
         Some("psnr") => psnr(Path::new(&args[1]), Path::new(&args[2])),
-        _ => eprintln!("usage: lossy_rd rd DIR | psnr ORIG_DIR READ_DIR"),
+        _ => eprintln!("usage: lossy_rd rd DIR [webp|avif] | psnr ORIG_DIR READ_DIR"),
     }
 }
 
-fn rd(dir: &Path) {
+fn rd(dir: &Path, codec: &dyn Codec) {
+    println!("# {}", codec.name());
     println!("target_db\tfiles\tpixels\tpng_bytes\tpayload_bytes\tbpp\tmin_psnr\tmean_psnr\tenc_s_per_mp\tdec_s_per_mp\trefused");
     for target in [30.0f64, 35.0, 40.0, 45.0] {
         let (mut files, mut pixels, mut png_bytes, mut payload_bytes, mut refused) =
@@ -49,7 +57,7 @@ fn rd(dir: &Path) {
             }
             let mut out = Vec::new();
             let t = common::cpu_now();
-            let r = ImageWebp.encode(
+            let r = codec.encode(
                 &png,
                 &EncodeParams::level((target * 100.0) as i32),
                 &mut out,
@@ -59,10 +67,10 @@ fn rd(dir: &Path) {
                 refused += 1;
                 continue;
             };
-            let n = ImageWebp.decoded_len(&out, params).unwrap().unwrap();
+            let n = codec.decoded_len(&out, params).unwrap().unwrap();
             let t = common::cpu_now();
             let mut back = Vec::new();
-            ImageWebp.decode(&out, params, n, &mut back).unwrap();
+            codec.decode(&out, params, n, &mut back).unwrap();
             dec += common::cpu_now() - t;
             enc += e;
             let db = image_psnr(&png, &back).unwrap();

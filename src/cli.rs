@@ -898,7 +898,7 @@ fn render_stats(s: &Stats) -> String {
     }
     if s.lossy_files > 0 {
         o.push_str(&format!(
-            "lossy files   {} since mount (quality target met; see codecs image-webp, wav-opus and the log)\n",
+            "lossy files   {} since mount (quality target met; see codecs image-avif, image-webp, image-learned, wav-opus and the log)\n",
             s.lossy_files
         ));
     }

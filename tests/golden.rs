@@ -55,10 +55,13 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
     // v2.1 and later (v3 is v2.1 encrypted) hold the tags and codecs of revision 1; v2.2
     // adds codec 9 (context mixing at level=archive); v2.3 (revision 3, lossy storage) adds
     // op tag 21 (PutLossyObject) and codecs 11 (image-webp) and 12 (wav-opus); v2.4
-    // (revision 4) adds op tag 22 (PACKED: checkpoints written as zstd frames of ops).
+    // (revision 4) adds op tag 22 (PACKED: checkpoints written as zstd frames of ops); v2.5
+    // (no new op tag) adds the lossy codecs added after revision 4: 13 (image-learned) and 14
+    // (image-avif), with image kinds PNM, BMP and TIFF and wav-opus payload version 2 (AIFF).
     let name = golden.file_name().map(|n| n.to_string_lossy().into_owned());
     let name = name.as_deref().unwrap_or_default();
-    let revision4 = name == "v2.4";
+    let lossy5 = name == "v2.5";
+    let revision4 = lossy5 || name == "v2.4";
     let revision3 = revision4 || name == "v2.3";
     let revision1 = revision3 || matches!(name, "v2.1" | "v3" | "v2.2");
     let last_tag = if revision4 {
@@ -88,6 +91,9 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
         // Context mixing per block needs a text file above 8 MiB, which the script does not
         // write.
         "v2.3" | "v2.4" => (idcfs::codec::RAW..=idcfs::codec::WAV_OPUS)
+            .filter(|&c| c != idcfs::codec::CM_BLOCK)
+            .collect(),
+        "v2.5" => (idcfs::codec::RAW..=idcfs::codec::IMAGE_AVIF)
             .filter(|&c| c != idcfs::codec::CM_BLOCK)
             .collect(),
         _ if revision1 => (idcfs::codec::RAW..=idcfs::codec::DEFLATE_TOKENS).collect(),
@@ -242,6 +248,15 @@ fn golden_stores_cover_every_op_and_codec() {
         newest,
         Some(wire::tag::LAST),
         "a golden store holds the newest op tags"
+    );
+    let newest_codec = all
+        .iter()
+        .filter_map(|(_, p)| expected_coverage(p).1.last().copied())
+        .max();
+    assert_eq!(
+        newest_codec,
+        Some(idcfs::codec::IMAGE_AVIF),
+        "a golden store holds the newest codec"
     );
     for (ver, golden) in all {
         let (every_tag, every_codec) = expected_coverage(&golden);

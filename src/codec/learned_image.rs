@@ -29,7 +29,9 @@
 //! of y is m/4, 2..=8), word count varint, ANS words (u32 LE)`. The ANS stream holds z
 //! (channel, row, column order) then y (same order); symbols are value + table radius.
 
-use super::lossy_image::{get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Picture};
+use super::lossy_image::{
+    get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Kind, Picture,
+};
 use super::wire::{self, put_varint, Reader};
 use super::{check_whole_len, Codec, CodecError, EncodeParams, Granularity, IMAGE_LEARNED};
 use constriction::stream::model::DefaultContiguousCategoricalEntropyModel;
@@ -653,9 +655,9 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
         .bytes(32)?
         .try_into()
         .map_err(|_| wire::malformed("model hash"))?;
-    let pnm = match r.u8()? {
-        1 => false,
-        2 => true,
+    // Version 1 holds PNGs and PNMs only (the encoder refuses other kinds).
+    let kind = match Kind::from_byte(r.u8()?)? {
+        k @ (Kind::Png | Kind::Pnm) => k,
         _ => return Err(wire::malformed("unknown learned image payload kind")),
     };
     if r.u8()? != 2 {
@@ -682,9 +684,7 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
     if r.remaining() != 0 {
         return Err(wire::malformed("trailing bytes"));
     }
-    if pnm && (before.len() != 1 || after.len() != 1) {
-        return Err(wire::malformed("PNM payload layout"));
-    }
+    kind.check(3, &before, &after)?;
     Ok(Parsed {
         id,
         pic: Picture {
@@ -695,7 +695,7 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
             pixels: Vec::new(),
             before,
             after,
-            pnm,
+            kind,
         },
         m,
         words,
@@ -807,7 +807,7 @@ impl LearnedImage {
             let mut out = Vec::new();
             out.push(1u8);
             out.extend_from_slice(&model.id);
-            out.extend_from_slice(&[if pic.pnm { 2 } else { 1 }, 2]);
+            out.extend_from_slice(&[pic.kind as u8, 2]);
             put_varint(&mut out, pic.w as u64);
             put_varint(&mut out, pic.h as u64);
             put_chunks(&mut out, &pic.before);
@@ -890,9 +890,9 @@ impl Codec for LearnedImage {
         check_whole_len(raw, MAX_LEN, "PNG ")?;
         let target = psnr_target(params)?;
         let pic = load_picture(raw)?;
-        if pic.ch != 3 {
+        if pic.ch != 3 || !matches!(pic.kind, Kind::Png | Kind::Pnm) {
             return Err(CodecError::Failed(
-                "the learned codec takes RGB pictures only".into(),
+                "the learned codec takes RGB PNGs and PNMs only".into(),
             ));
         }
         let (ph, pw) = padded(pic.w, pic.h);

@@ -16,8 +16,13 @@
 //! bitrate varint (b/s), skip varint (look-ahead samples per channel), head-len varint,
 //! tail-len varint, head, tail, packet-count varint, (packet-len varint, packet)*`; every
 //! packet holds 20 ms. Params: the bitrate in b/s (statistics only).
+//!
+//! Payload version 2 (AIFF, whose samples are big-endian): `2u8, order u8 (1: big-endian),
+//! then exactly as version 1`. WAVs are still written as version 1, so their payloads do not
+//! change. Only plain AIFF (not AIFF-C) with 16-bit samples and an SSND chunk whose offset is
+//! 0 is accepted; its header and trailing chunks are kept verbatim like a WAV's.
 
-use super::audio::parse_wav;
+use super::audio::{parse_wav, Pcm};
 use super::wire::{self, put_varint, Reader};
 use super::{check_whole_len, Codec, CodecError, EncodeParams, Granularity, WAV_OPUS};
 
@@ -52,13 +57,98 @@ struct Decoded<'a> {
     head: &'a [u8],
     tail: &'a [u8],
     samples: Vec<i16>,
+    /// Samples served big-endian (AIFF) rather than little-endian (WAV).
+    be: bool,
+}
+
+fn be16(d: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(d.get(at..at + 2)?.try_into().ok()?))
+}
+fn be32(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// An integral sample rate from an 80-bit IEEE extended float (AIFF's COMM chunk); None when
+/// it is not a whole number below 2^32.
+fn extended_rate(b: &[u8]) -> Option<u32> {
+    let exp = (be16(b, 0)? & 0x7fff) as i32;
+    let mant = u64::from_be_bytes(b.get(2..10)?.try_into().ok()?);
+    if be16(b, 0)? & 0x8000 != 0 || mant == 0 {
+        return None;
+    }
+    let shift = 16383 + 63 - exp;
+    if !(0..64).contains(&shift) || mant & ((1u64 << shift) - 1) != 0 {
+        return None;
+    }
+    u32::try_from(mant >> shift).ok()
+}
+
+/// The PCM layout of a plain AIFF file (FORM/AIFF, COMM, SSND with offset 0): where its
+/// samples lie (whole frames), or why it cannot be taken. Samples are big-endian.
+fn parse_aiff(d: &[u8]) -> Result<Pcm, &'static str> {
+    if d.len() < 12 || &d[..4] != b"FORM" || &d[8..12] != b"AIFF" {
+        return Err("not an AIFF file");
+    }
+    let mut p = 12;
+    let mut comm: Option<(u16, u32, u16, u32)> = None;
+    while let (Some(id), Some(size)) = (d.get(p..p + 4), be32(d, p + 4)) {
+        let body = p + 8;
+        let size = size as usize;
+        if id == b"COMM" {
+            let f = (|| {
+                Some((
+                    be16(d, body)?,
+                    be32(d, body + 2)?,
+                    be16(d, body + 6)?,
+                    extended_rate(d.get(body + 8..body + 18)?)?,
+                ))
+            })();
+            comm = Some(f.ok_or("COMM chunk")?);
+        } else if id == b"SSND" {
+            let (channels, frames, bits, rate) = comm.ok_or("SSND before COMM")?;
+            if be32(d, body).ok_or("SSND chunk")? != 0 {
+                return Err("SSND with an offset");
+            }
+            if !(1..=8).contains(&channels) || bits == 0 {
+                return Err("COMM chunk");
+            }
+            let start = body + 8;
+            let len = frames as usize * channels as usize * bits.div_ceil(8) as usize;
+            if size < 8 + len || start + len > d.len() {
+                return Err("truncated SSND chunk");
+            }
+            return Ok(Pcm {
+                bits: u8::try_from(bits).map_err(|_| "sample size")?,
+                channels: channels as u8,
+                rate,
+                start,
+                end: start + len,
+            });
+        }
+        // Chunks are padded to an even length.
+        p = body.saturating_add(size).saturating_add(size & 1);
+    }
+    Err("no SSND chunk")
+}
+
+/// The PCM layout of a WAV or plain AIFF file, and whether its samples are big-endian.
+fn parse_pcm(d: &[u8]) -> Result<(Pcm, bool), &'static str> {
+    if d.starts_with(b"FORM") {
+        return parse_aiff(d).map(|p| (p, true));
+    }
+    parse_wav(d).map(|p| (p, false))
 }
 
 fn decode_payload(payload: &[u8]) -> Result<Decoded<'_>, CodecError> {
     let mut r = Reader::new(payload);
-    if r.u8()? != 1 {
-        return Err(wire::malformed("unknown wav-opus payload version"));
-    }
+    let be = match r.u8()? {
+        1 => false,
+        2 => match r.u8()? {
+            1 => true,
+            _ => return Err(wire::malformed("sample byte order")),
+        },
+        _ => return Err(wire::malformed("unknown wav-opus payload version")),
+    };
     let ch = r.u8()?;
     let channels = channels_of(ch).map_err(|_| wire::malformed("channels"))?;
     let rate = r.varint()? as u32;
@@ -107,6 +197,7 @@ fn decode_payload(payload: &[u8]) -> Result<Decoded<'_>, CodecError> {
         head,
         tail,
         samples,
+        be,
     })
 }
 
@@ -114,7 +205,11 @@ fn write_wav(d: &Decoded<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(d.head.len() + d.samples.len() * 2 + d.tail.len());
     out.extend_from_slice(d.head);
     for s in &d.samples {
-        out.extend_from_slice(&s.to_le_bytes());
+        out.extend_from_slice(&if d.be {
+            s.to_be_bytes()
+        } else {
+            s.to_le_bytes()
+        });
     }
     out.extend_from_slice(d.tail);
     out
@@ -143,7 +238,7 @@ pub fn pcm_snr(original: &[u8], decoded: &[u8]) -> f64 {
 /// Whether `decoded` is a WAV this codec could have served for `original`: same length,
 /// same bytes outside the samples (the quality is set by the bitrate, see `opus_bitrate`).
 pub fn audio_matches_layout(original: &[u8], decoded: &[u8]) -> bool {
-    let Ok(p) = parse_wav(original) else {
+    let Ok((p, _)) = parse_pcm(original) else {
         return false;
     };
     original.len() == decoded.len()
@@ -179,14 +274,14 @@ impl Codec for WavOpus {
         params: &EncodeParams,
         out: &mut Vec<u8>,
     ) -> Result<u32, CodecError> {
-        check_whole_len(raw, MAX_LEN, "WAV ")?;
+        check_whole_len(raw, MAX_LEN, "audio ")?;
         let q = u8::try_from(params.level)
             .ok()
             .filter(|q| (1..=100).contains(q))
             .ok_or_else(|| {
                 CodecError::Failed(format!("audio q {} out of 1..=100", params.level))
             })?;
-        let pcm = parse_wav(raw).map_err(|e| CodecError::Failed(e.to_string()))?;
+        let (pcm, be) = parse_pcm(raw).map_err(|e| CodecError::Failed(e.to_string()))?;
         if pcm.bits != 16 || !RATES.contains(&pcm.rate) {
             return Err(CodecError::Failed(
                 "Opus takes 16-bit PCM at 8, 12, 16, 24 or 48 kHz".into(),
@@ -196,7 +291,13 @@ impl Codec for WavOpus {
         let channels = channels_of(ch)?;
         let samples: Vec<i16> = raw[pcm.start..pcm.end]
             .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .map(|c| {
+                if be {
+                    i16::from_be_bytes([c[0], c[1]])
+                } else {
+                    i16::from_le_bytes([c[0], c[1]])
+                }
+            })
             .collect();
         let frames = samples.len() / ch as usize;
         let bitrate = opus_bitrate(q, ch);
@@ -221,7 +322,12 @@ impl Codec for WavOpus {
             Ok((skip, packets))
         })?;
         out.clear();
-        out.extend_from_slice(&[1, ch]);
+        if be {
+            out.extend_from_slice(&[2, 1]);
+        } else {
+            out.push(1);
+        }
+        out.push(ch);
         put_varint(out, pcm.rate as u64);
         put_varint(out, frames as u64);
         put_varint(out, bitrate as u64);
@@ -330,6 +436,102 @@ mod tests {
 
     const GOLDEN_LEN: usize = 137134;
     const GOLDEN_HASH: &str = "631dfef9cd98bffbcaf680c56b40b95833997b0360f6d6fb0daa644de934ad3e";
+
+    /// The sample's samples as a plain AIFF (big-endian, COMM with an 80-bit rate, SSND),
+    /// with a trailing chunk.
+    fn aiff_of(wav: &[u8]) -> Vec<u8> {
+        let p = parse_wav(wav).unwrap_or_else(|e| panic!("{e}"));
+        let frames = (p.end - p.start) / 2 / p.channels as usize;
+        let mut comm = Vec::new();
+        comm.extend_from_slice(&(p.channels as u16).to_be_bytes());
+        comm.extend_from_slice(&(frames as u32).to_be_bytes());
+        comm.extend_from_slice(&16u16.to_be_bytes());
+        // The rate as an 80-bit extended float: exponent 16383 + bit length - 1.
+        let bits = 32 - p.rate.leading_zeros();
+        comm.extend_from_slice(&((16383 + bits - 1) as u16).to_be_bytes());
+        comm.extend_from_slice(&((p.rate as u64) << (64 - bits)).to_be_bytes());
+        let mut ssnd = vec![0u8; 8];
+        for c in wav[p.start..p.end].chunks_exact(2) {
+            ssnd.extend_from_slice(&[c[1], c[0]]);
+        }
+        let mut body = b"AIFF".to_vec();
+        for (id, d) in [
+            (b"COMM", &comm),
+            (b"SSND", &ssnd),
+            (b"ANNO", &b"idcfs".to_vec()),
+        ] {
+            body.extend_from_slice(id);
+            body.extend_from_slice(&(d.len() as u32).to_be_bytes());
+            body.extend_from_slice(d);
+            if d.len() % 2 == 1 {
+                body.push(0);
+            }
+        }
+        let mut f = b"FORM".to_vec();
+        f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        f.extend_from_slice(&body);
+        f
+    }
+
+    /// AIFF: read back as AIFF with the original header, chunks, channel count and exact
+    /// length (big-endian samples close to the original's), as payload version 2.
+    #[test]
+    fn aiff_round_trips_as_aiff() {
+        let wav = sample();
+        let aiff = aiff_of(&wav);
+        let (p, be) = parse_pcm(&aiff).unwrap_or_else(|e| panic!("{e}"));
+        assert!(be && p.bits == 16 && p.rate == 48000);
+        let mut out = Vec::new();
+        let br = WavOpus
+            .encode(&aiff, &EncodeParams::level(60), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out[..2], [2, 1], "payload version 2, big-endian");
+        let mut back = Vec::new();
+        WavOpus
+            .decode(&out, br, aiff.len(), &mut back)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.len(), aiff.len());
+        assert!(audio_matches_layout(&aiff, &back));
+        assert_eq!(back[..p.start], aiff[..p.start]);
+        assert!(back.ends_with(b"ANNO\0\0\0\x05idcfs\0"));
+        // The same samples as the WAV's encoding, byte-swapped.
+        let mut wout = Vec::new();
+        WavOpus
+            .encode(&wav, &EncodeParams::level(60), &mut wout)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut wback = Vec::new();
+        let wp = parse_wav(&wav).unwrap_or_else(|e| panic!("{e}"));
+        WavOpus
+            .decode(&wout, br, wav.len(), &mut wback)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let swapped: Vec<u8> = back[p.start..p.end]
+            .chunks_exact(2)
+            .flat_map(|c| [c[1], c[0]])
+            .collect();
+        assert_eq!(swapped, wback[wp.start..wp.end]);
+        // Refused: 8-bit, AIFF-C, an SSND offset, a rate Opus does not take.
+        let mut b8 = aiff.clone();
+        b8[12 + 8 + 6 + 1] = 8;
+        let mut aifc = aiff.clone();
+        aifc[8..12].copy_from_slice(b"AIFC");
+        let mut off = aiff.clone();
+        off[12 + 8 + 18 + 8 + 3] = 2;
+        let mut rate = aiff.clone();
+        rate[12 + 8 + 8 + 2] ^= 0x40;
+        for (what, f) in [
+            ("8-bit", b8),
+            ("aifc", aifc),
+            ("offset", off),
+            ("rate", rate),
+        ] {
+            assert!(
+                WavOpus
+                    .encode(&f, &EncodeParams::level(60), &mut out)
+                    .is_err(),
+                "{what} accepted"
+            );
+        }
+    }
 
     #[test]
     fn refusals_and_garbage() {

@@ -9,19 +9,21 @@
 //!   this module (`write_png`: fixed filter, DEFLATE by the pinned `miniz_oxide` at a fixed
 //!   level), so the served bytes, hence `st_size`, never change between reads, remounts or
 //!   thread counts. `tests::golden_png_bytes` pins the exact output.
-//! - Only non-interlaced 8-bit grey, grey+alpha, RGB and RGBA PNGs, and binary PNMs (P5, P6)
-//!   with maxval 255, are accepted; anything else (palette, 16-bit, interlaced, malformed) is
-//!   refused with `Err` and stays lossless. A PNM is served with its own header and trailing
-//!   bytes around the reconstructed pixels (same size as the original).
+//! - Only non-interlaced 8-bit grey, grey+alpha, RGB and RGBA PNGs, binary PNMs (P5, P6)
+//!   with maxval 255, uncompressed 24/32-bit BMPs (BI_RGB, either row order, zero row
+//!   padding) and uncompressed baseline TIFFs (8-bit grey or RGB, one image, consecutive
+//!   strips, either byte order) are accepted; anything else (palette, 16-bit, interlaced,
+//!   compressed, tiled, malformed) is refused with `Err` and stays lossless. PNM, BMP and TIFF
+//!   are served with their own header and trailing bytes verbatim around the reconstructed
+//!   pixels, in their own sample order (same size as the original).
 //! - `encode` checks its own result: the payload it returns decodes to a PNG whose PSNR
 //!   against the input's pixels is at least the target (`EncodeParams::level`, in hundredths
 //!   of a dB); otherwise it refuses.
 //! - Malformed payloads give `Err`, never a panic: libwebp is called through `wire::fence`
 //!   with buffer sizes it checks, and every length is bounded before allocation.
 //!
-//! Payload (version 1): `1u8, kind u8 (1: PNG, 2: PNM; the picture is WebP either way),
-//! channels u8, colour type u8, width varint, height
-//! varint, chunks-before-IDAT, chunks-after-IDAT, webp-len varint, webp bytes`, where a chunk
+//! Payload (version 1): `1u8, kind u8 (1 PNG, 2 PNM, 3 BMP, 4 TIFF, see Kind; the picture
+//! is WebP either way), channels u8, colour type u8, width varint, height varint, chunks-before-IDAT, chunks-after-IDAT, webp-len varint, webp bytes`, where a chunk
 //! list is `count varint, (type 4 bytes, len varint, data)*`. The WebP is lossy VP8 or
 //! VP8L over quantized samples (both decode exactly). Params, for statistics only: the VP8
 //! quality (0..=100), or 1000 + the quantization step.
@@ -55,8 +57,59 @@ pub(crate) struct Picture {
     /// for a PNM, one pseudo-chunk each: the header and the trailing bytes, verbatim.
     pub before: Vec<Chunk>,
     pub after: Vec<Chunk>,
-    /// A binary PNM (served as header, pixels, tail) rather than a PNG.
-    pub pnm: bool,
+    /// What file the picture came from, hence how it is served.
+    pub kind: Kind,
+}
+
+/// The file format a lossily stored picture is served in; its byte is the payload's `kind`
+/// (never renumbered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A PNG written by `write_png` with the original's chunks.
+    Png = 1,
+    /// A binary PNM: its header, the pixels, its tail (pseudo-chunks `head`, `tail`).
+    Pnm = 2,
+    /// An uncompressed 24/32-bit BMP: its header, the pixels as BGR(A) rows in the header's
+    /// order with zero row padding, its tail.
+    Bmp = 3,
+    /// An uncompressed 8-bit grey/RGB TIFF with contiguous strips: as a PNM.
+    Tiff = 4,
+}
+
+impl Kind {
+    pub(crate) fn from_byte(b: u8) -> Result<Kind, CodecError> {
+        Ok(match b {
+            1 => Kind::Png,
+            2 => Kind::Pnm,
+            3 => Kind::Bmp,
+            4 => Kind::Tiff,
+            _ => return Err(wire::malformed("unknown lossy image payload kind")),
+        })
+    }
+
+    /// Check the channel count and the chunk lists a payload of this kind holds (a framed
+    /// raster has exactly one `head` and one `tail` pseudo-chunk).
+    pub(crate) fn check(
+        self,
+        ch: usize,
+        before: &[Chunk],
+        after: &[Chunk],
+    ) -> Result<(), CodecError> {
+        let ok = match self {
+            Kind::Png => true,
+            Kind::Pnm | Kind::Tiff => ch == 1 || ch == 3,
+            Kind::Bmp => {
+                (ch == 3 || ch == 4)
+                    && before
+                        .first()
+                        .is_some_and(|(_, h)| bmp_top_down(h).is_some())
+            }
+        };
+        if !ok || (self != Kind::Png && (before.len() != 1 || after.len() != 1)) {
+            return Err(wire::malformed("raster payload layout"));
+        }
+        Ok(())
+    }
 }
 
 fn be32(b: &[u8]) -> Option<u32> {
@@ -154,7 +207,7 @@ pub(crate) fn read_png(png: &[u8]) -> Result<Picture, CodecError> {
         pixels,
         before,
         after,
-        pnm: false,
+        kind: Kind::Png,
     })
 }
 
@@ -346,18 +399,246 @@ pub(crate) fn write_png(p: &Picture) -> Vec<u8> {
 /// The file served for a decoded picture: a PNG (`write_png`), or a PNM's own header, the
 /// pixels and its own tail.
 pub(crate) fn serve(p: &Picture) -> Vec<u8> {
-    if !p.pnm {
+    if p.kind == Kind::Png {
         return write_png(p);
     }
     let mut out = Vec::with_capacity(p.pixels.len() + 64);
     for (_, d) in &p.before {
         out.extend_from_slice(d);
     }
-    out.extend_from_slice(&p.pixels);
+    if p.kind == Kind::Bmp {
+        // `Kind::check` made sure the header says the row order.
+        let top_down = p
+            .before
+            .first()
+            .and_then(|(_, h)| bmp_top_down(h))
+            .unwrap_or(false);
+        bmp_rows(p, top_down, &mut out);
+    } else {
+        out.extend_from_slice(&p.pixels);
+    }
     for (_, d) in &p.after {
         out.extend_from_slice(d);
     }
     out
+}
+
+/// A BMP's pixel rows for `p` (RGB(A) top-down): BGR(A), in the file's row order, each
+/// padded with zeros to a multiple of 4 bytes.
+fn bmp_rows(p: &Picture, top_down: bool, out: &mut Vec<u8>) {
+    let (w, h) = (p.w as usize, p.h as usize);
+    let row = w * p.ch;
+    let pad = (4 - row % 4) % 4;
+    for i in 0..h {
+        let y = if top_down { i } else { h - 1 - i };
+        for px in p.pixels[y * row..(y + 1) * row].chunks_exact(p.ch) {
+            out.extend_from_slice(&[px[2], px[1], px[0]]);
+            if p.ch == 4 {
+                out.push(px[3]);
+            }
+        }
+        out.extend(std::iter::repeat_n(0u8, pad));
+    }
+}
+
+fn le16(d: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn le32(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Whether a BMP header (file header and DIB header) stores its rows top-down (a negative
+/// height); None when it is not a header `read_bmp` accepts.
+fn bmp_top_down(head: &[u8]) -> Option<bool> {
+    if head.get(..2) != Some(b"BM") || !matches!(le32(head, 14)?, 40 | 108 | 124) {
+        return None;
+    }
+    Some((le32(head, 22)? as i32) < 0)
+}
+
+/// An uncompressed (BI_RGB) 24- or 32-bit BMP with a BITMAPINFOHEADER (or V4/V5) header and
+/// zero row padding: its picture (RGB or RGBA top-down; the header and the bytes after the
+/// pixels kept as pseudo-chunks). Anything else (palette, 16-bit, bit fields, RLE, JPEG/PNG
+/// inside, OS/2 headers) is refused.
+fn read_bmp(d: &[u8]) -> Result<Picture, CodecError> {
+    let no = |why: &str| bad(&format!("BMP: {why}"));
+    if d.get(..2) != Some(b"BM") {
+        return Err(no("no signature"));
+    }
+    let off = le32(d, 10).ok_or_else(|| no("header"))? as usize;
+    let dib = le32(d, 14).ok_or_else(|| no("header"))? as usize;
+    if !matches!(dib, 40 | 108 | 124) || off < 14 + dib {
+        return Err(no("unsupported header"));
+    }
+    let w = le32(d, 18).ok_or_else(|| no("header"))? as i32;
+    let hs = le32(d, 22).ok_or_else(|| no("header"))? as i32;
+    let planes = le16(d, 26).ok_or_else(|| no("header"))?;
+    let bpp = le16(d, 28).ok_or_else(|| no("header"))?;
+    let compression = le32(d, 30).ok_or_else(|| no("header"))?;
+    if planes != 1 || compression != 0 || !(bpp == 24 || bpp == 32) {
+        return Err(no("only uncompressed 24- and 32-bit BMPs"));
+    }
+    let h = hs.unsigned_abs();
+    if w <= 0 || h == 0 || w as u32 > MAX_SIDE || h > MAX_SIDE {
+        return Err(no("picture size"));
+    }
+    let (w, top_down) = (w as u32, hs < 0);
+    let ch = bpp as usize / 8;
+    let row = w as usize * ch;
+    let stride = row.div_ceil(4) * 4;
+    let data = d
+        .get(off..off + stride * h as usize)
+        .ok_or_else(|| no("truncated pixels"))?;
+    let mut pixels = vec![0u8; row * h as usize];
+    for (i, src) in data.chunks_exact(stride).enumerate() {
+        if src[row..].iter().any(|&b| b != 0) {
+            return Err(no("non-zero row padding"));
+        }
+        let y = if top_down { i } else { h as usize - 1 - i };
+        for (dst, s) in pixels[y * row..(y + 1) * row]
+            .chunks_exact_mut(ch)
+            .zip(src[..row].chunks_exact(ch))
+        {
+            dst[..3].copy_from_slice(&[s[2], s[1], s[0]]);
+            if ch == 4 {
+                dst[3] = s[3];
+            }
+        }
+    }
+    Ok(Picture {
+        w,
+        h,
+        ch,
+        color_type: if ch == 4 { 6 } else { 2 },
+        pixels,
+        before: vec![(*b"head", d[..off].to_vec())],
+        after: vec![(*b"tail", d[off + stride * h as usize..].to_vec())],
+        kind: Kind::Bmp,
+    })
+}
+
+/// An uncompressed baseline TIFF (one image, 8-bit grey BlackIsZero or RGB, chunky, in
+/// strips that follow each other in the file), little or big endian: its picture, with
+/// everything before and after the pixel bytes kept verbatim. Anything else (compression,
+/// tiles, other depths, extra samples, palettes, several images) is refused.
+fn read_tiff(d: &[u8]) -> Result<Picture, CodecError> {
+    let no = |why: &str| bad(&format!("TIFF: {why}"));
+    let be = match d.get(..4) {
+        Some(b"II*\0") => false,
+        Some(b"MM\0*") => true,
+        _ => return Err(no("no signature")),
+    };
+    let u16_at = |at: usize| -> Option<u32> {
+        let b: [u8; 2] = d.get(at..at + 2)?.try_into().ok()?;
+        Some(if be {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        } as u32)
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        let b: [u8; 4] = d.get(at..at + 4)?.try_into().ok()?;
+        Some(if be {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    };
+    let ifd = u32_at(4).ok_or_else(|| no("header"))? as usize;
+    let n = u16_at(ifd).ok_or_else(|| no("IFD"))? as usize;
+    let next = u32_at(ifd + 2 + 12 * n).ok_or_else(|| no("IFD"))?;
+    if next != 0 {
+        return Err(no("several images"));
+    }
+    // The values of a SHORT (3) or LONG (4) field, inline or at its offset (bounded).
+    let values = |e: usize| -> Option<Vec<u32>> {
+        let (ty, count) = (u16_at(e + 2)?, u32_at(e + 4)? as usize);
+        let size = match ty {
+            3 => 2,
+            4 => 4,
+            _ => return None,
+        };
+        if count == 0 || count > (1 << 20) {
+            return None;
+        }
+        let at = if size * count <= 4 {
+            e + 8
+        } else {
+            u32_at(e + 8)? as usize
+        };
+        (0..count)
+            .map(|i| {
+                if size == 2 {
+                    u16_at(at + 2 * i)
+                } else {
+                    u32_at(at + 4 * i)
+                }
+            })
+            .collect()
+    };
+    let (mut w, mut h, mut spp, mut photometric) = (0u32, 0u32, 1u32, u32::MAX);
+    let (mut bits, mut offsets, mut counts) = (vec![1u32], Vec::new(), Vec::new());
+    let (mut compression, mut planar) = (1u32, 1u32);
+    for i in 0..n {
+        let e = ifd + 2 + 12 * i;
+        let tag = u16_at(e).ok_or_else(|| no("IFD"))?;
+        let v = || values(e).ok_or_else(|| no("field"));
+        let one = || v().map(|v| v[0]);
+        match tag {
+            256 => w = one()?,
+            257 => h = one()?,
+            258 => bits = v()?,
+            259 => compression = one()?,
+            262 => photometric = one()?,
+            273 => offsets = v()?,
+            277 => spp = one()?,
+            279 => counts = v()?,
+            284 => planar = one()?,
+            // Tiles, extra samples, a colour map, sub-sampled YCbCr, JPEG tables: refused.
+            320 | 322 | 323 | 324 | 325 | 338 | 347 | 530 => return Err(no("unsupported layout")),
+            _ => {}
+        }
+    }
+    let ch = spp as usize;
+    let ok = compression == 1
+        && planar == 1
+        && ((ch == 1 && photometric == 1) || (ch == 3 && photometric == 2))
+        && bits.len() == ch
+        && bits.iter().all(|&b| b == 8);
+    if !ok {
+        return Err(no("only uncompressed 8-bit grey or RGB"));
+    }
+    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE || (w as u64) * (h as u64) > MAX_PIXELS {
+        return Err(no("picture size"));
+    }
+    let total = w as usize * h as usize * ch;
+    if offsets.is_empty() || offsets.len() != counts.len() {
+        return Err(no("strips"));
+    }
+    let start = offsets[0] as usize;
+    let mut end = start;
+    for (&o, &c) in offsets.iter().zip(&counts) {
+        if o as usize != end {
+            return Err(no("strips are not contiguous"));
+        }
+        end += c as usize;
+    }
+    if end - start != total {
+        return Err(no("strip sizes"));
+    }
+    let pixels = d.get(start..end).ok_or_else(|| no("truncated pixels"))?;
+    Ok(Picture {
+        w,
+        h,
+        ch,
+        color_type: if ch == 1 { 0 } else { 2 },
+        pixels: pixels.to_vec(),
+        before: vec![(*b"head", d[..start].to_vec())],
+        after: vec![(*b"tail", d[end..].to_vec())],
+        kind: Kind::Tiff,
+    })
 }
 
 /// PSNR in dB between two sample buffers of equal length (infinite when identical).
@@ -380,24 +661,25 @@ pub(crate) fn psnr(a: &[u8], b: &[u8]) -> f64 {
     10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
-/// PSNR of the PNG `decoded` against the PNG `original`, over every sample; None when either
-/// is not a readable 8-bit PNG or their geometry differs.
+/// PSNR of the image file `decoded` against the image file `original` (PNG, PNM, BMP or
+/// TIFF as `load_picture` reads them), over every sample; None when either is not readable
+/// or their geometry differs.
 pub fn image_psnr(original: &[u8], decoded: &[u8]) -> Option<f64> {
-    if let (Ok(a), Ok(b)) = (read_pnm(original), read_pnm(decoded)) {
-        if (a.w, a.h, a.ch) != (b.w, b.h, b.ch) {
-            return None;
-        }
-        return Some(psnr(a.pixels, b.pixels));
-    }
-    let (a, b) = (read_png(original).ok()?, read_png(decoded).ok()?);
-    if (a.w, a.h, a.ch) != (b.w, b.h, b.ch) {
+    let (a, b) = (load_picture(original).ok()?, load_picture(decoded).ok()?);
+    if (a.w, a.h, a.ch, a.kind) != (b.w, b.h, b.ch, b.kind) {
         return None;
     }
     Some(psnr(&a.pixels, &b.pixels))
 }
 
-/// The picture of a binary PNM (header and tail kept as pseudo-chunks) or else of a PNG.
+/// The picture of a binary PNM, an uncompressed BMP or TIFF (header and tail kept as
+/// pseudo-chunks), or else of a PNG.
 pub(crate) fn load_picture(raw: &[u8]) -> Result<Picture, CodecError> {
+    match raw.get(..2) {
+        Some(b"BM") => return read_bmp(raw),
+        Some(b"II") | Some(b"MM") => return read_tiff(raw),
+        _ => {}
+    }
     Ok(match read_pnm(raw) {
         Ok(p) => Picture {
             w: p.w,
@@ -407,7 +689,7 @@ pub(crate) fn load_picture(raw: &[u8]) -> Result<Picture, CodecError> {
             pixels: p.pixels.to_vec(),
             before: vec![(*b"head", p.head.to_vec())],
             after: vec![(*b"tail", p.tail.to_vec())],
-            pnm: true,
+            kind: Kind::Pnm,
         },
         Err(_) => read_png(raw)?,
     })
@@ -610,11 +892,7 @@ fn decode_picture(payload: &[u8]) -> Result<Picture, CodecError> {
     if r.u8()? != 1 {
         return Err(wire::malformed("unknown lossy image payload version"));
     }
-    let pnm = match r.u8()? {
-        1 => false,
-        2 => true,
-        _ => return Err(wire::malformed("unknown lossy image payload kind")),
-    };
+    let kind = Kind::from_byte(r.u8()?)?;
     let ch = r.u8()? as usize;
     let color_type = r.u8()?;
     let expect_ct = match ch {
@@ -639,9 +917,7 @@ fn decode_picture(payload: &[u8]) -> Result<Picture, CodecError> {
     if r.remaining() != 0 {
         return Err(wire::malformed("trailing bytes"));
     }
-    if pnm && (ch.is_multiple_of(2) || before.len() != 1 || after.len() != 1) {
-        return Err(wire::malformed("PNM payload layout"));
-    }
+    kind.check(ch, &before, &after)?;
     let alpha = ch == 2 || ch == 4;
     let rgb = webp_decode(webp, w, h, alpha)?;
     Ok(Picture {
@@ -652,7 +928,7 @@ fn decode_picture(payload: &[u8]) -> Result<Picture, CodecError> {
         pixels: from_webp_output(&rgb, ch),
         before,
         after,
-        pnm,
+        kind,
     })
 }
 
@@ -749,7 +1025,7 @@ impl Codec for ImageWebp {
             )));
         };
         out.clear();
-        out.extend_from_slice(&[1, if pic.pnm { 2 } else { 1 }, pic.ch as u8, pic.color_type]);
+        out.extend_from_slice(&[1, pic.kind as u8, pic.ch as u8, pic.color_type]);
         put_varint(out, pic.w as u64);
         put_varint(out, pic.h as u64);
         put_chunks(out, &pic.before);
@@ -818,7 +1094,7 @@ mod tests {
             pixels,
             before: vec![(*b"gAMA", vec![0, 0, 177, 143])],
             after: vec![(*b"tEXt", b"Comment\0idcfs".to_vec())],
-            pnm: false,
+            kind: Kind::Png,
         }
     }
 
@@ -965,6 +1241,214 @@ mod tests {
         }
         assert!(read_pnm(b"P6\n2 2\n65535\n").is_err());
         assert!(read_pnm(b"P6\n2 2\n255\nabc").is_err());
+    }
+
+    /// An uncompressed BMP of `p` (RGB or RGBA) as common writers make it: BITMAPINFOHEADER,
+    /// 24 or 32 bits, rows bottom-up (or top-down), zero padding, `tail` after the pixels.
+    pub(crate) fn make_bmp(p: &Picture, top_down: bool, tail: &[u8]) -> Vec<u8> {
+        let mut rows = Vec::new();
+        let q = Picture {
+            kind: Kind::Bmp,
+            ..p.clone()
+        };
+        bmp_rows(&q, top_down, &mut rows);
+        let off = 14 + 40;
+        let mut d = b"BM".to_vec();
+        d.extend_from_slice(&((off + rows.len() + tail.len()) as u32).to_le_bytes());
+        d.extend_from_slice(&[0; 4]);
+        d.extend_from_slice(&(off as u32).to_le_bytes());
+        d.extend_from_slice(&40u32.to_le_bytes());
+        d.extend_from_slice(&(p.w as i32).to_le_bytes());
+        let h = if top_down { -(p.h as i32) } else { p.h as i32 };
+        d.extend_from_slice(&h.to_le_bytes());
+        d.extend_from_slice(&1u16.to_le_bytes());
+        d.extend_from_slice(&((p.ch * 8) as u16).to_le_bytes());
+        d.extend_from_slice(&0u32.to_le_bytes());
+        d.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+        d.extend_from_slice(&[0x13, 0x0b, 0, 0, 0x13, 0x0b, 0, 0]);
+        d.extend_from_slice(&[0; 8]);
+        d.extend_from_slice(&rows);
+        d.extend_from_slice(tail);
+        d
+    }
+
+    /// An uncompressed baseline TIFF of `p` (grey or RGB) in strips of `rps` rows, in either
+    /// byte order, with the IFD after the pixels (as libtiff writes it) and a description.
+    pub(crate) fn make_tiff(p: &Picture, be: bool, rps: u32) -> Vec<u8> {
+        let u16b = |v: u16| if be { v.to_be_bytes() } else { v.to_le_bytes() };
+        let u32b = |v: u32| if be { v.to_be_bytes() } else { v.to_le_bytes() };
+        let mut d = if be {
+            b"MM\0*".to_vec()
+        } else {
+            b"II*\0".to_vec()
+        };
+        d.extend_from_slice(&[0; 4]); // IFD offset, patched below
+        let start = d.len() as u32;
+        d.extend_from_slice(&p.pixels);
+        let row = p.w * p.ch as u32;
+        let strips: Vec<(u32, u32)> = (0..p.h.div_ceil(rps))
+            .map(|i| {
+                let rows = rps.min(p.h - i * rps);
+                (start + i * rps * row, rows * row)
+            })
+            .collect();
+        let mut extra = Vec::new(); // out-of-line values, after the IFD
+        let desc = b"made by idcfs tests\0".to_vec();
+        let n_entries = 11u16;
+        if d.len() % 2 == 1 {
+            d.push(0);
+        }
+        let ifd = d.len() as u32;
+        let extra_at = ifd + 2 + 12 * n_entries as u32 + 4;
+        let mut entries: Vec<(u16, u16, u32, Vec<u8>)> = Vec::new();
+        let long_list = |vals: &[u32], extra: &mut Vec<u8>| -> Vec<u8> {
+            if vals.len() == 1 {
+                return u32b(vals[0]).to_vec();
+            }
+            let at = extra_at + extra.len() as u32;
+            for v in vals {
+                extra.extend_from_slice(&u32b(*v));
+            }
+            u32b(at).to_vec()
+        };
+        let short = |v: u16| {
+            let mut b = u16b(v).to_vec();
+            b.extend_from_slice(&[0, 0]);
+            b
+        };
+        entries.push((256, 4, 1, u32b(p.w).to_vec()));
+        entries.push((257, 4, 1, u32b(p.h).to_vec()));
+        if p.ch == 1 {
+            entries.push((258, 3, 1, short(8)));
+        } else {
+            let at = extra_at + extra.len() as u32;
+            for _ in 0..3 {
+                extra.extend_from_slice(&u16b(8));
+            }
+            entries.push((258, 3, 3, u32b(at).to_vec()));
+        }
+        entries.push((259, 3, 1, short(1)));
+        entries.push((262, 3, 1, short(if p.ch == 1 { 1 } else { 2 })));
+        let at = extra_at + extra.len() as u32;
+        extra.extend_from_slice(&desc);
+        entries.push((270, 2, desc.len() as u32, u32b(at).to_vec()));
+        let offs: Vec<u32> = strips.iter().map(|s| s.0).collect();
+        let v = long_list(&offs, &mut extra);
+        entries.push((273, 4, offs.len() as u32, v));
+        entries.push((277, 3, 1, short(p.ch as u16)));
+        entries.push((278, 4, 1, u32b(rps).to_vec()));
+        let counts: Vec<u32> = strips.iter().map(|s| s.1).collect();
+        let v = long_list(&counts, &mut extra);
+        entries.push((279, 4, counts.len() as u32, v));
+        entries.push((284, 3, 1, short(1)));
+        assert_eq!(entries.len(), n_entries as usize);
+        d.extend_from_slice(&u16b(n_entries));
+        for (tag, ty, count, val) in entries {
+            d.extend_from_slice(&u16b(tag));
+            d.extend_from_slice(&u16b(ty));
+            d.extend_from_slice(&u32b(count));
+            d.extend_from_slice(&val);
+        }
+        d.extend_from_slice(&[0; 4]);
+        d.extend_from_slice(&extra);
+        let o = u32b(ifd);
+        d[4..8].copy_from_slice(&o);
+        d
+    }
+
+    /// BMP (24-bit bottom-up, 32-bit top-down) and TIFF (grey and RGB, both byte orders,
+    /// several strips) read as the pixels they hold, are served back in their own format
+    /// with the original header and trailing bytes verbatim and the same size, and meet the
+    /// target through WebP and AV1.
+    #[test]
+    fn bmp_and_tiff_round_trip_in_their_own_format() {
+        let mut files = Vec::new();
+        for (ch, top_down) in [(3usize, false), (4, true), (3, true)] {
+            let mut p = synthetic(45, 30, ch);
+            p.kind = Kind::Bmp;
+            files.push((p.clone(), make_bmp(&p, top_down, b"")));
+        }
+        for (ch, be) in [(1usize, false), (3, true), (3, false), (1, true)] {
+            let mut p = synthetic(41, 33, ch);
+            p.kind = Kind::Tiff;
+            files.push((p.clone(), make_tiff(&p, be, 8)));
+        }
+        for (p, file) in &files {
+            let got = load_picture(file).unwrap_or_else(|e| panic!("{:?}: {e}", p.kind));
+            assert_eq!((got.w, got.h, got.ch, got.kind), (p.w, p.h, p.ch, p.kind));
+            assert_eq!(got.pixels, p.pixels);
+            assert_eq!(
+                &serve(&got),
+                file,
+                "{:?} served exactly when unchanged",
+                p.kind
+            );
+            let codecs: [&dyn Codec; 2] = [&ImageWebp, &super::super::ImageAvif];
+            for c in codecs {
+                let mut out = Vec::new();
+                let q = c
+                    .encode(file, &EncodeParams::level(3600), &mut out)
+                    .unwrap_or_else(|e| panic!("{} {:?}: {e}", c.name(), p.kind));
+                let n = c
+                    .decoded_len(&out, q)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .unwrap_or(0);
+                assert_eq!(n, file.len(), "{} {:?}: same size", c.name(), p.kind);
+                let mut back = Vec::new();
+                c.decode(&out, q, n, &mut back)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let head = &got.before[0].1;
+                assert_eq!(&back[..head.len()], &head[..], "header verbatim");
+                assert!(back.ends_with(&got.after[0].1), "tail verbatim");
+                let db = image_psnr(file, &back).unwrap_or(0.0);
+                assert!(db >= 36.0, "{} {:?}: {db}", c.name(), p.kind);
+            }
+        }
+    }
+
+    /// Compressed, palette, 16-bit and odd layouts stay lossless: refused with an error.
+    #[test]
+    fn unsupported_bmp_and_tiff_are_refused() {
+        let p = synthetic(20, 10, 3);
+        let bmp = make_bmp(&p, false, b"");
+        let mut rle = bmp.clone();
+        rle[30] = 1; // BI_RLE8
+        let mut b16 = bmp.clone();
+        b16[28] = 16;
+        let mut core = bmp.clone();
+        core[14] = 12; // OS/2 core header
+        let mut pad = make_bmp(&synthetic(21, 10, 3), false, b"");
+        let row = 21 * 3;
+        pad[54 + row] = 7; // non-zero row padding
+        let tiff = make_tiff(&p, false, 4);
+        let ifd = u32::from_le_bytes(tiff[4..8].try_into().unwrap_or_default()) as usize;
+        // Entry 3 is Compression (259): LZW.
+        let mut lzw = tiff.clone();
+        lzw[ifd + 2 + 12 * 3 + 8] = 5;
+        // Strips out of order: the first offset moved.
+        let mut gap = tiff.clone();
+        let e = ifd + 2 + 12 * 6 + 8;
+        let at = u32::from_le_bytes(gap[e..e + 4].try_into().unwrap_or_default()) as usize;
+        gap[at] ^= 1;
+        let mut two_pages = tiff.clone();
+        let next = ifd + 2 + 12 * 11;
+        two_pages[next] = 8;
+        for (what, f) in [
+            ("rle", &rle),
+            ("16-bit", &b16),
+            ("core", &core),
+            ("padding", &pad),
+            ("lzw", &lzw),
+            ("strips", &gap),
+            ("pages", &two_pages),
+        ] {
+            assert!(load_picture(f).is_err(), "{what} accepted");
+            let mut out = Vec::new();
+            assert!(ImageWebp
+                .encode(f, &EncodeParams::level(3000), &mut out)
+                .is_err());
+        }
+        assert!(load_picture(&bmp).is_ok() && load_picture(&tiff).is_ok());
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod exec;
 mod jpeg;
 mod learned_image;
 mod lossy_audio;
+mod lossy_avif;
 mod lossy_image;
 pub(crate) mod pixels;
 mod raw;
@@ -45,6 +46,7 @@ pub use self::exec::Exec;
 pub use self::jpeg::Jpeg;
 pub use self::learned_image::{bench as learned_bench, LearnedImage};
 pub use self::lossy_audio::{audio_matches_layout, opus_bitrate, pcm_snr, WavOpus};
+pub use self::lossy_avif::{bench as avif_bench, ImageAvif};
 pub use self::lossy_image::{image_psnr, ImageWebp};
 pub use self::raw::Raw;
 pub use self::zstd::Zstd;
@@ -121,6 +123,10 @@ pub const WAV_OPUS: CodecId = 12;
 /// integer-exact decoder networks, served as a PNG like `IMAGE_WEBP` (whole file; only under
 /// `lossy=image:…`; the payload names its model by hash).
 pub const IMAGE_LEARNED: CodecId = 13;
+/// Lossy: an 8-bit PNG's (or binary PNM's) pixels as one AV1 still frame (10-bit 4:4:4 of an
+/// exactly invertible integer YCoCg; grey as monochrome; alpha losslessly beside), served as a
+/// PNG like `IMAGE_WEBP` (whole file; only under `lossy=image:…`).
+pub const IMAGE_AVIF: CodecId = 14;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,6 +254,7 @@ impl Default for Registry {
         r.add(Arc::new(ImageWebp));
         r.add(Arc::new(WavOpus));
         r.add(Arc::new(LearnedImage::default()));
+        r.add(Arc::new(ImageAvif));
         r
     }
 }
@@ -428,6 +435,7 @@ mod tests {
                 CM_BLOCK,
                 IMAGE_WEBP,
                 WAV_OPUS,
+                IMAGE_AVIF,
             ] {
                 assert!(r.decode(id, &junk, 0, 131072).is_err(), "{id} len {len}");
             }

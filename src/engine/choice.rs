@@ -25,8 +25,8 @@ use super::layout::BLOCK_U64;
 use crate::classify::ContentClass as C;
 use crate::codec::{
     CodecId, CM, CM_BLOCK, CM_MAX_LEN, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL,
-    DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, IMAGE_LEARNED, IMAGE_WEBP, JPEG, WAV_OPUS, ZSTD,
-    ZSTD_DICT, ZSTD_LONG,
+    DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, IMAGE_AVIF, IMAGE_LEARNED, IMAGE_WEBP, JPEG,
+    WAV_OPUS, ZSTD, ZSTD_DICT, ZSTD_LONG,
 };
 use crate::policy::{Effective, Level, Medium, Quality};
 
@@ -203,21 +203,23 @@ fn lossy_codecs(class: Option<C>, policy: &Effective) -> Vec<Candidate> {
         return Vec::new();
     };
     match medium {
-        // PNG and binary PNM have a reader and writer here; BMP and TIFF stay lossless.
-        // WebP and the learned codec both try; the smallest verified one wins.
-        Medium::Image if matches!(class, Some(C::Png | C::Pnm)) => [IMAGE_WEBP, IMAGE_LEARNED]
-            .into_iter()
-            .map(|codec| Candidate {
-                codec,
-                level: (image_psnr_target(target) * 100.0).round() as i32,
-                model: 0,
-                whole_file: true,
-                fidelity: Fidelity::Lossy { medium, target },
-            })
-            .collect(),
-        // Opus takes its quality as a bitrate (`codec::opus_bitrate`); WAV only (AIFF stays
-        // lossless).
-        Medium::Audio if class == Some(C::Wav) => match target {
+        // PNG, binary PNM, uncompressed BMP and TIFF have a reader and writer here (the
+        // codecs refuse the variants they cannot serve back, which stay lossless). WebP,
+        // AV1 and the learned codec all try; the smallest verified one wins.
+        Medium::Image if matches!(class, Some(C::Png | C::Pnm | C::Bmp | C::Tiff)) => {
+            [IMAGE_WEBP, IMAGE_AVIF, IMAGE_LEARNED]
+                .into_iter()
+                .map(|codec| Candidate {
+                    codec,
+                    level: (image_psnr_target(target) * 100.0).round() as i32,
+                    model: 0,
+                    whole_file: true,
+                    fidelity: Fidelity::Lossy { medium, target },
+                })
+                .collect()
+        }
+        // Opus takes its quality as a bitrate (`codec::opus_bitrate`); WAV and plain AIFF.
+        Medium::Audio if matches!(class, Some(C::Wav | C::Aiff)) => match target {
             Quality::Q(q) => vec![Candidate {
                 codec: WAV_OPUS,
                 level: q as i32,
@@ -564,16 +566,16 @@ mod tests {
                 target: Quality::Psnr(40.0)
             }
         );
-        assert_eq!((v[1].codec, v[1].level), (IMAGE_LEARNED, 4000));
-        assert!(v[2..].iter().all(|c| c.fidelity == Fidelity::Lossless));
+        assert_eq!((v[1].codec, v[1].level), (IMAGE_AVIF, 4000));
+        assert_eq!((v[2].codec, v[2].level), (IMAGE_LEARNED, 4000));
+        assert!(v[3..].iter().all(|c| c.fidelity == Fidelity::Lossless));
         // Never on the write path, never for JPEG, and never for an unavailable codec.
         assert!(cands(C::Png, &p, Stage::Write)
             .iter()
             .all(|c| c.fidelity == Fidelity::Lossless));
         assert_eq!(cands(C::Pnm, &p, Stage::Recompress)[0].codec, IMAGE_WEBP);
-        assert!(cands(C::Bmp, &p, Stage::Recompress)
-            .iter()
-            .all(|c| c.fidelity == Fidelity::Lossless));
+        assert_eq!(cands(C::Bmp, &p, Stage::Recompress)[0].codec, IMAGE_WEBP);
+        assert_eq!(cands(C::Tiff, &p, Stage::Recompress)[1].codec, IMAGE_AVIF);
         assert!(cands(C::Jpeg, &p, Stage::Recompress)
             .iter()
             .all(|c| c.fidelity == Fidelity::Lossless));
@@ -606,6 +608,7 @@ mod tests {
             &no_learned,
         );
         assert_eq!(v[0].codec, IMAGE_WEBP);
+        assert_eq!(v[1].codec, IMAGE_AVIF);
         assert!(v.iter().all(|c| c.codec != IMAGE_LEARNED));
         // q=N maps to a PSNR target.
         p.lossy.insert(Medium::Image, Quality::Q(80));

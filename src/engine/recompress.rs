@@ -672,6 +672,18 @@ impl Engine {
             if files.contains_key(&ino) {
                 return Ok(None);
             }
+            // Another recompression of the same file (the idle scan beside an explicit
+            // `recompress`) may have swapped it in meanwhile: this op would then do nothing
+            // but store a payload nobody references, and be counted twice. Checked under
+            // the same lock as that swap, so one of them wins.
+            if self
+                .j
+                .index
+                .inode(ino)?
+                .is_some_and(|i| i.flags & crate::meta::FLAG_LOSSY != 0)
+            {
+                return Ok(None);
+            }
             self.j.commit(&[op], Some((&h, payload)))?;
         }
         let now = self.j.index.inode(ino)?;

@@ -94,6 +94,12 @@ mkdir lossy
 "$BIN" policy set lossy lossy=image:psnr=40,audio:q=40
 cp "$DATA"/photo/*chelsea.png lossy/chelsea.png
 cp "$DATA"/wav/*Front_Center.wav lossy/front.wav
+# Since v2.5 (codec 14 image-avif, which now wins on the photo; image kinds PNM, BMP and TIFF;
+# wav-opus payload version 2 for AIFF): crops of the photo as PPM, BMP and TIFF, and the WAV's
+# samples as an AIFF, made by lossy-media.py (no image tools needed).
+MEDIA=$(mktemp -d /tmp/idcfs-golden-media.XXXXXX)
+python3 "$HERE/lossy-media.py" "$DATA" "$MEDIA"
+cp "$MEDIA"/crop.ppm "$MEDIA"/crop.bmp "$MEDIA"/crop.tif "$MEDIA"/front.aiff lossy/
 "$BIN" recompress "$MNT/lossy" >/dev/null
 cp "$DATA"/jpeg/*sddm-preview.jpg dedup/preview.jpg
 # Revision 1 (object dedup): an identical copy references the first one's shared object.
@@ -127,6 +133,26 @@ cp "$DATA"/elf/users max/users-again
 "$BIN" recompress "$MNT/dedup" >/dev/null
 cd /
 "$BIN" umount "$MNT"
+
+# Since v2.5: the lossy image codecs that image-avif beats, each on a mount whose config
+# disables the others: image-webp at 40 dB, and image-learned (needs ONNX Runtime, found as the
+# tests find it) at the 22 dB its model reaches.
+for only in webp learned; do
+  case $only in
+    webp) disabled='"image-avif", "image-learned"'; policy=lossy=image:psnr=40 ;;
+    learned) disabled='"image-avif", "image-webp"'; policy=lossy=image:psnr=22 ;;
+  esac
+  printf '[codecs]\ndisabled = [%s]\n' "$disabled" > "$MEDIA/config-$only.toml"
+  "$BIN" mount --store "$OUT/store" "${KEYARGS[@]}" --config "$MEDIA/config-$only.toml" "$MNT"
+  mkdir "$MNT/lossy-$only"
+  "$BIN" policy set "$MNT/lossy-$only" "$policy"
+  cp "$MEDIA/crop.ppm" "$MNT/lossy-$only/crop.ppm"
+  "$BIN" recompress "$MNT/lossy-$only" >/dev/null
+  getfattr --only-values -n user.idcfs.fileinfo "$MNT/lossy-$only/crop.ppm" | grep -q "image-$only" \
+    || { echo "lossy-$only/crop.ppm is not stored by image-$only" >&2; exit 1; }
+  "$BIN" umount "$MNT"
+done
+rm -rf "$MEDIA"
 
 # The lists a later build compares against (paths relative to the mount root).
 "$BIN" mount --store "$OUT/store" "${KEYARGS[@]}" "$MNT"
