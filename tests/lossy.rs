@@ -390,7 +390,7 @@ fn lossy_wav_under_policy() {
     assert_eq!(code, 0, "fsck: {out}");
 }
 
-/// PSNR target the learned model reaches on the test photos (see models/hp-int8-v1/README.md).
+/// PSNR target the learned models reach on the test photos (models/hp-int8-v1/, hp-dct-v2/).
 const LEARNED_TARGET: f64 = 22.0;
 
 /// With ONNX Runtime present and `image-webp` and `image-avif` disabled, `lossy=image:psnr=…` stores RGB PNG

@@ -1,5 +1,6 @@
 //! Learned lossy image storage (codec `image-learned`): an 8-bit RGB PNG's (or P6 PNM's)
-//! pixels coded by a small scale-hyperprior network (`models/hp-int8-v1/`) run through ONNX
+//! pixels coded by a small scale-hyperprior network (`models/hp-dct-v2/`, whose transforms
+//! start as colour + 8×8 DCT; `models/hp-int8-v1/` still decodes its payloads) run through ONNX
 //! Runtime, entropy-coded by `constriction` from integer tables, and served back as a PNG of
 //! the reconstructed pixels with the original's ancillary chunks (as `image-webp` does).
 //!
@@ -14,9 +15,10 @@
 //!   decoding checks that ORT's outputs are integers in range (a runtime that broke exactness
 //!   gives an error, never other bytes); without a runtime the reference decodes.
 //! - The entropy coder's probabilities come only from the model's fixed-point tables
-//!   (`int.bin`): 64 quantized zero-mean Gaussians, indexed for y by `h_s`'s integer output
-//!   (the scale index, shifted by an integer per quantization step) and for z by a fixed index
-//!   per channel. No float enters decoding.
+//!   (`int.bin`): 64 symmetric fixed-point tables (hp-int8-v1: quantized zero-mean Gaussians;
+//!   hp-dct-v2: a Gaussian mixed with a little Laplace for heavier tails), indexed for y by
+//!   `h_s`'s integer output (the scale index, shifted by an integer per quantization step) and
+//!   for z by a fixed index per channel. No float enters decoding.
 //! - A payload names its model by a BLAKE3 hash of the decoder-side files; models are never
 //!   changed, a new one gets a new hash and old payloads keep decoding with the old model.
 //!   A payload whose model this build lacks is an error naming the model (read as EIO).
@@ -56,18 +58,26 @@ pub struct LearnedImage {
     models: Vec<Arc<Model>>,
 }
 
-/// The model shipped in this build.
-fn builtin() -> Result<Arc<Model>, String> {
-    static M: OnceLock<Result<Arc<Model>, String>> = OnceLock::new();
+/// The models shipped in this build, oldest first: each decodes the payloads that name it
+/// (models never change, FORMAT.md 5.4); the last one encodes.
+fn builtin() -> Result<Vec<Arc<Model>>, String> {
+    static M: OnceLock<Result<Vec<Arc<Model>>, String>> = OnceLock::new();
     M.get_or_init(|| {
-        Model::parse(
+        let v1 = Model::parse(
             "hp-int8-v1",
             include_bytes!("../../models/hp-int8-v1/enc.onnx").to_vec(),
             include_bytes!("../../models/hp-int8-v1/hs.onnx").to_vec(),
             include_bytes!("../../models/hp-int8-v1/gs.onnx").to_vec(),
             include_bytes!("../../models/hp-int8-v1/int.bin"),
-        )
-        .map(Arc::new)
+        )?;
+        let v2 = Model::parse(
+            "hp-dct-v2",
+            include_bytes!("../../models/hp-dct-v2/enc.onnx").to_vec(),
+            include_bytes!("../../models/hp-dct-v2/hs.onnx").to_vec(),
+            include_bytes!("../../models/hp-dct-v2/gs.onnx").to_vec(),
+            include_bytes!("../../models/hp-dct-v2/int.bin"),
+        )?;
+        Ok(vec![Arc::new(v1), Arc::new(v2)])
     })
     .clone()
 }
@@ -75,7 +85,7 @@ fn builtin() -> Result<Arc<Model>, String> {
 impl Default for LearnedImage {
     fn default() -> Self {
         LearnedImage {
-            models: builtin().into_iter().collect(),
+            models: builtin().unwrap_or_default(),
         }
     }
 }
@@ -123,14 +133,39 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
+    /// Σ|w| of output channel `c` over the terms that can meet in one output: all of them
+    /// for a convolution; for a transposed convolution, the largest sum over one output
+    /// phase (kernel offsets congruent modulo the stride: an output position receives only
+    /// those), so every partial sum of any summation order is a subset of that phase's terms.
+    fn abs_weight_sum(&self, c: usize) -> i64 {
+        let (k, s) = (self.k, self.stride);
+        let kk = k * k;
+        let w = &self.w[c * self.cin * kk..(c + 1) * self.cin * kk];
+        let phases = if self.transposed { s.min(k) } else { 1 };
+        let mut best = 0i64;
+        for py in 0..phases {
+            for px in 0..phases {
+                let mut sum = 0i64;
+                for ci in 0..self.cin {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let hit = !self.transposed || (ky % s == py && kx % s == px);
+                            if hit {
+                                sum += (w[(ci * k + ky) * k + kx] as i64).abs();
+                            }
+                        }
+                    }
+                }
+                best = best.max(sum);
+            }
+        }
+        best
+    }
+
     /// The exactness bound for inputs of magnitude at most `amax`.
     fn check(&self, amax: i64) -> Result<(), String> {
-        let kk = self.k * self.k;
         for c in 0..self.cout {
-            let s: i64 = self.w[c * self.cin * kk..(c + 1) * self.cin * kk]
-                .iter()
-                .map(|&w| (w as i64).abs())
-                .sum();
+            let s = self.abs_weight_sum(c);
             if s * amax + (self.bias[c] as i64).abs() >= EXACT {
                 return Err(format!("output channel {c} can exceed 2^24"));
             }
@@ -967,8 +1002,18 @@ mod tests {
         std::fs::read(format!("{p}{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
+    /// A built-in model by name.
+    fn named(name: &str) -> Arc<Model> {
+        builtin()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no built-in model {name}"))
+    }
+
+    /// The first model (hp-int8-v1).
     fn model() -> Arc<Model> {
-        builtin().unwrap_or_else(|e| panic!("{e}"))
+        named("hp-int8-v1")
     }
 
     /// Deterministic pseudo-random integers in −r..=r (xorshift).
@@ -989,7 +1034,12 @@ mod tests {
     #[test]
     fn ort_on_1_and_2_threads_equals_the_integer_reference() {
         runtime_required("ort_on_1_and_2_threads_equals_the_integer_reference");
-        let m = model();
+        for m in builtin().unwrap_or_else(|e| panic!("{e}")) {
+            ort_equals_reference(&m);
+        }
+    }
+
+    fn ort_equals_reference(m: &Model) {
         let (zc, yc) = (m.z_ch(), m.y_ch());
         let cases = [
             (
@@ -1030,7 +1080,7 @@ mod tests {
             ),
         ];
         for (gs, x) in &cases {
-            let want = run_decoder(&m, *gs, x, Engine::Reference).unwrap_or_else(|e| panic!("{e}"));
+            let want = run_decoder(m, *gs, x, Engine::Reference).unwrap_or_else(|e| panic!("{e}"));
             let (lo, hi) = {
                 let l = if *gs { &m.gs } else { &m.hs };
                 l.last().map(|l| (l.lo, l.hi)).unwrap_or_default()
@@ -1049,21 +1099,30 @@ mod tests {
                 Engine::Ort(Some(2)),
                 Engine::Ort(None),
             ] {
-                let got = run_decoder(&m, *gs, x, eng).unwrap_or_else(|e| panic!("{eng:?}: {e}"));
-                assert!(got == want, "gs={gs}: {eng:?} differs from the reference");
+                let got = run_decoder(m, *gs, x, eng).unwrap_or_else(|e| panic!("{eng:?}: {e}"));
+                assert!(
+                    got == want,
+                    "{}: gs={gs}: {eng:?} differs from the reference",
+                    m.name
+                );
             }
         }
     }
 
-    /// A real photo (not in the training set) encodes under a 25 dB target (this first model
-    /// reaches about 27.7 dB on it at its finest step), and its payload
+    /// With each built-in model: a real photo (not in the training set) encodes under a 25 dB
+    /// target (hp-int8-v1 reaches about 27.7 dB on it at its finest step), and its payload
     /// decodes to the same picture with ORT on 1 and 2 threads and with the reference; the
     /// served PNG meets the target and the codec's length and bytes agree.
     #[test]
     fn photo_round_trip_is_identical_across_engines_and_meets_the_target() {
         runtime_required("photo_round_trip_is_identical_across_engines");
+        for m in builtin().unwrap_or_else(|e| panic!("{e}")) {
+            photo_round_trip(LearnedImage::with_models(vec![m]));
+        }
+    }
+
+    fn photo_round_trip(c: LearnedImage) {
         let raw = photo("skimage_data_chelsea.png");
-        let c = LearnedImage::default();
         let mut payload = Vec::new();
         let m = c
             .encode(&raw, &EncodeParams::level(2500), &mut payload)
@@ -1109,6 +1168,48 @@ mod tests {
             hex(&model().id),
             "dc0b858d88fb33b3f27d96bf361f140df9823f58d64e30cd572c3282971b7d76"
         );
+    }
+
+    /// hp-dct-v2 never changes either, and the registry holds both models, v2 last (it
+    /// encodes).
+    #[test]
+    fn builtin_v2_model_hash_is_pinned() {
+        assert_eq!(hex(&named("hp-dct-v2").id), V2_HASH);
+        let names: Vec<String> = LearnedImage::default()
+            .models
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        assert_eq!(names, ["hp-int8-v1", "hp-dct-v2"]);
+    }
+
+    const V2_HASH: &str = "2c2e42a47625fb79201f2a3fba6059f389de101af08f4119cc3940e60c92a61b";
+
+    /// A payload written by hp-int8-v1 (a build before v2 shipped) decodes, to the same
+    /// picture, with this build's registry, and this build encodes with v2.
+    #[test]
+    fn v1_payload_still_decodes_after_v2_ships() {
+        runtime_required("v1_payload_still_decodes_after_v2_ships");
+        let raw = photo("skimage_data_coffee.png");
+        let old = LearnedImage::with_models(vec![model()]);
+        let mut p1 = Vec::new();
+        let m1 = old
+            .encode(&raw, &EncodeParams::level(2200), &mut p1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&p1[1..33], &model().id[..]);
+        let want = serve(
+            &old.decode_with(&p1, Engine::Reference, false)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let now = LearnedImage::default();
+        let mut out = Vec::new();
+        now.decode(&p1, m1, want.len(), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out == want, "v1's payload decodes differently after v2");
+        let mut p2 = Vec::new();
+        now.encode(&raw, &EncodeParams::level(2200), &mut p2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hex(&p2[1..33]), V2_HASH, "new payloads name v2");
     }
 
     /// A block written by model A still decodes, to the same bytes, after model B ships
