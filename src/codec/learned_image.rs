@@ -32,7 +32,7 @@
 //! (channel, row, column order) then y (same order); symbols are value + table radius.
 
 use super::lossy_image::{
-    get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Kind, Picture,
+    deliver, get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Kind, Picture,
 };
 use super::wire::{self, put_varint, Reader};
 use super::{check_whole_len, Codec, CodecError, EncodeParams, Granularity, IMAGE_LEARNED};
@@ -949,15 +949,11 @@ impl Codec for LearnedImage {
         raw_len: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        let file = serve(&self.decode_with(payload, decode_engine(), true)?);
-        if file.len() != raw_len {
-            return Err(CodecError::Length {
-                got: file.len(),
-                want: raw_len,
-            });
-        }
-        *out = file;
-        Ok(())
+        deliver(
+            &self.decode_with(payload, decode_engine(), true)?,
+            raw_len,
+            out,
+        )
     }
 }
 

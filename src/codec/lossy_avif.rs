@@ -28,7 +28,7 @@
 //! when channels is 2 or 4)`. Params, for statistics only: the AV1 quantizer index (0..=255).
 
 use super::lossy_image::{
-    get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Kind, Picture,
+    deliver, get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Kind, Picture,
 };
 use super::wire::{self, put_varint, Reader};
 use super::{check_whole_len, Codec, CodecError, EncodeParams, Granularity, IMAGE_AVIF};
@@ -416,15 +416,7 @@ impl Codec for ImageAvif {
         raw_len: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        let file = serve(&decode_picture(payload)?);
-        if file.len() != raw_len {
-            return Err(CodecError::Length {
-                got: file.len(),
-                want: raw_len,
-            });
-        }
-        *out = file;
-        Ok(())
+        deliver(&decode_picture(payload)?, raw_len, out)
     }
 }
 

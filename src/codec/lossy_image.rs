@@ -396,6 +396,20 @@ pub(crate) fn write_png(p: &Picture) -> Vec<u8> {
     out
 }
 
+/// Serves a decoded picture as the decoders of every lossy image codec do: the file must be
+/// exactly the recorded length (`st_size`), else the block is reported, never served.
+pub(crate) fn deliver(p: &Picture, raw_len: usize, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let file = serve(p);
+    if file.len() != raw_len {
+        return Err(CodecError::Length {
+            got: file.len(),
+            want: raw_len,
+        });
+    }
+    *out = file;
+    Ok(())
+}
+
 /// The file served for a decoded picture: a PNG (`write_png`), or a PNM's own header, the
 /// pixels and its own tail.
 pub(crate) fn serve(p: &Picture) -> Vec<u8> {
@@ -1045,15 +1059,7 @@ impl Codec for ImageWebp {
         raw_len: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        let png = serve(&decode_picture(payload)?);
-        if png.len() != raw_len {
-            return Err(CodecError::Length {
-                got: png.len(),
-                want: raw_len,
-            });
-        }
-        *out = png;
-        Ok(())
+        deliver(&decode_picture(payload)?, raw_len, out)
     }
 }
 
