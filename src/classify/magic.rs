@@ -63,6 +63,7 @@ fn by_magic(d: &[u8], len: u64) -> Option<ContentClass> {
         (b"II*\0", C::Tiff),
         (b"MM\0*", C::Tiff),
         (b"%PDF-", C::Pdf),
+        (b"!<arch>\n", C::Ar),
     ];
     for (magic, class) in binary {
         if d.starts_with(magic) {
@@ -673,6 +674,7 @@ mod tests {
             (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00", C::Mp4),
             (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81", C::Webm),
             (b"P6\n# comment\n640 480\n255\n\x00\x01", C::Pnm),
+            (b"!<arch>\ndebian-binary   ", C::Ar),
         ];
         for (bytes, want) in cases {
             assert_eq!(class_of(bytes), *want, "{bytes:?}");

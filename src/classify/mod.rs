@@ -60,6 +60,8 @@ pub enum ContentClass {
     Mp4,
     /// Matroska / WebM (EBML).
     Webm,
+    /// Unix `ar` archives: Debian packages, static libraries.
+    Ar,
 }
 
 impl ContentClass {
@@ -95,6 +97,7 @@ impl ContentClass {
             C::Bzip2 => "bzip2",
             C::Mp4 => "mp4",
             C::Webm => "webm",
+            C::Ar => "ar",
         }
     }
 
@@ -169,7 +172,7 @@ pub fn is_zero(data: &[u8]) -> bool {
 
 /// Every class in the order of its persisted id (id = position + 1; 0 = not classified).
 /// Append only: the ids are stored in inode flags.
-pub const ALL_CLASSES: [ContentClass; 29] = {
+pub const ALL_CLASSES: [ContentClass; 30] = {
     use ContentClass as C;
     [
         C::Zero,
@@ -201,6 +204,7 @@ pub const ALL_CLASSES: [ContentClass; 29] = {
         C::Bzip2,
         C::Mp4,
         C::Webm,
+        C::Ar,
     ]
 };
 

@@ -29,6 +29,7 @@ mod raw;
 #[cfg(test)]
 pub(crate) mod testdata;
 mod wire;
+mod xz_recode;
 mod zstd;
 mod zstd_dict;
 mod zstd_long;
@@ -54,6 +55,7 @@ pub use self::zstd_dict::{
     describe as describe_zstd_dict, level_of as zstd_dict_level, ZstdDict, DICT_JSON, DICT_SOURCE,
     DICT_TEXT,
 };
+pub use self::xz_recode::XzRecode;
 pub use self::zstd_long::ZstdLong;
 
 /// Thin public wrappers over the PNG pixel coder (`pixels`) for examples and benchmarks.
@@ -127,6 +129,10 @@ pub const IMAGE_LEARNED: CodecId = 13;
 /// exactly invertible integer YCoCg; grey as monochrome; alpha losslessly beside), served as a
 /// PNG like `IMAGE_WEBP` (whole file; only under `lossy=image:…`).
 pub const IMAGE_AVIF: CodecId = 14;
+/// xz streams inside a file (`.tar.xz`, Debian packages) rebuilt exactly by liblzma from their
+/// plain content, whose JPEG / PNG / gzip / zip tar members are coded by codecs 2 and 3 and the
+/// rest by one xz stream (whole file; `max`/`archive` only: decoding runs xz's encoder).
+pub const XZ_RECODE: CodecId = 15;
 
 /// What unit of data a codec works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +261,7 @@ impl Default for Registry {
         r.add(Arc::new(WavOpus));
         r.add(Arc::new(LearnedImage::default()));
         r.add(Arc::new(ImageAvif));
+        r.add(Arc::new(XzRecode));
         r
     }
 }

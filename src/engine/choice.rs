@@ -26,7 +26,7 @@ use crate::classify::ContentClass as C;
 use crate::codec::{
     CodecId, CM, CM_BLOCK, CM_MAX_LEN, DEFLATE, DEFLATE_TOKENS, DEFLATE_TOKENS_IMAGE_LEVEL,
     DICT_JSON, DICT_SOURCE, DICT_TEXT, EXEC, FLAC, IMAGE_AVIF, IMAGE_LEARNED, IMAGE_WEBP, JPEG,
-    WAV_OPUS, ZSTD, ZSTD_DICT, ZSTD_LONG,
+    WAV_OPUS, XZ_RECODE, ZSTD, ZSTD_DICT, ZSTD_LONG,
 };
 use crate::policy::{Effective, Level, Medium, Quality};
 
@@ -160,6 +160,8 @@ fn whole_file_codecs(class: Option<C>, size: u64, level: Level) -> Vec<(CodecId,
         // LZMA2 behind a branch filter decodes at ~90 MB/s, slower than zstd but fast enough
         // for the default level up to a size.
         C::Elf | C::Pe if cold || size <= BALANCED_WHOLE_MAX => vec![(EXEC, 19)],
+        // xz containers rebuilt by running xz's encoder (~2 MB/s per core): cold data only.
+        C::Xz | C::Ar if cold => vec![(XZ_RECODE, 19)],
         // Text-like files: one zstd frame over the whole file, except small files with a
         // dictionary for their class, which do better with it (per block).
         C::Text | C::Source | C::Log | C::Json | C::Csv | C::Xml
