@@ -50,12 +50,12 @@ pub use self::lossy_audio::{audio_matches_layout, opus_bitrate, pcm_snr, WavOpus
 pub use self::lossy_avif::{bench as avif_bench, ImageAvif};
 pub use self::lossy_image::{image_psnr, ImageWebp};
 pub use self::raw::Raw;
+pub use self::xz_recode::XzRecode;
 pub use self::zstd::Zstd;
 pub use self::zstd_dict::{
     describe as describe_zstd_dict, level_of as zstd_dict_level, ZstdDict, DICT_JSON, DICT_SOURCE,
     DICT_TEXT,
 };
-pub use self::xz_recode::XzRecode;
 pub use self::zstd_long::ZstdLong;
 
 /// Thin public wrappers over the PNG pixel coder (`pixels`) for examples and benchmarks.
@@ -130,8 +130,8 @@ pub const IMAGE_LEARNED: CodecId = 13;
 /// PNG like `IMAGE_WEBP` (whole file; only under `lossy=image:…`).
 pub const IMAGE_AVIF: CodecId = 14;
 /// xz streams inside a file (`.tar.xz`, Debian packages) rebuilt exactly by liblzma from their
-/// plain content, whose JPEG / PNG / gzip / zip tar members are coded by codecs 2 and 3 and the
-/// rest by one xz stream (whole file; `max`/`archive` only: decoding runs xz's encoder).
+/// plain content, whose JPEG / PNG / gzip / zip / WAV tar members are coded by codecs 2, 3 and
+/// 4 and the rest by one xz stream (whole file; `max`/`archive` only: decoding runs xz's encoder).
 pub const XZ_RECODE: CodecId = 15;
 
 /// What unit of data a codec works on.

@@ -28,8 +28,15 @@ pub struct RecompressReport {
     pub stored_after: u64,
 }
 
-/// Longest a whole-file encoding may take before the file keeps its generic blocks.
+/// Longest a whole-file encoding may take before the file keeps its generic blocks: a base,
+/// plus time in proportion to the file's size (the slowest recoders, such as a package of PNGs
+/// inside xz, take about 5 s per MiB on this class of machine).
 const WHOLE_FILE_TIMEOUT: Duration = Duration::from_secs(120);
+const WHOLE_FILE_SECS_PER_MIB: u64 = 10;
+
+fn whole_file_timeout(len: usize) -> Duration {
+    WHOLE_FILE_TIMEOUT + Duration::from_secs(WHOLE_FILE_SECS_PER_MIB * (len as u64 >> 20))
+}
 
 /// Blocks re-encoded per journal group.
 const GROUP: usize = 16;
@@ -459,7 +466,7 @@ impl Engine {
                 })?;
         }
         let path = || self.log_name(ino);
-        let (params, out) = match rx.recv_timeout(WHOLE_FILE_TIMEOUT) {
+        let (params, out) = match rx.recv_timeout(whole_file_timeout(data.len())) {
             Ok(Ok(x)) => x,
             Ok(Err(crate::codec::CodecError::NotWorthIt)) => return Ok(None),
             Ok(Err(e)) => {
