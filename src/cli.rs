@@ -167,8 +167,8 @@ pub enum Cmd {
         /// zstd level of the write path (1..19).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
         zstd_level: i32,
-        /// Decoded-block cache size in MiB.
-        #[arg(long, default_value_t = 64)]
+        /// Decoded-block cache size in MiB (whole-file objects are kept to half of it).
+        #[arg(long, default_value_t = 128)]
         cache_mib: usize,
         /// Dirty data held before writers wait, in MiB.
         #[arg(long, default_value_t = 64)]

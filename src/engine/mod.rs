@@ -103,7 +103,7 @@ impl Default for Options {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Options {
             zstd_level: 3,
-            cache_bytes: 64 << 20,
+            cache_bytes: 128 << 20,
             dirty_limit: 64 << 20,
             workers: cpus,
             index_cache: 32 << 20,
