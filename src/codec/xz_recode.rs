@@ -61,7 +61,7 @@ const MAX_PLAIN: usize = 1 << 30;
 /// Presets 7-9 need 190-670 MiB of encoder memory on every read: such streams stay as they are.
 const MAX_PRESET: u32 = 6;
 /// Tar members smaller than this stay in the rest stream (a codec's overhead would eat the gain).
-const MIN_MEMBER: usize = 4096;
+const MIN_MEMBER: usize = 1024;
 const XZ_MAGIC: &[u8] = b"\xfd7zXZ\0";
 /// Threads for rebuilding a multi-block stream: liblzma's multi-threaded output depends on
 /// the block size, never on the thread count.
