@@ -428,6 +428,46 @@ fn member_decode(
     Ok(out)
 }
 
+struct Member<'a> {
+    skip: usize,
+    len: usize,
+    codec: CodecId,
+    params: u32,
+    payload: &'a [u8],
+}
+
+/// Decode a stream's members, on up to `REBUILD_THREADS` threads (they are independent, and
+/// the slow ones, PNG pixels and lepton, are single-threaded).
+fn decode_members(members: &[Member]) -> Result<Vec<Vec<u8>>, CodecError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<Vec<u8>, CodecError>>>> = members
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    let work = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(m) = members.get(i) else { break };
+        let r = member_decode(m.codec, m.payload, m.params, m.len);
+        if let Ok(mut slot) = results[i].lock() {
+            *slot = Some(r);
+        }
+    };
+    let threads = (REBUILD_THREADS as usize).min(members.len());
+    std::thread::scope(|sc| {
+        for _ in 1..threads {
+            sc.spawn(work);
+        }
+        work();
+    });
+    results
+        .into_iter()
+        .map(|slot| match slot.into_inner() {
+            Ok(Some(r)) => r,
+            _ => Err(CodecError::Failed("member decoder thread failed".into())),
+        })
+        .collect()
+}
+
 pub struct XzRecode;
 
 impl Codec for XzRecode {
@@ -549,13 +589,6 @@ impl Codec for XzRecode {
             return Err(malformed("bad stream count"));
         }
         // Parse the head first: the rest stream follows it.
-        struct Member<'a> {
-            skip: usize,
-            len: usize,
-            codec: CodecId,
-            params: u32,
-            payload: &'a [u8],
-        }
         struct Xs<'a> {
             gap: usize,
             s: Settings,
@@ -622,10 +655,11 @@ impl Codec for XzRecode {
         out.reserve(raw_len);
         for st in streams {
             out.extend_from_slice(rr.bytes(st.gap)?);
+            let decoded = decode_members(&st.members)?;
             let mut plain = Vec::with_capacity(st.plain_len);
-            for m in st.members {
+            for (m, d) in st.members.iter().zip(decoded) {
                 plain.extend_from_slice(rr.bytes(m.skip)?);
-                plain.extend_from_slice(&member_decode(m.codec, m.payload, m.params, m.len)?);
+                plain.extend_from_slice(&d);
             }
             let tail = st
                 .plain_len
