@@ -436,11 +436,14 @@ struct Member<'a> {
     payload: &'a [u8],
 }
 
+/// One member's decoding, filled in by whichever thread took it.
+type Slot = std::sync::Mutex<Option<Result<Vec<u8>, CodecError>>>;
+
 /// Decode a stream's members, on up to `REBUILD_THREADS` threads (they are independent, and
 /// the slow ones, PNG pixels and lepton, are single-threaded).
 fn decode_members(members: &[Member]) -> Result<Vec<Vec<u8>>, CodecError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<Vec<u8>, CodecError>>>> = members
+    let results: Vec<Slot> = members
         .iter()
         .map(|_| std::sync::Mutex::new(None))
         .collect();
