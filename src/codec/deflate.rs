@@ -167,31 +167,47 @@ impl Codec for Deflate {
         if raw_len > MAX_LEN {
             return Err(malformed("length above the codec limit"));
         }
-        let (&version, frame) = payload
-            .split_first()
-            .ok_or_else(|| malformed("empty payload"))?;
-        let tagged = match version {
-            VERSION => false,
-            VERSION_TAGGED => true,
-            _ => return Err(malformed("unknown deflate payload version")),
-        };
-        // Body = verbatim + corrections + plain. Verbatim bytes come from the file or from
-        // nested inflated data, plain bytes are within plain_limit, and corrections are at most
-        // half the deflate data they describe (the encoder refuses larger), so this bounds it.
-        let body_limit = raw_len
-            .saturating_add(plain_limit(raw_len))
-            .saturating_mul(2)
-            .saturating_add(1 << 16);
-        let body = zstd_decompress(frame, body_limit)?;
-        *out = run(&body, raw_len, tagged)?;
-        if out.len() != raw_len {
-            return Err(CodecError::Length {
-                got: out.len(),
-                want: raw_len,
-            });
-        }
+        let (version, body) = split_payload(payload, raw_len)?;
+        *out = decode_body(version, &body, raw_len)?;
         Ok(())
     }
+}
+
+/// A payload's version byte and its body, uncompressed: for a container that compresses the
+/// bodies of many members together (`xz_recode`), where the inflated text of one helps code
+/// the others.
+pub(super) fn split_payload(payload: &[u8], raw_len: usize) -> Result<(u8, Vec<u8>), CodecError> {
+    let (&version, frame) = payload
+        .split_first()
+        .ok_or_else(|| malformed("empty payload"))?;
+    // Body = verbatim + corrections + plain. Verbatim bytes come from the file or from
+    // nested inflated data, plain bytes are within plain_limit, and corrections are at most
+    // half the deflate data they describe (the encoder refuses larger), so this bounds it.
+    let body_limit = raw_len
+        .saturating_add(plain_limit(raw_len))
+        .saturating_mul(2)
+        .saturating_add(1 << 16);
+    Ok((version, zstd_decompress(frame, body_limit)?))
+}
+
+/// The file rebuilt from a payload's version byte and uncompressed body (`split_payload`).
+pub(super) fn decode_body(version: u8, body: &[u8], raw_len: usize) -> Result<Vec<u8>, CodecError> {
+    if raw_len > MAX_LEN {
+        return Err(malformed("length above the codec limit"));
+    }
+    let tagged = match version {
+        VERSION => false,
+        VERSION_TAGGED => true,
+        _ => return Err(malformed("unknown deflate payload version")),
+    };
+    let out = run(body, raw_len, tagged)?;
+    if out.len() != raw_len {
+        return Err(CodecError::Length {
+            got: out.len(),
+            want: raw_len,
+        });
+    }
+    Ok(out)
 }
 
 /// Executes the body's ops (`tagged`: version 2, each stream's corrections start with its

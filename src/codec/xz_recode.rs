@@ -31,10 +31,13 @@
 //!     varint skip       plain bytes before the member (after the previous one), taken from rest
 //!     varint len
 //!     u16 LE codec      2 (JPEG), 3 (DEFLATE) or 4 (FLAC)
-//!     u32 LE params
-//!     varint payload_len, payload
-//! rest: one xz stream holding, in order, every byte not in a member: the gaps, each stream's
-//!       plain bytes around its members, and the file's tail after the last stream.
+//!     u32 LE params     the codec's params; for DEFLATE its payload version byte (1 or 2)
+//!     varint p, then p bytes: the codec's payload (JPEG, FLAC); for DEFLATE the p bytes are
+//!                       in the rest instead: the codec's body (what its zstd frame holds)
+//! rest: one xz stream holding, in order, every byte not in a member (the gaps, each stream's
+//!       plain bytes around its members, the file's tail after the last stream) and, right
+//!       after the plain bytes before it, each DEFLATE member's body. The bodies hold the
+//!       members' inflated text, so xz codes the man pages of a package together.
 //! ```
 //!
 //! Invariants:
@@ -48,6 +51,7 @@ use liblzma::stream::{
     Action, Check, Filters, LzmaOptions, MtStreamBuilder, Status, Stream, PRESET_EXTREME,
 };
 
+use super::deflate;
 use super::wire::{malformed, put_varint, Reader};
 use super::{
     Codec, CodecError, CodecId, Deflate, EncodeParams, Flac, Granularity, Jpeg, DEFLATE, FLAC,
@@ -394,6 +398,8 @@ fn tar_size(f: &[u8]) -> Option<usize> {
     usize::try_from(v).ok()
 }
 
+/// A member's encoding: params, and the bytes that go into the head (JPEG, FLAC: the
+/// payload) or, for DEFLATE, into the rest stream (the body; params = its version byte).
 fn member_encode(codec: CodecId, data: &[u8]) -> Option<(u32, Vec<u8>)> {
     let mut out = Vec::new();
     let p = EncodeParams::level(19);
@@ -403,20 +409,32 @@ fn member_encode(codec: CodecId, data: &[u8]) -> Option<(u32, Vec<u8>)> {
         FLAC => Flac.encode(data, &p, &mut out).ok()?,
         _ => return None,
     };
-    (out.len() < data.len()).then_some((params, out))
+    // The codec's own payload size decides, also for DEFLATE, whose body is then coded with
+    // everything else in the rest (usually smaller still).
+    if out.len() >= data.len() {
+        return None;
+    }
+    if codec == DEFLATE {
+        let (version, body) = deflate::split_payload(&out, data.len()).ok()?;
+        return Some((u32::from(version), body));
+    }
+    Some((params, out))
 }
 
 fn member_decode(
     codec: CodecId,
-    payload: &[u8],
+    input: &[u8],
     params: u32,
     len: usize,
 ) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(len);
     match codec {
-        JPEG => Jpeg.decode(payload, params, len, &mut out)?,
-        DEFLATE => Deflate.decode(payload, params, len, &mut out)?,
-        FLAC => Flac.decode(payload, params, len, &mut out)?,
+        JPEG => Jpeg.decode(input, params, len, &mut out)?,
+        DEFLATE => {
+            let version = u8::try_from(params).map_err(|_| malformed("bad deflate version"))?;
+            out = deflate::decode_body(version, input, len)?;
+        }
+        FLAC => Flac.decode(input, params, len, &mut out)?,
         _ => return Err(malformed("member codec not allowed")),
     }
     if out.len() != len {
@@ -433,7 +451,18 @@ struct Member<'a> {
     len: usize,
     codec: CodecId,
     params: u32,
+    /// Bytes of the member's input (in the head, or for DEFLATE in the rest).
+    plen: usize,
+    /// The input, when it is in the head.
     payload: &'a [u8],
+}
+
+/// A member ready to decode: its codec's input, wherever it was stored.
+struct Job<'a> {
+    codec: CodecId,
+    input: &'a [u8],
+    params: u32,
+    len: usize,
 }
 
 /// One member's decoding, filled in by whichever thread took it.
@@ -441,7 +470,7 @@ type Slot = std::sync::Mutex<Option<Result<Vec<u8>, CodecError>>>;
 
 /// Decode a stream's members, on up to `REBUILD_THREADS` threads (they are independent, and
 /// the slow ones, PNG pixels and lepton, are single-threaded).
-fn decode_members(members: &[Member]) -> Result<Vec<Vec<u8>>, CodecError> {
+fn decode_members(members: &[Job]) -> Result<Vec<Vec<u8>>, CodecError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Slot> = members
         .iter()
@@ -450,7 +479,7 @@ fn decode_members(members: &[Member]) -> Result<Vec<Vec<u8>>, CodecError> {
     let work = || loop {
         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(m) = members.get(i) else { break };
-        let r = member_decode(m.codec, m.payload, m.params, m.len);
+        let r = member_decode(m.codec, m.input, m.params, m.len);
         if let Ok(mut slot) = results[i].lock() {
             *slot = Some(r);
         }
@@ -531,22 +560,27 @@ impl Codec for XzRecode {
             let mut coded = Vec::new();
             let mut ppos = 0usize;
             for (start, len, codec) in members(&plain) {
-                if let Some((params, payload)) = member_encode(codec, &plain[start..start + len]) {
-                    coded.push((start - ppos, len, codec, params, payload));
+                if let Some((params, bytes)) = member_encode(codec, &plain[start..start + len]) {
                     rest.extend_from_slice(&plain[ppos..start]);
+                    if codec == DEFLATE {
+                        rest.extend_from_slice(&bytes);
+                    }
+                    coded.push((start - ppos, len, codec, params, bytes));
                     ppos = start + len;
                 }
             }
             rest.extend_from_slice(&plain[ppos..]);
             put_varint(&mut head, coded.len() as u64);
-            for (skip, len, codec, params, payload) in coded {
+            for (skip, len, codec, params, bytes) in coded {
                 gained = true;
                 put_varint(&mut head, skip as u64);
                 put_varint(&mut head, len as u64);
                 head.extend_from_slice(&codec.to_le_bytes());
                 head.extend_from_slice(&params.to_le_bytes());
-                put_varint(&mut head, payload.len() as u64);
-                head.extend_from_slice(&payload);
+                put_varint(&mut head, bytes.len() as u64);
+                if codec != DEFLATE {
+                    head.extend_from_slice(&bytes);
+                }
             }
             pos = at + xz_len;
             scan = pos;
@@ -632,13 +666,23 @@ impl Codec for XzRecode {
                 let codec = u16::from_le_bytes([c[0], c[1]]);
                 let pb = r.bytes(4)?;
                 let params = u32::from_le_bytes([pb[0], pb[1], pb[2], pb[3]]);
-                let plen = r.len(payload.len())?;
+                // A DEFLATE body is in the rest, and bounded as the codec bounds it.
+                let plen = if codec == DEFLATE {
+                    r.len(MAX_PLAIN)?
+                } else {
+                    r.len(payload.len())?
+                };
                 members.push(Member {
                     skip,
                     len,
                     codec,
                     params,
-                    payload: r.bytes(plen)?,
+                    plen,
+                    payload: if codec == DEFLATE {
+                        &[]
+                    } else {
+                        r.bytes(plen)?
+                    },
                 });
             }
             streams.push(Xs {
@@ -649,19 +693,43 @@ impl Codec for XzRecode {
                 members,
             });
         }
-        // The rest holds the file's bytes outside the streams and the streams' plain bytes
-        // outside members: never more than this.
-        let rest_max = raw_len.saturating_add(plain_total).min(MAX_PLAIN);
+        // The rest holds the file's bytes outside the streams, the streams' plain bytes
+        // outside members and the DEFLATE members' bodies: never more than this.
+        let bodies: usize = streams
+            .iter()
+            .flat_map(|st| st.members.iter())
+            .filter(|m| m.codec == DEFLATE)
+            .map(|m| m.plen)
+            .fold(0usize, |a, b| a.saturating_add(b));
+        let rest_max = raw_len
+            .saturating_add(plain_total)
+            .saturating_add(bodies)
+            .min(MAX_PLAIN);
         let (rest, _) =
             unxz(r.rest(), rest_max).map_err(|e| malformed(&format!("rest stream: {e}")))?;
         let mut rr = Reader::new(&rest);
         out.reserve(raw_len);
         for st in streams {
             out.extend_from_slice(rr.bytes(st.gap)?);
-            let decoded = decode_members(&st.members)?;
+            let mut skips = Vec::with_capacity(st.members.len());
+            let mut jobs = Vec::with_capacity(st.members.len());
+            for m in &st.members {
+                skips.push(rr.bytes(m.skip)?);
+                jobs.push(Job {
+                    codec: m.codec,
+                    input: if m.codec == DEFLATE {
+                        rr.bytes(m.plen)?
+                    } else {
+                        m.payload
+                    },
+                    params: m.params,
+                    len: m.len,
+                });
+            }
+            let decoded = decode_members(&jobs)?;
             let mut plain = Vec::with_capacity(st.plain_len);
-            for (m, d) in st.members.iter().zip(decoded) {
-                plain.extend_from_slice(rr.bytes(m.skip)?);
+            for (skip, d) in skips.into_iter().zip(decoded) {
+                plain.extend_from_slice(skip);
                 plain.extend_from_slice(&d);
             }
             let tail = st
@@ -868,9 +936,15 @@ mod tests {
             .decode(&payload, 0, raw.len(), &mut dec)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(dec == raw, "golden payload no longer rebuilds the file");
-        // Both streams and both format members were taken.
+        // Both streams were taken, and in the first both the JPEG and the PNG member.
         let mut r = Reader::new(&payload[1..]);
         assert_eq!(r.varint().ok(), Some(2));
+        let _gap = r.varint();
+        assert_eq!(r.u8().ok(), Some(6), "preset");
+        assert_eq!(r.u8().ok(), Some(4), "check");
+        assert_eq!(r.varint().ok(), Some(0), "single-threaded");
+        let (_xz_len, _plain_len) = (r.varint(), r.varint());
+        assert_eq!(r.varint().ok(), Some(2), "members");
         // And this build still encodes the file to something that rebuilds it.
         let mut again = Vec::new();
         XzRecode
