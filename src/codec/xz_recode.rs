@@ -647,6 +647,10 @@ impl Codec for XzRecode {
             if p & 0x70 != 0 || s.preset > MAX_PRESET {
                 return Err(malformed("bad xz preset"));
             }
+            // The multi-threaded encoder buffers a block per thread.
+            if s.block_size > MAX_PLAIN as u64 {
+                return Err(malformed("xz block size above the plain limit"));
+            }
             check_of(s.check)?;
             let xz_len = r.len(raw_len)?;
             let plain_len = r.len(MAX_PLAIN - plain_total)?;
