@@ -42,6 +42,7 @@
 //!
 //! Invariants:
 //! - `encode` verifies its own round trip (decodes its payload and compares).
+//! - `encode` inflates at most 16x the file plus 1 MiB (`MAX_EXPANSION`): an xz bomb is refused.
 //! - `decode` never holds more than `MAX_PLAIN` bytes of plain content nor writes more than
 //!   `raw_len` bytes, refuses presets above 6 (encoder memory) and member codecs other than 2,
 //!   3 and 4, and returns `Malformed` when a rebuilt stream's length differs from the recorded one.
@@ -61,7 +62,13 @@ use super::{
 const VERSION: u8 = 1;
 const MAX_LEN: usize = 256 << 20;
 /// All streams' plain content together, and the rest stream.
-const MAX_PLAIN: usize = 1 << 30;
+const MAX_PLAIN: usize = 256 << 20;
+/// At encode, the plain content may be at most this many times the file (plus `PLAIN_SLACK`):
+/// a small hostile file that inflates to gigabytes (an "xz bomb") is refused after reading
+/// only that much, instead of holding the recompression worker for minutes. Real packages
+/// and tarballs inflate 2-10x.
+const MAX_EXPANSION: usize = 16;
+const PLAIN_SLACK: usize = 1 << 20;
 /// Presets 7-9 need 190-670 MiB of encoder memory on every read: such streams stay as they are.
 const MAX_PRESET: u32 = 6;
 /// Tar members smaller than this stay in the rest stream (a codec's overhead would eat the gain).
@@ -150,6 +157,13 @@ fn rebuilds(plain: &[u8], s: &Settings, want: &[u8]) -> bool {
         ok
     });
     matches!(done, Ok(true)) && pos == want.len()
+}
+
+/// The most plain content `encode` inflates from a file of `len` bytes.
+fn plain_budget(len: usize) -> usize {
+    len.saturating_mul(MAX_EXPANSION)
+        .saturating_add(PLAIN_SLACK)
+        .min(MAX_PLAIN)
 }
 
 /// A cheap test before a full trial: the first block's LZMA2 data (after the stream and block
@@ -534,7 +548,8 @@ impl Codec for XzRecode {
             .position(|w| w == XZ_MAGIC)
         {
             let at = scan + i;
-            let Ok((plain, xz_len)) = unxz(&raw[at..], MAX_PLAIN - plain_total) else {
+            let budget = plain_budget(raw.len()).saturating_sub(plain_total);
+            let Ok((plain, xz_len)) = unxz(&raw[at..], budget) else {
                 scan = at + 1;
                 continue;
             };
@@ -958,6 +973,22 @@ mod tests {
             .decode(&again, 0, raw.len(), &mut dec)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(dec == raw);
+    }
+
+    #[test]
+    fn an_xz_bomb_is_refused_without_inflating_it() {
+        // 64 MiB of zeros in a few KiB of xz: refused once the plain content passes 16x the
+        // file plus 1 MiB, long before 64 MiB.
+        let zeros = vec![0u8; 64 << 20];
+        let bomb = xz(&zeros, 6, 0);
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        let budget = plain_budget(bomb.len());
+        assert!(budget < 2 << 20, "{budget}");
+        assert!(matches!(unxz(&bomb, budget), Err(CodecError::NotWorthIt)));
+        let mut out = Vec::new();
+        assert!(XzRecode
+            .encode(&bomb, &EncodeParams::level(19), &mut out)
+            .is_err());
     }
 
     #[test]
