@@ -201,12 +201,7 @@ pub(super) fn decode_body(version: u8, body: &[u8], raw_len: usize) -> Result<Ve
         _ => return Err(malformed("unknown deflate payload version")),
     };
     let out = run(body, raw_len, tagged)?;
-    if out.len() != raw_len {
-        return Err(CodecError::Length {
-            got: out.len(),
-            want: raw_len,
-        });
-    }
+    CodecError::check_len(out.len(), raw_len)?;
     Ok(out)
 }
 

@@ -208,12 +208,7 @@ impl Codec for DeflateTokens {
             return Err(malformed("plain area length"));
         }
         *out = execute(head.ops, verbatim, side, &plain, raw_len, &mut rebuild)?;
-        if out.len() != raw_len {
-            return Err(CodecError::Length {
-                got: out.len(),
-                want: raw_len,
-            });
-        }
+        CodecError::check_len(out.len(), raw_len)?;
         Ok(())
     }
 }

@@ -167,12 +167,7 @@ impl Codec for Exec {
             .map_err(|e| CodecError::Failed(e.to_string()))?;
         out.reserve_exact(raw_len);
         run(&mut dec, payload, out, raw_len).map_err(CodecError::Malformed)?;
-        if out.len() != raw_len {
-            return Err(CodecError::Length {
-                got: out.len(),
-                want: raw_len,
-            });
-        }
+        CodecError::check_len(out.len(), raw_len)?;
         Ok(())
     }
 }

@@ -84,12 +84,7 @@ impl Codec for Jpeg {
         });
         *out = sink.buf;
         r?;
-        if out.len() != raw_len {
-            return Err(CodecError::Length {
-                got: out.len(),
-                want: raw_len,
-            });
-        }
+        CodecError::check_len(out.len(), raw_len)?;
         Ok(())
     }
 }

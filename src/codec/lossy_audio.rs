@@ -360,12 +360,7 @@ impl Codec for WavOpus {
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
         let wav = write_wav(&decode_payload(payload)?);
-        if wav.len() != raw_len {
-            return Err(CodecError::Length {
-                got: wav.len(),
-                want: raw_len,
-            });
-        }
+        CodecError::check_len(wav.len(), raw_len)?;
         *out = wav;
         Ok(())
     }

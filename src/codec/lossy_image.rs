@@ -400,12 +400,7 @@ pub(crate) fn write_png(p: &Picture) -> Vec<u8> {
 /// exactly the recorded length (`st_size`), else the block is reported, never served.
 pub(crate) fn deliver(p: &Picture, raw_len: usize, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let file = serve(p);
-    if file.len() != raw_len {
-        return Err(CodecError::Length {
-            got: file.len(),
-            want: raw_len,
-        });
-    }
+    CodecError::check_len(file.len(), raw_len)?;
     *out = file;
     Ok(())
 }

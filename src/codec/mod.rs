@@ -177,6 +177,16 @@ pub enum CodecError {
     Failed(String),
 }
 
+impl CodecError {
+    /// `Length` unless a decoder produced exactly the recorded length.
+    pub(crate) fn check_len(got: usize, want: usize) -> Result<(), CodecError> {
+        if got != want {
+            return Err(CodecError::Length { got, want });
+        }
+        Ok(())
+    }
+}
+
 /// Refuse a whole-file input above a codec's size limit (`what` names the format).
 pub(crate) fn check_whole_len(raw: &[u8], max: usize, what: &str) -> Result<(), CodecError> {
     if raw.len() > max {
@@ -341,12 +351,7 @@ impl Registry {
     ) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::with_capacity(raw_len);
         self.get(id)?.decode(payload, params, raw_len, &mut out)?;
-        if out.len() != raw_len {
-            return Err(CodecError::Length {
-                got: out.len(),
-                want: raw_len,
-            });
-        }
+        CodecError::check_len(out.len(), raw_len)?;
         Ok(out)
     }
 }

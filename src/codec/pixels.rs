@@ -1154,12 +1154,7 @@ pub(crate) fn decode_idat_plain(
         r.advance();
         std::mem::swap(&mut raw, &mut prev_raw);
     }
-    if out.len() != l.total {
-        return Err(CodecError::Length {
-            got: out.len(),
-            want: l.total,
-        });
-    }
+    CodecError::check_len(out.len(), l.total)?;
     if sum != checksum(&out).to_le_bytes() {
         return Err(malformed("checksum"));
     }

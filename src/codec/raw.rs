@@ -23,12 +23,7 @@ impl Codec for Raw {
         raw_len: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        if payload.len() != raw_len {
-            return Err(CodecError::Length {
-                got: payload.len(),
-                want: raw_len,
-            });
-        }
+        CodecError::check_len(payload.len(), raw_len)?;
         out.clear();
         out.extend_from_slice(payload);
         Ok(())

@@ -256,27 +256,17 @@ fn unxz(data: &[u8], limit: usize) -> Result<(Vec<u8>, usize), CodecError> {
     let mut s = Stream::new_stream_decoder(u64::MAX, 0)
         .map_err(|e| CodecError::Failed(format!("xz decoder: {e}")))?;
     let mut out = Vec::new();
-    let mut fed = 0usize;
-    loop {
-        if out.len() == out.capacity() {
-            if out.len() >= limit {
-                return Err(CodecError::NotWorthIt);
-            }
-            out.reserve((limit - out.len()).min(4 << 20));
+    let fit = drive(&mut s, data, |piece| {
+        if out.len() + piece.len() > limit {
+            return false;
         }
-        let before = s.total_in() as usize;
-        let status = s
-            .process_vec(&data[fed..], &mut out, Action::Run)
-            .map_err(|e| malformed(&format!("xz: {e}")))?;
-        fed += s.total_in() as usize - before;
-        match status {
-            Status::StreamEnd => return Ok((out, fed)),
-            _ if fed == data.len() && out.len() < out.capacity() => {
-                return Err(malformed("xz stream truncated"))
-            }
-            _ => {}
-        }
+        out.extend_from_slice(piece);
+        true
+    })?;
+    if !fit {
+        return Err(CodecError::NotWorthIt);
     }
+    Ok((out, s.total_in() as usize))
 }
 
 /// The settings candidates for the stream `xz` (its header says the check and, in the first
@@ -451,12 +441,7 @@ fn member_decode(
         FLAC => Flac.decode(input, params, len, &mut out)?,
         _ => return Err(malformed("member codec not allowed")),
     }
-    if out.len() != len {
-        return Err(CodecError::Length {
-            got: out.len(),
-            want: len,
-        });
-    }
+    CodecError::check_len(out.len(), len)?;
     Ok(out)
 }
 
@@ -766,12 +751,7 @@ impl Codec for XzRecode {
             out.extend_from_slice(&xz);
         }
         out.extend_from_slice(rr.rest());
-        if out.len() != raw_len {
-            return Err(CodecError::Length {
-                got: out.len(),
-                want: raw_len,
-            });
-        }
+        CodecError::check_len(out.len(), raw_len)?;
         Ok(())
     }
 }

@@ -136,13 +136,7 @@ impl Codec for ZstdDict {
         let n = d
             .decompress_to_buffer(payload, out)
             .map_err(|e| CodecError::Malformed(e.to_string()))?;
-        if n != raw_len {
-            return Err(CodecError::Length {
-                got: n,
-                want: raw_len,
-            });
-        }
-        Ok(())
+        CodecError::check_len(n, raw_len)
     }
 }
 

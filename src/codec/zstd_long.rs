@@ -42,12 +42,7 @@ impl Codec for ZstdLong {
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
         let d = zstd_decompress(payload, raw_len)?;
-        if d.len() != raw_len {
-            return Err(CodecError::Length {
-                got: d.len(),
-                want: raw_len,
-            });
-        }
+        CodecError::check_len(d.len(), raw_len)?;
         *out = d;
         Ok(())
     }
