@@ -5,14 +5,16 @@
 //! (ONNX Runtime, one intra-op thread), decodes, writes the served PNG to
 //! `OUT_DIR/<name>.m<m>.png`, and prints `name m payload_bytes pixels encode_s decode_s`
 //! (tab-separated); `models/hp-int8-v1/rd.py` turns these into the table of BENCHMARKS.md.
+//! A third argument K sets the encoder's rate-distortion weight (0: plain rounding).
 use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (dir, out) = match args.as_slice() {
-        [_, d, o] => (d.clone(), o.clone()),
+    let (dir, out, rdo) = match args.as_slice() {
+        [_, d, o] => (d.clone(), o.clone(), None),
+        [_, d, o, k] if k.parse::<f32>().is_ok() => (d.clone(), o.clone(), k.parse().ok()),
         _ => {
-            eprintln!("usage: learned_rd PNG_DIR OUT_DIR");
+            eprintln!("usage: learned_rd PNG_DIR OUT_DIR [K]");
             std::process::exit(2);
         }
     };
@@ -39,7 +41,7 @@ fn main() {
         };
         for m in 2..=8u8 {
             let t = Instant::now();
-            let payload = match idcfs::codec::learned_bench::encode_step(&raw, m) {
+            let payload = match idcfs::codec::learned_bench::encode_step(&raw, m, rdo, std::env::var_os("NO_PREDICT").is_none()) {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("{name} m={m}: {e}");

@@ -52,6 +52,8 @@ const EXACT: i64 = 1 << 24;
 /// Quantization steps of y, m/4 for m in M_MIN..=M_MAX (finest first).
 const M_MIN: u8 = 2;
 const M_MAX: u8 = 8;
+/// Most y channels a model may have (a payload lists its predicted ones).
+const MAX_Y_CH: usize = 4096;
 
 pub struct LearnedImage {
     /// Known models, by hash; the last one encodes.
@@ -289,6 +291,12 @@ pub(crate) struct Model {
     pub gs: Vec<Layer>,
     /// Per scale index: table radius r (symbols −r..=r) and its entropy model.
     tables: Vec<(i32, DefaultContiguousCategoricalEntropyModel)>,
+    /// Per scale index: the cost in bits of each symbol −r..=r (the encoder's
+    /// rate-distortion quantization; decoding never reads it).
+    costs: Vec<Vec<f32>>,
+    /// Per scale index: Σ |value| · probability (2^24 = one), exact: how predicted channels
+    /// (payload version 2) pick their table without floats.
+    mean_abs: Vec<u64>,
     /// Scale index of each z channel.
     z_index: Vec<u8>,
     /// Scale-index offset of the step m/4, for m = 2..=8.
@@ -344,6 +352,8 @@ impl Model {
         }
         let levels = r.n(256)?;
         let mut tables = Vec::with_capacity(levels);
+        let mut costs = Vec::with_capacity(levels);
+        let mut mean_abs = Vec::with_capacity(levels);
         for _ in 0..levels {
             let radius = r.n(4096)?;
             let mut p = Vec::with_capacity(2 * radius + 1);
@@ -356,6 +366,13 @@ impl Model {
                 )
                 .map_err(|()| "int.bin: a probability table does not sum to 2^24".to_string())?;
             tables.push((radius as i32, m));
+            costs.push(p.iter().map(|&f| 24.0 - (f.max(1) as f32).log2()).collect());
+            mean_abs.push(
+                p.iter()
+                    .enumerate()
+                    .map(|(s, &f)| s.abs_diff(radius) as u64 * f as u64)
+                    .sum(),
+            );
         }
         let nz = r.n(4096)?;
         let z_index = r.bytes(nz)?.to_vec();
@@ -458,6 +475,8 @@ impl Model {
             hs,
             gs,
             tables,
+            costs,
+            mean_abs,
             z_index,
             offsets,
             t_max,
@@ -557,10 +576,63 @@ fn decode_engine() -> Engine {
     }
 }
 
-/// What the entropy coder carries.
-struct Latents {
-    z: Vec<i32>,
-    y: Vec<i32>,
+/// The encoder's rate-distortion weight at step m/4: a coefficient `u` (in quantization
+/// steps) is coded as the integer `q` minimizing `(u − q)² + k · bits(q)`. The synthesis is
+/// close to orthonormal, so squared error in steps is proportional to the pixels' squared
+/// error at every step. Chosen on pictures that are neither training nor evaluation data
+/// (BENCHMARKS.md §8.6: 0.06 beat 0, 0.12 and 0.2 at steps m ≥ 3; at the finest step every
+/// weight tried lost against plain rounding). Decoding does not depend on it.
+fn rdo_weight(m: u8) -> f32 {
+    if m <= M_MIN {
+        0.0
+    } else {
+        0.06
+    }
+}
+
+/// The weight that decides between a channel's hyperprior tables and spatial prediction
+/// (about the slope `2 ln 2 · Δ²/12` of a uniform quantizer at high rate, in step² per bit).
+const SELECT_K: f32 = 0.12;
+
+/// Encoder choices (decoding does not depend on them).
+#[derive(Clone, Copy, Debug)]
+struct EncodeOpts {
+    /// Rate-distortion weight of `rdo_quant` (0: plain rounding; `None`: `rdo_weight`).
+    rdo: Option<f32>,
+    /// Let channels choose spatial prediction (payload version 2).
+    predict: bool,
+}
+
+impl Default for EncodeOpts {
+    fn default() -> Self {
+        EncodeOpts {
+            rdo: None,
+            predict: true,
+        }
+    }
+}
+
+/// Rate-distortion quantization of one coefficient: among `round(u)`, one step nearer zero
+/// and zero (all within `±r`), the one with the least `(u − q)² + k · bits(q)`, where
+/// `costs` holds the bits of symbols `−rt..=rt`. `k = 0` is plain rounding.
+fn rdo_quant(u: f32, rt: i32, r: i32, costs: &[f32], k: f32) -> i32 {
+    let q0 = (u.round() as i32).clamp(-r, r);
+    if k <= 0.0 || q0 == 0 {
+        return q0;
+    }
+    let cost = |q: i32| {
+        let e = u - q as f32;
+        e * e + k * costs.get((q + rt) as usize).copied().unwrap_or(f32::INFINITY)
+    };
+    let q1 = q0 - q0.signum();
+    let mut best = (cost(q0), q0);
+    for q in [q1, 0] {
+        let c = cost(q);
+        if c < best.0 {
+            best = (c, q);
+        }
+    }
+    best.1
 }
 
 /// Latent sizes of a picture: (padded height, padded width).
@@ -569,27 +641,162 @@ fn padded(w: u32, h: u32) -> (usize, usize) {
     (up(h), up(w))
 }
 
-/// ANS-code z then y (decoding pops z first, which h_s needs for y's tables).
+/// Context buckets of a predicted channel (by the neighbours' activity, log2).
+const BUCKETS: usize = 8;
+/// Adaptive statistics are halved when a bucket has seen this many elements.
+const DPCM_RESET: u64 = 64;
+/// Predicted values are kept within ±this (far beyond any step's range; bounds what a
+/// hostile payload can build up).
+const DPCM_MAX: i32 = 1 << 16;
+
+/// Spatial prediction of one y channel (payload version 2, FORMAT.md codec 13): each element
+/// is predicted from its decoded neighbours by the median edge detector of LOCO-I, and the
+/// residual is coded with the table whose exact mean |value| first reaches the mean |residual|
+/// seen so far in the element's activity bucket. Integers only, so encoder and decoder walk
+/// the same states. Pays where the hyperprior's zero-mean tables are a poor fit, chiefly the
+/// block-DC channels (one value per 16×16 area and colour).
+struct Dpcm<'a> {
+    model: &'a Model,
+    w: usize,
+    sum: [u64; BUCKETS],
+    count: [u64; BUCKETS],
+}
+
+impl<'a> Dpcm<'a> {
+    fn new(model: &'a Model, w: usize) -> Self {
+        let mut sum = [1u64; BUCKETS];
+        for (k, v) in sum.iter_mut().enumerate() {
+            *v = (1u64 << k) / 2 + 1;
+        }
+        Dpcm {
+            model,
+            w,
+            sum,
+            count: [1; BUCKETS],
+        }
+    }
+
+    /// Prediction and bucket of element `i` of `plane` (row-major, width `w`; elements
+    /// before `i` decoded).
+    fn context(&self, plane: &[i32], i: usize) -> (i32, usize) {
+        let (w, row, col) = (self.w, i / self.w, i % self.w);
+        let up = |j: usize| plane.get(j).copied().unwrap_or(0);
+        let n = if row > 0 { up(i - w) } else { 0 };
+        let a = if col > 0 { up(i - 1) } else { n };
+        let b = if row > 0 { n } else { a };
+        let c = if row > 0 && col > 0 { up(i - w - 1) } else { b };
+        let d = if row > 0 && col + 1 < w { up(i - w + 1) } else { b };
+        let pred = if c >= a.max(b) {
+            a.min(b)
+        } else if c <= a.min(b) {
+            a.max(b)
+        } else {
+            a + b - c
+        };
+        let g = d.abs_diff(b) + b.abs_diff(c) + c.abs_diff(a);
+        (pred, ((32 - g.leading_zeros()) as usize).min(BUCKETS - 1))
+    }
+
+    /// The table of bucket `k`: the first whose mean |value| is at least the bucket's mean
+    /// |residual| (the widest when none is).
+    fn table(&self, k: usize) -> usize {
+        let (s, n) = (self.sum[k] as u128, self.count[k] as u128);
+        let ma = &self.model.mean_abs;
+        ma.iter()
+            .position(|&v| v as u128 * n >= s << 24)
+            .unwrap_or(ma.len().saturating_sub(1))
+    }
+
+    fn update(&mut self, k: usize, res: i32) {
+        self.sum[k] += res.unsigned_abs() as u64;
+        self.count[k] += 1;
+        if self.count[k] >= DPCM_RESET {
+            self.sum[k] = self.sum[k].div_ceil(2);
+            self.count[k] /= 2;
+        }
+    }
+
+    /// Code a plane whose wanted values are `want` (encoder): appends (symbol, table) pairs
+    /// in decoding order and returns the values the decoder will see, their distortion
+    /// against `u` and their cost in bits.
+    fn encode(
+        mut self,
+        want: &[i32],
+        u: &[f32],
+        lim: i32,
+        out: &mut Vec<(usize, usize)>,
+    ) -> (Vec<i32>, f32, f32) {
+        let wide = self.model.tables.len().saturating_sub(1);
+        let rw = self.model.tables.get(wide).map_or(0, |t| t.0);
+        let mut plane = Vec::with_capacity(want.len());
+        let (mut dist, mut bits) = (0f32, 0f32);
+        for (i, &q) in want.iter().enumerate() {
+            let (pred, k) = self.context(&plane, i);
+            let t = self.table(k);
+            let r = self.model.tables[t].0;
+            let res = q.clamp(-lim, lim) - pred;
+            let got = if res.abs() < r {
+                out.push(((res + r) as usize, t));
+                bits += self.model.costs[t][(res + r) as usize];
+                res
+            } else {
+                // Escape: the table's edge symbol, then the rest from the widest table.
+                let edge = res.signum() * r;
+                let e = (res - edge).clamp(-rw, rw);
+                out.push(((edge + r) as usize, t));
+                out.push(((e + rw) as usize, wide));
+                bits += self.model.costs[t][(edge + r) as usize]
+                    + self.model.costs[wide][(e + rw) as usize];
+                edge + e
+            };
+            self.update(k, got);
+            let v = (pred + got).clamp(-DPCM_MAX, DPCM_MAX);
+            let e = u.get(i).copied().unwrap_or(0.0) - v as f32;
+            dist += e * e;
+            plane.push(v);
+        }
+        (plane, dist, bits)
+    }
+
+    /// Decode a plane of `len` elements.
+    fn decode(
+        mut self,
+        len: usize,
+        coder: &mut DefaultAnsCoder,
+        plane: &mut Vec<i32>,
+    ) -> Result<(), CodecError> {
+        let bad = |_| wire::malformed("ANS stream");
+        let wide = self.model.tables.len().saturating_sub(1);
+        let start = plane.len();
+        for i in 0..len {
+            let (pred, k) = self.context(&plane[start..], i);
+            let t = self.table(k);
+            let (r, tm) = &self.model.tables[t];
+            let mut res = coder.decode_symbol(tm).map_err(bad)? as i32 - r;
+            if res.abs() == *r {
+                let (rw, tw) = &self.model.tables[wide];
+                res += coder.decode_symbol(tw).map_err(bad)? as i32 - rw;
+            }
+            self.update(k, res);
+            plane.push((pred + res).clamp(-DPCM_MAX, DPCM_MAX));
+        }
+        Ok(())
+    }
+}
+
+/// ANS-code z then the y symbols (each a symbol and its table, in decoding order; decoding
+/// pops z first, which h_s needs for y's tables).
 fn entropy_encode(
     model: &Model,
-    lat: &Latents,
-    y_tab: &[u8],
+    z: &[i32],
+    ys: &[(usize, usize)],
     zhw: usize,
 ) -> Result<Vec<u32>, CodecError> {
     let fail = |_| CodecError::Failed("entropy coding failed".into());
     let mut coder = DefaultAnsCoder::new();
-    let ys: Vec<(usize, &DefaultContiguousCategoricalEntropyModel)> = lat
-        .y
-        .iter()
-        .zip(y_tab)
-        .map(|(&q, &t)| {
-            let (r, m) = &model.tables[t as usize];
-            ((q + r) as usize, m)
-        })
-        .collect();
+    let ys = ys.iter().map(|&(sym, t)| (sym, &model.tables[t].1));
     coder.encode_symbols_reverse(ys).map_err(fail)?;
-    let zs: Vec<(usize, &DefaultContiguousCategoricalEntropyModel)> = lat
-        .z
+    let zs: Vec<(usize, &DefaultContiguousCategoricalEntropyModel)> = z
         .iter()
         .enumerate()
         .map(|(i, &q)| {
@@ -603,15 +810,15 @@ fn entropy_encode(
         .map_err(|_| CodecError::Failed("entropy coding failed".into()))
 }
 
-/// Decode a payload's pixels (RGB, `w`×`h`) with `model`.
+/// Decode a payload's pixels (RGB, `w`×`h`) with `model`; the y channels listed in
+/// `predicted` are spatially predicted (`Dpcm`).
 fn decode_pixels(
     model: &Model,
-    w: u32,
-    h: u32,
-    m: u8,
+    p: &Parsed,
     words: Vec<u32>,
     engine: Engine,
 ) -> Result<Vec<u8>, CodecError> {
+    let (w, h, m) = (p.pic.w, p.pic.h, p.m);
     let (ph, pw) = padded(w, h);
     let (zh, zw) = (ph / 64, pw / 64);
     let (yh, yw) = (ph / 16, pw / 16);
@@ -641,12 +848,28 @@ fn decode_pixels(
         return Err(CodecError::Failed("hyper-synthesis output size".into()));
     }
     let tabs = model.y_tables(&si.d, m);
-    let mut t = Vec::with_capacity(tabs.len());
-    for &ti in &tabs {
-        let (r, tm) = &model.tables[ti as usize];
-        let q = coder.decode_symbol(tm).map_err(bad)? as i32 - r;
-        t.push((q * m as i32).clamp(-model.t_max, model.t_max));
+    let hw = yh * yw;
+    let mut predicted = vec![false; model.y_ch()];
+    for &c in &p.predicted {
+        *predicted
+            .get_mut(c as usize)
+            .ok_or_else(|| wire::malformed("predicted channel"))? = true;
     }
+    let mut q = Vec::with_capacity(tabs.len());
+    for (c, tabs) in tabs.chunks(hw.max(1)).enumerate() {
+        if predicted[c] {
+            Dpcm::new(model, yw).decode(hw, &mut coder, &mut q)?;
+            continue;
+        }
+        for &ti in tabs {
+            let (r, tm) = &model.tables[ti as usize];
+            q.push(coder.decode_symbol(tm).map_err(bad)? as i32 - r);
+        }
+    }
+    let t = q
+        .iter()
+        .map(|&q| (q.saturating_mul(m as i32)).clamp(-model.t_max, model.t_max))
+        .collect();
     let px = run_decoder(
         model,
         true,
@@ -678,12 +901,15 @@ struct Parsed {
     id: [u8; 32],
     pic: Picture,
     m: u8,
+    /// Spatially predicted y channels (version 2; increasing).
+    predicted: Vec<u16>,
     words: Vec<u32>,
 }
 
 fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
     let mut r = Reader::new(payload);
-    if r.u8()? != 1 {
+    let version = r.u8()?;
+    if !(1..=2).contains(&version) {
         return Err(wire::malformed("unknown learned image payload version"));
     }
     let id: [u8; 32] = r
@@ -710,6 +936,18 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
     if !(M_MIN..=M_MAX).contains(&m) {
         return Err(wire::malformed("quantization step"));
     }
+    let mut predicted = Vec::new();
+    if version == 2 {
+        let n = r.len(MAX_Y_CH)?;
+        for _ in 0..n {
+            let b = r.bytes(2)?;
+            let c = u16::from_le_bytes([b[0], b[1]]);
+            if predicted.last().is_some_and(|&l| l >= c) {
+                return Err(wire::malformed("predicted channels out of order"));
+            }
+            predicted.push(c);
+        }
+    }
     let n = r.len(payload.len() / 4)?;
     let words = r
         .bytes(n * 4)?
@@ -733,6 +971,7 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
             kind,
         },
         m,
+        predicted,
         words,
     })
 }
@@ -748,18 +987,19 @@ impl LearnedImage {
     ) -> Result<Picture, CodecError> {
         let p = parse_payload(payload)?;
         let model = self.model(&p.id)?;
-        let mut pic = p.pic;
-        pic.pixels = match decode_pixels(model, pic.w, pic.h, p.m, p.words.clone(), engine) {
+        let pixels = match decode_pixels(model, &p, p.words.clone(), engine) {
             // The runtime failed (or broke exactness): the reference computes the same
             // integers, so the bytes served are still the right ones.
             Err(e @ CodecError::Failed(_)) if fallback && engine != Engine::Reference => {
                 tracing::warn!(
                     "image-learned: ONNX Runtime decoding failed ({e}); decoding with the integer reference"
                 );
-                decode_pixels(model, pic.w, pic.h, p.m, p.words, Engine::Reference)?
+                decode_pixels(model, &p, p.words.clone(), Engine::Reference)?
             }
             r => r?,
         };
+        let mut pic = p.pic;
+        pic.pixels = pixels;
         Ok(pic)
     }
 
@@ -770,6 +1010,7 @@ impl LearnedImage {
         pic: &Picture,
         target: f64,
         fixed: Option<u8>,
+        opts: EncodeOpts,
     ) -> Result<(u8, Vec<u8>), CodecError> {
         let model = self
             .models
@@ -821,26 +1062,42 @@ impl LearnedImage {
             },
             Engine::Ort(None),
         )?;
+        let hw = yh * yw;
         let try_m = |m: u8| -> Result<(Vec<u8>, f64), CodecError> {
             let tabs = model.y_tables(&si.d, m);
             let step = m as f32 / 4.0;
             let lim = model.t_max / m as i32;
-            let yq: Vec<i32> = y
-                .iter()
-                .zip(&tabs)
-                .map(|(&v, &t)| {
-                    let r = model.tables[t as usize].0.min(lim);
-                    ((v / step).round() as i32).clamp(-r, r)
-                })
-                .collect();
-            let lat = Latents {
-                z: zq.clone(),
-                y: yq,
-            };
-            let words = entropy_encode(model, &lat, &tabs, zh * zw)?;
-            let back = decode_pixels(model, pic.w, pic.h, m, words.clone(), Engine::Ort(None))?;
+            // Per channel, the hyperprior's tables or spatial prediction, whichever costs
+            // less distortion + k · bits.
+            let kq = opts.rdo.unwrap_or_else(|| rdo_weight(m));
+            let k = if kq > 0.0 { kq } else { SELECT_K };
+            let mut ys = Vec::with_capacity(y.len());
+            let mut predicted = Vec::new();
+            for (c, (yc, tc)) in y.chunks(hw.max(1)).zip(tabs.chunks(hw.max(1))).enumerate() {
+                let u: Vec<f32> = yc.iter().map(|&v| v / step).collect();
+                let (mut hp, mut j_hp) = (Vec::with_capacity(hw), 0f32);
+                for (&u, &t) in u.iter().zip(tc) {
+                    let (rt, costs) = (model.tables[t as usize].0, &model.costs[t as usize]);
+                    let q = rdo_quant(u, rt, rt.min(lim), costs, kq);
+                    let e = u - q as f32;
+                    j_hp += e * e + k * costs[(q + rt) as usize];
+                    hp.push(((q + rt) as usize, t as usize));
+                }
+                if opts.predict && predicted.len() < MAX_Y_CH {
+                    let want: Vec<i32> = u.iter().map(|&v| v.round() as i32).collect();
+                    let mut syms = Vec::with_capacity(hw);
+                    let (_, dist, bits) = Dpcm::new(model, yw).encode(&want, &u, lim, &mut syms);
+                    if dist + k * bits < j_hp {
+                        predicted.push(c as u16);
+                        ys.extend(syms);
+                        continue;
+                    }
+                }
+                ys.extend(hp);
+            }
+            let words = entropy_encode(model, &zq, &ys, zh * zw)?;
             let mut out = Vec::new();
-            out.push(1u8);
+            out.push(if predicted.is_empty() { 1u8 } else { 2 });
             out.extend_from_slice(&model.id);
             out.extend_from_slice(&[pic.kind as u8, 2]);
             put_varint(&mut out, pic.w as u64);
@@ -848,10 +1105,19 @@ impl LearnedImage {
             put_chunks(&mut out, &pic.before);
             put_chunks(&mut out, &pic.after);
             out.push(m);
+            if !predicted.is_empty() {
+                put_varint(&mut out, predicted.len() as u64);
+                for c in &predicted {
+                    out.extend_from_slice(&c.to_le_bytes());
+                }
+            }
             put_varint(&mut out, words.len() as u64);
-            for wd in words {
+            for wd in &words {
                 out.extend_from_slice(&wd.to_le_bytes());
             }
+            // The payload as a reader will see it: what is served is what was checked.
+            let p = parse_payload(&out)?;
+            let back = decode_pixels(model, &p, p.words.clone(), Engine::Ort(None))?;
             Ok((out, psnr(&pic.pixels, &back)))
         };
         if let Some(m) = fixed {
@@ -934,7 +1200,7 @@ impl Codec for LearnedImage {
         if (ph * pw) as u64 > MAX_PIXELS {
             return Err(CodecError::Failed("picture too large".into()));
         }
-        let (m, payload) = self.encode_picture(&pic, target, None)?;
+        let (m, payload) = self.encode_picture(&pic, target, None, EncodeOpts::default())?;
         if payload.len() >= raw.len() {
             return Err(CodecError::NotWorthIt);
         }
@@ -967,14 +1233,26 @@ pub mod bench {
         crate::neural::init(&crate::neural::RuntimeOptions::default()).map(|_| ())
     }
 
-    /// The payload of an RGB PNG at step `m`/4 (2..=8) with the built-in model.
-    pub fn encode_step(raw: &[u8], m: u8) -> Result<Vec<u8>, CodecError> {
+    /// The payload of an RGB PNG at step `m`/4 (2..=8) with the built-in model, the
+    /// rate-distortion weight `rdo` (`None`: the codec's own; 0: plain rounding) and spatial
+    /// prediction on or off.
+    pub fn encode_step(
+        raw: &[u8],
+        m: u8,
+        rdo: Option<f32>,
+        predict: bool,
+    ) -> Result<Vec<u8>, CodecError> {
         let pic = load_picture(raw)?;
         if pic.ch != 3 {
             return Err(CodecError::Failed("RGB only".into()));
         }
         Ok(LearnedImage::default()
-            .encode_picture(&pic, 0.0, Some(m))?
+            .encode_picture(
+                &pic,
+                0.0,
+                Some(m),
+                EncodeOpts { rdo, predict },
+            )?
             .1)
     }
 
