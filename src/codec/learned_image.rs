@@ -601,6 +601,8 @@ struct EncodeOpts {
     rdo: Option<f32>,
     /// Let channels choose spatial prediction (payload version 2).
     predict: bool,
+    /// Let the hyperprior's tables adapt (payload version 2) when that is smaller.
+    adapt: bool,
 }
 
 impl Default for EncodeOpts {
@@ -608,6 +610,7 @@ impl Default for EncodeOpts {
         EncodeOpts {
             rdo: None,
             predict: true,
+            adapt: true,
         }
     }
 }
@@ -784,6 +787,64 @@ impl<'a> Dpcm<'a> {
     }
 }
 
+/// Activity buckets of `Adapt` (|W| + |N| of the element's own channel, capped).
+const ADAPT_BUCKETS: usize = 4;
+/// Weight of a table's own mean in its starting statistics, in elements.
+const ADAPT_PRIOR: u64 = 4;
+/// `Adapt` halves a context's statistics when it has seen this many elements.
+const ADAPT_RESET: u64 = 256;
+
+/// Context-adaptive correction of the hyperprior (payload version 2, flag bit 0): an element
+/// whose hyperprior table is t and whose causal neighbours (left, above) in its channel have
+/// activity a is coded with the first table whose exact mean |value| reaches the mean |value|
+/// seen so far in context (t, a), starting from table t's own mean. Corrects a hyperprior
+/// that under- or over-estimates scales, and uses the neighbours it cannot see. Integers
+/// only.
+struct Adapt<'a> {
+    model: &'a Model,
+    sum: Vec<u64>,
+    count: Vec<u64>,
+}
+
+impl<'a> Adapt<'a> {
+    fn new(model: &'a Model) -> Self {
+        let sum = model
+            .mean_abs
+            .iter()
+            .flat_map(|&m| [m * ADAPT_PRIOR; ADAPT_BUCKETS])
+            .collect();
+        Adapt {
+            model,
+            sum,
+            count: vec![ADAPT_PRIOR; model.mean_abs.len() * ADAPT_BUCKETS],
+        }
+    }
+
+    /// Context of element `i` of a channel (`plane`: its values so far, width `w`).
+    fn context(t: u8, plane: &[i32], i: usize, w: usize) -> usize {
+        let left = if i % w > 0 { plane[i - 1].unsigned_abs() } else { 0 };
+        let up = if i >= w { plane[i - w].unsigned_abs() } else { 0 };
+        t as usize * ADAPT_BUCKETS + ((left + up) as usize).min(ADAPT_BUCKETS - 1)
+    }
+
+    fn table(&self, ctx: usize) -> usize {
+        let (s, n) = (self.sum[ctx] as u128, self.count[ctx] as u128);
+        let ma = &self.model.mean_abs;
+        ma.iter()
+            .position(|&v| v as u128 * n >= s)
+            .unwrap_or(ma.len().saturating_sub(1))
+    }
+
+    fn update(&mut self, ctx: usize, q: i32) {
+        self.sum[ctx] += (q.unsigned_abs() as u64) << 24;
+        self.count[ctx] += 1;
+        if self.count[ctx] >= ADAPT_RESET {
+            self.sum[ctx] = self.sum[ctx].div_ceil(2);
+            self.count[ctx] /= 2;
+        }
+    }
+}
+
 /// ANS-code z then the y symbols (each a symbol and its table, in decoding order; decoding
 /// pops z first, which h_s needs for y's tables).
 fn entropy_encode(
@@ -856,14 +917,24 @@ fn decode_pixels(
             .ok_or_else(|| wire::malformed("predicted channel"))? = true;
     }
     let mut q = Vec::with_capacity(tabs.len());
+    let mut adapt = p.adaptive.then(|| Adapt::new(model));
     for (c, tabs) in tabs.chunks(hw.max(1)).enumerate() {
         if predicted[c] {
             Dpcm::new(model, yw).decode(hw, &mut coder, &mut q)?;
             continue;
         }
-        for &ti in tabs {
-            let (r, tm) = &model.tables[ti as usize];
-            q.push(coder.decode_symbol(tm).map_err(bad)? as i32 - r);
+        let start = q.len();
+        for (i, &ti) in tabs.iter().enumerate() {
+            let Some(a) = adapt.as_mut() else {
+                let (r, tm) = &model.tables[ti as usize];
+                q.push(coder.decode_symbol(tm).map_err(bad)? as i32 - r);
+                continue;
+            };
+            let ctx = Adapt::context(ti, &q[start..], i, yw);
+            let (r, tm) = &model.tables[a.table(ctx)];
+            let v = coder.decode_symbol(tm).map_err(bad)? as i32 - r;
+            a.update(ctx, v);
+            q.push(v);
         }
     }
     let t = q
@@ -903,6 +974,8 @@ struct Parsed {
     m: u8,
     /// Spatially predicted y channels (version 2; increasing).
     predicted: Vec<u16>,
+    /// The other y channels' tables are adapted (`Adapt`; version 2, flag bit 0).
+    adaptive: bool,
     words: Vec<u32>,
 }
 
@@ -937,7 +1010,13 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
         return Err(wire::malformed("quantization step"));
     }
     let mut predicted = Vec::new();
+    let mut adaptive = false;
     if version == 2 {
+        let flags = r.u8()?;
+        if flags > 1 {
+            return Err(wire::malformed("unknown learned image flags"));
+        }
+        adaptive = flags == 1;
         let n = r.len(MAX_Y_CH)?;
         for _ in 0..n {
             let b = r.bytes(2)?;
@@ -972,6 +1051,7 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
         },
         m,
         predicted,
+        adaptive,
         words,
     })
 }
@@ -1071,7 +1151,9 @@ impl LearnedImage {
             // less distortion + k · bits.
             let kq = opts.rdo.unwrap_or_else(|| rdo_weight(m));
             let k = if kq > 0.0 { kq } else { SELECT_K };
-            let mut ys = Vec::with_capacity(y.len());
+            // Each channel: Ok(its spatially predicted symbols) or Err(its values for the
+            // hyperprior's tables).
+            let mut chans: Vec<Result<Vec<(usize, usize)>, Vec<i32>>> = Vec::new();
             let mut predicted = Vec::new();
             for (c, (yc, tc)) in y.chunks(hw.max(1)).zip(tabs.chunks(hw.max(1))).enumerate() {
                 let u: Vec<f32> = yc.iter().map(|&v| v / step).collect();
@@ -1081,7 +1163,7 @@ impl LearnedImage {
                     let q = rdo_quant(u, rt, rt.min(lim), costs, kq);
                     let e = u - q as f32;
                     j_hp += e * e + k * costs[(q + rt) as usize];
-                    hp.push(((q + rt) as usize, t as usize));
+                    hp.push(q);
                 }
                 if opts.predict && predicted.len() < MAX_Y_CH {
                     let want: Vec<i32> = u.iter().map(|&v| v.round() as i32).collect();
@@ -1089,15 +1171,58 @@ impl LearnedImage {
                     let (_, dist, bits) = Dpcm::new(model, yw).encode(&want, &u, lim, &mut syms);
                     if dist + k * bits < j_hp {
                         predicted.push(c as u16);
-                        ys.extend(syms);
+                        chans.push(Ok(syms));
                         continue;
                     }
                 }
-                ys.extend(hp);
+                chans.push(Err(hp));
             }
+            // The hyperprior's tables as they are, or adapted, whichever costs fewer bits.
+            let code = |adaptive: bool| {
+                let mut ys = Vec::with_capacity(y.len());
+                let mut bits = 0f32;
+                let mut adapt = adaptive.then(|| Adapt::new(model));
+                for (ch, tc) in chans.iter().zip(tabs.chunks(hw.max(1))) {
+                    let qs = match ch {
+                        Ok(syms) => {
+                            ys.extend_from_slice(syms);
+                            continue;
+                        }
+                        Err(qs) => qs,
+                    };
+                    // What the decoder will hold: a value beyond an adapted table's radius
+                    // is clipped (rare; the verification below measures it).
+                    let mut plane = Vec::with_capacity(qs.len());
+                    for (i, (&q, &t)) in qs.iter().zip(tc).enumerate() {
+                        let ctx = Adapt::context(t, &plane, i, yw);
+                        let tt = adapt.as_ref().map_or(t as usize, |a| a.table(ctx));
+                        let rt = model.tables[tt].0;
+                        let v = q.clamp(-rt, rt);
+                        if let Some(a) = adapt.as_mut() {
+                            a.update(ctx, v);
+                        }
+                        bits += model.costs[tt][(v + rt) as usize];
+                        ys.push(((v + rt) as usize, tt));
+                        plane.push(v);
+                    }
+                }
+                (ys, bits)
+            };
+            let (ys_static, b_static) = code(false);
+            let (ys, adaptive) = if opts.adapt {
+                let (ys_adapt, b_adapt) = code(true);
+                if b_adapt < b_static {
+                    (ys_adapt, true)
+                } else {
+                    (ys_static, false)
+                }
+            } else {
+                (ys_static, false)
+            };
             let words = entropy_encode(model, &zq, &ys, zh * zw)?;
             let mut out = Vec::new();
-            out.push(if predicted.is_empty() { 1u8 } else { 2 });
+            let v2 = adaptive || !predicted.is_empty();
+            out.push(if v2 { 2u8 } else { 1 });
             out.extend_from_slice(&model.id);
             out.extend_from_slice(&[pic.kind as u8, 2]);
             put_varint(&mut out, pic.w as u64);
@@ -1105,7 +1230,8 @@ impl LearnedImage {
             put_chunks(&mut out, &pic.before);
             put_chunks(&mut out, &pic.after);
             out.push(m);
-            if !predicted.is_empty() {
+            if v2 {
+                out.push(adaptive as u8);
                 put_varint(&mut out, predicted.len() as u64);
                 for c in &predicted {
                     out.extend_from_slice(&c.to_le_bytes());
@@ -1251,7 +1377,11 @@ pub mod bench {
                 &pic,
                 0.0,
                 Some(m),
-                EncodeOpts { rdo, predict },
+                EncodeOpts {
+                    rdo,
+                    predict,
+                    adapt: predict,
+                },
             )?
             .1)
     }
