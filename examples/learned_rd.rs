@@ -41,7 +41,12 @@ fn main() {
         };
         for m in 2..=8u8 {
             let t = Instant::now();
-            let payload = match idcfs::codec::learned_bench::encode_step(&raw, m, rdo, std::env::var_os("NO_PREDICT").is_none()) {
+            let payload = match idcfs::codec::learned_bench::encode_step(
+                &raw,
+                m,
+                rdo,
+                std::env::var_os("NO_PREDICT").is_none(),
+            ) {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("{name} m={m}: {e}");

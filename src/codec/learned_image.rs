@@ -594,6 +594,14 @@ fn rdo_weight(m: u8) -> f32 {
 /// (about the slope `2 ln 2 · Δ²/12` of a uniform quantizer at high rate, in step² per bit).
 const SELECT_K: f32 = 0.12;
 
+/// How the encoder codes one y channel.
+enum Chan {
+    /// Spatially predicted: its (symbol, table) pairs.
+    Predicted(Vec<(usize, usize)>),
+    /// With the hyperprior's (possibly adapted) tables: its values.
+    Hyper(Vec<i32>),
+}
+
 /// Encoder choices (decoding does not depend on them).
 #[derive(Clone, Copy, Debug)]
 struct EncodeOpts {
@@ -625,7 +633,11 @@ fn rdo_quant(u: f32, rt: i32, r: i32, costs: &[f32], k: f32) -> i32 {
     }
     let cost = |q: i32| {
         let e = u - q as f32;
-        e * e + k * costs.get((q + rt) as usize).copied().unwrap_or(f32::INFINITY)
+        e * e
+            + k * costs
+                .get((q + rt) as usize)
+                .copied()
+                .unwrap_or(f32::INFINITY)
     };
     let q1 = q0 - q0.signum();
     let mut best = (cost(q0), q0);
@@ -688,7 +700,11 @@ impl<'a> Dpcm<'a> {
         let a = if col > 0 { up(i - 1) } else { n };
         let b = if row > 0 { n } else { a };
         let c = if row > 0 && col > 0 { up(i - w - 1) } else { b };
-        let d = if row > 0 && col + 1 < w { up(i - w + 1) } else { b };
+        let d = if row > 0 && col + 1 < w {
+            up(i - w + 1)
+        } else {
+            b
+        };
         let pred = if c >= a.max(b) {
             a.min(b)
         } else if c <= a.min(b) {
@@ -822,8 +838,16 @@ impl<'a> Adapt<'a> {
 
     /// Context of element `i` of a channel (`plane`: its values so far, width `w`).
     fn context(t: u8, plane: &[i32], i: usize, w: usize) -> usize {
-        let left = if i % w > 0 { plane[i - 1].unsigned_abs() } else { 0 };
-        let up = if i >= w { plane[i - w].unsigned_abs() } else { 0 };
+        let left = if !i.is_multiple_of(w) {
+            plane[i - 1].unsigned_abs()
+        } else {
+            0
+        };
+        let up = if i >= w {
+            plane[i - w].unsigned_abs()
+        } else {
+            0
+        };
         t as usize * ADAPT_BUCKETS + ((left + up) as usize).min(ADAPT_BUCKETS - 1)
     }
 
@@ -1151,9 +1175,7 @@ impl LearnedImage {
             // less distortion + k · bits.
             let kq = opts.rdo.unwrap_or_else(|| rdo_weight(m));
             let k = if kq > 0.0 { kq } else { SELECT_K };
-            // Each channel: Ok(its spatially predicted symbols) or Err(its values for the
-            // hyperprior's tables).
-            let mut chans: Vec<Result<Vec<(usize, usize)>, Vec<i32>>> = Vec::new();
+            let mut chans: Vec<Chan> = Vec::new();
             let mut predicted = Vec::new();
             for (c, (yc, tc)) in y.chunks(hw.max(1)).zip(tabs.chunks(hw.max(1))).enumerate() {
                 let u: Vec<f32> = yc.iter().map(|&v| v / step).collect();
@@ -1171,11 +1193,11 @@ impl LearnedImage {
                     let (_, dist, bits) = Dpcm::new(model, yw).encode(&want, &u, lim, &mut syms);
                     if dist + k * bits < j_hp {
                         predicted.push(c as u16);
-                        chans.push(Ok(syms));
+                        chans.push(Chan::Predicted(syms));
                         continue;
                     }
                 }
-                chans.push(Err(hp));
+                chans.push(Chan::Hyper(hp));
             }
             // The hyperprior's tables as they are, or adapted, whichever costs fewer bits.
             let code = |adaptive: bool| {
@@ -1184,11 +1206,11 @@ impl LearnedImage {
                 let mut adapt = adaptive.then(|| Adapt::new(model));
                 for (ch, tc) in chans.iter().zip(tabs.chunks(hw.max(1))) {
                     let qs = match ch {
-                        Ok(syms) => {
+                        Chan::Predicted(syms) => {
                             ys.extend_from_slice(syms);
                             continue;
                         }
-                        Err(qs) => qs,
+                        Chan::Hyper(qs) => qs,
                     };
                     // What the decoder will hold: a value beyond an adapted table's radius
                     // is clipped (rare; the verification below measures it).
@@ -1401,6 +1423,12 @@ mod tests {
     use super::*;
     use crate::neural::tests::runtime_required;
 
+    /// What the frozen version-2 payload decodes to: PNG length and BLAKE3.
+    const GOLDEN_V2: (usize, &str) = (
+        59471,
+        "669778a8b9395705b87dbd81aee87cc0811e667cbc06b3ac8779926082455887",
+    );
+
     fn photo(name: &str) -> Vec<u8> {
         let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/photo/");
         std::fs::read(format!("{p}{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -1563,6 +1591,103 @@ mod tests {
                 .decode_with(&payload[..cut], Engine::Reference, false)
                 .is_err());
         }
+    }
+
+    /// Spatial prediction and adapted tables decode to exactly what the encoder walked,
+    /// escapes included (residuals far beyond every table's radius), without ONNX Runtime.
+    #[test]
+    fn predicted_and_adapted_planes_round_trip_through_ans() {
+        let m = named("hp-dct-v2");
+        let (w, h) = (37, 11);
+        let mut want = ints(w * h, 3, 7);
+        for (i, v) in want.iter_mut().enumerate() {
+            // Edges of up to 200 steps: escapes to the widest table.
+            *v += [0, 200, -150, 40][(i / 9) % 4];
+        }
+        let u: Vec<f32> = want.iter().map(|&v| v as f32 + 0.2).collect();
+        let mut syms = Vec::new();
+        let (plane, dist, bits) = Dpcm::new(&m, w).encode(&want, &u, 255, &mut syms);
+        assert_eq!(plane, want, "values within the limit are coded exactly");
+        assert!((dist - 0.04 * (w * h) as f32).abs() < 0.1 && bits > 0.0);
+        // Then an adapted plane, as the decoder reads y: predicted channel first.
+        let tabs: Vec<u8> = ints(w * h, 20, 9).iter().map(|&t| (t + 30) as u8).collect();
+        let vals = ints(w * h, 2, 11);
+        let mut adapt = Adapt::new(&m);
+        let mut coded = Vec::new();
+        for (i, (&q, &t)) in vals.iter().zip(&tabs).enumerate() {
+            let ctx = Adapt::context(t, &coded, i, w);
+            let tt = adapt.table(ctx);
+            let rt = m.tables[tt].0;
+            let v = q.clamp(-rt, rt);
+            adapt.update(ctx, v);
+            syms.push(((v + rt) as usize, tt));
+            coded.push(v);
+        }
+        let words = entropy_encode(&m, &[], &syms, 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut coder = DefaultAnsCoder::from_compressed(words).unwrap_or_else(|_| panic!("ans"));
+        let mut back = Vec::new();
+        Dpcm::new(&m, w)
+            .decode(w * h, &mut coder, &mut back)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, plane);
+        let mut adapt = Adapt::new(&m);
+        let mut got = Vec::new();
+        for (i, &t) in tabs.iter().enumerate() {
+            let ctx = Adapt::context(t, &got, i, w);
+            let (r, tm) = &m.tables[adapt.table(ctx)];
+            let v = coder.decode_symbol(tm).unwrap_or_else(|_| panic!("ans")) as i32 - r;
+            adapt.update(ctx, v);
+            got.push(v);
+        }
+        assert_eq!(got, coded);
+        assert_eq!(got, vals, "small values fit every table");
+    }
+
+    /// A frozen version-2 payload (model hp-dct-v2, spatially predicted channels and adapted
+    /// tables; `tests/data/codec-golden/image-learned-v2.payload`, written by this test
+    /// under IDCFS_WRITE_GOLDEN=1) decodes to the same PNG forever, with the integer
+    /// reference and with ONNX Runtime.
+    #[test]
+    fn golden_v2_payload_decodes_to_pinned_bytes() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/codec-golden/image-learned-v2.payload"
+        );
+        runtime_required("golden_v2_payload_decodes_to_pinned_bytes");
+        let c = LearnedImage::default();
+        if std::env::var_os("IDCFS_WRITE_GOLDEN").is_some() {
+            let mut payload = Vec::new();
+            c.encode(
+                &photo("skimage_data_chelsea.png"),
+                &EncodeParams::level(2600),
+                &mut payload,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(path, &payload).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let payload = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let p = parse_payload(&payload).unwrap_or_else(|e| panic!("{e}"));
+        assert!(payload[0] == 2 && p.adaptive && !p.predicted.is_empty());
+        assert_eq!(hex(&p.id), hex(&named("hp-dct-v2").id));
+        for engine in [
+            Engine::Reference,
+            Engine::Ort(Some(1)),
+            Engine::Ort(Some(2)),
+        ] {
+            let png = serve(
+                &c.decode_with(&payload, engine, false)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+            assert_eq!(
+                (png.len(), blake3::hash(&png).to_hex().as_str()),
+                GOLDEN_V2,
+                "{engine:?}"
+            );
+        }
+        // An unknown version is refused, not guessed.
+        let mut bad = payload.clone();
+        bad[0] = 3;
+        assert!(c.decode_with(&bad, Engine::Reference, false).is_err());
     }
 
     /// The shipped model never changes: payloads name it by this hash.
