@@ -30,6 +30,11 @@
 //! width varint, height varint, chunks-before, chunks-after (as image-webp), m u8 (the step
 //! of y is m/4, 2..=8), word count varint, ANS words (u32 LE)`. The ANS stream holds z
 //! (channel, row, column order) then y (same order); symbols are value + table radius.
+//! Version 2 adds, after m, `flags u8 (bit 0: adapted tables), n varint, n × u16 LE
+//! channels (increasing)`: those y channels are spatially predicted (`Dpcm`), and with bit 0
+//! the others' tables are adapted to their context (`Adapt`). Both are integer-only state
+//! machines the encoder and decoder walk identically; the encoder chooses them per channel
+//! and per picture when they cost less, and writes version 1 when it uses neither.
 
 use super::lossy_image::{
     deliver, get_chunks, load_picture, psnr, psnr_target, put_chunks, serve, Kind, Picture,
