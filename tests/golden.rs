@@ -57,10 +57,12 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
     // op tag 21 (PutLossyObject) and codecs 11 (image-webp) and 12 (wav-opus); v2.4
     // (revision 4) adds op tag 22 (PACKED: checkpoints written as zstd frames of ops); v2.5
     // (no new op tag) adds the lossy codecs added after revision 4: 13 (image-learned) and 14
-    // (image-avif), with image kinds PNM, BMP and TIFF and wav-opus payload version 2 (AIFF).
+    // (image-avif), with image kinds PNM, BMP and TIFF and wav-opus payload version 2 (AIFF);
+    // v2.6 (no new op tag) adds codec 15 (xz-recode: a Debian package and a bare xz stream).
     let name = golden.file_name().map(|n| n.to_string_lossy().into_owned());
     let name = name.as_deref().unwrap_or_default();
-    let lossy5 = name == "v2.5";
+    let xz6 = name == "v2.6";
+    let lossy5 = xz6 || name == "v2.5";
     let revision4 = lossy5 || name == "v2.4";
     let revision3 = revision4 || name == "v2.3";
     let revision1 = revision3 || matches!(name, "v2.1" | "v3" | "v2.2");
@@ -94,6 +96,9 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
             .filter(|&c| c != idcfs::codec::CM_BLOCK)
             .collect(),
         "v2.5" => (idcfs::codec::RAW..=idcfs::codec::IMAGE_AVIF)
+            .filter(|&c| c != idcfs::codec::CM_BLOCK)
+            .collect(),
+        "v2.6" => (idcfs::codec::RAW..=idcfs::codec::XZ_RECODE)
             .filter(|&c| c != idcfs::codec::CM_BLOCK)
             .collect(),
         _ if revision1 => (idcfs::codec::RAW..=idcfs::codec::DEFLATE_TOKENS).collect(),
@@ -255,7 +260,7 @@ fn golden_stores_cover_every_op_and_codec() {
         .max();
     assert_eq!(
         newest_codec,
-        Some(idcfs::codec::IMAGE_AVIF),
+        Some(idcfs::codec::XZ_RECODE),
         "a golden store holds the newest codec"
     );
     for (ver, golden) in all {

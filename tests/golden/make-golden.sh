@@ -50,6 +50,12 @@ cp "$DATA"/zip/*.whl max/wheel.whl
 cp "$DATA"/wav/*Front_Center.wav max/front.wav
 cp "$DATA"/wav/*cembalo-3.wav max/cembalo.wav
 cp "$DATA"/elf/users max/users
+# Since v2.6 (codec 15 xz-recode, at level max): a Debian package (class ar: control.tar.xz and
+# data.tar.xz inside an ar archive) and a bare xz stream (class xz) of a JSON file, written by
+# python3's lzma at preset 6 (what `xz -6` writes), both rebuilt exactly from their content.
+cp "$DATA"/deb/bzip2_*.deb max/bzip2.deb
+python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.compress(open(sys.argv[1], "rb").read(), preset=6))' \
+  "$DATA"/json/*examples-1.json > max/examples.json.xz
 cp "$DATA"/text/*.pod fast/perlsolaris.pod
 # Revision 2 (context mixing, codec 9): text-like files at level=archive, each with its prior.
 mkdir -p archive
@@ -84,6 +90,10 @@ setfattr -n user.big -v "$(head -c 3000 /dev/zero | tr '\0' x)" deep
 touch -d '2001-02-03 04:05:06.123456789' max/users
 chmod 4755 max/users
 "$BIN" recompress "$MNT" >/dev/null
+for f in max/bzip2.deb max/examples.json.xz; do
+  getfattr --only-values -n user.idcfs.fileinfo "$f" | grep -q '"xz-recode"' \
+    || { echo "$f is not stored by xz-recode" >&2; exit 1; }
+done
 "$BIN" compact "$MNT" >/dev/null
 
 # Round 2, after the checkpoint: the ops that must also appear in the live journal.
