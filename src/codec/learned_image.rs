@@ -808,52 +808,82 @@ impl<'a> Dpcm<'a> {
     }
 }
 
-/// Activity buckets of `Adapt` (|W| + |N| of the element's own channel, capped).
+/// Neighbour buckets of `Adapt` (|left| + |above| in the element's own channel, capped).
 const ADAPT_BUCKETS: usize = 4;
+/// Block buckets of `Adapt` (Σ |value| of the earlier channels of the element's group at its
+/// position: 0, 1–2, 3–8, more).
+const BLOCK_BUCKETS: usize = 4;
+/// Largest block-context group a payload may name.
+const MAX_GROUP: usize = 64;
 /// Weight of a table's own mean in its starting statistics, in elements.
 const ADAPT_PRIOR: u64 = 4;
 /// `Adapt` halves a context's statistics when it has seen this many elements.
 const ADAPT_RESET: u64 = 256;
 
-/// Context-adaptive correction of the hyperprior (payload version 2, flag bit 0): an element
-/// whose hyperprior table is t and whose causal neighbours (left, above) in its channel have
-/// activity a is coded with the first table whose exact mean |value| reaches the mean |value|
-/// seen so far in context (t, a), starting from table t's own mean. Corrects a hyperprior
-/// that under- or over-estimates scales, and uses the neighbours it cannot see. Integers
-/// only.
+/// Context-adaptive correction of the hyperprior (payload version 2, flag bit 0). The
+/// context of an element is its hyperprior table t, the activity of its causal neighbours
+/// (left, above) in its own channel and, with a block group G > 0, the magnitude already
+/// decoded at its position in the earlier channels c' ≡ c (mod G) — for hp-dct-v2 (G = 4)
+/// the lower frequencies of the same 8×8 block, which JPEG-style coders know to predict the
+/// higher ones. The element is coded with the first table whose exact mean |value| reaches
+/// the context's mean |value| so far, which starts at table t's own. Integers only, so
+/// encoder and decoder walk the same states.
 struct Adapt<'a> {
     model: &'a Model,
+    /// Channel width and size.
+    w: usize,
+    hw: usize,
+    group: usize,
     sum: Vec<u64>,
     count: Vec<u64>,
+    /// Per group and position: Σ |value| of the group's channels coded so far.
+    acc: Vec<u32>,
+    /// The current channel's values so far, and its group.
+    plane: Vec<i32>,
+    g: usize,
 }
 
 impl<'a> Adapt<'a> {
-    fn new(model: &'a Model) -> Self {
+    fn new(model: &'a Model, w: usize, hw: usize, group: usize) -> Self {
+        let per = ADAPT_BUCKETS * BLOCK_BUCKETS;
         let sum = model
             .mean_abs
             .iter()
-            .flat_map(|&m| [m * ADAPT_PRIOR; ADAPT_BUCKETS])
+            .flat_map(|&m| std::iter::repeat_n(m * ADAPT_PRIOR, per))
             .collect();
         Adapt {
             model,
+            w: w.max(1),
+            hw,
+            group,
             sum,
-            count: vec![ADAPT_PRIOR; model.mean_abs.len() * ADAPT_BUCKETS],
+            count: vec![ADAPT_PRIOR; model.mean_abs.len() * per],
+            acc: vec![0; group * hw],
+            plane: Vec::with_capacity(hw),
+            g: 0,
         }
     }
 
-    /// Context of element `i` of a channel (`plane`: its values so far, width `w`).
-    fn context(t: u8, plane: &[i32], i: usize, w: usize) -> usize {
-        let left = if !i.is_multiple_of(w) {
-            plane[i - 1].unsigned_abs()
-        } else {
-            0
+    /// Start channel `c`.
+    fn begin(&mut self, c: usize) {
+        self.plane.clear();
+        self.g = if self.group > 0 { c % self.group } else { 0 };
+    }
+
+    /// Context of the channel's next element, whose hyperprior table is `t`.
+    fn context(&self, t: u8) -> usize {
+        let (i, w) = (self.plane.len(), self.w);
+        let at = |j: usize| self.plane.get(j).map_or(0, |v| v.unsigned_abs());
+        let left = if i % w > 0 { at(i - 1) } else { 0 };
+        let up = if i >= w { at(i - w) } else { 0 };
+        let nb = (left.saturating_add(up) as usize).min(ADAPT_BUCKETS - 1);
+        let blk = match self.acc.get(self.g * self.hw + i) {
+            None | Some(0) => 0,
+            Some(1..=2) => 1,
+            Some(3..=8) => 2,
+            Some(_) => 3,
         };
-        let up = if i >= w {
-            plane[i - w].unsigned_abs()
-        } else {
-            0
-        };
-        t as usize * ADAPT_BUCKETS + ((left + up) as usize).min(ADAPT_BUCKETS - 1)
+        (t as usize * ADAPT_BUCKETS + nb) * BLOCK_BUCKETS + blk
     }
 
     fn table(&self, ctx: usize) -> usize {
@@ -864,13 +894,28 @@ impl<'a> Adapt<'a> {
             .unwrap_or(ma.len().saturating_sub(1))
     }
 
-    fn update(&mut self, ctx: usize, q: i32) {
-        self.sum[ctx] += (q.unsigned_abs() as u64) << 24;
+    /// Record the value `v` coded in context `ctx` as the channel's next element.
+    fn push(&mut self, ctx: usize, v: i32) {
+        self.sum[ctx] += (v.unsigned_abs() as u64) << 24;
         self.count[ctx] += 1;
         if self.count[ctx] >= ADAPT_RESET {
             self.sum[ctx] = self.sum[ctx].div_ceil(2);
             self.count[ctx] /= 2;
         }
+        if let Some(a) = self.acc.get_mut(self.g * self.hw + self.plane.len()) {
+            *a = a.saturating_add(v.unsigned_abs());
+        }
+        self.plane.push(v);
+    }
+}
+
+/// The block-context group of the encoding model (`Adapt`): hp-dct-v2 interleaves the 4
+/// blocks of each 16×16 area, channel 4·(frequency) + block.
+fn block_group(model: &Model) -> usize {
+    if model.name == "hp-dct-v2" {
+        4
+    } else {
+        0
     }
 }
 
@@ -946,23 +991,25 @@ fn decode_pixels(
             .ok_or_else(|| wire::malformed("predicted channel"))? = true;
     }
     let mut q = Vec::with_capacity(tabs.len());
-    let mut adapt = p.adaptive.then(|| Adapt::new(model));
+    let mut adapt = p.adaptive.then(|| Adapt::new(model, yw, hw, p.group));
     for (c, tabs) in tabs.chunks(hw.max(1)).enumerate() {
         if predicted[c] {
             Dpcm::new(model, yw).decode(hw, &mut coder, &mut q)?;
             continue;
         }
-        let start = q.len();
-        for (i, &ti) in tabs.iter().enumerate() {
-            let Some(a) = adapt.as_mut() else {
+        let Some(a) = adapt.as_mut() else {
+            for &ti in tabs {
                 let (r, tm) = &model.tables[ti as usize];
                 q.push(coder.decode_symbol(tm).map_err(bad)? as i32 - r);
-                continue;
-            };
-            let ctx = Adapt::context(ti, &q[start..], i, yw);
+            }
+            continue;
+        };
+        a.begin(c);
+        for &ti in tabs {
+            let ctx = a.context(ti);
             let (r, tm) = &model.tables[a.table(ctx)];
             let v = coder.decode_symbol(tm).map_err(bad)? as i32 - r;
-            a.update(ctx, v);
+            a.push(ctx, v);
             q.push(v);
         }
     }
@@ -1003,8 +1050,10 @@ struct Parsed {
     m: u8,
     /// Spatially predicted y channels (version 2; increasing).
     predicted: Vec<u16>,
-    /// The other y channels' tables are adapted (`Adapt`; version 2, flag bit 0).
+    /// The other y channels' tables are adapted (`Adapt`; version 2, flag bit 0), with this
+    /// block-context group (0: none).
     adaptive: bool,
+    group: usize,
     words: Vec<u32>,
 }
 
@@ -1040,12 +1089,17 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
     }
     let mut predicted = Vec::new();
     let mut adaptive = false;
+    let mut group = 0;
     if version == 2 {
         let flags = r.u8()?;
         if flags > 1 {
             return Err(wire::malformed("unknown learned image flags"));
         }
         adaptive = flags == 1;
+        group = r.u8()? as usize;
+        if group > MAX_GROUP || (group > 0 && !adaptive) {
+            return Err(wire::malformed("block context group"));
+        }
         let n = r.len(MAX_Y_CH)?;
         for _ in 0..n {
             let b = r.bytes(2)?;
@@ -1081,6 +1135,7 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
         m,
         predicted,
         adaptive,
+        group,
         words,
     })
 }
@@ -1172,6 +1227,7 @@ impl LearnedImage {
             Engine::Ort(None),
         )?;
         let hw = yh * yw;
+        let group = block_group(model);
         let try_m = |m: u8| -> Result<(Vec<u8>, f64), CodecError> {
             let tabs = model.y_tables(&si.d, m);
             let step = m as f32 / 4.0;
@@ -1208,8 +1264,8 @@ impl LearnedImage {
             let code = |adaptive: bool| {
                 let mut ys = Vec::with_capacity(y.len());
                 let mut bits = 0f32;
-                let mut adapt = adaptive.then(|| Adapt::new(model));
-                for (ch, tc) in chans.iter().zip(tabs.chunks(hw.max(1))) {
+                let mut adapt = adaptive.then(|| Adapt::new(model, yw, hw, group));
+                for (c, (ch, tc)) in chans.iter().zip(tabs.chunks(hw.max(1))).enumerate() {
                     let qs = match ch {
                         Chan::Predicted(syms) => {
                             ys.extend_from_slice(syms);
@@ -1219,18 +1275,22 @@ impl LearnedImage {
                     };
                     // What the decoder will hold: a value beyond an adapted table's radius
                     // is clipped (rare; the verification below measures it).
-                    let mut plane = Vec::with_capacity(qs.len());
-                    for (i, (&q, &t)) in qs.iter().zip(tc).enumerate() {
-                        let ctx = Adapt::context(t, &plane, i, yw);
-                        let tt = adapt.as_ref().map_or(t as usize, |a| a.table(ctx));
+                    if let Some(a) = adapt.as_mut() {
+                        a.begin(c);
+                    }
+                    for (&q, &t) in qs.iter().zip(tc) {
+                        let ctx = adapt.as_ref().map(|a| a.context(t));
+                        let tt = match (&adapt, ctx) {
+                            (Some(a), Some(ctx)) => a.table(ctx),
+                            _ => t as usize,
+                        };
                         let rt = model.tables[tt].0;
                         let v = q.clamp(-rt, rt);
-                        if let Some(a) = adapt.as_mut() {
-                            a.update(ctx, v);
+                        if let (Some(a), Some(ctx)) = (adapt.as_mut(), ctx) {
+                            a.push(ctx, v);
                         }
                         bits += model.costs[tt][(v + rt) as usize];
                         ys.push(((v + rt) as usize, tt));
-                        plane.push(v);
                     }
                 }
                 (ys, bits)
@@ -1259,6 +1319,7 @@ impl LearnedImage {
             out.push(m);
             if v2 {
                 out.push(adaptive as u8);
+                out.push(if adaptive { group as u8 } else { 0 });
                 put_varint(&mut out, predicted.len() as u64);
                 for c in &predicted {
                     out.extend_from_slice(&c.to_le_bytes());
