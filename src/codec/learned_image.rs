@@ -809,7 +809,7 @@ impl<'a> Dpcm<'a> {
 }
 
 /// Neighbour buckets of `Adapt` (|left| + |above| in the element's own channel, capped).
-const ADAPT_BUCKETS: usize = 4;
+const ADAPT_BUCKETS: usize = 6;
 /// Block buckets of `Adapt` (Σ |value| of the earlier channels of the element's group at its
 /// position: 0, 1–2, 3–8, more).
 const BLOCK_BUCKETS: usize = 4;
@@ -841,6 +841,11 @@ struct Adapt<'a> {
     /// The current channel's values so far, and its group.
     plane: Vec<i32>,
     g: usize,
+    /// Per position: Σ |value| of the earlier channels of the current run of `group`
+    /// channels (for hp-dct-v2: the same frequency in the neighbouring blocks), and which
+    /// run that is.
+    sib: Vec<u32>,
+    run: usize,
 }
 
 impl<'a> Adapt<'a> {
@@ -861,13 +866,21 @@ impl<'a> Adapt<'a> {
             acc: vec![0; group * hw],
             plane: Vec::with_capacity(hw),
             g: 0,
+            sib: vec![0; if group > 0 { hw } else { 0 }],
+            run: usize::MAX,
         }
     }
 
     /// Start channel `c`.
     fn begin(&mut self, c: usize) {
         self.plane.clear();
-        self.g = if self.group > 0 { c % self.group } else { 0 };
+        if self.group > 0 {
+            self.g = c % self.group;
+            if c / self.group != self.run {
+                self.run = c / self.group;
+                self.sib.fill(0);
+            }
+        }
     }
 
     /// Context of the channel's next element, whose hyperprior table is `t`.
@@ -876,7 +889,18 @@ impl<'a> Adapt<'a> {
         let at = |j: usize| self.plane.get(j).map_or(0, |v| v.unsigned_abs());
         let left = if i % w > 0 { at(i - 1) } else { 0 };
         let up = if i >= w { at(i - w) } else { 0 };
-        let nb = (left.saturating_add(up) as usize).min(ADAPT_BUCKETS - 1);
+        let sib = self.sib.get(i).copied().unwrap_or(0);
+        let nb = match left
+            .saturating_add(up)
+            .saturating_add(sib.saturating_mul(2))
+        {
+            0 => 0,
+            1 => 1,
+            2 => 2,
+            3..=4 => 3,
+            5..=8 => 4,
+            _ => 5,
+        };
         let blk = match self.acc.get(self.g * self.hw + i) {
             None | Some(0) => 0,
             Some(1..=2) => 1,
@@ -903,6 +927,9 @@ impl<'a> Adapt<'a> {
             self.count[ctx] /= 2;
         }
         if let Some(a) = self.acc.get_mut(self.g * self.hw + self.plane.len()) {
+            *a = a.saturating_add(v.unsigned_abs());
+        }
+        if let Some(a) = self.sib.get_mut(self.plane.len()) {
             *a = a.saturating_add(v.unsigned_abs());
         }
         self.plane.push(v);
@@ -1675,19 +1702,27 @@ mod tests {
         let (plane, dist, bits) = Dpcm::new(&m, w).encode(&want, &u, 255, &mut syms);
         assert_eq!(plane, want, "values within the limit are coded exactly");
         assert!((dist - 0.04 * (w * h) as f32).abs() < 0.1 && bits > 0.0);
-        // Then an adapted plane, as the decoder reads y: predicted channel first.
-        let tabs: Vec<u8> = ints(w * h, 20, 9).iter().map(|&t| (t + 30) as u8).collect();
-        let vals = ints(w * h, 2, 11);
-        let mut adapt = Adapt::new(&m);
+        // Then six adapted channels (block group 4: the second run of 4 sees the first's
+        // block sums), as the decoder reads y: the predicted channel first.
+        let hw = w * h;
+        let tabs: Vec<u8> = ints(6 * hw, 20, 9)
+            .iter()
+            .map(|&t| (t + 30) as u8)
+            .collect();
+        let vals = ints(6 * hw, 2, 11);
+        let mut adapt = Adapt::new(&m, w, hw, 4);
         let mut coded = Vec::new();
-        for (i, (&q, &t)) in vals.iter().zip(&tabs).enumerate() {
-            let ctx = Adapt::context(t, &coded, i, w);
-            let tt = adapt.table(ctx);
-            let rt = m.tables[tt].0;
-            let v = q.clamp(-rt, rt);
-            adapt.update(ctx, v);
-            syms.push(((v + rt) as usize, tt));
-            coded.push(v);
+        for (c, (vc, tc)) in vals.chunks(hw).zip(tabs.chunks(hw)).enumerate() {
+            adapt.begin(c);
+            for (&q, &t) in vc.iter().zip(tc) {
+                let ctx = adapt.context(t);
+                let tt = adapt.table(ctx);
+                let rt = m.tables[tt].0;
+                let v = q.clamp(-rt, rt);
+                adapt.push(ctx, v);
+                syms.push(((v + rt) as usize, tt));
+                coded.push(v);
+            }
         }
         let words = entropy_encode(&m, &[], &syms, 1).unwrap_or_else(|e| panic!("{e}"));
         let mut coder = DefaultAnsCoder::from_compressed(words).unwrap_or_else(|_| panic!("ans"));
@@ -1696,14 +1731,17 @@ mod tests {
             .decode(w * h, &mut coder, &mut back)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, plane);
-        let mut adapt = Adapt::new(&m);
+        let mut adapt = Adapt::new(&m, w, hw, 4);
         let mut got = Vec::new();
-        for (i, &t) in tabs.iter().enumerate() {
-            let ctx = Adapt::context(t, &got, i, w);
-            let (r, tm) = &m.tables[adapt.table(ctx)];
-            let v = coder.decode_symbol(tm).unwrap_or_else(|_| panic!("ans")) as i32 - r;
-            adapt.update(ctx, v);
-            got.push(v);
+        for (c, tc) in tabs.chunks(hw).enumerate() {
+            adapt.begin(c);
+            for &t in tc {
+                let ctx = adapt.context(t);
+                let (r, tm) = &m.tables[adapt.table(ctx)];
+                let v = coder.decode_symbol(tm).unwrap_or_else(|_| panic!("ans")) as i32 - r;
+                adapt.push(ctx, v);
+                got.push(v);
+            }
         }
         assert_eq!(got, coded);
         assert_eq!(got, vals, "small values fit every table");
@@ -1733,7 +1771,7 @@ mod tests {
         }
         let payload = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let p = parse_payload(&payload).unwrap_or_else(|e| panic!("{e}"));
-        assert!(payload[0] == 2 && p.adaptive && !p.predicted.is_empty());
+        assert!(payload[0] == 2 && p.adaptive && p.group == 4 && !p.predicted.is_empty());
         assert_eq!(hex(&p.id), hex(&named("hp-dct-v2").id));
         for engine in [
             Engine::Reference,
