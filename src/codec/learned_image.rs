@@ -1067,7 +1067,53 @@ fn decode_pixels(
             }
         }
     }
+    deblock(&mut out, w, h, p.deblock);
     Ok(out)
+}
+
+/// Strengths the encoder tries for `deblock` (0: off).
+const DEBLOCK_TRIES: [u8; 10] = [0, 4, 8, 12, 16, 20, 24, 32, 40, 48];
+
+/// Smooth the 8×8 block edges of interleaved RGB pixels (`w`×`h`) with strength `s` (payload
+/// version 2, flag bit 1; FORMAT.md codec 13): each colour plane, first every vertical edge
+/// (x = 8, 16, …, each row), then every horizontal one, with a filter in the manner of
+/// H.264's normal-strength loop filter, in integers. The encoder picks `s` by measuring the
+/// result against the original, so a picture it does not help keeps `s = 0`.
+fn deblock(px: &mut [u8], w: usize, h: usize, s: u8) {
+    if s == 0 || px.len() != w * h * 3 {
+        return;
+    }
+    let s = s as i32;
+    for c in 0..3 {
+        // Vertical edges: samples along a row are 3 apart; horizontal ones: 3·w apart.
+        for (len, lines, along, across) in [(w, h, 3, 3 * w), (h, w, 3 * w, 3)] {
+            for line in 0..lines {
+                let base = line * across + c;
+                for e in (8..len).step_by(8) {
+                    let at = |k: usize| base + k * along;
+                    let g = |k: usize| px[at(k)] as i32;
+                    let (p2, p1, p0, q0) = (g(e - 3), g(e - 2), g(e - 1), g(e));
+                    let q1 = if e + 1 < len { g(e + 1) } else { q0 };
+                    let q2 = if e + 2 < len { g(e + 2) } else { q1 };
+                    if (p0 - q0).abs() >= 4 * s || (p1 - p0).abs() >= s || (q1 - q0).abs() >= s {
+                        continue;
+                    }
+                    let d = (((q0 - p0) * 4 + (p1 - q1) + 4) >> 3).clamp(-s, s);
+                    let avg = (p0 + q0 + 1) >> 1;
+                    px[at(e - 1)] = (p0 + d).clamp(0, 255) as u8;
+                    px[at(e)] = (q0 - d).clamp(0, 255) as u8;
+                    if (p2 - p0).abs() < s {
+                        px[at(e - 2)] =
+                            (p1 + ((p2 + avg - 2 * p1) >> 1).clamp(-s, s)).clamp(0, 255) as u8;
+                    }
+                    if e + 1 < len && (q2 - q0).abs() < s {
+                        px[at(e + 1)] =
+                            (q1 + ((q2 + avg - 2 * q1) >> 1).clamp(-s, s)).clamp(0, 255) as u8;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A parsed payload.
@@ -1081,6 +1127,8 @@ struct Parsed {
     /// block-context group (0: none).
     adaptive: bool,
     group: usize,
+    /// `deblock` strength (version 2, flag bit 1; 0: none).
+    deblock: u8,
     words: Vec<u32>,
 }
 
@@ -1117,15 +1165,22 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
     let mut predicted = Vec::new();
     let mut adaptive = false;
     let mut group = 0;
+    let mut deblock = 0;
     if version == 2 {
         let flags = r.u8()?;
-        if flags > 1 {
+        if flags > 3 {
             return Err(wire::malformed("unknown learned image flags"));
         }
-        adaptive = flags == 1;
+        adaptive = flags & 1 == 1;
         group = r.u8()? as usize;
         if group > MAX_GROUP || (group > 0 && !adaptive) {
             return Err(wire::malformed("block context group"));
+        }
+        if flags & 2 == 2 {
+            deblock = r.u8()?;
+            if deblock == 0 {
+                return Err(wire::malformed("deblocking strength"));
+            }
         }
         let n = r.len(MAX_Y_CH)?;
         for _ in 0..n {
@@ -1163,6 +1218,7 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
         predicted,
         adaptive,
         group,
+        deblock,
         words,
     })
 }
@@ -1334,32 +1390,52 @@ impl LearnedImage {
                 (ys_static, false)
             };
             let words = entropy_encode(model, &zq, &ys, zh * zw)?;
-            let mut out = Vec::new();
-            let v2 = adaptive || !predicted.is_empty();
-            out.push(if v2 { 2u8 } else { 1 });
-            out.extend_from_slice(&model.id);
-            out.extend_from_slice(&[pic.kind as u8, 2]);
-            put_varint(&mut out, pic.w as u64);
-            put_varint(&mut out, pic.h as u64);
-            put_chunks(&mut out, &pic.before);
-            put_chunks(&mut out, &pic.after);
-            out.push(m);
-            if v2 {
-                out.push(adaptive as u8);
-                out.push(if adaptive { group as u8 } else { 0 });
-                put_varint(&mut out, predicted.len() as u64);
-                for c in &predicted {
-                    out.extend_from_slice(&c.to_le_bytes());
+            // The payload with deblocking strength `s`.
+            let build = |s: u8| {
+                let v2 = adaptive || !predicted.is_empty() || s > 0;
+                let mut out = Vec::new();
+                out.push(if v2 { 2u8 } else { 1 });
+                out.extend_from_slice(&model.id);
+                out.extend_from_slice(&[pic.kind as u8, 2]);
+                put_varint(&mut out, pic.w as u64);
+                put_varint(&mut out, pic.h as u64);
+                put_chunks(&mut out, &pic.before);
+                put_chunks(&mut out, &pic.after);
+                out.push(m);
+                if v2 {
+                    out.push(adaptive as u8 | if s > 0 { 2 } else { 0 });
+                    out.push(if adaptive { group as u8 } else { 0 });
+                    if s > 0 {
+                        out.push(s);
+                    }
+                    put_varint(&mut out, predicted.len() as u64);
+                    for c in &predicted {
+                        out.extend_from_slice(&c.to_le_bytes());
+                    }
                 }
-            }
-            put_varint(&mut out, words.len() as u64);
-            for wd in &words {
-                out.extend_from_slice(&wd.to_le_bytes());
-            }
-            // The payload as a reader will see it: what is served is what was checked.
+                put_varint(&mut out, words.len() as u64);
+                for wd in &words {
+                    out.extend_from_slice(&wd.to_le_bytes());
+                }
+                out
+            };
+            // The payload as a reader will see it, without deblocking; then the strength
+            // that brings the served pixels closest to the original. Decoding with strength
+            // s is `deblock` of exactly these pixels, so what is served is what was checked.
+            let out = build(0);
             let p = parse_payload(&out)?;
             let back = decode_pixels(model, &p, p.words.clone(), Engine::Ort(None))?;
-            Ok((out, psnr(&pic.pixels, &back)))
+            let mut best = (psnr(&pic.pixels, &back), 0u8);
+            for s in DEBLOCK_TRIES.into_iter().filter(|&s| s > 0) {
+                let mut px = back.clone();
+                deblock(&mut px, pic.w as usize, pic.h as usize, s);
+                let db = psnr(&pic.pixels, &px);
+                if db > best.0 {
+                    best = (db, s);
+                }
+            }
+            let (db, s) = best;
+            Ok((if s > 0 { build(s) } else { out }, db))
         };
         if let Some(m) = fixed {
             return Ok((m, try_m(m.clamp(M_MIN, M_MAX))?.0));
