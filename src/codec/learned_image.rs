@@ -1344,8 +1344,10 @@ impl LearnedImage {
                 chans.push(Chan::Hyper(hp));
             }
             // The hyperprior's tables as they are, or adapted, whichever costs fewer bits.
-            let code = |adaptive: bool| {
+            // Returns the symbols, their bits and the table of each hyperprior-coded element.
+            let code = |adaptive: bool, chans: &[Chan]| {
                 let mut ys = Vec::with_capacity(y.len());
+                let mut used = Vec::with_capacity(y.len());
                 let mut bits = 0f32;
                 let mut adapt = adaptive.then(|| Adapt::new(model, yw, hw, group));
                 for (c, (ch, tc)) in chans.iter().zip(tabs.chunks(hw.max(1))).enumerate() {
@@ -1374,21 +1376,52 @@ impl LearnedImage {
                         }
                         bits += model.costs[tt][(v + rt) as usize];
                         ys.push(((v + rt) as usize, tt));
+                        used.push(tt);
                     }
                 }
-                (ys, bits)
+                (ys, bits, used)
             };
-            let (ys_static, b_static) = code(false);
-            let (ys, adaptive) = if opts.adapt {
-                let (ys_adapt, b_adapt) = code(true);
+            let (ys_static, b_static, _) = code(false, &chans);
+            let (mut ys, mut adaptive) = (ys_static, false);
+            if opts.adapt {
+                let (ys_adapt, b_adapt, used) = code(true, &chans);
                 if b_adapt < b_static {
-                    (ys_adapt, true)
-                } else {
-                    (ys_static, false)
+                    ys = ys_adapt;
+                    adaptive = true;
+                    // The quantization chose with the hyperprior's own tables' costs; once
+                    // more with the adapted tables' (which then adapt again), kept when
+                    // distortion + k · bits is lower.
+                    if kq > 0.0 {
+                        let mut tt = used.iter();
+                        let (mut d1, mut d2) = (0f32, 0f32);
+                        let again: Vec<Chan> = chans
+                            .iter()
+                            .zip(y.chunks(hw.max(1)))
+                            .map(|(ch, yc)| match ch {
+                                Chan::Predicted(s) => Chan::Predicted(s.clone()),
+                                Chan::Hyper(qs) => Chan::Hyper(
+                                    yc.iter()
+                                        .zip(qs)
+                                        .map(|(&v, &q0)| {
+                                            let u = v / step;
+                                            let t = tt.next().copied().unwrap_or(0);
+                                            let (rt, costs) = (model.tables[t].0, &model.costs[t]);
+                                            let q = rdo_quant(u, rt, rt.min(lim), costs, kq);
+                                            d1 += (u - q0 as f32).powi(2);
+                                            d2 += (u - q as f32).powi(2);
+                                            q
+                                        })
+                                        .collect(),
+                                ),
+                            })
+                            .collect();
+                        let (ys2, b2, _) = code(true, &again);
+                        if d2 + k * b2 < d1 + k * b_adapt {
+                            ys = ys2;
+                        }
+                    }
                 }
-            } else {
-                (ys_static, false)
-            };
+            }
             let words = entropy_encode(model, &zq, &ys, zh * zw)?;
             // The payload with deblocking strength `s`.
             let build = |s: u8| {
