@@ -5,7 +5,9 @@
 //! (ONNX Runtime, one intra-op thread), decodes, writes the served PNG to
 //! `OUT_DIR/<name>.m<m>.png`, and prints `name m payload_bytes pixels encode_s decode_s`
 //! (tab-separated); `models/hp-int8-v1/rd.py` turns these into the table of BENCHMARKS.md.
-//! A third argument K sets the encoder's rate-distortion weight (0: plain rounding).
+//! A third argument K sets the encoder's rate-distortion weight (0: plain rounding); with
+//! `NO_PREDICT=1` the encoder uses neither spatial prediction nor adapted tables (payload
+//! version 1, as before 2026-12-01).
 use std::time::Instant;
 
 fn main() {
