@@ -3,7 +3,8 @@
 //! `cargo run --release --example lossy_rd -- rd DIR [webp|avif]` — for every 8-bit PNG below
 //! DIR and each PSNR target (30, 35, 40, 45 dB): payload bits per pixel, the PSNR reached, and
 //! encode and decode CPU time per megapixel (one thread), of `image-webp` (default) or
-//! `image-avif`.
+//! `image-avif`. With `RD_OUT=DIR` it also writes what a reader gets, `DIR/NAME.TARGET.png`
+//! (`benches/ms_ssim.py` measures MS-SSIM on them).
 //! `cargo run --release --example lossy_rd -- psnr ORIG_DIR READ_DIR` — PSNR of every PNG of
 //! READ_DIR (e.g. a lossy directory on a mount) against the file of the same name in ORIG_DIR;
 //! prints the minimum and whether every file is a readable PNG.
@@ -74,6 +75,11 @@ fn rd(dir: &Path, codec: &dyn Codec) {
             dec += common::cpu_now() - t;
             enc += e;
             let db = image_psnr(&png, &back).unwrap();
+            // RD_OUT=DIR keeps what a reader gets, for other metrics (MS-SSIM).
+            if let Some(d) = std::env::var_os("RD_OUT") {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                std::fs::write(Path::new(&d).join(format!("{name}.{target}.png")), &back).unwrap();
+            }
             files += 1;
             pixels += w as u64 * h as u64;
             png_bytes += png.len() as u64;

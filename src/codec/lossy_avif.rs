@@ -678,7 +678,8 @@ mod tests {
     #[test]
     fn quantizer_search_finds_the_binary_search_answer_in_fewer_probes() {
         // PSNR curves falling with q, as AV1's do: straight, curved, steep, flat in places.
-        let curves: [(&str, fn(f64) -> f64); 4] = [
+        type Curve = fn(f64) -> f64;
+        let curves: [(&str, Curve); 4] = [
             ("linear", |q| 50.0 - 0.08 * q),
             ("curved", |q| 52.0 - 6.0 * (1.0 + q / 8.0).ln()),
             ("steep", |q| 60.0 - 0.2 * q),
