@@ -38,12 +38,12 @@ const MAX_LEN: usize = 256 << 20;
 const MAX_SIDE: u32 = 16383;
 /// Largest picture a payload may hold (a decoding bound, part of the format).
 const MAX_PIXELS: u64 = 16 << 20;
-/// Largest picture the encoder takes: its quantizer search costs 10–12 CPU seconds per Mpixel
+/// Largest picture the encoder takes: its quantizer search costs 7–14 CPU seconds per Mpixel
 /// (rav1e without assembly, BENCHMARKS.md 8.1), so larger pictures would run into the
 /// recompressor's 120 s limit per candidate; they are refused at once and the other
 /// candidates apply.
 const ENCODE_MAX_PIXELS: u64 = 8 << 20;
-/// rav1e speed preset (0 slowest .. 10 fastest): 8 keeps a search of ~8 encodings of a
+/// rav1e speed preset (0 slowest .. 10 fastest): 8 keeps a search of 4–5 encodings of a
 /// megapixel photo within seconds; the bitstream is valid AV1 whatever the preset.
 const SPEED: u8 = 8;
 /// Bit depth of the coded planes: the YCoCg below needs 10 bits to be exactly invertible.
