@@ -312,7 +312,7 @@ fn payload(pic: &Picture, av1: &[u8], alpha: &[u8]) -> Vec<u8> {
 
 impl ImageAvif {
     /// The smallest payload of `pic` whose decoded pixels keep `target` dB (the coarsest
-    /// quantizer meeting it, by binary search: PSNR falls as the quantizer grows), with its
+    /// quantizer meeting it, by `search_quantizer`: PSNR falls as the quantizer grows), with its
     /// quantizer; or, with `fixed`, the payload at that quantizer whatever its PSNR.
     fn encode_picture(
         pic: &Picture,
