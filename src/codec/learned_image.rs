@@ -30,7 +30,8 @@
 //! width varint, height varint, chunks-before, chunks-after (as image-webp), m u8 (the step
 //! of y is m/4, 2..=8), word count varint, ANS words (u32 LE)`. The ANS stream holds z
 //! (channel, row, column order) then y (same order); symbols are value + table radius.
-//! Version 2 adds, after m, `flags u8 (bit 0: adapted tables, bit 1: deblocking), G u8
+//! Version 2 adds, after m, `flags u8 (bit 0: adapted tables, bit 1: deblocking, bit 2: z's
+//! tables adapted too), G u8
 //! (block-context group), [strength u8 with bit 1], n varint, n × u16 LE channels
 //! (increasing)`: those y channels are spatially predicted (`Dpcm`), with bit 0 the others'
 //! tables are adapted to their context (`Adapt`), and with bit 1 the decoded pixels are
@@ -952,22 +953,14 @@ fn block_group(model: &Model) -> usize {
 /// pops z first, which h_s needs for y's tables).
 fn entropy_encode(
     model: &Model,
-    z: &[i32],
+    zs: &[(usize, usize)],
     ys: &[(usize, usize)],
-    zhw: usize,
 ) -> Result<Vec<u32>, CodecError> {
     let fail = |_| CodecError::Failed("entropy coding failed".into());
     let mut coder = DefaultAnsCoder::new();
     let ys = ys.iter().map(|&(sym, t)| (sym, &model.tables[t].1));
     coder.encode_symbols_reverse(ys).map_err(fail)?;
-    let zs: Vec<(usize, &DefaultContiguousCategoricalEntropyModel)> = z
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| {
-            let (r, m) = &model.tables[model.z_index[i / zhw] as usize];
-            ((q + r) as usize, m)
-        })
-        .collect();
+    let zs = zs.iter().map(|&(sym, t)| (sym, &model.tables[t].1));
     coder.encode_symbols_reverse(zs).map_err(fail)?;
     coder
         .into_compressed()
@@ -991,10 +984,23 @@ fn decode_pixels(
     let bad = |_| wire::malformed("ANS stream");
     let zc = model.z_ch();
     let mut z = Vec::with_capacity(zc * zh * zw);
+    let mut adapt_z = p.adapt_z.then(|| Adapt::new(model, zw, zh * zw, 0));
     for c in 0..zc {
-        let (r, t) = &model.tables[model.z_index[c] as usize];
+        let t = model.z_index[c];
+        let Some(a) = adapt_z.as_mut() else {
+            let (r, tm) = &model.tables[t as usize];
+            for _ in 0..zh * zw {
+                z.push(coder.decode_symbol(tm).map_err(bad)? as i32 - r);
+            }
+            continue;
+        };
+        a.begin(c);
         for _ in 0..zh * zw {
-            z.push(coder.decode_symbol(t).map_err(bad)? as i32 - r);
+            let ctx = a.context(t);
+            let (r, tm) = &model.tables[a.table(ctx)];
+            let v = coder.decode_symbol(tm).map_err(bad)? as i32 - r;
+            a.push(ctx, v);
+            z.push(v);
         }
     }
     let si = run_decoder(
@@ -1131,6 +1137,8 @@ struct Parsed {
     group: usize,
     /// `deblock` strength (version 2, flag bit 1; 0: none).
     deblock: u8,
+    /// z's tables are adapted too (`Adapt` without block context; version 2, flag bit 2).
+    adapt_z: bool,
     words: Vec<u32>,
 }
 
@@ -1168,12 +1176,14 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
     let mut adaptive = false;
     let mut group = 0;
     let mut deblock = 0;
+    let mut adapt_z = false;
     if version == 2 {
         let flags = r.u8()?;
-        if flags > 3 {
+        if flags > 7 {
             return Err(wire::malformed("unknown learned image flags"));
         }
         adaptive = flags & 1 == 1;
+        adapt_z = flags & 4 == 4;
         group = r.u8()? as usize;
         if group > MAX_GROUP || (group > 0 && !adaptive) {
             return Err(wire::malformed("block context group"));
@@ -1221,6 +1231,7 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
         adaptive,
         group,
         deblock,
+        adapt_z,
         words,
     })
 }
@@ -1300,6 +1311,40 @@ impl LearnedImage {
                 (v.round() as i32).clamp(-r.min(model.z_max), r.min(model.z_max))
             })
             .collect();
+        // z's symbols with its fixed tables, or adapted ones when that is smaller and no
+        // value must be clipped to an adapted table (z feeds h_s: it must not change).
+        let code_z = |adaptive: bool| -> Option<(Vec<(usize, usize)>, f32)> {
+            let mut a = adaptive.then(|| Adapt::new(model, zw, zh * zw, 0));
+            let (mut syms, mut bits) = (Vec::with_capacity(zq.len()), 0f32);
+            for (c, zc) in zq.chunks((zh * zw).max(1)).enumerate() {
+                let t = model.z_index[c];
+                if let Some(a) = a.as_mut() {
+                    a.begin(c);
+                }
+                for &v in zc {
+                    let ctx = a.as_ref().map(|a| a.context(t));
+                    let tt = match (&a, ctx) {
+                        (Some(a), Some(ctx)) => a.table(ctx),
+                        _ => t as usize,
+                    };
+                    let r = model.tables[tt].0;
+                    if v.abs() > r {
+                        return None;
+                    }
+                    if let (Some(a), Some(ctx)) = (a.as_mut(), ctx) {
+                        a.push(ctx, v);
+                    }
+                    bits += model.costs[tt][(v + r) as usize];
+                    syms.push(((v + r) as usize, tt));
+                }
+            }
+            Some((syms, bits))
+        };
+        let (zs, adapt_z) = match (code_z(false), opts.adapt.then(|| code_z(true)).flatten()) {
+            (Some((_, bf)), Some((adapted, ba))) if ba < bf => (adapted, true),
+            (Some((fixed, _)), _) => (fixed, false),
+            _ => return Err(CodecError::Failed("z out of its tables' range".into())),
+        };
         let si = run_decoder(
             model,
             false,
@@ -1424,10 +1469,10 @@ impl LearnedImage {
                     }
                 }
             }
-            let words = entropy_encode(model, &zq, &ys, zh * zw)?;
+            let words = entropy_encode(model, &zs, &ys)?;
             // The payload with deblocking strength `s`.
             let build = |s: u8| {
-                let v2 = adaptive || !predicted.is_empty() || s > 0;
+                let v2 = adaptive || adapt_z || !predicted.is_empty() || s > 0;
                 let mut out = Vec::new();
                 out.push(if v2 { 2u8 } else { 1 });
                 out.extend_from_slice(&model.id);
@@ -1438,7 +1483,9 @@ impl LearnedImage {
                 put_chunks(&mut out, &pic.after);
                 out.push(m);
                 if v2 {
-                    out.push(adaptive as u8 | if s > 0 { 2 } else { 0 });
+                    out.push(
+                        adaptive as u8 | if s > 0 { 2 } else { 0 } | if adapt_z { 4 } else { 0 },
+                    );
                     out.push(if adaptive { group as u8 } else { 0 });
                     if s > 0 {
                         out.push(s);
@@ -1835,7 +1882,7 @@ mod tests {
                 coded.push(v);
             }
         }
-        let words = entropy_encode(&m, &[], &syms, 1).unwrap_or_else(|e| panic!("{e}"));
+        let words = entropy_encode(&m, &[], &syms).unwrap_or_else(|e| panic!("{e}"));
         let mut coder = DefaultAnsCoder::from_compressed(words).unwrap_or_else(|_| panic!("ans"));
         let mut back = Vec::new();
         Dpcm::new(&m, w)
@@ -1884,6 +1931,7 @@ mod tests {
         let p = parse_payload(&payload).unwrap_or_else(|e| panic!("{e}"));
         assert!(payload[0] == 2 && p.adaptive && p.group == 4 && !p.predicted.is_empty());
         assert!(p.deblock > 0, "the frozen payload exercises deblocking");
+        assert!(p.adapt_z, "and z's adapted tables");
         assert_eq!(hex(&p.id), hex(&named("hp-dct-v2").id));
         for engine in [
             Engine::Reference,
