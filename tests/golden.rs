@@ -58,10 +58,12 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
     // (revision 4) adds op tag 22 (PACKED: checkpoints written as zstd frames of ops); v2.5
     // (no new op tag) adds the lossy codecs added after revision 4: 13 (image-learned) and 14
     // (image-avif), with image kinds PNM, BMP and TIFF and wav-opus payload version 2 (AIFF);
-    // v2.6 (no new op tag) adds codec 15 (xz-recode: a Debian package and a bare xz stream).
+    // v2.6 (no new op tag) adds codec 15 (xz-recode: a Debian package and a bare xz stream);
+    // v2.7 (no new op tag or codec) holds image-learned payload version 2 (predicted channels,
+    // adapted tables, deblocking).
     let name = golden.file_name().map(|n| n.to_string_lossy().into_owned());
     let name = name.as_deref().unwrap_or_default();
-    let xz6 = name == "v2.6";
+    let xz6 = matches!(name, "v2.6" | "v2.7");
     let lossy5 = xz6 || name == "v2.5";
     let revision4 = lossy5 || name == "v2.4";
     let revision3 = revision4 || name == "v2.3";
@@ -98,7 +100,7 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
         "v2.5" => (idcfs::codec::RAW..=idcfs::codec::IMAGE_AVIF)
             .filter(|&c| c != idcfs::codec::CM_BLOCK)
             .collect(),
-        "v2.6" => (idcfs::codec::RAW..=idcfs::codec::XZ_RECODE)
+        "v2.6" | "v2.7" => (idcfs::codec::RAW..=idcfs::codec::XZ_RECODE)
             .filter(|&c| c != idcfs::codec::CM_BLOCK)
             .collect(),
         _ if revision1 => (idcfs::codec::RAW..=idcfs::codec::DEFLATE_TOKENS).collect(),
