@@ -921,6 +921,29 @@ impl<'a> Adapt<'a> {
             .unwrap_or(ma.len().saturating_sub(1))
     }
 
+    /// Encoder: code `q` as the channel's next element, whose hyperprior table is `t`. Returns
+    /// the table used and the value the decoder will hold (`q` clipped to its radius).
+    fn encode(&mut self, t: u8, q: i32) -> (usize, i32) {
+        let ctx = self.context(t);
+        let tt = self.table(ctx);
+        let r = self.model.tables[tt].0;
+        let v = q.clamp(-r, r);
+        self.push(ctx, v);
+        (tt, v)
+    }
+
+    /// Decoder: the channel's next element, whose hyperprior table is `t`.
+    fn decode(&mut self, t: u8, coder: &mut DefaultAnsCoder) -> Result<i32, CodecError> {
+        let ctx = self.context(t);
+        let (r, tm) = &self.model.tables[self.table(ctx)];
+        let v = coder
+            .decode_symbol(tm)
+            .map_err(|_| wire::malformed("ANS stream"))? as i32
+            - r;
+        self.push(ctx, v);
+        Ok(v)
+    }
+
     /// Record the value `v` coded in context `ctx` as the channel's next element.
     fn push(&mut self, ctx: usize, v: i32) {
         self.sum[ctx] += (v.unsigned_abs() as u64) << 24;
@@ -946,6 +969,37 @@ fn block_group(model: &Model) -> usize {
         4
     } else {
         0
+    }
+}
+
+/// An element coded with its fixed table `t` or, with `adapt`, the adapted one: the table
+/// used and the value the decoder will hold (`q` clipped to the table's radius).
+fn encode_element(model: &Model, adapt: Option<&mut Adapt>, t: u8, q: i32) -> (usize, i32) {
+    match adapt {
+        Some(a) => a.encode(t, q),
+        None => {
+            let r = model.tables[t as usize].0;
+            (t as usize, q.clamp(-r, r))
+        }
+    }
+}
+
+/// The decoder's side of `encode_element`.
+fn decode_element(
+    model: &Model,
+    adapt: Option<&mut Adapt>,
+    t: u8,
+    coder: &mut DefaultAnsCoder,
+) -> Result<i32, CodecError> {
+    match adapt {
+        Some(a) => a.decode(t, coder),
+        None => {
+            let (r, tm) = &model.tables[t as usize];
+            Ok(coder
+                .decode_symbol(tm)
+                .map_err(|_| wire::malformed("ANS stream"))? as i32
+                - r)
+        }
     }
 }
 
@@ -981,26 +1035,16 @@ fn decode_pixels(
     let (yh, yw) = (ph / 16, pw / 16);
     let mut coder = DefaultAnsCoder::from_compressed(words)
         .map_err(|_| wire::malformed("ANS stream ends with a zero word"))?;
-    let bad = |_| wire::malformed("ANS stream");
     let zc = model.z_ch();
     let mut z = Vec::with_capacity(zc * zh * zw);
     let mut adapt_z = p.adapt_z.then(|| Adapt::new(model, zw, zh * zw, 0));
     for c in 0..zc {
         let t = model.z_index[c];
-        let Some(a) = adapt_z.as_mut() else {
-            let (r, tm) = &model.tables[t as usize];
-            for _ in 0..zh * zw {
-                z.push(coder.decode_symbol(tm).map_err(bad)? as i32 - r);
-            }
-            continue;
-        };
-        a.begin(c);
+        if let Some(a) = adapt_z.as_mut() {
+            a.begin(c);
+        }
         for _ in 0..zh * zw {
-            let ctx = a.context(t);
-            let (r, tm) = &model.tables[a.table(ctx)];
-            let v = coder.decode_symbol(tm).map_err(bad)? as i32 - r;
-            a.push(ctx, v);
-            z.push(v);
+            z.push(decode_element(model, adapt_z.as_mut(), t, &mut coder)?);
         }
     }
     let si = run_decoder(
@@ -1032,20 +1076,11 @@ fn decode_pixels(
             Dpcm::new(model, yw).decode(hw, &mut coder, &mut q)?;
             continue;
         }
-        let Some(a) = adapt.as_mut() else {
-            for &ti in tabs {
-                let (r, tm) = &model.tables[ti as usize];
-                q.push(coder.decode_symbol(tm).map_err(bad)? as i32 - r);
-            }
-            continue;
-        };
-        a.begin(c);
+        if let Some(a) = adapt.as_mut() {
+            a.begin(c);
+        }
         for &ti in tabs {
-            let ctx = a.context(ti);
-            let (r, tm) = &model.tables[a.table(ctx)];
-            let v = coder.decode_symbol(tm).map_err(bad)? as i32 - r;
-            a.push(ctx, v);
-            q.push(v);
+            q.push(decode_element(model, adapt.as_mut(), ti, &mut coder)?);
         }
     }
     let t = q
@@ -1079,8 +1114,8 @@ fn decode_pixels(
     Ok(out)
 }
 
-/// Strengths the encoder tries for `deblock` (0: off).
-const DEBLOCK_TRIES: [u8; 10] = [0, 4, 8, 12, 16, 20, 24, 32, 40, 48];
+/// Strengths the encoder tries for `deblock`, beside 0 (off).
+const DEBLOCK_TRIES: [u8; 9] = [4, 8, 12, 16, 20, 24, 32, 40, 48];
 
 /// Smooth the 8×8 block edges of interleaved RGB pixels (`w`×`h`) with strength `s` (payload
 /// version 2, flag bit 1; FORMAT.md codec 13): each colour plane, first every vertical edge
@@ -1321,21 +1356,14 @@ impl LearnedImage {
                 if let Some(a) = a.as_mut() {
                     a.begin(c);
                 }
-                for &v in zc {
-                    let ctx = a.as_ref().map(|a| a.context(t));
-                    let tt = match (&a, ctx) {
-                        (Some(a), Some(ctx)) => a.table(ctx),
-                        _ => t as usize,
-                    };
-                    let r = model.tables[tt].0;
-                    if v.abs() > r {
+                for &q in zc {
+                    let (tt, v) = encode_element(model, a.as_mut(), t, q);
+                    if v != q {
                         return None;
                     }
-                    if let (Some(a), Some(ctx)) = (a.as_mut(), ctx) {
-                        a.push(ctx, v);
-                    }
-                    bits += model.costs[tt][(v + r) as usize];
-                    syms.push(((v + r) as usize, tt));
+                    let sym = (v + model.tables[tt].0) as usize;
+                    bits += model.costs[tt][sym];
+                    syms.push((sym, tt));
                 }
             }
             Some((syms, bits))
@@ -1411,18 +1439,10 @@ impl LearnedImage {
                         a.begin(c);
                     }
                     for (&q, &t) in qs.iter().zip(tc) {
-                        let ctx = adapt.as_ref().map(|a| a.context(t));
-                        let tt = match (&adapt, ctx) {
-                            (Some(a), Some(ctx)) => a.table(ctx),
-                            _ => t as usize,
-                        };
-                        let rt = model.tables[tt].0;
-                        let v = q.clamp(-rt, rt);
-                        if let (Some(a), Some(ctx)) = (adapt.as_mut(), ctx) {
-                            a.push(ctx, v);
-                        }
-                        bits += model.costs[tt][(v + rt) as usize];
-                        ys.push(((v + rt) as usize, tt));
+                        let (tt, v) = encode_element(model, adapt.as_mut(), t, q);
+                        let sym = (v + model.tables[tt].0) as usize;
+                        bits += model.costs[tt][sym];
+                        ys.push((sym, tt));
                         used.push(tt);
                     }
                 }
@@ -1508,7 +1528,7 @@ impl LearnedImage {
             let p = parse_payload(&out)?;
             let back = decode_pixels(model, &p, p.words.clone(), Engine::Ort(None))?;
             let mut best = (psnr(&pic.pixels, &back), 0u8);
-            for s in DEBLOCK_TRIES.into_iter().filter(|&s| s > 0) {
+            for s in DEBLOCK_TRIES {
                 let mut px = back.clone();
                 deblock(&mut px, pic.w as usize, pic.h as usize, s);
                 let db = psnr(&pic.pixels, &px);
@@ -1873,12 +1893,8 @@ mod tests {
         for (c, (vc, tc)) in vals.chunks(hw).zip(tabs.chunks(hw)).enumerate() {
             adapt.begin(c);
             for (&q, &t) in vc.iter().zip(tc) {
-                let ctx = adapt.context(t);
-                let tt = adapt.table(ctx);
-                let rt = m.tables[tt].0;
-                let v = q.clamp(-rt, rt);
-                adapt.push(ctx, v);
-                syms.push(((v + rt) as usize, tt));
+                let (tt, v) = adapt.encode(t, q);
+                syms.push(((v + m.tables[tt].0) as usize, tt));
                 coded.push(v);
             }
         }
@@ -1894,11 +1910,11 @@ mod tests {
         for (c, tc) in tabs.chunks(hw).enumerate() {
             adapt.begin(c);
             for &t in tc {
-                let ctx = adapt.context(t);
-                let (r, tm) = &m.tables[adapt.table(ctx)];
-                let v = coder.decode_symbol(tm).unwrap_or_else(|_| panic!("ans")) as i32 - r;
-                adapt.push(ctx, v);
-                got.push(v);
+                got.push(
+                    adapt
+                        .decode(t, &mut coder)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
             }
         }
         assert_eq!(got, coded);
