@@ -7,7 +7,7 @@
 //! (tab-separated); `models/hp-int8-v1/rd.py` turns these into the table of BENCHMARKS.md.
 //! A third argument K sets the encoder's rate-distortion weight (0: plain rounding); with
 //! `NO_PREDICT=1` the encoder uses neither spatial prediction nor adapted tables (payload
-//! version 1, as before 2026-12-01).
+//! version 1, as before 2026-12-01); with `NO_ACP=1`, no AC prediction from the block DCs.
 use std::time::Instant;
 
 fn main() {
@@ -48,6 +48,7 @@ fn main() {
                 m,
                 rdo,
                 std::env::var_os("NO_PREDICT").is_none(),
+                std::env::var_os("NO_ACP").is_none(),
             ) {
                 Ok(p) => p,
                 Err(e) => {
