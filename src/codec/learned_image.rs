@@ -584,23 +584,27 @@ fn decode_engine() -> Engine {
     }
 }
 
-/// The encoder's rate-distortion weight at step m/4: a coefficient `u` (in quantization
+/// The encoder's rate-distortion weight at every step: a coefficient `u` (in quantization
 /// steps) is coded as the integer `q` minimizing `(u − q)² + k · bits(q)`. The synthesis is
 /// close to orthonormal, so squared error in steps is proportional to the pixels' squared
 /// error at every step. Chosen on pictures that are neither training nor evaluation data
-/// (BENCHMARKS.md §8.6: 0.06 beat 0, 0.12 and 0.2 at steps m ≥ 3; at the finest step every
-/// weight tried lost against plain rounding). Decoding does not depend on it.
-fn rdo_weight(m: u8) -> f32 {
-    if m <= M_MIN {
-        0.0
-    } else {
-        0.06
-    }
-}
+/// (BENCHMARKS.md §8.6: 0.06 beat 0, 0.12 and 0.2 at steps m ≥ 3; §8.8: at the finest step
+/// too, once its AC channels were no longer spatially predicted: 0.04–0.06 beat 0 and 0.02,
+/// 0.1 lost). Decoding does not depend on it.
+const RDO_K: f32 = 0.06;
 
 /// The weight that decides between a channel's hyperprior tables and spatial prediction
 /// (about the slope `2 ln 2 · Δ²/12` of a uniform quantizer at high rate, in step² per bit).
 const SELECT_K: f32 = 0.12;
+
+/// Whether the encoder offers spatial prediction (`Dpcm`) to channel `c`: for hp-dct-v2
+/// only its block-DC channels (4·64k + j), the brightnesses that zero-mean tables miss. Its
+/// AC channels are zero-mean; offered prediction too, many chose it at the finest step because
+/// the choice is made against the hyperprior's own tables, not the adapted ones that code
+/// them in the end (BENCHMARKS.md §8.8: 18% more bits at m = 2 on the tuning pictures).
+fn dpcm_candidate(model: &Model, c: usize) -> bool {
+    !acp_model(model) || (c / 4) % 64 == 0
+}
 
 /// How the encoder codes one y channel.
 enum Chan {
@@ -613,7 +617,7 @@ enum Chan {
 /// Encoder choices (decoding does not depend on them).
 #[derive(Clone, Copy, Debug)]
 struct EncodeOpts {
-    /// Rate-distortion weight of `rdo_quant` (0: plain rounding; `None`: `rdo_weight`).
+    /// Rate-distortion weight of `rdo_quant` (0: plain rounding; `None`: `RDO_K`).
     rdo: Option<f32>,
     /// Let channels choose spatial prediction (payload version 2).
     predict: bool,
@@ -1506,7 +1510,7 @@ impl LearnedImage {
             let lim = model.t_max / m as i32;
             // Per channel, the hyperprior's tables or spatial prediction, whichever costs
             // less distortion + k · bits.
-            let kq = opts.rdo.unwrap_or_else(|| rdo_weight(m));
+            let kq = opts.rdo.unwrap_or(RDO_K);
             let k = if kq > 0.0 { kq } else { SELECT_K };
             let mut chans: Vec<Chan> = Vec::new();
             let mut predicted = Vec::new();
@@ -1550,7 +1554,7 @@ impl LearnedImage {
                     j_hp += e * e + k * costs[(q + rt) as usize];
                     hp.push(q);
                 }
-                if opts.predict && predicted.len() < MAX_Y_CH {
+                if opts.predict && predicted.len() < MAX_Y_CH && dpcm_candidate(model, c) {
                     let want: Vec<i32> = u.iter().map(|&v| v.round() as i32).collect();
                     let mut syms = Vec::with_capacity(hw);
                     let (plane, dist, bits) =
