@@ -603,7 +603,7 @@ const SELECT_K: f32 = 0.12;
 /// the choice is made against the hyperprior's own tables, not the adapted ones that code
 /// them in the end (BENCHMARKS.md §8.8: 18% more bits at m = 2 on the tuning pictures).
 fn dpcm_candidate(model: &Model, c: usize) -> bool {
-    !acp_model(model) || (c / 4) % 64 == 0
+    !acp_model(model) || (c / 4).is_multiple_of(64)
 }
 
 /// How the encoder codes one y channel.
