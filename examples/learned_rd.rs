@@ -1,7 +1,7 @@
 //! Rate-distortion of the learned image codec (`image-learned`) at each of its steps.
 //!
 //! Usage: `cargo run --release --example learned_rd -- PNG_DIR OUT_DIR`. For every RGB PNG
-//! and step m (y's quantization step m/4, m = 2..=8) it encodes with the built-in model
+//! and step m (y's quantization step m/4, m = 1..=8) it encodes with the built-in model
 //! (ONNX Runtime, one intra-op thread), decodes, writes the served PNG to
 //! `OUT_DIR/<name>.m<m>.png`, and prints `name m payload_bytes pixels encode_s decode_s`
 //! (tab-separated); `models/hp-int8-v1/rd.py` turns these into the table of BENCHMARKS.md.
@@ -41,7 +41,7 @@ fn main() {
         let Some((w, h, _, 2, _)) = idcfs::codec::pixels_bench::parse_ihdr(&raw) else {
             continue;
         };
-        for m in 2..=8u8 {
+        for m in 1..=8u8 {
             let t = Instant::now();
             let payload = match idcfs::codec::learned_bench::encode_step(
                 &raw,

@@ -28,7 +28,7 @@
 //!
 //! Payload (version 1): `1u8, model hash [32], kind u8 (1: PNG, 2: PNM), colour type u8 (2),
 //! width varint, height varint, chunks-before, chunks-after (as image-webp), m u8 (the step
-//! of y is m/4, 2..=8), word count varint, ANS words (u32 LE)`. The ANS stream holds z
+//! of y is m/4, 2..=8; 1..=8 in version 2), word count varint, ANS words (u32 LE)`. The ANS stream holds z
 //! (channel, row, column order) then y (same order); symbols are value + table radius.
 //! Version 2 adds, after m, `flags u8 (bit 0: adapted tables, bit 1: deblocking, bit 2: z's
 //! tables adapted too), G u8
@@ -60,6 +60,13 @@ const EXACT: i64 = 1 << 24;
 /// Quantization steps of y, m/4 for m in M_MIN..=M_MAX (finest first).
 const M_MIN: u8 = 2;
 const M_MAX: u8 = 8;
+/// The finest step of payload version 2, 1/4 (FORMAT.md codec 13: scale-index offset
+/// OFF[2] − 6, the step halved once more): without it the finest step reached only 0.6 bpp
+/// on photos once the coding improved.
+const M_FINE: u8 = 1;
+/// The scale-index offset of halving the step: ln 2 / ln r for the table ladder σ_i = 0.11 ·
+/// r^i, r = (256/0.11)^(1/63), rounded (5.63).
+const HALF_STEP_OFFSET: i32 = 6;
 /// Most y channels a model may have (a payload lists its predicted ones).
 const MAX_Y_CH: usize = 4096;
 
@@ -503,7 +510,10 @@ impl Model {
 
     /// Table of each y element for step m/4, from h_s's output.
     fn y_tables(&self, scale_index: &[i32], m: u8) -> Vec<u8> {
-        let off = self.offsets[(m - M_MIN) as usize];
+        let off = match m.checked_sub(M_MIN) {
+            Some(i) => self.offsets[(i as usize).min(self.offsets.len() - 1)],
+            None => self.offsets[0] - HALF_STEP_OFFSET,
+        };
         let top = self.tables.len() as i32 - 1;
         scale_index
             .iter()
@@ -1319,7 +1329,8 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, CodecError> {
     let before = get_chunks(&mut r, payload.len())?;
     let after = get_chunks(&mut r, payload.len())?;
     let m = r.u8()?;
-    if !(M_MIN..=M_MAX).contains(&m) {
+    let finest = if version == 2 { M_FINE } else { M_MIN };
+    if !(finest..=M_MAX).contains(&m) {
         return Err(wire::malformed("quantization step"));
     }
     let mut predicted = Vec::new();
@@ -1644,7 +1655,7 @@ impl LearnedImage {
             let words = entropy_encode(model, &zs, &ys)?;
             // The payload with deblocking strength `s`.
             let build = |s: u8| {
-                let v2 = adaptive || adapt_z || acp || !predicted.is_empty() || s > 0;
+                let v2 = adaptive || adapt_z || acp || !predicted.is_empty() || s > 0 || m < M_MIN;
                 let mut out = Vec::new();
                 out.push(if v2 { 2u8 } else { 1 });
                 out.extend_from_slice(&model.id);
@@ -1695,12 +1706,12 @@ impl LearnedImage {
             Ok((if s > 0 { build(s) } else { out }, db))
         };
         if let Some(m) = fixed {
-            return Ok((m, try_m(m.clamp(M_MIN, M_MAX))?.0));
+            return Ok((m, try_m(m.clamp(M_FINE, M_MAX))?.0));
         }
         // The coarsest step meeting the target, by binary search (PSNR falls as m grows).
         // Invariant: steps below `lo` met it (best holds the last one met); `hi` and above
         // did not or are untried.
-        let (mut lo, mut hi) = (M_MIN, M_MAX + 1);
+        let (mut lo, mut hi) = (M_FINE, M_MAX + 1);
         let mut best = None;
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -1807,7 +1818,7 @@ pub mod bench {
         crate::neural::init(&crate::neural::RuntimeOptions::default()).map(|_| ())
     }
 
-    /// The payload of an RGB PNG at step `m`/4 (2..=8) with the built-in model, the
+    /// The payload of an RGB PNG at step `m`/4 (1..=8) with the built-in model, the
     /// rate-distortion weight `rdo` (`None`: the codec's own; 0: plain rounding) and spatial
     /// prediction on or off.
     pub fn encode_step(
@@ -1992,7 +2003,7 @@ mod tests {
         let m = c
             .encode(&raw, &EncodeParams::level(2500), &mut payload)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!((M_MIN as u32..=M_MAX as u32).contains(&m));
+        assert!((M_FINE as u32..=M_MAX as u32).contains(&m));
         assert!(
             payload.len() * 3 < raw.len(),
             "{} vs {}",
@@ -2165,6 +2176,56 @@ mod tests {
         assert_eq!(bad[flags_at] & 8, 8, "the flags byte");
         bad[flags_at] |= 16;
         assert!(parse_payload(&bad).is_err());
+    }
+
+    /// The finest step, m = 1, exists in payload version 2 only: it decodes identically with
+    /// the reference and ONNX Runtime, to a better picture than m = 2; a version-1 payload
+    /// claiming it is refused.
+    #[test]
+    fn finest_step_is_version_2_only_and_decodes_exactly() {
+        runtime_required("finest_step_is_version_2_only_and_decodes_exactly");
+        let c = LearnedImage::default();
+        let pic =
+            load_picture(&photo("skimage_data_chelsea.png")).unwrap_or_else(|e| panic!("{e}"));
+        let fine = |m: u8, opts: EncodeOpts| {
+            c.encode_picture(&pic, 0.0, Some(m), opts)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .1
+        };
+        let p1 = fine(1, EncodeOpts::default());
+        assert_eq!(p1[0], 2);
+        assert_eq!(parse_payload(&p1).unwrap_or_else(|e| panic!("{e}")).m, 1);
+        let px = |payload: &[u8], engine| {
+            c.decode_with(payload, engine, false)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .pixels
+        };
+        let r1 = px(&p1, Engine::Reference);
+        assert_eq!(r1, px(&p1, Engine::Ort(Some(2))));
+        let r2 = px(&fine(2, EncodeOpts::default()), Engine::Reference);
+        assert!(psnr(&pic.pixels, &r1) > psnr(&pic.pixels, &r2) + 1.0);
+        // The same payload rewritten as version 1 (its version-2 fields after m dropped):
+        // refused for m = 1 alone, since with m = 2 it parses.
+        let m_at = {
+            let mut r = Reader::new(&p1);
+            r.bytes(1 + 32 + 2).unwrap_or_else(|e| panic!("{e}"));
+            r.len(MAX_SIDE).unwrap_or_else(|e| panic!("{e}"));
+            r.len(MAX_SIDE).unwrap_or_else(|e| panic!("{e}"));
+            get_chunks(&mut r, p1.len()).unwrap_or_else(|e| panic!("{e}"));
+            get_chunks(&mut r, p1.len()).unwrap_or_else(|e| panic!("{e}"));
+            p1.len() - r.remaining()
+        };
+        assert_eq!(p1[m_at], 1);
+        let parsed = parse_payload(&p1).unwrap_or_else(|e| panic!("{e}"));
+        let mut n = Vec::new();
+        put_varint(&mut n, parsed.predicted.len() as u64);
+        let v2_fields = 2 + usize::from(parsed.deblock > 0) + n.len() + 2 * parsed.predicted.len();
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&p1[1..=m_at]);
+        v1.extend_from_slice(&p1[m_at + 1 + v2_fields..]);
+        assert!(parse_payload(&v1).is_err());
+        v1[m_at] = 2;
+        assert!(parse_payload(&v1).is_ok());
     }
 
     /// AC prediction from the block DCs: a flat picture predicts nothing; a horizontal
