@@ -1867,6 +1867,11 @@ mod tests {
         67785,
         "cdde29b6b627f169528031e4f2a88b2e0c6bbb282d6d1c2122d97ddce369f048",
     );
+    /// The same for the payload at m = 1.
+    const GOLDEN_V2_M1: (usize, &str) = (
+        200412,
+        "982b299b19a78962ad116192fadb20e2d81b02d991c805034f4c93b59f850951",
+    );
     /// The same for the payload with AC prediction.
     const GOLDEN_V2_ACP: (usize, &str) = (
         126535,
@@ -2094,20 +2099,34 @@ mod tests {
         assert_eq!(got, vals, "small values fit every table");
     }
 
-    /// Decode the frozen payload at `path` (written under IDCFS_WRITE_GOLDEN=1 from the
-    /// chelsea photo at level 2600, when `write`) with the integer reference and ONNX Runtime
-    /// on 1 and 2 threads: the same PNG, `want`, every time. Returns the parsed payload.
-    fn golden(path: &str, want: (usize, &str), write: bool) -> Parsed {
+    /// How a frozen payload is written (under IDCFS_WRITE_GOLDEN=1) from the chelsea photo.
+    enum Write {
+        /// Never again: frozen.
+        No,
+        /// At this fixed step.
+        Step(u8),
+    }
+
+    /// Decode the frozen payload at `path` (written as `write` says) with the integer
+    /// reference and ONNX Runtime on 1 and 2 threads: the same PNG, `want`, every time.
+    /// Returns the parsed payload.
+    fn golden(path: &str, want: (usize, &str), write: Write) -> Parsed {
         let c = LearnedImage::default();
-        if write && std::env::var_os("IDCFS_WRITE_GOLDEN").is_some() {
-            let mut payload = Vec::new();
-            c.encode(
-                &photo("skimage_data_chelsea.png"),
-                &EncodeParams::level(2600),
-                &mut payload,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-            std::fs::write(path, &payload).unwrap_or_else(|e| panic!("{e}"));
+        if std::env::var_os("IDCFS_WRITE_GOLDEN").is_some() {
+            let raw = photo("skimage_data_chelsea.png");
+            let payload = match write {
+                Write::No => None,
+                Write::Step(m) => {
+                    let pic = load_picture(&raw).unwrap_or_else(|e| panic!("{e}"));
+                    let (_, payload) = c
+                        .encode_picture(&pic, 0.0, Some(m), EncodeOpts::default())
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    Some(payload)
+                }
+            };
+            if let Some(payload) = payload {
+                std::fs::write(path, &payload).unwrap_or_else(|e| panic!("{e}"));
+            }
         }
         let payload = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let p = parse_payload(&payload).unwrap_or_else(|e| panic!("{e}"));
@@ -2144,14 +2163,15 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/data/codec-golden/image-learned-v2.payload"
         );
-        let p = golden(path, GOLDEN_V2, false);
+        let p = golden(path, GOLDEN_V2, Write::No);
         assert!(p.adaptive && p.group == 4 && !p.predicted.is_empty());
         assert!(p.deblock > 0, "the frozen payload exercises deblocking");
         assert!(p.adapt_z, "and z's adapted tables");
         assert!(!p.ac_predict);
     }
 
-    /// What the encoder writes since AC prediction (flag bit 3): frozen the same way.
+    /// A payload with AC prediction (flag bit 3), as the encoder wrote it at df41e30: frozen
+    /// the same way.
     #[test]
     fn golden_v2_acp_payload_decodes_to_pinned_bytes() {
         runtime_required("golden_v2_acp_payload_decodes_to_pinned_bytes");
@@ -2159,7 +2179,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/data/codec-golden/image-learned-v2-acp.payload"
         );
-        let p = golden(path, GOLDEN_V2_ACP, true);
+        let p = golden(path, GOLDEN_V2_ACP, Write::No);
         assert!(p.ac_predict && p.adaptive && p.deblock > 0);
         // A flag bit this build does not know is refused.
         let mut bad = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
@@ -2226,6 +2246,23 @@ mod tests {
         assert!(parse_payload(&v1).is_err());
         v1[m_at] = 2;
         assert!(parse_payload(&v1).is_ok());
+    }
+
+    /// A payload at the finest step, m = 1 (version 2 only), with everything the encoder
+    /// writes today: frozen the same way.
+    #[test]
+    fn golden_v2_m1_payload_decodes_to_pinned_bytes() {
+        runtime_required("golden_v2_m1_payload_decodes_to_pinned_bytes");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/codec-golden/image-learned-v2-m1.payload"
+        );
+        let p = golden(path, GOLDEN_V2_M1, Write::Step(1));
+        assert!(p.m == 1 && p.ac_predict && p.adaptive && p.adapt_z);
+        assert!(
+            p.predicted.iter().all(|&c| (c / 4) % 64 == 0),
+            "DC channels only"
+        );
     }
 
     /// AC prediction from the block DCs: a flat picture predicts nothing; a horizontal
