@@ -60,10 +60,10 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
     // (image-avif), with image kinds PNM, BMP and TIFF and wav-opus payload version 2 (AIFF);
     // v2.6 (no new op tag) adds codec 15 (xz-recode: a Debian package and a bare xz stream);
     // v2.7 (no new op tag or codec) holds image-learned payload version 2 (predicted channels,
-    // adapted tables, deblocking).
+    // adapted tables, deblocking); v2.8 (likewise) one with AC prediction (flag bit 3).
     let name = golden.file_name().map(|n| n.to_string_lossy().into_owned());
     let name = name.as_deref().unwrap_or_default();
-    let xz6 = matches!(name, "v2.6" | "v2.7");
+    let xz6 = matches!(name, "v2.6" | "v2.7" | "v2.8");
     let lossy5 = xz6 || name == "v2.5";
     let revision4 = lossy5 || name == "v2.4";
     let revision3 = revision4 || name == "v2.3";
@@ -100,7 +100,7 @@ fn expected_coverage(golden: &Path) -> (BTreeSet<u8>, BTreeSet<u16>) {
         "v2.5" => (idcfs::codec::RAW..=idcfs::codec::IMAGE_AVIF)
             .filter(|&c| c != idcfs::codec::CM_BLOCK)
             .collect(),
-        "v2.6" | "v2.7" => (idcfs::codec::RAW..=idcfs::codec::XZ_RECODE)
+        "v2.6" | "v2.7" | "v2.8" => (idcfs::codec::RAW..=idcfs::codec::XZ_RECODE)
             .filter(|&c| c != idcfs::codec::CM_BLOCK)
             .collect(),
         _ if revision1 => (idcfs::codec::RAW..=idcfs::codec::DEFLATE_TOKENS).collect(),
