@@ -598,7 +598,7 @@ fn decode_engine() -> Engine {
 /// steps) is coded as the integer `q` minimizing `(u − q)² + k · bits(q)`. The synthesis is
 /// close to orthonormal, so squared error in steps is proportional to the pixels' squared
 /// error at every step. Chosen on pictures that are neither training nor evaluation data
-/// (BENCHMARKS.md §8.6: 0.06 beat 0, 0.12 and 0.2 at steps m ≥ 3; §8.8: at the finest step
+/// (BENCHMARKS.md §8.6: 0.06 beat 0, 0.12 and 0.2 at steps m ≥ 3; §8.7: at the finest step
 /// too, once its AC channels were no longer spatially predicted: 0.04–0.06 beat 0 and 0.02,
 /// 0.1 lost). Decoding does not depend on it.
 const RDO_K: f32 = 0.06;
@@ -611,7 +611,7 @@ const SELECT_K: f32 = 0.12;
 /// only its block-DC channels (4·64k + j), the brightnesses that zero-mean tables miss. Its
 /// AC channels are zero-mean; offered prediction too, many chose it at the finest step because
 /// the choice is made against the hyperprior's own tables, not the adapted ones that code
-/// them in the end (BENCHMARKS.md §8.8: 18% more bits at m = 2 on the tuning pictures).
+/// them in the end (BENCHMARKS.md §8.7: 18% more bits at m = 2 on the tuning pictures).
 fn dpcm_candidate(model: &Model, c: usize) -> bool {
     !acp_model(model) || (c / 4).is_multiple_of(64)
 }
@@ -1148,8 +1148,9 @@ fn decode_pixels(
 /// AC prediction from the block DCs (payload version 2, flag bit 3; FORMAT.md codec 13;
 /// hp-dct-v2 only). At coarse steps most low-frequency coefficients of a smooth area round
 /// to zero, although its neighbours' DCs already say which way it slopes; predicting them
-/// from the DCs (known before any AC of their colour) saves 6–8% of the rate. The 5
-/// frequencies f = 8u + v with u + v ≤ 2 of every block and colour are predicted.
+/// from the DCs (known before any AC of their colour) saved 5–7% of the bits on the tuning
+/// pictures. The 5 frequencies f = 8u + v with u + v ≤ 2 of every block and colour are
+/// predicted.
 const ACP_FREQ: [usize; 5] = [1, 2, 8, 9, 16];
 /// Fixed-point precision of `ACP_W`.
 const ACP_SHIFT: u32 = 12;
