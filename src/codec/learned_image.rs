@@ -2100,6 +2100,17 @@ mod tests {
         assert_eq!(got, vals, "small values fit every table");
     }
 
+    /// Where a payload's step byte m is (the version-2 flags follow it).
+    fn m_offset(payload: &[u8]) -> usize {
+        let mut r = Reader::new(payload);
+        r.bytes(1 + 32 + 2).unwrap_or_else(|e| panic!("{e}"));
+        r.len(MAX_SIDE).unwrap_or_else(|e| panic!("{e}"));
+        r.len(MAX_SIDE).unwrap_or_else(|e| panic!("{e}"));
+        get_chunks(&mut r, payload.len()).unwrap_or_else(|e| panic!("{e}"));
+        get_chunks(&mut r, payload.len()).unwrap_or_else(|e| panic!("{e}"));
+        payload.len() - r.remaining()
+    }
+
     /// How a frozen payload is written (under IDCFS_WRITE_GOLDEN=1) from the chelsea photo.
     enum Write {
         /// Never again: frozen.
@@ -2184,16 +2195,7 @@ mod tests {
         assert!(p.ac_predict && p.adaptive && p.deblock > 0);
         // A flag bit this build does not know is refused.
         let mut bad = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
-        let flags_at = {
-            let mut r = Reader::new(&bad);
-            r.bytes(1 + 32 + 2).unwrap_or_else(|e| panic!("{e}"));
-            r.len(MAX_SIDE).unwrap_or_else(|e| panic!("{e}"));
-            r.len(MAX_SIDE).unwrap_or_else(|e| panic!("{e}"));
-            get_chunks(&mut r, bad.len()).unwrap_or_else(|e| panic!("{e}"));
-            get_chunks(&mut r, bad.len()).unwrap_or_else(|e| panic!("{e}"));
-            r.u8().unwrap_or_else(|e| panic!("{e}"));
-            bad.len() - r.remaining()
-        };
+        let flags_at = m_offset(&bad) + 1;
         assert_eq!(bad[flags_at] & 8, 8, "the flags byte");
         bad[flags_at] |= 16;
         assert!(parse_payload(&bad).is_err());
@@ -2227,15 +2229,7 @@ mod tests {
         assert!(psnr(&pic.pixels, &r1) > psnr(&pic.pixels, &r2) + 1.0);
         // The same payload rewritten as version 1 (its version-2 fields after m dropped):
         // refused for m = 1 alone, since with m = 2 it parses.
-        let m_at = {
-            let mut r = Reader::new(&p1);
-            r.bytes(1 + 32 + 2).unwrap_or_else(|e| panic!("{e}"));
-            r.len(MAX_SIDE).unwrap_or_else(|e| panic!("{e}"));
-            r.len(MAX_SIDE).unwrap_or_else(|e| panic!("{e}"));
-            get_chunks(&mut r, p1.len()).unwrap_or_else(|e| panic!("{e}"));
-            get_chunks(&mut r, p1.len()).unwrap_or_else(|e| panic!("{e}"));
-            p1.len() - r.remaining()
-        };
+        let m_at = m_offset(&p1);
         assert_eq!(p1[m_at], 1);
         let parsed = parse_payload(&p1).unwrap_or_else(|e| panic!("{e}"));
         let mut n = Vec::new();
