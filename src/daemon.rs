@@ -152,7 +152,9 @@ pub fn run_foreground(
     // Resolved before the mount: afterwards a path lookup through it would wait on this
     // daemon, which is not serving requests yet.
     let mp_real = mp.canonicalize().unwrap_or_else(|_| mp.to_path_buf());
-    let mut session = fuser::Session::new(IdcFuse::new(engine.clone()), mp, &cfg).map_err(|e| {
+    let fs = IdcFuse::new(engine.clone());
+    let notifier_slot = fs.notifier_slot();
+    let mut session = fuser::Session::new(fs, mp, &cfg).map_err(|e| {
         format!(
             "cannot mount {}: {e} (is fuse3 installed and /dev/fuse present?)",
             mp.display()
@@ -164,6 +166,7 @@ pub fn run_foreground(
     // Lossy recompression changes a file's content and size by itself: the kernel must drop
     // what it cached of that inode (pages and attributes).
     let notifier = session.notifier();
+    let _ = notifier_slot.set(session.notifier());
     engine.set_invalidator(Box::new(move |ino, names| {
         if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
             tracing::debug!(ino, "kernel cache invalidation: {e}");

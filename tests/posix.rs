@@ -609,3 +609,94 @@ fn permissions_enforced_for_other_users() {
     assert!(sticky.join("rootfile").exists());
     assert_eq!(fs::metadata(sticky.join("mine")).unwrap().uid(), 65534);
 }
+
+/// The filesystem, not the kernel, clears set-user-ID and set-group-ID bits (the mount asks
+/// for FUSE_HANDLE_KILLPRIV_V2): the bits must end up as a local filesystem leaves them, be
+/// visible at once (the kernel's cached attributes too) and survive a remount.
+#[test]
+fn setuid_bits_are_cleared_as_a_local_filesystem_does() {
+    let mut m = Mounted::new();
+    let d = m.path("k");
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+    let mode = |name: &str| fs::metadata(d.join(name)).unwrap().mode() & 0o7777;
+    let make = |name: &str, owner: u32, perm: u32| {
+        let p = d.join(name);
+        fs::write(&p, b"abc").unwrap();
+        std::os::unix::fs::chown(&p, Some(owner), Some(owner)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(perm)).unwrap();
+        assert_eq!(mode(name), perm, "{name}");
+    };
+    let as_nobody = |script: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(script)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+    };
+    // chown by root: set-user-ID goes; set-group-ID goes only with group execute.
+    make("chown-x", 0, 0o6755);
+    std::os::unix::fs::chown(d.join("chown-x"), Some(1234), Some(5678)).unwrap();
+    assert_eq!(mode("chown-x"), 0o755);
+    make("chown-nox", 0, 0o2745);
+    std::os::unix::fs::chown(d.join("chown-nox"), Some(1234), Some(5678)).unwrap();
+    assert_eq!(mode("chown-nox"), 0o2745);
+    // A write or truncate by a caller without CAP_FSETID clears them; by root it does not.
+    make("write-user", 65534, 0o6775);
+    as_nobody("echo x >> write-user");
+    assert_eq!(mode("write-user"), 0o775);
+    make("write-nox", 65534, 0o2666);
+    as_nobody("echo x >> write-nox");
+    assert_eq!(mode("write-nox"), 0o2666);
+    make("write-root", 0, 0o4755);
+    OpenOptions::new()
+        .append(true)
+        .open(d.join("write-root"))
+        .unwrap()
+        .write_all(b"x")
+        .unwrap();
+    assert_eq!(mode("write-root"), 0o4755);
+    make("trunc-user", 65534, 0o4777);
+    as_nobody("truncate -s 1 trunc-user && echo y > trunc-user2 && : > trunc-user");
+    assert_eq!(mode("trunc-user"), 0o777);
+    make("trunc-root", 0, 0o4755);
+    File::options()
+        .write(true)
+        .open(d.join("trunc-root"))
+        .unwrap()
+        .set_len(1)
+        .unwrap();
+    assert_eq!(mode("trunc-root"), 0o4755);
+    // chgrp by the owner to one of their groups.
+    make("chgrp-user", 65534, 0o6755);
+    as_nobody("chgrp 65534 chgrp-user");
+    assert_eq!(mode("chgrp-user"), 0o755);
+    // Directories keep theirs (as on Linux).
+    let sub = d.join("dir");
+    fs::create_dir(&sub).unwrap();
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o2755)).unwrap();
+    std::os::unix::fs::chown(&sub, Some(1234), None).unwrap();
+    assert_eq!(fs::metadata(&sub).unwrap().mode() & 0o7777, 0o2755);
+    m.remount();
+    for (name, want) in [
+        ("chown-x", 0o755),
+        ("chown-nox", 0o2745),
+        ("write-user", 0o775),
+        ("write-nox", 0o2666),
+        ("write-root", 0o4755),
+        ("trunc-user", 0o777),
+        ("trunc-root", 0o4755),
+        ("chgrp-user", 0o755),
+    ] {
+        assert_eq!(mode(name), want, "{name} after remount");
+    }
+    assert_eq!(fs::read(d.join("write-user")).unwrap(), b"abcx\n");
+}

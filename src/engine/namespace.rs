@@ -79,6 +79,11 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
     pub ctime: Option<Ts>,
+    /// Clear set-user-ID, and set-group-ID where the group may execute, of a non-directory
+    /// (chown, a truncate or write by a caller without CAP_FSETID): the FUSE layer asks the
+    /// kernel to leave this to the filesystem (`FUSE_HANDLE_KILLPRIV_V2`), which saves the
+    /// kernel an attribute refresh before each chown and a capability lookup on every write.
+    pub kill_suid: bool,
 }
 
 /// Who is asking (for ownership of new inodes).
@@ -649,6 +654,7 @@ impl Engine {
             self.truncate(ino, size, sa.mtime.is_none())?;
         }
         if sa.mode.is_some()
+            || sa.kill_suid
             || sa.uid.is_some()
             || sa.gid.is_some()
             || sa.atime.is_some()
@@ -657,6 +663,12 @@ impl Engine {
         {
             let now = Ts::now();
             let apply = |i: &mut Inode| {
+                if sa.kill_suid && i.kind != Kind::Dir {
+                    i.perm &= !(libc::S_ISUID as u16);
+                    if i.perm & libc::S_IXGRP as u16 != 0 {
+                        i.perm &= !(libc::S_ISGID as u16);
+                    }
+                }
                 if let Some(m) = sa.mode {
                     i.perm = (m & 0o7777) as u16;
                 }

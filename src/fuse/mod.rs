@@ -18,7 +18,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// How long the kernel may cache attributes and entries. Every change to names and
@@ -31,11 +31,21 @@ const TTL: Duration = Duration::from_secs(60);
 
 pub struct IdcFuse {
     engine: Arc<Engine>,
+    /// The session's notifier, set once the session exists (`notifier_slot`).
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl IdcFuse {
     pub fn new(engine: Arc<Engine>) -> IdcFuse {
-        IdcFuse { engine }
+        IdcFuse {
+            engine,
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where the daemon puts the session's notifier after mounting (the session owns `self`).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 }
 
@@ -49,6 +59,10 @@ impl Filesystem for IdcFuse {
         let _ = config.set_congestion_threshold(48);
         let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Set-user-ID and set-group-ID bits are cleared here, not by the kernel (see
+        // `SetAttr::kill_suid`): the kernel then skips a GETATTR before every chown and, once
+        // it has seen a file has no capability attribute, a GETXATTR on every write.
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // Listings carry each entry's attributes (`readdirplus`), so walking a tree does not
         // cost one LOOKUP per name; the kernel picks plain or plus listings per directory.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
@@ -80,7 +94,7 @@ impl Filesystem for IdcFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -105,6 +119,10 @@ impl Filesystem for IdcFuse {
                 atime: atime.map(time_set),
                 mtime: mtime.map(time_set),
                 ctime: ctime.map(crate::meta::Ts::from_system),
+                // The kernel's contract (KILLPRIV_V2): chown always clears the bits; a
+                // truncate only when the caller lacks CAP_FSETID, which the request does not
+                // carry through fuser, so root stands for it.
+                kill_suid: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
             };
             match self.engine.setattr(ino.0, &sa) {
                 Ok(a) => reply.attr(&TTL, &attr_of(&a)),
@@ -288,14 +306,36 @@ impl Filesystem for IdcFuse {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guarded("write", || match self.engine.write(ino.0, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+        guarded("write", || {
+            // A write by a caller without CAP_FSETID to a set-user-ID or set-group-ID file.
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                let kill = SetAttr {
+                    kill_suid: true,
+                    ..SetAttr::default()
+                };
+                match self.engine.setattr(ino.0, &kill) {
+                    // The write's reply carries no attributes: without this the kernel would
+                    // show the cleared bits until its cached attributes expire. Attributes
+                    // only (negative offset): no page of the file being written is touched.
+                    Ok(_) => {
+                        if let Some(n) = self.notifier.get() {
+                            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                                tracing::debug!(ino = ino.0, "attribute invalidation: {e}");
+                            }
+                        }
+                    }
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
+            match self.engine.write(ino.0, offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
     }
 
