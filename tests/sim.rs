@@ -122,6 +122,9 @@ struct Round<'a> {
     snaps: Vec<Ns>,
     synced_snap: usize,
     next_write: u64,
+    /// What the round did, for a failure's report (the compression workers make a failure
+    /// depend on timing, so the seed alone may not reproduce it).
+    log: Vec<String>,
 }
 
 impl Round<'_> {
@@ -197,6 +200,7 @@ impl Round<'_> {
                 let is_dir = self.rng.random_bool(0.25);
                 let kind = if is_dir { Kind::Dir } else { Kind::File };
                 let mode = if is_dir { 0o755 } else { 0o644 };
+                self.log.push(format!("mknod {path} dir={is_dir}"));
                 let a = self
                     .e
                     .mknod(dino, name.as_bytes(), kind, mode, 0, &[], WHO)
@@ -227,6 +231,8 @@ impl Round<'_> {
                 m.sizes.insert(m.content.len() as u64);
                 m.writes.push((w, off, len));
                 m.fsynced = None;
+                self.log
+                    .push(format!("write ino {ino} {off}..{}", off + len));
                 self.e.open_file(ino).map_err(err)?;
                 let res = self.e.write(ino, off, &data).map_err(err);
                 let rel = self.e.release(ino).map_err(err);
@@ -246,6 +252,7 @@ impl Round<'_> {
                     size: Some(size),
                     ..Default::default()
                 };
+                self.log.push(format!("truncate ino {ino} to {size}"));
                 self.e.setattr(ino, &sa).map_err(err)?;
             }
             58..=71 => {
@@ -253,6 +260,7 @@ impl Round<'_> {
                     return Ok(());
                 };
                 let content = self.files.get(&ino).map(|m| m.content.clone());
+                self.log.push(format!("fsync ino {ino}"));
                 self.e.fsync(ino).map_err(err)?;
                 if let Some(m) = self.files.get_mut(&ino) {
                     m.fsynced = content;
@@ -270,11 +278,12 @@ impl Round<'_> {
                     }
                     self.ns.remove(&path);
                     self.snap();
+                    self.log.push(format!("rmdir {path}"));
                     self.e.rmdir(pino, name.as_bytes()).map_err(err)?;
                 } else {
                     self.ns.remove(&path);
                     self.snap();
-                    let _ = ino;
+                    self.log.push(format!("unlink {path} (ino {ino})"));
                     self.e.unlink(pino, name.as_bytes()).map_err(err)?;
                 }
             }
@@ -311,6 +320,7 @@ impl Round<'_> {
                     self.ns.insert(format!("{to}{}", &p[path.len()..]), v);
                 }
                 self.snap();
+                self.log.push(format!("rename {path} -> {to}"));
                 self.e
                     .rename(pino, pname.as_bytes(), dino, name.as_bytes(), 0)
                     .map_err(err)?;
@@ -327,10 +337,12 @@ impl Round<'_> {
                 }
                 self.ns.insert(path, (ino, false));
                 self.snap();
+                self.log.push(format!("link ino {ino} as {dir}/{name}"));
                 self.e.link(ino, dino, name.as_bytes()).map_err(err)?;
             }
             _ => {
                 // Compaction moves live blocks, checkpoints and deletes packs.
+                self.log.push("compact".to_string());
                 self.e.compact(true).map_err(err)?;
             }
         }
@@ -444,6 +456,7 @@ fn simulate(seed: u64, rounds: u64, t: &mut Tally) -> Result<u64, String> {
             snaps: vec![ns.clone()],
             synced_snap: 0,
             next_write: round << 20,
+            log: Vec::new(),
         };
         let ops = r.rng.random_range(5..60);
         // Cut the power by itself somewhere in the round, or at its end.
@@ -460,28 +473,33 @@ fn simulate(seed: u64, rounds: u64, t: &mut Tally) -> Result<u64, String> {
             progressed += 1;
         }
         t.ops += progressed;
+        let mut how = String::new();
         if disk.is_off() {
             t.inside += 1;
+            how.push_str("cut inside an operation");
         } else {
             let mode = match r.rng.random_range(0..3) {
                 0 => Fault::Forget,
                 1 => Fault::Tear,
                 _ => Fault::Reorder,
             };
+            how = format!("power loss after the round ({mode:?})");
             disk.power_loss(mode, r.rng.random());
         }
-        let (snaps, synced_snap, files) = (r.snaps, r.synced_snap, r.files);
+        let (snaps, synced_snap, files, log) = (r.snaps, r.synced_snap, r.files, r.log);
         e.halt();
         drop(e);
         disk.power_on();
         if rng.random_bool(0.3) {
             // Lose the index too: it must be rebuilt from the journal alone.
             std::fs::remove_file(dir.path().join("index.redb")).map_err(|e| e.to_string())?;
+            how.push_str(", index lost");
         }
+        let story = || format!("\n  {how}; the round's operations:\n  {}", log.join("\n  "));
         let e2 = open(dir.path(), &disk)
-            .map_err(|m| format!("round {round} ({progressed} ops): {m}"))?;
+            .map_err(|m| format!("round {round} ({progressed} ops): {m}{}", story()))?;
         let (ns2, data2) = check(&e2, &snaps, synced_snap, &files)
-            .map_err(|m| format!("round {round} ({progressed} ops done): {m}"))?;
+            .map_err(|m| format!("round {round} ({progressed} ops done): {m}{}", story()))?;
         checks += 1;
         t.cuts += 1;
         t.files_checked += data2.len() as u64;
