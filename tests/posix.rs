@@ -675,6 +675,10 @@ fn setuid_bits_are_cleared_as_a_local_filesystem_does() {
         .set_len(1)
         .unwrap();
     assert_eq!(mode("trunc-root"), 0o4755);
+    // fallocate by a caller without CAP_FSETID (the kernel does not say so in the request).
+    make("falloc-user", 65534, 0o4777);
+    as_nobody("fallocate -l 300000 falloc-user");
+    assert_eq!(mode("falloc-user"), 0o777);
     // chgrp by the owner to one of their groups.
     make("chgrp-user", 65534, 0o6755);
     as_nobody("chgrp 65534 chgrp-user");
@@ -695,6 +699,7 @@ fn setuid_bits_are_cleared_as_a_local_filesystem_does() {
         ("trunc-user", 0o777),
         ("trunc-root", 0o4755),
         ("chgrp-user", 0o755),
+        ("falloc-user", 0o777),
     ] {
         assert_eq!(mode(name), want, "{name} after remount");
     }

@@ -653,8 +653,13 @@ impl Engine {
             }
             self.truncate(ino, size, sa.mtime.is_none())?;
         }
+        // Only a file that has the bits changes (and is journaled) for a kill alone.
+        let kill = sa.kill_suid && {
+            let i = self.getattr(ino)?.inode;
+            i.kind != Kind::Dir && i.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0
+        };
         if sa.mode.is_some()
-            || sa.kill_suid
+            || kill
             || sa.uid.is_some()
             || sa.gid.is_some()
             || sa.atime.is_some()
@@ -663,7 +668,7 @@ impl Engine {
         {
             let now = Ts::now();
             let apply = |i: &mut Inode| {
-                if sa.kill_suid && i.kind != Kind::Dir {
+                if kill && i.kind != Kind::Dir {
                     i.perm &= !(libc::S_ISUID as u16);
                     if i.perm & libc::S_IXGRP as u16 != 0 {
                         i.perm &= !(libc::S_ISGID as u16);

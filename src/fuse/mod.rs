@@ -43,6 +43,24 @@ impl IdcFuse {
         }
     }
 
+    /// Clears set-user-ID (and set-group-ID where group-executable) for a data change by a
+    /// caller without CAP_FSETID, and has the kernel drop its cached attributes: the replies
+    /// of write and fallocate carry none, so it would show the old mode until they expire.
+    /// Attributes only (negative offset): no page of the file is touched.
+    fn kill_suid(&self, ino: INodeNo) -> Result<(), Errno> {
+        let kill = SetAttr {
+            kill_suid: true,
+            ..SetAttr::default()
+        };
+        self.engine.setattr(ino.0, &kill).map_err(|e| errno(&e))?;
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                tracing::debug!(ino = ino.0, "attribute invalidation: {e}");
+            }
+        }
+        Ok(())
+    }
+
     /// Where the daemon puts the session's notifier after mounting (the session owns `self`).
     pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
         self.notifier.clone()
@@ -314,22 +332,8 @@ impl Filesystem for IdcFuse {
         guarded("write", || {
             // A write by a caller without CAP_FSETID to a set-user-ID or set-group-ID file.
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                let kill = SetAttr {
-                    kill_suid: true,
-                    ..SetAttr::default()
-                };
-                match self.engine.setattr(ino.0, &kill) {
-                    // The write's reply carries no attributes: without this the kernel would
-                    // show the cleared bits until its cached attributes expire. Attributes
-                    // only (negative offset): no page of the file being written is touched.
-                    Ok(_) => {
-                        if let Some(n) = self.notifier.get() {
-                            if let Err(e) = n.inval_inode(ino, -1, 0) {
-                                tracing::debug!(ino = ino.0, "attribute invalidation: {e}");
-                            }
-                        }
-                    }
-                    Err(e) => return reply.error(errno(&e)),
+                if let Err(e) = self.kill_suid(ino) {
+                    return reply.error(e);
                 }
             }
             match self.engine.write(ino.0, offset, data) {
@@ -548,7 +552,7 @@ impl Filesystem for IdcFuse {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -557,6 +561,13 @@ impl Filesystem for IdcFuse {
         reply: ReplyEmpty,
     ) {
         guarded("fallocate", || {
+            // The kernel leaves this one to the filesystem too (KILLPRIV_V2) without saying
+            // so in the request; root stands for CAP_FSETID, as for truncate.
+            if req.uid() != 0 {
+                if let Err(e) = self.kill_suid(ino) {
+                    return reply.error(e);
+                }
+            }
             match self.engine.fallocate(ino.0, offset, length, mode) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
