@@ -627,21 +627,19 @@ fn setuid_bits_are_cleared_as_a_local_filesystem_does() {
         fs::set_permissions(&p, fs::Permissions::from_mode(perm)).unwrap();
         assert_eq!(mode(name), perm, "{name}");
     };
-    let as_nobody = |script: &str| {
+    // A shell command in the directory, as root or as an unprivileged user.
+    let run = |uid: u32, script: &str| {
+        let id = [format!("--reuid={uid}"), format!("--regid={uid}")];
         let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-            ])
+            .args(&id)
+            .args(["--clear-groups", "sh", "-c"])
             .arg(script)
             .current_dir(&d)
             .output()
             .unwrap();
         assert!(out.status.success(), "{script}: {out:?}");
     };
+    let as_nobody = |script: &str| run(65534, script);
     // chown by root: set-user-ID goes; set-group-ID goes only with group execute.
     make("chown-x", 0, 0o6755);
     std::os::unix::fs::chown(d.join("chown-x"), Some(1234), Some(5678)).unwrap();
@@ -657,23 +655,13 @@ fn setuid_bits_are_cleared_as_a_local_filesystem_does() {
     as_nobody("echo x >> write-nox");
     assert_eq!(mode("write-nox"), 0o2666);
     make("write-root", 0, 0o4755);
-    OpenOptions::new()
-        .append(true)
-        .open(d.join("write-root"))
-        .unwrap()
-        .write_all(b"x")
-        .unwrap();
+    run(0, "echo x >> write-root");
     assert_eq!(mode("write-root"), 0o4755);
     make("trunc-user", 65534, 0o4777);
     as_nobody("truncate -s 1 trunc-user && echo y > trunc-user2 && : > trunc-user");
     assert_eq!(mode("trunc-user"), 0o777);
     make("trunc-root", 0, 0o4755);
-    File::options()
-        .write(true)
-        .open(d.join("trunc-root"))
-        .unwrap()
-        .set_len(1)
-        .unwrap();
+    run(0, "truncate -s 1 trunc-root");
     assert_eq!(mode("trunc-root"), 0o4755);
     // fallocate by a caller without CAP_FSETID (the kernel does not say so in the request).
     make("falloc-user", 65534, 0o4777);

@@ -653,19 +653,20 @@ impl Engine {
             }
             self.truncate(ino, size, sa.mtime.is_none())?;
         }
-        // Only a file that has the bits changes (and is journaled) for a kill alone.
-        let kill = sa.kill_suid && {
-            let i = self.getattr(ino)?.inode;
-            i.kind != Kind::Dir && i.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0
-        };
-        if sa.mode.is_some()
-            || kill
+        let others = sa.mode.is_some()
             || sa.uid.is_some()
             || sa.gid.is_some()
             || sa.atime.is_some()
             || sa.mtime.is_some()
-            || sa.ctime.is_some()
-        {
+            || sa.ctime.is_some();
+        // A kill alone (a write or truncate) changes and journals only a file that has the
+        // bits; with other changes (chown) clearing absent bits costs nothing, so no lookup.
+        let kill = sa.kill_suid
+            && (others || {
+                let i = self.getattr(ino)?.inode;
+                i.kind != Kind::Dir && i.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0
+            });
+        if others || kill {
             let now = Ts::now();
             let apply = |i: &mut Inode| {
                 if kill && i.kind != Kind::Dir {
